@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+WEIGHTS ?= weights
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Segments examples/images with the default configuration. Without real weights in $(WEIGHTS)/,
+# tiny RANDOM demo weights are built first and the output is meaningless (it says so loudly).
+demo: install
+	@$(BIN)/iapas weights list $(WEIGHTS) >/dev/null
+	@if [ ! -e $(WEIGHTS)/demo/sam_demo.pth ]; then $(BIN)/iapas weights make-demo $(WEIGHTS); fi
+	$(BIN)/iapas segment examples/images -o out/demo --weights $(WEIGHTS)
+	@echo "results: out/demo (score maps .npy/_map.png, overlays _overlay.png, boxes .json)"
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	@if [ ! -e $(WEIGHTS)/demo/sam_demo.pth ]; then $(BIN)/iapas weights make-demo $(WEIGHTS); fi
+	$(BIN)/iapas bench examples/images/washer_scratch.png --weights $(WEIGHTS)
+
+clean:
+	rm -rf out iapas-out .pytest_cache

@@ -1,0 +1,84 @@
+"""Backend protocols and the registries that map a backend name to its loader."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+from transformers.utils import logging as transformers_logging
+
+from ..errors import WeightsError
+from ..registry import Registry
+from ..types import Boxes
+from ..weights import entry_for_path
+
+
+class Detector(Protocol):
+    """Open-set box detector: text prompts in, scored boxes out."""
+
+    def detect(self, image: np.ndarray, prompts: Sequence[str], box_threshold: float, text_threshold: float) -> Boxes: ...
+
+
+class Segmenter(Protocol):
+    """Box-prompted segmenter: encodes the image once and decodes all boxes in one batch."""
+
+    def segment_boxes(self, image: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
+        """(N, H, W) bool masks for (N, 4) pixel boxes on an (H, W, 3) uint8 image."""
+        ...
+
+
+DetectorLoader = Callable[[Path, torch.device], Detector]
+SegmenterLoader = Callable[[Path, torch.device], Segmenter]
+DETECTORS: Registry[DetectorLoader] = Registry("detector backend")
+SEGMENTERS: Registry[SegmenterLoader] = Registry("segmenter backend")
+
+
+def warn_if_demo(path: Path) -> None:
+    """Say loudly when a checkpoint is one of the random demo models."""
+    entry = entry_for_path(path)
+    if (entry is not None and entry.demo) or (path.is_dir() and (path / "DEMO_WEIGHTS").exists()):
+        print(
+            f"WARNING: {path} holds RANDOM DEMO WEIGHTS built by `iapas weights make-demo`; "
+            "its output is MEANINGLESS. Put real weights in the weights dir (see weights/README.md).",
+            file=sys.stderr,
+        )
+
+
+def require_path(path: Path, what: str, expect_dir: bool) -> None:
+    """Raise a one-line WeightsError when a weight file or directory is absent."""
+    entry = entry_for_path(path)
+    hint = f"; see {entry.where_to_get()}" if entry else "; see weights/manifest.toml"
+    if not path.exists():
+        raise WeightsError(f"{what} weights not found: {path}{hint}")
+    if expect_dir and not path.is_dir():
+        raise WeightsError(f"{what} weights must be a Hugging Face-format directory, got a file: {path}{hint}")
+    if not expect_dir and not path.is_file():
+        raise WeightsError(f"{what} weights must be a checkpoint file, got a folder: {path}{hint}")
+
+
+def quiet_loading() -> None:
+    """Hide transformers' per-file progress bars: iapas shows its own progress."""
+    transformers_logging.disable_progress_bar()
+
+
+def load_detector(backend: str, path: Path, device: torch.device) -> Detector:
+    path = Path(path)
+    warn_if_demo(path)
+    quiet_loading()
+    return DETECTORS.get(backend)(path, device)
+
+
+def segmenter_backend_for(path: Path) -> str:
+    """The segmenter backend a path implies: a directory is transformers' SamModel, a file is Meta's .pth."""
+    return "hf-sam" if Path(path).is_dir() else "sam"
+
+
+def load_segmenter(backend: str, path: Path, device: torch.device) -> Segmenter:
+    path = Path(path)
+    if backend == "auto":
+        backend = segmenter_backend_for(path)
+    warn_if_demo(path)
+    quiet_loading()
+    return SEGMENTERS.get(backend)(path, device)

@@ -1,0 +1,198 @@
+"""SAM from Meta's original .pth checkpoints (segment-anything) or a transformers SamModel directory."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import WeightsError
+from .base import SEGMENTERS, require_path
+
+SAM_DECODER_HEADS = 8  # fixed in every released SAM; attention heads leave no trace in the weights
+KNOWN_VARIANTS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+
+
+@dataclass(frozen=True)
+class SamGeometry:
+    """The architecture of a SAM checkpoint, read off its state dict."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    patch_size: int
+    image_size: int
+    window_size: int
+    global_attn_indexes: tuple[int, ...]
+    mlp_ratio: float
+    prompt_dim: int
+    mask_in_chans: int
+    decoder_depth: int
+    decoder_mlp_dim: int
+    iou_head_hidden_dim: int
+
+    @property
+    def variant(self) -> str:
+        """vit_b, vit_l, vit_h for the released models, "custom" for anything else."""
+        return KNOWN_VARIANTS.get(self.embed_dim, "custom") if self.depth in (12, 24, 32) else "custom"
+
+
+def infer_sam_geometry(state: dict[str, torch.Tensor]) -> SamGeometry:
+    """Read every architecture number of a SAM from its weights (vit_b/l/h and smaller ones alike)."""
+    try:
+        patch = state["image_encoder.patch_embed.proj.weight"]
+        embed_dim, patch_size = patch.shape[0], patch.shape[2]
+        grid = state["image_encoder.pos_embed"].shape[1]
+        blocks = sorted({int(m.group(1)) for k in state if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k))})
+        rel_sizes = [state[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0] for i in blocks]
+        head_dim = state["image_encoder.blocks.0.attn.rel_pos_h"].shape[1]
+        global_blocks = tuple(i for i, size in zip(blocks, rel_sizes) if size == 2 * grid - 1)
+        window_sizes = {(size + 1) // 2 for size in rel_sizes if size != 2 * grid - 1}
+        decoder_layers = {int(m.group(1)) for k in state if (m := re.match(r"mask_decoder\.transformer\.layers\.(\d+)\.", k))}
+        return SamGeometry(
+            embed_dim=embed_dim,
+            depth=len(blocks),
+            num_heads=embed_dim // head_dim,
+            patch_size=patch_size,
+            image_size=grid * patch_size,
+            window_size=window_sizes.pop() if window_sizes else 0,
+            global_attn_indexes=global_blocks,
+            mlp_ratio=state["image_encoder.blocks.0.mlp.lin1.weight"].shape[0] / embed_dim,
+            prompt_dim=state["image_encoder.neck.0.weight"].shape[0],
+            mask_in_chans=state["prompt_encoder.mask_downscaling.3.weight"].shape[0],
+            decoder_depth=len(decoder_layers),
+            decoder_mlp_dim=state["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0],
+            iou_head_hidden_dim=state["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0],
+        )
+    except (KeyError, IndexError) as error:
+        raise WeightsError(f"not a SAM checkpoint: the state dict lacks {error}") from None
+
+
+def build_sam(geometry: SamGeometry) -> torch.nn.Module:
+    """An untrained segment_anything.Sam with the given geometry."""
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    grid = geometry.image_size // geometry.patch_size
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=geometry.image_size,
+            patch_size=geometry.patch_size,
+            embed_dim=geometry.embed_dim,
+            depth=geometry.depth,
+            num_heads=geometry.num_heads,
+            mlp_ratio=geometry.mlp_ratio,
+            out_chans=geometry.prompt_dim,
+            qkv_bias=True,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=geometry.window_size,
+            global_attn_indexes=geometry.global_attn_indexes,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=geometry.prompt_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(geometry.image_size, geometry.image_size),
+            mask_in_chans=geometry.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=geometry.decoder_depth,
+                embedding_dim=geometry.prompt_dim,
+                mlp_dim=geometry.decoder_mlp_dim,
+                num_heads=SAM_DECODER_HEADS,
+            ),
+            transformer_dim=geometry.prompt_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=geometry.iou_head_hidden_dim,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """Load a .pth state dict on the CPU, tensors only, or raise a one-line WeightsError."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many kinds for a corrupt or foreign file
+        raise WeightsError(f"cannot read checkpoint {path}: {str(error).splitlines()[0][:200]}") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} is not a state dict of tensors")
+    return state
+
+
+class OriginalSam:
+    """segment_anything's SamPredictor: one image encoding, then every box decoded in one batch."""
+
+    def __init__(self, path: Path, device: torch.device) -> None:
+        from segment_anything import SamPredictor
+
+        require_path(path, "SAM", expect_dir=False)
+        state = read_checkpoint(path)
+        self.geometry = infer_sam_geometry(state)
+        model = build_sam(self.geometry)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            raise WeightsError(f"{path} does not match a SAM architecture: {str(error).splitlines()[0][:200]}") from None
+        self.predictor = SamPredictor(model.to(device).eval())
+        self.device = device
+
+    @torch.inference_mode()
+    def segment_boxes(self, image: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
+        height, width = image.shape[:2]
+        if len(xyxy) == 0:
+            return np.zeros((0, height, width), bool)
+        self.predictor.set_image(image, image_format="RGB")
+        boxes = torch.tensor(np.array(xyxy, np.float32), device=self.device)
+        boxes = self.predictor.transform.apply_boxes_torch(boxes, (height, width))
+        masks, _, _ = self.predictor.predict_torch(None, None, boxes=boxes, multimask_output=False)
+        self.predictor.reset_image()
+        return masks[:, 0].cpu().numpy().astype(bool)
+
+
+class HFSam:
+    """transformers' SamModel: image embeddings computed once, all boxes decoded together."""
+
+    def __init__(self, path: Path, device: torch.device) -> None:
+        from transformers import SamModel, SamProcessor
+
+        require_path(path, "SAM", expect_dir=True)
+        try:
+            self.processor = SamProcessor.from_pretrained(path, local_files_only=True)
+            self.model = SamModel.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise WeightsError(f"cannot load SAM from {path}: {str(error).splitlines()[0]}") from None
+        self.model.to(device).eval()
+        self.device = device
+
+    @torch.inference_mode()
+    def segment_boxes(self, image: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
+        height, width = image.shape[:2]
+        if len(xyxy) == 0:
+            return np.zeros((0, height, width), bool)
+        inputs = self.processor(images=image, input_boxes=[np.asarray(xyxy, np.float32).tolist()], return_tensors="pt")
+        embeddings = self.model.get_image_embeddings(inputs["pixel_values"].to(self.device))
+        outputs = self.model(
+            image_embeddings=embeddings, input_boxes=inputs["input_boxes"].to(self.device), multimask_output=False
+        )
+        masks = self.processor.image_processor.post_process_masks(
+            outputs.pred_masks.cpu(), inputs["original_sizes"], inputs["reshaped_input_sizes"]
+        )[0]
+        return masks[:, 0].numpy().astype(bool)
+
+
+@SEGMENTERS.register("sam")
+def load_original_sam(path: Path, device: torch.device) -> OriginalSam:
+    return OriginalSam(path, device)
+
+
+@SEGMENTERS.register("hf-sam")
+def load_hf_sam(path: Path, device: torch.device) -> HFSam:
+    return HFSam(path, device)

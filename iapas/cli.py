@@ -1,0 +1,194 @@
+"""The `iapas` command: a thin layer over the Python API; every IapasError becomes one line."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from .config import Config, load_config
+from .device import DEVICE_CHOICES
+from .errors import IapasError
+
+EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
+Command = Callable[[argparse.Namespace], int]
+
+
+def base_config(args: argparse.Namespace) -> Config:
+    """The config file (or defaults) with the command-line options laid over it."""
+    config = load_config(args.config) if getattr(args, "config", None) else Config()
+    return config.updated(
+        {
+            "weights_dir": getattr(args, "weights", None),
+            "device": getattr(args, "device", None),
+            "detection.weights": getattr(args, "detector", None),
+            "masking.weights": getattr(args, "segmenter", None),
+            "detection.box_threshold": getattr(args, "box_threshold", None),
+            "detection.text_threshold": getattr(args, "text_threshold", None),
+            "filtering.nms_iou": getattr(args, "nms_iou", None),
+            "filtering.size_threshold": getattr(args, "size_threshold", None),
+        }
+    )
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML, TOML or JSON config file (see `iapas config show`)")
+    parser.add_argument("--weights", help="weights dir laid out as weights/manifest.toml says (default: weights)")
+    parser.add_argument("--detector", help="Grounding DINO directory (overrides the weights dir)")
+    parser.add_argument("--segmenter", help="SAM .pth file or SamModel directory (overrides the weights dir)")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, help="default: auto (GPU when there is one)")
+
+
+def command_segment(args: argparse.Namespace) -> int:
+    from .batch import run_batch
+    from .images import collect_inputs
+    from .pipeline import Pipeline
+
+    inputs = collect_inputs(args.inputs)  # bad paths fail here, before any model loads
+    config = base_config(args)
+    options: dict = {}
+    if args.prompt:
+        options["prompts"] = args.prompt
+    pipeline = Pipeline.from_config(config)
+    if args.no_size_filter:
+        pipeline.graph = pipeline.graph.without("size_filter")
+    summary = run_batch(pipeline, inputs, Path(args.output), overwrite=args.overwrite, segment_options=options,
+                        progress=not args.no_progress)
+    print(summary.line(), file=sys.stderr)
+    return EXIT_PARTIAL if summary.failures else EXIT_OK
+
+
+def command_weights_list(args: argparse.Namespace) -> int:
+    from .weights import is_present, load_manifest
+
+    table = Table(title=f"weights known to iapas (dir: {args.dir})")
+    for column in ("name", "role", "format", "expected path", "size", "present", "source"):
+        table.add_column(column, overflow="fold")
+    for entry in load_manifest():
+        size = f"{entry.size / 1e6:.0f} MB" if entry.size else "-"
+        present = "yes" if is_present(entry, Path(args.dir)) else "no"
+        table.add_row(entry.name, entry.role, entry.format, entry.expected_path, size, present, entry.source)
+    Console(width=200).print(table)
+    return EXIT_OK
+
+
+def command_weights_verify(args: argparse.Namespace) -> int:
+    from .weights import load_manifest, verify_entry
+
+    weights_dir = Path(args.dir)
+    if not weights_dir.is_dir():
+        raise IapasError(f"weights dir not found: {weights_dir}")
+    results = [verify_entry(entry, weights_dir, check_hash=not args.no_hash) for entry in load_manifest()]
+    table = Table(title=f"verification of {weights_dir}")
+    for column in ("name", "status", "detail"):
+        table.add_column(column)
+    for result in results:
+        style = "green" if result.ok else ("dim" if result.status == "missing" else "red")
+        table.add_row(result.entry.name, f"[{style}]{result.status}[/{style}]", result.detail)
+    Console(width=160).print(table)
+    bad = [r for r in results if r.status not in ("ok", "present", "missing")]
+    if bad:
+        print(f"iapas: error: {len(bad)} checkpoint(s) failed verification: {', '.join(r.entry.name for r in bad)}", file=sys.stderr)
+        return EXIT_ERROR
+    if not any(r.ok for r in results):
+        print(f"iapas: error: no known checkpoint found in {weights_dir}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def command_weights_make_demo(args: argparse.Namespace) -> int:
+    from .demo_weights import make_demo_weights
+
+    for path in make_demo_weights(Path(args.dir)):
+        print(f"wrote {path}")
+    print("WARNING: these are RANDOM demo weights: anything segmented with them is meaningless.", file=sys.stderr)
+    return EXIT_OK
+
+
+def command_config_show(args: argparse.Namespace) -> int:
+    print(base_config(args).to_yaml(), end="")
+    return EXIT_OK
+
+
+def command_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    return run_bench(args, base_config(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iapas", description="Training-free zero-shot industrial anomaly segmentation (IAP-AS).")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    segment = commands.add_parser("segment", help="segment images or folders of images")
+    segment.add_argument("inputs", nargs="+", help="image files and/or folders (png, jpg, bmp, tif)")
+    segment.add_argument("-o", "--output", default="iapas-out", help="output folder (default: iapas-out)")
+    segment.add_argument("--prompt", action="append", help="text prompt; repeat for several (default: abnormal, defect)")
+    segment.add_argument("--box-threshold", type=float, help="default 0.2 (paper, objects; 0.1 for textures)")
+    segment.add_argument("--text-threshold", type=float, help="default 0.2 (paper, objects; 0.1 for textures)")
+    segment.add_argument("--nms-iou", type=float, help="default 0.5 (paper)")
+    segment.add_argument("--size-threshold", type=float, help="box area / image area cap, default 0.8 (paper)")
+    segment.add_argument("--no-size-filter", action="store_true", help="skip step 2-2's size filter (ablation)")
+    segment.add_argument("--overwrite", action="store_true", help="redo images whose results already exist")
+    segment.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_options(segment)
+    segment.set_defaults(handler=command_segment)
+
+    weights = commands.add_parser("weights", help="list, verify or build model weights")
+    weights_commands = weights.add_subparsers(dest="weights_command", required=True)
+    listing = weights_commands.add_parser("list", help="the checkpoints iapas knows and which are present")
+    listing.add_argument("dir", nargs="?", default="weights")
+    listing.set_defaults(handler=command_weights_list)
+    verify = weights_commands.add_parser("verify", help="check sizes and sha256 of the checkpoints in DIR")
+    verify.add_argument("dir", nargs="?", default="weights")
+    verify.add_argument("--no-hash", action="store_true", help="check presence and size only")
+    verify.set_defaults(handler=command_weights_verify)
+    demo = weights_commands.add_parser("make-demo", help="build tiny RANDOM models (meaningless output) for demos")
+    demo.add_argument("dir", nargs="?", default="weights")
+    demo.set_defaults(handler=command_weights_make_demo)
+
+    config = commands.add_parser("config", help="show the configuration")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    show = config_commands.add_parser("show", help="print the effective configuration as YAML")
+    add_model_options(show)
+    show.set_defaults(handler=command_config_show)
+
+    bench = commands.add_parser("bench", help="time each stage on an image")
+    bench.add_argument("image", help="image file to segment repeatedly")
+    bench.add_argument("--repeat", type=int, default=5)
+    bench.add_argument("--warmup", type=int, default=1)
+    bench.add_argument("--prompt", action="append")
+    add_model_options(bench)
+    bench.set_defaults(handler=command_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub: every model loads from a local path
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except IapasError as error:
+        print(f"iapas: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("iapas: interrupted; finished results are kept and a re-run resumes", file=sys.stderr)
+        return 130
+    except Exception as error:  # one line, never a traceback, unless asked for
+        if args.debug:
+            raise
+        message = str(error).splitlines()[0] if str(error) else ""
+        print(f"iapas: internal error: {type(error).__name__}: {message} (re-run with --debug for details)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

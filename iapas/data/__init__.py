@@ -1,0 +1,1 @@
+"""Datasets: synthetic anomaly data and loaders for the public benchmark layouts."""

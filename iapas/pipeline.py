@@ -1,0 +1,117 @@
+"""The IAP-AS segmentation pipeline and its Python API."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .backends import Detector, Segmenter, load_detector, load_segmenter
+from .config import Config
+from .device import resolve_device
+from .errors import IapasError, InputImageError
+from .graph import StageGraph
+from .images import LoadedImage, load_image, to_rgb
+from .stages import DetectStage, MaskStage, NmsStage, ScoreStage, SizeFilterStage
+from .types import Boxes, Masks, Result
+from .weights import find_weights
+
+ImageInput = str | Path | np.ndarray | Image.Image
+GRAPH_INPUTS = ("image", "prompts", "size_threshold")
+
+
+def unique_prompts(prompts: Iterable[str]) -> tuple[str, ...]:
+    """Lower-cased, stripped prompts with duplicates removed, first occurrence kept."""
+    cleaned = (" ".join(p.lower().split()) for p in prompts)
+    return tuple(dict.fromkeys(p for p in cleaned if p))
+
+
+def as_rgb_array(image: ImageInput, max_pixels: int) -> np.ndarray:
+    """Any supported image input as (H, W, 3) uint8."""
+    if isinstance(image, (str, Path)):
+        return load_image(image, max_pixels).pixels
+    if isinstance(image, Image.Image):
+        return to_rgb(image)[0]
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise InputImageError(f"image array must be HxW, HxWx3 or HxWx4, got shape {array.shape}")
+    if array.dtype != np.uint8:
+        raise InputImageError(f"image array must be uint8, got {array.dtype}")
+    return np.ascontiguousarray(array[:, :, :3])
+
+
+class Pipeline:
+    """Grounding DINO -> NMS -> size filter -> SAM -> score, as a swappable stage graph."""
+
+    def __init__(self, config: Config, detector: Detector, segmenter: Segmenter, graph: StageGraph | None = None) -> None:
+        self.config = config
+        self.detector = detector
+        self.segmenter = segmenter
+        self.graph = graph or self.default_graph()
+
+    @classmethod
+    def from_config(cls, config: Config | None = None) -> "Pipeline":
+        """Load the models the config names (or the first found in its weights dir)."""
+        config = config or Config()
+        device = resolve_device(config.device)
+        detector_path = Path(config.detection.weights) if config.detection.weights else find_weights("detector", config.weights_dir)[1]
+        segmenter_path = Path(config.masking.weights) if config.masking.weights else find_weights("segmenter", config.weights_dir)[1]
+        detector = load_detector(config.detection.backend, detector_path, device)
+        segmenter = load_segmenter(config.masking.backend, segmenter_path, device)
+        return cls(config, detector, segmenter)
+
+    @classmethod
+    def from_pretrained(cls, weights_dir: str | Path, config: Config | None = None) -> "Pipeline":
+        """Load from a weights dir laid out as weights/manifest.toml says."""
+        config = (config or Config()).updated({"weights_dir": str(weights_dir)})
+        return cls.from_config(config)
+
+    def default_graph(self) -> StageGraph:
+        detection = self.config.detection
+        return StageGraph(
+            [
+                DetectStage(self.detector, detection.box_threshold, detection.text_threshold),
+                NmsStage(self.config.filtering.nms_iou),
+                SizeFilterStage(),
+                MaskStage(self.segmenter),
+                ScoreStage(),
+            ],
+            provided=GRAPH_INPUTS,
+        )
+
+    def default_prompts(self) -> tuple[str, ...]:
+        return unique_prompts([*self.config.prompts.fixed, *self.config.prompts.extra])
+
+    def segment(
+        self,
+        image: ImageInput,
+        prompts: Sequence[str] | None = None,
+        size_threshold: float | None = None,
+    ) -> Result:
+        """Segment one image; prompts and size threshold default to the config's."""
+        pixels = as_rgb_array(image, self.config.max_image_pixels)
+        used_prompts = unique_prompts(prompts) if prompts else self.default_prompts()
+        if not used_prompts:
+            raise IapasError("no text prompts: give --prompt or a calibration")
+        threshold = self.config.filtering.size_threshold if size_threshold is None else float(size_threshold)
+        run = self.graph.run({"image": pixels, "prompts": used_prompts, "size_threshold": threshold})
+        height, width = pixels.shape[:2]
+        boxes: Boxes = run.context["boxes"]
+        masks: Masks = run.context.get("masks", Masks.empty(height, width))
+        heat = run.context.get("anomaly_map", np.zeros((height, width), np.float32))
+        return Result(heat, boxes, masks, used_prompts, run.timings)
+
+    def segment_batch(self, images: Iterable[ImageInput], **options: Any) -> Iterator[tuple[ImageInput, Result | IapasError]]:
+        """Stream (input, Result) pairs; an input that fails yields its IapasError and the batch goes on."""
+        for image in images:
+            try:
+                yield image, self.segment(image, **options)
+            except IapasError as error:
+                yield image, error
+
+    def load(self, path: str | Path) -> LoadedImage:
+        """Read an image with this pipeline's size limit (notes say what was converted)."""
+        return load_image(path, self.config.max_image_pixels)

@@ -1,0 +1,107 @@
+"""Frozen value types that flow between stages."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def _frozen_array(values: np.ndarray, dtype: type, ndim: int, name: str) -> np.ndarray:
+    array = np.ascontiguousarray(values, dtype=dtype)
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {array.shape}")
+    array.setflags(write=False)
+    return array
+
+
+@dataclass(frozen=True)
+class Boxes:
+    """Detected regions in pixel coordinates of the input image.
+
+    xyxy: (N, 4) float32, x0 y0 x1 y1; scores: (N,) float32 in [0, 1];
+    phrases: N prompt phrases, the best-matching prompt of each box ("" when none passed the text threshold).
+    """
+
+    xyxy: np.ndarray
+    scores: np.ndarray
+    phrases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        xyxy = np.asarray(self.xyxy, dtype=np.float32).reshape(-1, 4)
+        object.__setattr__(self, "xyxy", _frozen_array(xyxy, np.float32, 2, "xyxy"))
+        object.__setattr__(self, "scores", _frozen_array(self.scores, np.float32, 1, "scores"))
+        phrases = tuple(self.phrases) if self.phrases else ("",) * len(self.scores)
+        object.__setattr__(self, "phrases", phrases)
+        if not (len(self.xyxy) == len(self.scores) == len(self.phrases)):
+            raise ValueError("xyxy, scores and phrases must have the same length")
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @classmethod
+    def empty(cls) -> "Boxes":
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), ())
+
+    def areas(self) -> np.ndarray:
+        """(N,) float32 box areas in pixels."""
+        width = np.clip(self.xyxy[:, 2] - self.xyxy[:, 0], 0, None)
+        height = np.clip(self.xyxy[:, 3] - self.xyxy[:, 1], 0, None)
+        return width * height
+
+    def select(self, keep: np.ndarray) -> "Boxes":
+        """The boxes at the integer indices or boolean mask `keep`, in that order."""
+        index = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep, dtype=np.int64)
+        return Boxes(self.xyxy[index], self.scores[index], tuple(self.phrases[i] for i in index))
+
+
+@dataclass(frozen=True)
+class Masks:
+    """Binary masks, one per box: data is (N, H, W) bool at the input resolution."""
+
+    data: np.ndarray
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", _frozen_array(self.data, bool, 3, "mask data"))
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    @classmethod
+    def empty(cls, height: int, width: int) -> "Masks":
+        return cls(np.zeros((0, height, width), bool))
+
+    def areas(self) -> np.ndarray:
+        """(N,) int64 pixel count of each mask."""
+        return self.data.reshape(len(self), -1).sum(axis=1)
+
+
+@dataclass(frozen=True)
+class Result:
+    """Everything one segmentation produced for one image.
+
+    anomaly_map: (H, W) float32 in [0, 1] at the input resolution; boxes and masks: the kept
+    regions; prompts: the text prompts used; timings: seconds per stage, in run order.
+    """
+
+    anomaly_map: np.ndarray
+    boxes: Boxes
+    masks: Masks
+    prompts: tuple[str, ...]
+    timings: dict[str, float] = field(default_factory=dict)
+    method: str = "iapas"
+    image_score_value: float | None = None
+
+    @property
+    def image_score(self) -> float:
+        """Image-level anomaly score: the method's own, else the maximum of the map."""
+        if self.image_score_value is not None:
+            return float(self.image_score_value)
+        return float(self.anomaly_map.max()) if self.anomaly_map.size else 0.0
+
+    @property
+    def height(self) -> int:
+        return int(self.anomaly_map.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.anomaly_map.shape[1])

@@ -1,0 +1,170 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from iapas.cli import main
+from conftest import write_rgb
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def error_lines(err):
+    return [line for line in err.splitlines() if line.startswith("iapas: error")]
+
+
+def test_segment_folder_writes_every_output(capsys, weights_dir, image_folder, tmp_path):
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "segment", image_folder, "-o", out, "--weights", weights_dir, "--no-progress")
+    assert code == 0, err
+    for stem in ("a", "b", "sub__c"):
+        for suffix in (".npy", "_map.png", "_overlay.png", ".json"):
+            assert (out / f"{stem}{suffix}").exists()
+    record = json.loads((out / "a.json").read_text())
+    heat = np.load(out / "a.npy")
+    assert heat.shape == (record["height"], record["width"]) == (96, 128)
+    assert record["prompts"] == ["abnormal", "defect"]
+    assert set(record["timings_s"]) == {"detection", "nms", "size_filter", "masking", "scoring"}
+    assert record["image_score"] == pytest.approx(float(heat.max()), abs=1e-6)
+    png = np.asarray(Image.open(out / "a_map.png"))
+    assert png.dtype == np.uint8 and np.array_equal(png, np.round(heat * 255).astype(np.uint8))
+    assert "3 images: 3 segmented, 0 skipped" in err
+    assert "RANDOM DEMO WEIGHTS" in err
+
+
+def test_second_run_resumes_and_does_no_work(capsys, weights_dir, image_folder, tmp_path):
+    out = tmp_path / "out"
+    assert run(capsys, "segment", image_folder, "-o", out, "--weights", weights_dir, "--no-progress")[0] == 0
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    (out / "b.json").unlink()  # as if the run had stopped while writing b
+    code, _, err = run(capsys, "segment", image_folder, "-o", out, "--weights", weights_dir, "--no-progress")
+    assert code == 0 and "3 images: 1 segmented, 2 skipped" in err
+    assert all(out.joinpath(name).stat().st_mtime_ns == t for name, t in stamps.items() if not name.startswith("b"))
+    code, _, err = run(capsys, "segment", image_folder, "-o", out, "--weights", weights_dir, "--no-progress")
+    assert "0 segmented, 3 skipped" in err
+    code, _, err = run(capsys, "segment", image_folder, "-o", out, "--weights", weights_dir, "--no-progress", "--overwrite")
+    assert "3 segmented, 0 skipped" in err
+
+
+def test_batch_with_a_corrupt_image_finishes_the_others(capsys, weights_dir, image_folder, tmp_path):
+    (image_folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "segment", image_folder, "-o", out, "--weights", weights_dir, "--no-progress")
+    assert code == 1
+    [line] = error_lines(err)
+    assert line.startswith("iapas: error: ") and str(image_folder / "broken.png") in line
+    assert "4 images: 3 segmented, 0 skipped (already done), 1 failed" in err
+    assert sorted(p.name for p in out.glob("*.json")) == ["a.json", "b.json", "sub__c.json"]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "missing.png", "image not found"),
+    (lambda d: (d / "empty").mkdir() or d / "empty", "no images"),
+])
+def test_bad_paths_exit_2_with_one_line(capsys, weights_dir, tmp_path, make, message):
+    code, _, err = run(capsys, "segment", make(tmp_path), "-o", tmp_path / "o", "--weights", weights_dir)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+def test_non_image_file_fails_with_one_line(capsys, weights_dir, tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("hello")
+    code, _, err = run(capsys, "segment", text, "-o", tmp_path / "o", "--weights", weights_dir, "--no-progress")
+    assert code == 1
+    assert error_lines(err) == [f"iapas: error: not an image file (or an unsupported format): {text}"]
+
+
+def test_missing_weights_dir(capsys, image_folder, tmp_path):
+    code, _, err = run(capsys, "segment", image_folder, "-o", tmp_path / "o", "--weights", tmp_path / "nowhere")
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert "no detector weights in" in err and "grounding-dino-tiny" in err and "make-demo" in err
+
+
+@pytest.mark.parametrize("mode, note", [
+    ("L", "greyscale image replicated to RGB"),
+    ("RGBA", "alpha channel dropped"),
+    ("I;16", "16-bit grey image stretched to 8-bit"),
+])
+def test_grey_rgba_and_16_bit_images_are_converted_with_a_note(capsys, weights_dir, tmp_path, mode, note):
+    rng = np.random.default_rng(0)
+    if mode == "I;16":
+        image = Image.fromarray(rng.integers(1000, 4000, (60, 80), dtype=np.uint16))
+    elif mode == "L":
+        image = Image.fromarray(rng.integers(0, 256, (60, 80), dtype=np.uint8))
+    else:
+        image = Image.fromarray(rng.integers(0, 256, (60, 80, 4), dtype=np.uint8), "RGBA")
+    assert image.mode == mode
+    path = tmp_path / "odd.png"
+    image.save(path)
+    code, _, err = run(capsys, "segment", path, "-o", tmp_path / "o", "--weights", weights_dir, "--no-progress")
+    assert code == 0, err
+    assert f"note: {path}: {note}" in err
+    assert np.load(tmp_path / "o" / "odd.npy").shape == (60, 80)
+
+
+def test_huge_image_is_refused(capsys, weights_dir, tmp_path):
+    path = write_rgb(tmp_path / "big.png", 200, 300)
+    config = tmp_path / "c.yaml"
+    config.write_text("max_image_pixels: 50000\n")
+    code, _, err = run(capsys, "segment", path, "-o", tmp_path / "o", "--weights", weights_dir, "--config", config, "--no-progress")
+    assert code == 1
+    assert "image too large: " in err and "300x200" in err and "Traceback" not in err
+
+
+def test_bad_config_is_one_line(capsys, tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text("[detection]\nbox_treshold = 0.3\n")
+    code, _, err = run(capsys, "config", "show", "--config", config)
+    assert code == 2 and err.strip() == (
+        "iapas: error: unknown setting detection.box_treshold (known: backend, box_threshold, max_text_tokens, text_threshold, weights)"
+    )
+
+
+def test_config_show_round_trips(capsys, tmp_path):
+    import yaml
+    from iapas.config import config_from_dict
+
+    code, out, _ = run(capsys, "config", "show", "--device", "cpu")
+    data = yaml.safe_load(out)
+    assert code == 0 and data["device"] == "cpu"
+    assert data["detection"]["box_threshold"] == 0.2 and data["filtering"] == {"nms_iou": 0.5, "size_threshold": 0.8}
+    assert config_from_dict(data).to_dict() == data
+
+
+def test_weights_verify(capsys, weights_dir, tmp_path):
+    code, out, _ = run(capsys, "weights", "verify", weights_dir)
+    assert code == 0 and "sam-demo" in out and "present" in out
+    wrong = tmp_path / "w"
+    wrong.mkdir()
+    (wrong / "sam_vit_b_01ec64.pth").write_bytes(b"x" * 10)
+    code, out, err = run(capsys, "weights", "verify", wrong)
+    assert code == 2 and "wrong size" in out and "1 checkpoint(s) failed verification: sam-vit-b" in err
+    code, _, err = run(capsys, "weights", "verify", tmp_path / "absent")
+    assert code == 2 and "weights dir not found" in err
+
+
+def test_verify_entry_checks_sha256(tmp_path):
+    import hashlib
+    from iapas.weights import WeightEntry, verify_entry
+
+    (tmp_path / "m.pth").write_bytes(b"model bytes")
+    digest = hashlib.sha256(b"model bytes").hexdigest()
+    entry = WeightEntry("m", "sam", "segmenter", "pth", "m.pth", "here", size=11, sha256=digest)
+    assert verify_entry(entry, tmp_path).status == "ok"
+    tampered = WeightEntry("m", "sam", "segmenter", "pth", "m.pth", "here", size=11, sha256="0" * 64)
+    assert verify_entry(tampered, tmp_path).status == "wrong sha256"
+
+
+def test_console_script_entry_point(tmp_path):
+    completed = subprocess.run([sys.executable, "-m", "iapas", "segment", tmp_path / "nope.png"], capture_output=True, text=True)
+    assert completed.returncode == 2
+    assert completed.stderr.strip() == f"iapas: error: image not found: {tmp_path / 'nope.png'}"
