@@ -31,6 +31,16 @@ def base_config(args: argparse.Namespace) -> Config:
             "detection.text_threshold": getattr(args, "text_threshold", None),
             "filtering.nms_iou": getattr(args, "nms_iou", None),
             "filtering.size_threshold": getattr(args, "size_threshold", None),
+            "calibration.seed": getattr(args, "seed", None),
+            "calibration.n_images": getattr(args, "n_images", None),
+            "calibration.tagger": getattr(args, "tagger", None),
+            "calibration.tagger_weights": getattr(args, "tagger_weights", None),
+            "calibration.tags": getattr(args, "tags", None),
+            "calibration.llm": getattr(args, "llm", None),
+            "calibration.llm_model": getattr(args, "llm_model", None),
+            "calibration.llm_url": getattr(args, "llm_url", None),
+            "calibration.template": getattr(args, "template", None),
+            "calibration.cache_dir": getattr(args, "cache_dir", None),
         }
     )
 
@@ -53,13 +63,55 @@ def command_segment(args: argparse.Namespace) -> int:
     options: dict = {}
     if args.prompt:
         options["prompts"] = args.prompt
+    if args.calibration:
+        options["calibration"] = calibration_with_overrides(args)
     pipeline = Pipeline.from_config(config)
     if args.no_size_filter:
         pipeline.graph = pipeline.graph.without("size_filter")
+    extra = {"calibration": str(args.calibration)} if args.calibration else None
     summary = run_batch(pipeline, inputs, Path(args.output), overwrite=args.overwrite, segment_options=options,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, extra_record=extra)
     print(summary.line(), file=sys.stderr)
     return EXIT_PARTIAL if summary.failures else EXIT_OK
+
+
+def calibration_with_overrides(args: argparse.Namespace):
+    """The calibration file, with any threshold given on the command line taking precedence."""
+    import dataclasses
+
+    from .calibration import load_calibration
+
+    calibration = load_calibration(args.calibration)
+    overrides = {
+        "box_threshold": args.box_threshold,
+        "text_threshold": args.text_threshold,
+        "size_threshold": args.size_threshold,
+    }
+    return dataclasses.replace(calibration, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def command_calibrate(args: argparse.Namespace) -> int:
+    from .calibration import calibration_table, load_calibration
+
+    console = Console(width=160)
+    if args.show:
+        console.print(calibration_table(load_calibration(args.show), title=str(args.show)))
+        return EXIT_OK
+    if not args.normal_dir:
+        raise IapasError("calibrate needs NORMAL_DIR (or --show FILE)")
+    from .images import find_images
+    from .pipeline import Pipeline
+
+    if not Path(args.normal_dir).is_dir():
+        raise IapasError(f"normal-image folder not found: {args.normal_dir}")
+    if not find_images(args.normal_dir):
+        raise IapasError(f"no images found in folder: {args.normal_dir}")
+    ablate = [name.strip() for name in (args.ablate or "").split(",") if name.strip()]
+    pipeline = Pipeline.from_config(base_config(args))
+    calibration = pipeline.calibrate(args.normal_dir, args.anomalous_dir, args.category, args.kind, ablate)
+    path = calibration.save(args.output)
+    console.print(calibration_table(calibration, title=str(path)))
+    return EXIT_OK
 
 
 def command_weights_list(args: argparse.Namespace) -> int:
@@ -129,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("inputs", nargs="+", help="image files and/or folders (png, jpg, bmp, tif)")
     segment.add_argument("-o", "--output", default="iapas-out", help="output folder (default: iapas-out)")
     segment.add_argument("--prompt", action="append", help="text prompt; repeat for several (default: abnormal, defect)")
+    segment.add_argument("--calibration", help="calibration file from `iapas calibrate` (P_final, S_threshold, thresholds)")
     segment.add_argument("--box-threshold", type=float, help="default 0.2 (paper, objects; 0.1 for textures)")
     segment.add_argument("--text-threshold", type=float, help="default 0.2 (paper, objects; 0.1 for textures)")
     segment.add_argument("--nms-iou", type=float, help="default 0.5 (paper)")
@@ -138,6 +191,27 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_options(segment)
     segment.set_defaults(handler=command_segment)
+
+    calibrate = commands.add_parser("calibrate", help="preprocessing: tags, size threshold and LLM prompts -> calibration file")
+    calibrate.add_argument("normal_dir", nargs="?", help="folder of normal images")
+    calibrate.add_argument("--show", metavar="FILE", help="print a calibration file as a table and exit")
+    calibrate.add_argument("--anomalous-dir", help="images for the size threshold (default: the chosen normal images)")
+    calibrate.add_argument("--category", help="category name (fixed tag when there is no tagger; texture categories set --kind)")
+    calibrate.add_argument("--kind", choices=("object", "texture"), help="box/text thresholds 0.2 (object) or 0.1 (texture)")
+    calibrate.add_argument("-o", "--output", default="calib.json")
+    calibrate.add_argument("--seed", type=int, help="random seed for choosing images (default 111, the paper's)")
+    calibrate.add_argument("--n-images", type=int, help="normal images to tag (default 3)")
+    calibrate.add_argument("--tagger", help="auto | clip | ram | fixed (default auto)")
+    calibrate.add_argument("--tagger-weights", "--clip", dest="tagger_weights", help="CLIP directory or RAM checkpoint")
+    calibrate.add_argument("--tags", nargs="+", help="fixed tags (the fixed tagger)")
+    calibrate.add_argument("--llm", help="lexicon | gguf | hf | openai (default lexicon, offline)")
+    calibrate.add_argument("--llm-model", help=".gguf file, transformers directory, or the endpoint's model name")
+    calibrate.add_argument("--llm-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1")
+    calibrate.add_argument("--template", help="prompt template name or .txt path (default iap_v1)")
+    calibrate.add_argument("--cache-dir", help="LLM answer cache (default ~/.cache/iapas/llm)")
+    calibrate.add_argument("--ablate", help="comma list of preprocessing steps to skip: tagging,llm")
+    add_model_options(calibrate)
+    calibrate.set_defaults(handler=command_calibrate)
 
     weights = commands.add_parser("weights", help="list, verify or build model weights")
     weights_commands = weights.add_subparsers(dest="weights_command", required=True)

@@ -22,6 +22,20 @@ PAPER_NMS_IOU = 0.5
 PAPER_SIZE_THRESHOLD = 0.8
 PAPER_SEED = 111
 FIXED_PROMPTS = ("abnormal", "defect")  # the fixed prompts P_final always holds
+KIND_THRESHOLDS = {"object": PAPER_OBJECT_THRESHOLD, "texture": PAPER_TEXTURE_THRESHOLD}
+# Categories the paper's datasets treat as textures (MVTec AD textures, KSDD1, MTD, DTD-Synthetic, DAGM2007).
+TEXTURE_CATEGORIES = frozenset(
+    "carpet grid leather tile wood ksdd1 kolektorsdd kolektor mtd magnetic_tile magnetic-tile dtd dtd-synthetic dagm "
+    "dagm2007 fabric".split()
+    + [f"class{i}" for i in range(1, 11)]
+    + "woven_001 woven_068 woven_104 woven_125 woven_127 blotchy_099 fibrous_183 marbled_078 matted_069 mesh_114 "
+      "perforated_037 stratified_154".split()
+)
+
+
+def kind_of(category: str | None) -> str:
+    """ "texture" for the paper's texture categories, "object" otherwise."""
+    return "texture" if category and category.lower() in TEXTURE_CATEGORIES else "object"
 
 
 @dataclass
@@ -60,6 +74,24 @@ class PromptConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """Preprocessing (steps 1-1 to 1-3)."""
+
+    seed: int = PAPER_SEED
+    n_images: int = 3  # normal images drawn at random for tagging
+    tagger: str = "auto"  # auto: clip when a CLIP model is in the weights dir, else fixed (--tags or the category)
+    tagger_weights: str = ""
+    tags: list[str] = field(default_factory=list)
+    top_k: int = 4  # CLIP tagger: tags kept
+    llm: str = "lexicon"  # lexicon | gguf | hf | openai
+    llm_model: str = ""
+    llm_url: str = ""
+    template: str = "iap_v1"
+    cache_dir: str = ""  # empty: ~/.cache/iapas/llm
+    size_cap: float = PAPER_SIZE_THRESHOLD
+
+
+@dataclass
 class Config:
     """Every setting of a pipeline run."""
 
@@ -70,6 +102,7 @@ class Config:
     filtering: FilteringConfig = field(default_factory=FilteringConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

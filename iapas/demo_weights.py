@@ -105,6 +105,39 @@ def build_demo_hf_sam(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
+def build_demo_clip(directory: Path, seed: int = 0, image_size: int = 32) -> Path:
+    """Save a tiny transformers CLIPModel with a character-level BPE tokenizer to `directory`."""
+    import json
+
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    characters = list(string.ascii_lowercase + string.digits + ".,'-/()")
+    vocab = {token: index for index, token in enumerate(characters + [f"{c}</w>" for c in characters])}
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
+    (directory / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (directory / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+            max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+            pad_token_id=vocab["<|endoftext|>"],
+        ),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=image_size, patch_size=8),
+        projection_dim=16,
+    )
+    torch.manual_seed(seed)
+    transformers_logging.disable_progress_bar()
+    CLIPModel(config).eval().save_pretrained(directory)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
+    (directory / "DEMO_WEIGHTS").write_text(DEMO_NOTE, encoding="utf-8")
+    return directory
+
+
 def make_demo_weights(weights_dir: Path) -> list[Path]:
     """Write the demo detector and segmenter where the manifest's demo entries expect them."""
     from .weights import load_manifest

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from .backends import Detector, Segmenter, load_detector, load_segmenter
+from .calibration import Calibration
 from .config import Config
 from .device import resolve_device
 from .errors import IapasError, InputImageError
@@ -18,7 +19,7 @@ from .types import Boxes, Masks, Result
 from .weights import find_weights
 
 ImageInput = str | Path | np.ndarray | Image.Image
-GRAPH_INPUTS = ("image", "prompts", "size_threshold")
+GRAPH_INPUTS = ("image", "prompts", "box_threshold", "text_threshold", "size_threshold")
 
 
 def unique_prompts(prompts: Iterable[str]) -> tuple[str, ...]:
@@ -70,10 +71,9 @@ class Pipeline:
         return cls.from_config(config)
 
     def default_graph(self) -> StageGraph:
-        detection = self.config.detection
         return StageGraph(
             [
-                DetectStage(self.detector, detection.box_threshold, detection.text_threshold),
+                DetectStage(self.detector),
                 NmsStage(self.config.filtering.nms_iou),
                 SizeFilterStage(),
                 MaskStage(self.segmenter),
@@ -90,14 +90,34 @@ class Pipeline:
         image: ImageInput,
         prompts: Sequence[str] | None = None,
         size_threshold: float | None = None,
+        calibration: Calibration | None = None,
     ) -> Result:
-        """Segment one image; prompts and size threshold default to the config's."""
+        """Segment one image.
+
+        Prompts, size threshold and box/text thresholds come from the explicit arguments, else the
+        calibration (P_final, S_threshold and the kind's thresholds), else the config.
+        """
         pixels = as_rgb_array(image, self.config.max_image_pixels)
+        detection = self.config.detection
+        if calibration is not None:
+            prompts = prompts or calibration.p_final
+            size_threshold = calibration.size_threshold if size_threshold is None else size_threshold
+            box_threshold, text_threshold = calibration.box_threshold, calibration.text_threshold
+        else:
+            box_threshold, text_threshold = detection.box_threshold, detection.text_threshold
         used_prompts = unique_prompts(prompts) if prompts else self.default_prompts()
         if not used_prompts:
             raise IapasError("no text prompts: give --prompt or a calibration")
         threshold = self.config.filtering.size_threshold if size_threshold is None else float(size_threshold)
-        run = self.graph.run({"image": pixels, "prompts": used_prompts, "size_threshold": threshold})
+        run = self.graph.run(
+            {
+                "image": pixels,
+                "prompts": used_prompts,
+                "box_threshold": box_threshold,
+                "text_threshold": text_threshold,
+                "size_threshold": threshold,
+            }
+        )
         height, width = pixels.shape[:2]
         boxes: Boxes = run.context["boxes"]
         masks: Masks = run.context.get("masks", Masks.empty(height, width))
@@ -111,6 +131,20 @@ class Pipeline:
                 yield image, self.segment(image, **options)
             except IapasError as error:
                 yield image, error
+
+    def calibrate(
+        self,
+        normal: str | Path | Sequence[str | Path],
+        anomalous: str | Path | Sequence[str | Path] | None = None,
+        category: str | None = None,
+        kind: str | None = None,
+        ablate: Sequence[str] = (),
+    ) -> Calibration:
+        """Preprocessing (steps 1-1 to 1-3) on normal images: tags, S_threshold, P_adj and P_final."""
+        from .preprocess import Preprocessor
+
+        device = str(resolve_device(self.config.device))
+        return Preprocessor(self.config, self.detector, device).calibrate(normal, anomalous, category, kind, ablate)
 
     def load(self, path: str | Path) -> LoadedImage:
         """Read an image with this pipeline's size limit (notes say what was converted)."""

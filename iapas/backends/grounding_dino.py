@@ -46,6 +46,7 @@ class HFGroundingDino:
             raise WeightsError(f"cannot load Grounding DINO from {path}: {str(error).splitlines()[0]}") from None
         self.model.to(device).eval()
         self.device = device
+        self.model_id = f"grounding-dino:{Path(path).name}"
         self.max_text_len = int(getattr(self.model.config, "max_text_len", 256))
 
     def _chunks(self, prompts: Sequence[str]) -> list[list[str]]:

@@ -11,14 +11,12 @@ from ..types import Boxes
 
 @dataclass
 class DetectStage:
-    """Runs the detector once per image over all prompts."""
+    """Runs the detector once per image over all prompts; thresholds come per call (a calibration sets them)."""
 
     detector: Detector
-    box_threshold: float
-    text_threshold: float
     name: str = "detection"
-    inputs: tuple[str, ...] = ("image", "prompts")
+    inputs: tuple[str, ...] = ("image", "prompts", "box_threshold", "text_threshold")
     outputs: tuple[str, ...] = ("boxes",)
 
-    def run(self, image: np.ndarray, prompts: tuple[str, ...]) -> dict[str, Boxes]:
-        return {"boxes": self.detector.detect(image, prompts, self.box_threshold, self.text_threshold)}
+    def run(self, image: np.ndarray, prompts: tuple[str, ...], box_threshold: float, text_threshold: float) -> dict[str, Boxes]:
+        return {"boxes": self.detector.detect(image, prompts, box_threshold, text_threshold)}

@@ -1,0 +1,142 @@
+"""Image taggers for step 1-1: CLIP zero-shot over a vocabulary, RAM, or a fixed list."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import WeightsError
+from ..registry import Registry
+from ..vocabulary import tag_vocabulary
+from .base import require_path
+
+CLIP_TAG_TEMPLATES = ("a photo of a {}.", "a close-up photo of {}.", "an industrial photo of a {}.")
+
+
+class Tagger(Protocol):
+    """Tags for a set of images, most confident first; `model_id` names it in calibration files."""
+
+    model_id: str
+
+    def tag(self, images: Sequence[np.ndarray]) -> tuple[str, ...]: ...
+
+
+@dataclass(frozen=True)
+class TaggerSpec:
+    backend: str = "clip"
+    weights: str = ""
+    tags: tuple[str, ...] = ()  # the fixed backend's tags
+    top_k: int = 4
+    min_score: float = 0.0  # CLIP: minimum softmax probability over the vocabulary
+    vocabulary: tuple[str, ...] = field(default_factory=tuple)  # empty: the shipped vocabulary
+    device: str = "cpu"
+
+
+TAGGERS: Registry[Callable[[TaggerSpec], Tagger]] = Registry("tagger backend")
+
+
+class FixedTagger:
+    """The tags the user gave (or the category name): no model at all."""
+
+    def __init__(self, tags: Sequence[str]) -> None:
+        self.tags = tuple(dict.fromkeys(t.strip().lower() for t in tags if t.strip()))
+        self.model_id = "fixed"
+
+    def tag(self, images: Sequence[np.ndarray]) -> tuple[str, ...]:
+        return self.tags
+
+
+class ClipTagger:
+    """Ranks a vocabulary by CLIP image-text similarity, averaged over the images; keeps the top k."""
+
+    def __init__(self, path: Path, vocabulary: Sequence[str], top_k: int, min_score: float, device: str) -> None:
+        from transformers import AutoProcessor, CLIPModel
+
+        require_path(path, "CLIP", expect_dir=True)
+        try:
+            self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+            self.model = CLIPModel.from_pretrained(path, local_files_only=True).to(device).eval()
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise WeightsError(f"cannot load CLIP from {path}: {str(error).splitlines()[0]}") from None
+        self.vocabulary = tuple(vocabulary)
+        self.top_k, self.min_score, self.device = top_k, min_score, device
+        self.model_id = f"clip:{Path(path).name}"
+        self._text = self._embed_vocabulary()
+
+    @torch.inference_mode()
+    def _embed_vocabulary(self) -> torch.Tensor:
+        """(V, D) unit text embeddings, each word averaged over the prompt templates; computed once."""
+        sentences = [template.format(word) for word in self.vocabulary for template in CLIP_TAG_TEMPLATES]
+        tokens = self.processor.tokenizer(sentences, padding=True, truncation=True, return_tensors="pt").to(self.device)
+        features = self.model.get_text_features(**tokens)
+        features = getattr(features, "pooler_output", features)
+        features = torch.nn.functional.normalize(features.float(), dim=-1).view(len(self.vocabulary), len(CLIP_TAG_TEMPLATES), -1)
+        return torch.nn.functional.normalize(features.mean(dim=1), dim=-1)
+
+    @torch.inference_mode()
+    def scores(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(V,) mean softmax probability of each vocabulary word over the images."""
+        pixels = self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"].to(self.device)
+        features = self.model.get_image_features(pixel_values=pixels)
+        features = torch.nn.functional.normalize(getattr(features, "pooler_output", features).float(), dim=-1)
+        logits = self.model.logit_scale.exp().float() * features @ self._text.T
+        return logits.softmax(dim=-1).mean(dim=0).cpu().numpy()
+
+    def tag(self, images: Sequence[np.ndarray]) -> tuple[str, ...]:
+        probabilities = self.scores(images)
+        order = np.argsort(-probabilities, kind="stable")[: self.top_k]
+        return tuple(self.vocabulary[i] for i in order if probabilities[i] >= self.min_score)
+
+
+class RamTagger:
+    """Recognize Anything (RAM) through the `ram` package of recognize-anything, from a local checkpoint."""
+
+    def __init__(self, path: Path, device: str) -> None:
+        require_path(path, "RAM", expect_dir=False)
+        try:
+            from ram import get_transform, inference_ram
+            from ram.models import ram
+        except ImportError:
+            raise WeightsError(
+                "the RAM tagger needs the recognize-anything package (module `ram`), which is not on PyPI: install it "
+                "from its source, or use --tagger clip or --tags"
+            ) from None
+        try:
+            self.model = ram(pretrained=str(path), image_size=384, vit="swin_l").to(device).eval()
+        except Exception as error:  # RAM builds a BERT tokenizer that must be in the local HF cache
+            raise WeightsError(f"cannot load RAM from {path}: {str(error).splitlines()[0][:200]}") from None
+        self.transform, self.inference, self.device = get_transform(image_size=384), inference_ram, device
+        self.model_id = f"ram:{Path(path).name}"
+
+    @torch.inference_mode()
+    def tag(self, images: Sequence[np.ndarray]) -> tuple[str, ...]:
+        from PIL import Image
+
+        tags: list[str] = []
+        for image in images:
+            batch = self.transform(Image.fromarray(image)).unsqueeze(0).to(self.device)
+            english = self.inference(batch, self.model)[0]
+            tags.extend(t.strip() for t in english.split("|"))
+        return tuple(dict.fromkeys(t for t in tags if t))
+
+
+@TAGGERS.register("fixed")
+def load_fixed(spec: TaggerSpec) -> Tagger:
+    return FixedTagger(spec.tags)
+
+
+@TAGGERS.register("clip")
+def load_clip_tagger(spec: TaggerSpec) -> Tagger:
+    if not spec.weights:
+        raise WeightsError("the CLIP tagger needs a CLIP model directory (--clip DIR; see manifest entry 'clip-vit-b-16')")
+    return ClipTagger(Path(spec.weights), spec.vocabulary or tag_vocabulary(), spec.top_k, spec.min_score, spec.device)
+
+
+@TAGGERS.register("ram")
+def load_ram(spec: TaggerSpec) -> Tagger:
+    if not spec.weights:
+        raise WeightsError("the RAM tagger needs its checkpoint (--tagger-weights ram_swin_large_14m.pth; see weights/manifest.toml)")
+    return RamTagger(Path(spec.weights), spec.device)

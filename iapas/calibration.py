@@ -1,0 +1,101 @@
+"""The calibration file: what preprocessing (steps 1-1 to 1-3) found, reusable by `segment`."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+CALIBRATION_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """T_n, the LLM's answer, P_adj, P_final, S_threshold and the detection thresholds of one category."""
+
+    tags: tuple[str, ...]
+    llm_answer: str
+    p_adj: tuple[str, ...]
+    p_final: tuple[str, ...]
+    size_threshold: float
+    object_size: float | None  # largest object box / image area found in step 1-2 (None: nothing found)
+    box_threshold: float
+    text_threshold: float
+    kind: str
+    category: str = ""
+    seed: int = 111
+    normal_images: tuple[str, ...] = ()
+    calibration_images: tuple[str, ...] = ()
+    models: dict[str, str] = field(default_factory=dict)
+    template: dict[str, str] = field(default_factory=dict)
+    ablated: tuple[str, ...] = ()
+    format: int = CALIBRATION_FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Calibration":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"calibration has unknown field {unknown[0]!r}")
+        values = dict(data)
+        for name in ("tags", "p_adj", "p_final", "normal_images", "calibration_images", "ablated"):
+            if name in values:
+                values[name] = tuple(values[name])
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise ConfigError(f"calibration is incomplete: {error}") from None
+
+
+def load_calibration(path: str | Path) -> Calibration:
+    """Read a calibration JSON file, or raise a one-line ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"calibration file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"calibration file is not valid JSON: {path} ({error})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"calibration file must hold a JSON object: {path}")
+    if data.get("format") != CALIBRATION_FORMAT:
+        raise ConfigError(f"calibration file {path} has format {data.get('format')!r}, expected {CALIBRATION_FORMAT}")
+    return Calibration.from_dict(data)
+
+
+def calibration_table(calibration: Calibration, title: str = "calibration"):
+    """A rich Table of a calibration, for `iapas calibrate --show`."""
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    object_size = "none found" if calibration.object_size is None else f"{calibration.object_size:.3f}"
+    rows = [
+        ("category / kind", f"{calibration.category or '-'} / {calibration.kind}"),
+        ("T_n (tags)", ", ".join(calibration.tags) or "-"),
+        ("LLM answer", calibration.llm_answer or "-"),
+        ("P_adj", ", ".join(calibration.p_adj) or "-"),
+        ("P_final", ", ".join(calibration.p_final)),
+        ("S_threshold", f"{calibration.size_threshold:.3f} (largest object box: {object_size})"),
+        ("box / text threshold", f"{calibration.box_threshold} / {calibration.text_threshold}"),
+        ("seed / images", f"{calibration.seed} / {len(calibration.normal_images)} normal, {len(calibration.calibration_images)} for size"),
+        ("models", ", ".join(f"{k}={v}" for k, v in calibration.models.items())),
+        ("template", f"{calibration.template.get('name', '-')} ({calibration.template.get('sha256', '')[:12]})"),
+        ("ablated", ", ".join(calibration.ablated) or "-"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
