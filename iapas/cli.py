@@ -114,6 +114,39 @@ def command_calibrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def command_eval(args: argparse.Namespace) -> int:
+    from .evaluate import EvalOptions, run_eval
+    from .reports import paper_comparison
+
+    options = EvalOptions(
+        dataset=args.dataset, root=Path(args.root), out_dir=Path(args.output), method=args.method,
+        categories=args.categories or (), ablate=[a.strip() for a in (args.ablate or "").split(",") if a.strip()],
+        save_maps=args.save_maps, image_score=args.image_score, progress=not args.no_progress, limit=args.limit,
+    )
+    run_dir = run_eval(options, base_config(args))
+    print((run_dir / "table.md").read_text(encoding="utf-8"))
+    if args.compare_paper:
+        comparison = paper_comparison(args.dataset, run_dir)
+        print(comparison or f"the paper's Table 1 has no {args.dataset} row")
+    print(f"results: {run_dir}", file=sys.stderr)
+    return EXIT_OK
+
+
+def command_data_synth(args: argparse.Namespace) -> int:
+    from .data.synth import SURFACES, SynthSpec, write_synth_dataset
+
+    categories = tuple(args.categories or SynthSpec().categories)
+    unknown = sorted(set(categories) - set(SURFACES))
+    if unknown:
+        raise IapasError(f"unknown synthetic category {unknown[0]!r} (choose from {', '.join(SURFACES)})")
+    spec = SynthSpec(categories=categories, train_good=args.train_good, test_good=args.test_good,
+                     per_defect=args.per_defect, size=args.size, seed=args.seed)
+    root = write_synth_dataset(args.output, spec)
+    print(f"wrote an MVTec-layout dataset to {root} ({', '.join(categories)}); evaluate it with "
+          f"`iapas eval --dataset mvtec --root {root}`")
+    return EXIT_OK
+
+
 def command_weights_list(args: argparse.Namespace) -> int:
     from .weights import is_present, load_manifest
 
@@ -212,6 +245,43 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--ablate", help="comma list of preprocessing steps to skip: tagging,llm")
     add_model_options(calibrate)
     calibrate.set_defaults(handler=command_calibrate)
+
+    from .data.datasets import DATASETS
+    from .methods import METHODS
+
+    evaluate = commands.add_parser("eval", help="evaluate a method on a dataset: metrics, tables, PR curves")
+    evaluate.add_argument("--dataset", required=True, choices=DATASETS.names())
+    evaluate.add_argument("--root", required=True, help="dataset root folder")
+    evaluate.add_argument("--categories", nargs="+", help="default: every category found")
+    evaluate.add_argument("--method", default="iapas", choices=METHODS.names())
+    evaluate.add_argument("--ablate", help="comma list of IAP-AS steps to switch off: tagging,llm,filter (Table 3)")
+    evaluate.add_argument("-o", "--output", default="results")
+    evaluate.add_argument("--save-maps", action="store_true", help="also keep every anomaly map (.npy)")
+    evaluate.add_argument("--image-score", choices=("max", "method"), default="max", help="image score: max of the map (default)")
+    evaluate.add_argument("--compare-paper", action="store_true", help="print the paper's Table 1 numbers beside ours")
+    evaluate.add_argument("--limit", type=int, default=0, help="at most N test images per category (smoke runs)")
+    evaluate.add_argument("--no-progress", action="store_true")
+    evaluate.add_argument("--tagger", help="auto | clip | ram | fixed")
+    evaluate.add_argument("--tagger-weights", "--clip", dest="tagger_weights")
+    evaluate.add_argument("--llm", help="lexicon | gguf | hf | openai")
+    evaluate.add_argument("--llm-model")
+    evaluate.add_argument("--llm-url")
+    evaluate.add_argument("--seed", type=int)
+    evaluate.add_argument("--cache-dir", help="LLM answer cache (default ~/.cache/iapas/llm)")
+    add_model_options(evaluate)
+    evaluate.set_defaults(handler=command_eval)
+
+    data = commands.add_parser("data", help="dataset tools")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    synth = data_commands.add_parser("synth", help="write a procedural MVTec-layout anomaly dataset with exact masks")
+    synth.add_argument("-o", "--output", required=True)
+    synth.add_argument("--categories", nargs="+", help="tile fabric washer board (default: all)")
+    synth.add_argument("--train-good", type=int, default=4)
+    synth.add_argument("--test-good", type=int, default=2)
+    synth.add_argument("--per-defect", type=int, default=2)
+    synth.add_argument("--size", type=int, default=256)
+    synth.add_argument("--seed", type=int, default=111)
+    synth.set_defaults(handler=command_data_synth)
 
     weights = commands.add_parser("weights", help="list, verify or build model weights")
     weights_commands = weights.add_subparsers(dest="weights_command", required=True)

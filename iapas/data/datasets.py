@@ -1,0 +1,245 @@
+"""Loaders for the benchmark layouts. Each yields Samples; masks load lazily at the image's size."""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DatasetError
+from ..images import IMAGE_SUFFIXES
+from ..registry import Registry
+
+GOOD = "good"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One test image: label 1 is anomalous; mask_path is None for normal images."""
+
+    image_path: Path
+    mask_path: Path | None
+    label: int
+    category: str
+    defect_type: str
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset's categories with their test samples and normal (training) images."""
+
+    name: str
+    root: Path
+    test: dict[str, list[Sample]]
+    normal: dict[str, list[Path]]
+
+    @property
+    def categories(self) -> list[str]:
+        return sorted(self.test)
+
+    def samples(self, category: str) -> list[Sample]:
+        if category not in self.test:
+            raise DatasetError(f"{self.name} has no category {category!r} under {self.root} (found: {', '.join(self.categories)})")
+        return self.test[category]
+
+
+Loader = Callable[[Path], Dataset]
+DATASETS: Registry[Loader] = Registry("dataset")
+
+
+def load_mask(sample: Sample, height: int, width: int) -> np.ndarray:
+    """(H, W) bool ground truth; all False for a normal image; DatasetError when sizes disagree."""
+    if sample.mask_path is None:
+        return np.zeros((height, width), bool)
+    try:
+        with Image.open(sample.mask_path) as mask:
+            array = np.asarray(mask.convert("L")) > 0
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"cannot read mask {sample.mask_path}: {error}") from None
+    if array.shape != (height, width):
+        raise DatasetError(
+            f"mask {sample.mask_path} is {array.shape[1]}x{array.shape[0]} but image {sample.image_path} is {width}x{height}"
+        )
+    return array
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+
+
+def _require_root(root: Path, name: str) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{name} root not found: {root}")
+    return root
+
+
+def _find_mask(candidates: list[Path], image: Path) -> Path:
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise DatasetError(f"no ground-truth mask for anomalous image {image} (looked for {candidates[0].name})")
+
+
+def _mvtec_like(root: Path, name: str, good: str = GOOD, mask_suffix: str = "_mask") -> Dataset:
+    """<cat>/train/<good>, <cat>/test/<defect>, <cat>/ground_truth/<defect>/<stem><mask_suffix>.*"""
+    root = _require_root(root, name)
+    test: dict[str, list[Sample]] = {}
+    normal: dict[str, list[Path]] = {}
+    for category_dir in sorted(p for p in root.iterdir() if p.is_dir() and (p / "test").is_dir()):
+        category = category_dir.name
+        samples = []
+        for defect_dir in sorted(p for p in (category_dir / "test").iterdir() if p.is_dir()):
+            for image in _images_in(defect_dir):
+                if defect_dir.name == good:
+                    samples.append(Sample(image, None, 0, category, GOOD))
+                    continue
+                gt = category_dir / "ground_truth" / defect_dir.name
+                candidates = [gt / f"{image.stem}{mask_suffix}{ext}" for ext in (".png", ".bmp", ".tif", image.suffix)]
+                samples.append(Sample(image, _find_mask(candidates, image), 1, category, defect_dir.name))
+        test[category] = samples
+        normal[category] = _images_in(category_dir / "train" / good)
+    if not test:
+        raise DatasetError(f"no {name} categories under {root}: expected <category>/test/<defect>/ folders")
+    return Dataset(name, root, test, normal)
+
+
+@DATASETS.register("mvtec")
+def load_mvtec(root: Path) -> Dataset:
+    return _mvtec_like(root, "mvtec")
+
+
+@DATASETS.register("mpdd")
+def load_mpdd(root: Path) -> Dataset:
+    return _mvtec_like(root, "mpdd")
+
+
+@DATASETS.register("dtd")
+def load_dtd_synthetic(root: Path) -> Dataset:
+    return _mvtec_like(root, "dtd")
+
+
+@DATASETS.register("btad")
+def load_btad(root: Path) -> Dataset:
+    """01/, 02/, 03/ each with train/ok, test/ok, test/ko and ground_truth/ko (mask of the same stem)."""
+    return _mvtec_like(root, "btad", good="ok", mask_suffix="")
+
+
+@DATASETS.register("visa")
+def load_visa(root: Path) -> Dataset:
+    """split_csv/1cls.csv with columns object, split, label, image, mask; paths relative to the root."""
+    root = _require_root(root, "visa")
+    split_file = root / "split_csv" / "1cls.csv"
+    if not split_file.is_file():
+        raise DatasetError(f"VisA split file not found: {split_file} (expected the 1cls split csv)")
+    test: dict[str, list[Sample]] = {}
+    normal: dict[str, list[Path]] = {}
+    with open(split_file, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"object", "split", "label", "image", "mask"} - set(reader.fieldnames or ())
+        if missing:
+            raise DatasetError(f"{split_file} lacks columns {sorted(missing)}")
+        for row in reader:
+            image = root / row["image"]
+            if not image.is_file():
+                raise DatasetError(f"VisA image listed in 1cls.csv is missing: {image}")
+            anomalous = row["label"].strip().lower() == "anomaly"
+            if row["split"] == "train":
+                if not anomalous:
+                    normal.setdefault(row["object"], []).append(image)
+                continue
+            mask = root / row["mask"] if anomalous and row["mask"] else None
+            if anomalous and (mask is None or not mask.is_file()):
+                raise DatasetError(f"no ground-truth mask for anomalous image {image}")
+            test.setdefault(row["object"], []).append(Sample(image, mask, int(anomalous), row["object"], "anomaly" if anomalous else GOOD))
+    if not test:
+        raise DatasetError(f"{split_file} lists no test images")
+    return Dataset("visa", root, test, normal)
+
+
+def _label_paired(root: Path, name: str, category: str, pairs: Iterator[tuple[Path, Path | None]], defect: str) -> list[Sample]:
+    """Samples whose label comes from whether their mask has any foreground pixel."""
+    samples = []
+    for image, mask in pairs:
+        if mask is None:
+            samples.append(Sample(image, None, 0, category, GOOD))
+            continue
+        with Image.open(mask) as opened:
+            anomalous = bool(np.asarray(opened.convert("L")).any())
+        samples.append(Sample(image, mask if anomalous else None, int(anomalous), category, defect if anomalous else GOOD))
+    return samples
+
+
+@DATASETS.register("ksdd1")
+def load_ksdd1(root: Path) -> Dataset:
+    """KolektorSDD: kosNN/PartK.jpg with kosNN/PartK_label.bmp; an empty label is a normal image."""
+    root = _require_root(root, "ksdd1")
+    pairs = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for image in _images_in(folder):
+            if image.stem.endswith("_label"):
+                continue
+            pairs.append((image, _find_mask([folder / f"{image.stem}_label{ext}" for ext in (".bmp", ".png")], image)))
+    if not pairs:
+        raise DatasetError(f"no KolektorSDD images under {root}: expected kosNN/PartK.jpg with PartK_label.bmp")
+    samples = _label_paired(root, "ksdd1", "ksdd1", iter(pairs), "defect")
+    return Dataset("ksdd1", root, {"ksdd1": samples}, {"ksdd1": [s.image_path for s in samples if s.label == 0]})
+
+
+@DATASETS.register("mtd")
+def load_mtd(root: Path) -> Dataset:
+    """Magnetic Tile Defect: MT_<Type>/Imgs/<name>.jpg with the mask <name>.png beside it; MT_Free is normal."""
+    root = _require_root(root, "mtd")
+    samples = []
+    for folder in sorted(root.glob("MT_*/Imgs")):
+        defect = folder.parent.name[3:].lower()
+        for image in sorted(folder.glob("*.jpg")):
+            if defect == "free":
+                samples.append(Sample(image, None, 0, "mtd", GOOD))
+            else:
+                samples.append(Sample(image, _find_mask([image.with_suffix(".png")], image), 1, "mtd", defect))
+    if not samples:
+        raise DatasetError(f"no Magnetic Tile images under {root}: expected MT_<Type>/Imgs/*.jpg")
+    return Dataset("mtd", root, {"mtd": samples}, {"mtd": [s.image_path for s in samples if s.label == 0]})
+
+
+@DATASETS.register("dagm")
+def load_dagm2007(root: Path) -> Dataset:
+    """DAGM2007: ClassN/Test/<id>.PNG with ClassN/Test/Label/<id>_label.PNG for the defective ones."""
+    root = _require_root(root, "dagm")
+    test: dict[str, list[Sample]] = {}
+    normal: dict[str, list[Path]] = {}
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and (p / "Test").is_dir()):
+        samples = []
+        for image in _images_in(class_dir / "Test"):
+            label = class_dir / "Test" / "Label" / f"{image.stem}_label{image.suffix}"
+            samples.append(Sample(image, label if label.is_file() else None, int(label.is_file()), class_dir.name,
+                                  "defect" if label.is_file() else GOOD))
+        test[class_dir.name] = samples
+        train = class_dir / "Train"
+        normal[class_dir.name] = [p for p in _images_in(train) if not (train / "Label" / f"{p.stem}_label{p.suffix}").is_file()]
+    if not test:
+        raise DatasetError(f"no DAGM2007 classes under {root}: expected ClassN/Test/")
+    return Dataset("dagm", root, test, normal)
+
+
+@DATASETS.register("folder")
+def load_folder(root: Path) -> Dataset:
+    """A generic folder: good/, <defect>/ and ground_truth/<defect>/<stem>_mask.png; one category."""
+    root = _require_root(root, "folder")
+    if not (root / GOOD).is_dir():
+        raise DatasetError(f"generic folder dataset needs {root / GOOD}/ with normal images")
+    samples = [Sample(p, None, 0, root.name, GOOD) for p in _images_in(root / GOOD)]
+    for defect_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in (GOOD, "ground_truth")):
+        for image in _images_in(defect_dir):
+            mask = _find_mask([root / "ground_truth" / defect_dir.name / f"{image.stem}_mask{ext}" for ext in (".png", ".bmp")], image)
+            samples.append(Sample(image, mask, 1, root.name, defect_dir.name))
+    return Dataset("folder", root, {root.name: samples}, {root.name: [s.image_path for s in samples if s.label == 0]})
+
+
+def load_dataset(name: str, root: str | Path) -> Dataset:
+    """The dataset `name` (mvtec, visa, mpdd, btad, ksdd1, mtd, dtd, dagm, folder) at `root`."""
+    return DATASETS.get(name)(Path(root))
