@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -16,6 +16,9 @@ from .graph import StageGraph
 from .images import LoadedImage, load_image, to_rgb
 from .stages import DetectStage, MaskStage, NmsStage, ScoreStage, SizeFilterStage
 from .types import Boxes, Masks, Result
+
+if TYPE_CHECKING:
+    from .preprocess import ImageSource
 from .weights import find_weights
 
 ImageInput = str | Path | np.ndarray | Image.Image
@@ -134,8 +137,8 @@ class Pipeline:
 
     def calibrate(
         self,
-        normal: str | Path | Sequence[str | Path],
-        anomalous: str | Path | Sequence[str | Path] | None = None,
+        normal: "ImageSource",
+        anomalous: "ImageSource | None" = None,
         category: str | None = None,
         kind: str | None = None,
         ablate: Sequence[str] = (),

@@ -24,6 +24,7 @@ from .weights import find_weights
 PREPROCESS_INPUTS = ("normal_images", "calibration_images", "tags", "p_adj", "llm_answer", "size_threshold", "object_size")
 ABLATABLE = {"tagging": "tagging", "llm": "llm"}  # --ablate name -> stage name
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "iapas" / "llm"
+ImageSource = str | Path | Sequence[str | Path]  # a folder of images, or a list of image files
 
 
 def select_images(paths: Sequence[Path], count: int, seed: int) -> list[Path]:
@@ -32,7 +33,7 @@ def select_images(paths: Sequence[Path], count: int, seed: int) -> list[Path]:
     return ordered if count >= len(ordered) else sorted(random.Random(seed).sample(ordered, count))
 
 
-def image_paths(source: str | Path | Sequence[str | Path]) -> list[Path]:
+def image_paths(source: ImageSource) -> list[Path]:
     """A folder's images, or the given list of files."""
     if isinstance(source, (str, Path)):
         found = find_images(source)
@@ -94,8 +95,8 @@ class Preprocessor:
 
     def calibrate(
         self,
-        normal: str | Path | Sequence[str | Path],
-        anomalous: str | Path | Sequence[str | Path] | None = None,
+        normal: ImageSource,
+        anomalous: ImageSource | None = None,
         category: str | None = None,
         kind: str | None = None,
         ablate: Sequence[str] = (),
