@@ -9,9 +9,14 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
+import numpy as np
+
 from .errors import IapasError
+from .images import load_image
 from .outputs import is_done, output_stem, write_result
-from .pipeline import Pipeline
+from .types import Result
+
+Segment = Callable[[np.ndarray], Result]
 
 
 def report_to_stderr(message: str) -> None:
@@ -49,11 +54,11 @@ def assign_stems(inputs: list[tuple[Path, Path | None]]) -> list[tuple[Path, str
 
 
 def run_batch(
-    pipeline: Pipeline,
+    segment: Segment,
     inputs: list[tuple[Path, Path | None]],
     out_dir: Path,
     overwrite: bool = False,
-    segment_options: dict[str, Any] | None = None,
+    max_pixels: int = 80_000_000,
     report: Callable[[str], None] = report_to_stderr,
     progress: bool = True,
     extra_record: dict[str, Any] | None = None,
@@ -67,10 +72,10 @@ def run_batch(
             summary.skipped += 1
             continue
         try:
-            loaded = pipeline.load(image)
+            loaded = load_image(image, max_pixels)
             for note in loaded.notes:
                 report(f"note: {image}: {note}")
-            result = pipeline.segment(loaded.pixels, **(segment_options or {}))
+            result = segment(loaded.pixels)
             write_result(out_dir, stem, loaded.pixels, image, result, extra_record)
             summary.segmented += 1
         except IapasError as error:

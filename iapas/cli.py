@@ -41,6 +41,8 @@ def base_config(args: argparse.Namespace) -> Config:
             "calibration.llm_url": getattr(args, "llm_url", None),
             "calibration.template": getattr(args, "template", None),
             "calibration.cache_dir": getattr(args, "cache_dir", None),
+            "clip_methods.weights": getattr(args, "clip_weights", None),
+            "clip_methods.adaclip_prompts": getattr(args, "adaclip_prompts", None),
         }
     )
 
@@ -60,16 +62,24 @@ def command_segment(args: argparse.Namespace) -> int:
 
     inputs = collect_inputs(args.inputs)  # bad paths fail here, before any model loads
     config = base_config(args)
-    options: dict = {}
-    if args.prompt:
-        options["prompts"] = args.prompt
-    if args.calibration:
-        options["calibration"] = calibration_with_overrides(args)
-    pipeline = Pipeline.from_config(config)
-    if args.no_size_filter:
-        pipeline.graph = pipeline.graph.without("size_filter")
-    extra = {"calibration": str(args.calibration)} if args.calibration else None
-    summary = run_batch(pipeline, inputs, Path(args.output), overwrite=args.overwrite, segment_options=options,
+    if args.method == "iapas":
+        options: dict = {}
+        if args.prompt:
+            options["prompts"] = args.prompt
+        if args.calibration:
+            options["calibration"] = calibration_with_overrides(args)
+        pipeline = Pipeline.from_config(config)
+        if args.no_size_filter:
+            pipeline.graph = pipeline.graph.without("size_filter")
+        segment = lambda pixels: pipeline.segment(pixels, **options)  # noqa: E731
+        extra = {"calibration": str(args.calibration)} if args.calibration else None
+    else:
+        from .methods import METHODS
+
+        method = METHODS.get(args.method)(config, ())
+        method.prepare(args.category or "object", [], "object", Path(args.output))
+        segment, extra = method.segment, {"category": args.category or "object"}
+    summary = run_batch(segment, inputs, Path(args.output), overwrite=args.overwrite, max_pixels=config.max_image_pixels,
                         progress=not args.no_progress, extra_record=extra)
     print(summary.line(), file=sys.stderr)
     return EXIT_PARTIAL if summary.failures else EXIT_OK
@@ -147,6 +157,25 @@ def command_data_synth(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def command_train_adaclip(args: argparse.Namespace) -> int:
+    from .baselines.adaclip_train import TrainOptions, train_adaclip
+    from .device import resolve_device
+    from .weights import find_weights
+
+    config = base_config(args)
+    clip = Path(args.clip_weights) if args.clip_weights else find_weights("clip", config.weights_dir)[1]
+    layers = tuple(int(x) for x in args.layers.split(",")) if args.layers else ()
+    options = TrainOptions(
+        dataset=args.dataset, root=Path(args.root), out_dir=Path(args.output), clip=clip, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, layers=layers, limit=args.limit,
+        device=str(resolve_device(config.device)), progress=not args.no_progress,
+    )
+    path, losses = train_adaclip(options)
+    tail = f"; last loss {losses[-1]:.4f}" if losses else " (already trained)"
+    print(f"AdaCLIP prompts: {path}{tail}", file=sys.stderr)
+    return EXIT_OK
+
+
 def command_weights_list(args: argparse.Namespace) -> int:
     from .weights import is_present, load_manifest
 
@@ -214,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("inputs", nargs="+", help="image files and/or folders (png, jpg, bmp, tif)")
     segment.add_argument("-o", "--output", default="iapas-out", help="output folder (default: iapas-out)")
     segment.add_argument("--prompt", action="append", help="text prompt; repeat for several (default: abnormal, defect)")
+    segment.add_argument("--method", default="iapas", help="iapas (default), winclip or adaclip")
+    segment.add_argument("--category", help="class name for the CLIP methods' prompts (default: object)")
+    segment.add_argument("--clip", dest="clip_weights", help="CLIP directory for --method winclip/adaclip")
+    segment.add_argument("--adaclip-prompts", help="trained AdaCLIP prompts (from `iapas train adaclip`)")
     segment.add_argument("--calibration", help="calibration file from `iapas calibrate` (P_final, S_threshold, thresholds)")
     segment.add_argument("--box-threshold", type=float, help="default 0.2 (paper, objects; 0.1 for textures)")
     segment.add_argument("--text-threshold", type=float, help="default 0.2 (paper, objects; 0.1 for textures)")
@@ -235,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--seed", type=int, help="random seed for choosing images (default 111, the paper's)")
     calibrate.add_argument("--n-images", type=int, help="normal images to tag (default 3)")
     calibrate.add_argument("--tagger", help="auto | clip | ram | fixed (default auto)")
-    calibrate.add_argument("--tagger-weights", "--clip", dest="tagger_weights", help="CLIP directory or RAM checkpoint")
+    calibrate.add_argument("--tagger-weights", help="the tagger's own weights (RAM checkpoint, or a CLIP other than --clip)")
+    calibrate.add_argument("--clip", dest="clip_weights", help="CLIP directory (the clip tagger; default: the weights dir's)")
     calibrate.add_argument("--tags", nargs="+", help="fixed tags (the fixed tagger)")
     calibrate.add_argument("--llm", help="lexicon | gguf | hf | openai (default lexicon, offline)")
     calibrate.add_argument("--llm-model", help=".gguf file, transformers directory, or the endpoint's model name")
@@ -262,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, default=0, help="at most N test images per category (smoke runs)")
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.add_argument("--tagger", help="auto | clip | ram | fixed")
-    evaluate.add_argument("--tagger-weights", "--clip", dest="tagger_weights")
+    evaluate.add_argument("--tagger-weights", help="RAM checkpoint, or a CLIP other than --clip for tagging")
     evaluate.add_argument("--llm", help="lexicon | gguf | hf | openai")
     evaluate.add_argument("--llm-model")
     evaluate.add_argument("--llm-url")
@@ -270,6 +304,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--cache-dir", help="LLM answer cache (default ~/.cache/iapas/llm)")
     add_model_options(evaluate)
     evaluate.set_defaults(handler=command_eval)
+
+    evaluate.add_argument("--clip", dest="clip_weights", help="CLIP directory (tagger, winclip, adaclip)")
+    evaluate.add_argument("--adaclip-prompts", help="trained AdaCLIP prompts")
+
+    train = commands.add_parser("train", help="train a learned comparison method")
+    train_commands = train.add_subparsers(dest="train_command", required=True)
+    adaclip = train_commands.add_parser("adaclip", help="train AdaCLIP-style prompts on an auxiliary dataset (e.g. VisA)")
+    adaclip.add_argument("--dataset", required=True, choices=DATASETS.names())
+    adaclip.add_argument("--root", required=True)
+    adaclip.add_argument("-o", "--output", required=True, help="checkpoint folder; an existing one is resumed")
+    adaclip.add_argument("--epochs", type=int, default=5)
+    adaclip.add_argument("--batch-size", type=int, default=8)
+    adaclip.add_argument("--lr", type=float, default=1e-3)
+    adaclip.add_argument("--seed", type=int, default=111)
+    adaclip.add_argument("--layers", help="comma list of ViT layers, e.g. 6,12,18,24 (default: four evenly spaced)")
+    adaclip.add_argument("--limit", type=int, default=0, help="at most N training images")
+    adaclip.add_argument("--clip", dest="clip_weights", help="CLIP directory (default: the weights dir's)")
+    adaclip.add_argument("--no-progress", action="store_true")
+    add_model_options(adaclip)
+    adaclip.set_defaults(handler=command_train_adaclip)
 
     data = commands.add_parser("data", help="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", required=True)

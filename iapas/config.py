@@ -92,6 +92,15 @@ class CalibrationConfig:
 
 
 @dataclass
+class ClipMethodsConfig:
+    """The CLIP comparison methods (WinCLIP, AdaCLIP-style)."""
+
+    weights: str = ""  # CLIP directory; empty: the first 'clip' entry of the manifest found in the weights dir
+    winclip_scales: list[int] = field(default_factory=lambda: [2, 3])  # window sizes in patches (WinCLIP paper)
+    adaclip_prompts: str = ""  # trained prompts from `iapas train adaclip`; empty: <weights_dir>/adaclip/adaclip_prompts.pt
+
+
+@dataclass
 class Config:
     """Every setting of a pipeline run."""
 
@@ -103,6 +112,7 @@ class Config:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    clip_methods: ClipMethodsConfig = field(default_factory=ClipMethodsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -150,7 +160,8 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
     if origin is list:
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path} must be a list")
-        return [str(v) for v in value]
+        item_type = hint.__args__[0]
+        return [_coerce(v, item_type, f"{path}[{i}]") for i, v in enumerate(value)]
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint is int and isinstance(value, int) and not isinstance(value, bool):

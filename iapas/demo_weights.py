@@ -139,10 +139,10 @@ def build_demo_clip(directory: Path, seed: int = 0, image_size: int = 32) -> Pat
 
 
 def make_demo_weights(weights_dir: Path) -> list[Path]:
-    """Write the demo detector and segmenter where the manifest's demo entries expect them."""
+    """Write the demo detector, segmenter and CLIP where the manifest's demo entries expect them."""
     from .weights import load_manifest
 
-    builders = {"grounding-dino-demo": build_demo_grounding_dino, "sam-demo": build_demo_sam_checkpoint}
+    builders = {"grounding-dino-demo": build_demo_grounding_dino, "sam-demo": build_demo_sam_checkpoint, "clip-demo": build_demo_clip}
     written = []
     for entry in load_manifest():
         if entry.demo and entry.name in builders:

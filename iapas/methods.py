@@ -60,3 +60,28 @@ class IapasMethod:
 @METHODS.register("iapas")
 def build_iapas(config: Config, ablate: Sequence[str]) -> Method:
     return IapasMethod(config, tuple(ablate))
+
+
+def clip_backbone_for(config: Config):
+    """The frozen CLIP the config names, or the first one found in the weights dir."""
+    from .baselines.clip_backbone import ClipBackbone
+    from .device import resolve_device
+    from .weights import find_weights
+
+    path = Path(config.clip_methods.weights) if config.clip_methods.weights else find_weights("clip", config.weights_dir)[1]
+    return ClipBackbone(path, resolve_device(config.device))
+
+
+@METHODS.register("winclip")
+def build_winclip(config: Config, ablate: Sequence[str]) -> Method:
+    from .baselines.winclip import WinClip
+
+    return WinClip(clip_backbone_for(config), scales=tuple(config.clip_methods.winclip_scales))
+
+
+@METHODS.register("adaclip")
+def build_adaclip(config: Config, ablate: Sequence[str]) -> Method:
+    from .baselines.adaclip import AdaClip
+
+    prompts = config.clip_methods.adaclip_prompts or str(Path(config.weights_dir) / "adaclip" / "adaclip_prompts.pt")
+    return AdaClip.load(prompts, clip_backbone_for(config))

@@ -47,7 +47,7 @@ def resolve_tagger_spec(config: Config, category: str | None, device: str, note:
     """The tagger to use: `auto` picks CLIP when a CLIP model is present, else the given tags or the category."""
     settings = config.calibration
     fixed_tags = tuple(settings.tags) or ((category.replace("_", " "),) if category else ())
-    backend, weights = settings.tagger, settings.tagger_weights
+    backend, weights = settings.tagger, settings.tagger_weights or (config.clip_methods.weights if settings.tagger in ("auto", "clip") else "")
     if backend == "auto":
         if settings.tags:
             backend = "fixed"

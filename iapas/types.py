@@ -72,7 +72,7 @@ class Masks:
 
     def areas(self) -> np.ndarray:
         """(N,) int64 pixel count of each mask."""
-        return self.data.reshape(len(self), -1).sum(axis=1)
+        return self.data.sum(axis=(1, 2), dtype=np.int64)
 
 
 @dataclass(frozen=True)

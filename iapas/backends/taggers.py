@@ -79,7 +79,7 @@ class ClipTagger:
     @torch.inference_mode()
     def scores(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """(V,) mean softmax probability of each vocabulary word over the images."""
-        pixels = self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"].to(self.device)
+        pixels = self.processor.image_processor(images=[np.array(image) for image in images], return_tensors="pt")["pixel_values"].to(self.device)
         features = self.model.get_image_features(pixel_values=pixels)
         features = torch.nn.functional.normalize(getattr(features, "pooler_output", features).float(), dim=-1)
         logits = self.model.logit_scale.exp().float() * features @ self._text.T

@@ -1,0 +1,1 @@
+"""CLIP comparison methods (WinCLIP, AdaCLIP-style) that produce the same Result as IAP-AS."""

@@ -1,0 +1,100 @@
+"""A frozen CLIP from a transformers directory, opened up for window tokens, layer features and prompt embeddings."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..backends.base import quiet_loading, require_path, warn_if_demo
+from ..errors import WeightsError
+
+
+class ClipBackbone(torch.nn.Module):
+    """CLIPModel plus the pieces the baselines need; all CLIP weights are frozen."""
+
+    def __init__(self, path: Path, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+        path = Path(path)
+        require_path(path, "CLIP", expect_dir=True)
+        warn_if_demo(path)
+        quiet_loading()
+        try:
+            self.clip = CLIPModel.from_pretrained(path, local_files_only=True)
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            image_processor = CLIPImageProcessor.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise WeightsError(f"cannot load CLIP from {path}: {str(error).splitlines()[0]}") from None
+        self.clip.requires_grad_(False).eval()
+        self.name = path.name
+        vision = self.clip.config.vision_config
+        self.image_size, self.patch_size = int(vision.image_size), int(vision.patch_size)
+        self.depth = int(vision.num_hidden_layers)
+        self.register_buffer("mean", torch.tensor(image_processor.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(image_processor.image_std).view(1, 3, 1, 1), persistent=False)
+        self.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.clip.config.projection_dim)
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """(B, 3, S, S) normalised pixels: the whole image resized to the model's size (no crop, so no border is lost)."""
+        batch = torch.stack([torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1) for image in images]).float() / 255
+        batch = batch.to(self.device)
+        batch = F.interpolate(batch, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False).clamp(0, 1)
+        return (batch - self.mean) / self.std
+
+    def tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + g*g, D) class and patch tokens with positional embeddings, before the pre-norm."""
+        embeddings = self.clip.vision_model.embeddings
+        patches = embeddings.patch_embedding(pixels.to(embeddings.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
+        cls = embeddings.class_embedding.expand(len(pixels), 1, -1)
+        return torch.cat([cls, patches], dim=1) + embeddings.position_embedding.weight[None]
+
+    def encode_tokens(self, tokens: torch.Tensor, layers: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run the vision transformer on any token subset: projected CLS embedding and hidden states after `layers` (1-based)."""
+        hidden = self.clip.vision_model.pre_layrnorm(tokens)
+        collected = []
+        for index, layer in enumerate(self.clip.vision_model.encoder.layers, start=1):
+            output = layer(hidden, None)
+            hidden = output[0] if isinstance(output, tuple) else output
+            if index in layers:
+                collected.append(hidden)
+        return self.project(hidden[:, 0]), collected
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Post-norm and visual projection of (..., D) tokens into the joint space (not normalised)."""
+        return self.clip.visual_projection(self.clip.vision_model.post_layernorm(hidden))
+
+    def encode_text(self, sentences: Sequence[str]) -> torch.Tensor:
+        """(N, E) unit text embeddings."""
+        tokens = self.tokenizer(list(sentences), padding=True, truncation=True, return_tensors="pt").to(self.device)
+        features = self.clip.get_text_features(**tokens)
+        return F.normalize(getattr(features, "pooler_output", features).float(), dim=-1)
+
+    def encode_text_embeddings(self, embeddings: torch.Tensor, eos_positions: torch.Tensor) -> torch.Tensor:
+        """(N, E) unit text embeddings from word embeddings (N, L, D), for learned prompt tokens."""
+        text = self.clip.text_model
+        length = embeddings.shape[1]
+        hidden = embeddings + text.embeddings.position_embedding.weight[:length][None]
+        causal = torch.full((length, length), float("-inf"), device=embeddings.device).triu(1)
+        hidden = text.encoder(inputs_embeds=hidden, attention_mask=causal[None, None].to(hidden.dtype)).last_hidden_state
+        hidden = text.final_layer_norm(hidden)
+        pooled = hidden[torch.arange(len(hidden), device=hidden.device), eos_positions]
+        return F.normalize(self.clip.text_projection(pooled).float(), dim=-1)
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip.logit_scale.exp().float()

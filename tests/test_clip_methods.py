@@ -1,0 +1,142 @@
+"""WinCLIP and AdaCLIP-style on a tiny random CLIP loaded through the real loader."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from iapas.baselines.adaclip import AdaClip, AdaClipSettings, default_layers
+from iapas.baselines.adaclip_train import TrainOptions, dice_loss, focal_loss, train_adaclip
+from iapas.baselines.clip_backbone import ClipBackbone
+from iapas.baselines.winclip import WinClip, harmonic_aggregation, prompt_ensemble, sliding_windows
+from iapas.cli import main
+from iapas.data.synth import SynthSpec, write_synth_dataset
+from iapas.errors import WeightsError
+from iapas.weights import find_weights
+
+
+@pytest.fixture(scope="module")
+def backbone(weights_dir):
+    return ClipBackbone(find_weights("clip", weights_dir)[1])
+
+
+@pytest.fixture(scope="module")
+def train_root(tmp_path_factory):
+    spec = SynthSpec(categories=("washer", "tile"), defects=("hole", "stain"), train_good=1, test_good=2, per_defect=3, size=64)
+    return write_synth_dataset(tmp_path_factory.mktemp("aux"), spec)
+
+
+def image(seed=0, shape=(70, 90, 3)):
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def test_window_generator_covers_every_patch():
+    windows = sliding_windows(5, 2)
+    assert windows.shape == (16, 4)
+    coverage = np.bincount(windows.ravel(), minlength=25).reshape(5, 5)
+    assert coverage[0, 0] == 1 and coverage[0, 2] == 2 and coverage[2, 2] == 4 and coverage.min() >= 1
+    assert windows[0].tolist() == [0, 1, 5, 6]
+    assert sliding_windows(4, 4).tolist() == [list(range(16))]
+
+
+def test_harmonic_aggregation_hand_case():
+    windows = np.array([[0, 1], [1, 2]])
+    result = harmonic_aggregation(np.array([0.5, 0.25]), windows, 4)
+    # patch 0: 0.5; patch 1: 2 / (1/0.5 + 1/0.25) = 1/3; patch 2: 0.25; patch 3: uncovered -> 0
+    np.testing.assert_allclose(result, [0.5, 1 / 3, 0.25, 0.0])
+
+
+def test_prompt_ensemble_is_compositional():
+    normal, anomalous = prompt_ensemble("metal nut")
+    assert len(normal) == 7 * 22 and len(anomalous) == 5 * 22
+    assert "a photo of a flawless metal nut." in normal and "a close-up photo of a damaged metal nut." in anomalous
+
+
+def test_backbone_token_paths_match_clip(backbone):
+    pixels = backbone.preprocess([image()])
+    tokens = backbone.tokens(pixels)
+    full, _ = backbone.encode_tokens(tokens)
+    expected = backbone.clip.get_image_features(pixel_values=pixels)
+    expected = getattr(expected, "pooler_output", expected)
+    torch.testing.assert_close(full, expected, atol=1e-5, rtol=1e-5)  # our token path is CLIP's own forward
+    sentence = ["a photo of a washer."]
+    ids = backbone.tokenizer(sentence, return_tensors="pt")["input_ids"]
+    eos = (ids == backbone.clip.text_model.eos_token_id).int().argmax(-1)
+    learned_path = backbone.encode_text_embeddings(backbone.clip.text_model.embeddings.token_embedding(ids), eos)
+    torch.testing.assert_close(learned_path, backbone.encode_text(sentence), atol=1e-5, rtol=1e-5)
+
+
+def test_winclip_result(backbone):
+    method = WinClip(backbone, "washer")
+    patch_map, class_score = method.score(image())
+    assert patch_map.shape == (backbone.grid, backbone.grid) and 0 < class_score < 1
+    result = method.segment(image())
+    assert result.anomaly_map.shape == (70, 90) and result.anomaly_map.dtype == np.float32
+    assert result.image_score == pytest.approx(0.5 * (class_score + result.anomaly_map.max()), abs=1e-6)
+    assert len(result.boxes) == 0 and result.method == "winclip"
+
+
+def test_losses_on_hand_cases():
+    target = torch.tensor([[1.0, 0.0]])
+    assert float(dice_loss(target, target)) == pytest.approx(0.0)
+    assert float(dice_loss(torch.tensor([[0.0, 1.0]]), target)) == pytest.approx(1 - 1 / 3)
+    confident = focal_loss(torch.tensor([[0.9, 0.1]]), target)
+    assert float(confident) == pytest.approx(-(0.1 ** 2) * np.log(0.9))
+
+
+def test_adaclip_training_lowers_the_loss_and_resumes(weights_dir, train_root, tmp_path):
+    clip = find_weights("clip", weights_dir)[1]
+    options = TrainOptions("mvtec", train_root, tmp_path / "full", clip, epochs=10, batch_size=8, learning_rate=1e-2,
+                           limit=8, progress=False)
+    _, losses = train_adaclip(options)
+    assert len(losses) == 10 and np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3])
+    # stop after 4 epochs, then resume to 10: the same prompts as one uninterrupted run
+    cut = TrainOptions("mvtec", train_root, tmp_path / "cut", clip, epochs=4, batch_size=8, learning_rate=1e-2, limit=8, progress=False)
+    train_adaclip(cut)
+    resumed_path, resumed_losses = train_adaclip(TrainOptions(**{**cut.__dict__, "epochs": 10}))
+    assert len(resumed_losses) == 6
+    assert resumed_losses == pytest.approx(losses[4:], rel=1e-4)
+    assert json.loads((tmp_path / "cut" / "train_log.json").read_text())["epoch"] == 10
+
+
+def test_adaclip_save_load_round_trip(backbone, tmp_path):
+    torch.manual_seed(0)
+    model = AdaClip(backbone, AdaClipSettings(default_layers(backbone.depth), 3))
+    with torch.no_grad():
+        model.prompts.dynamic.weight.normal_()  # something other than the initial state
+    before = model.segment(image(3))
+    path = model.save(tmp_path / "prompts.pt")
+    loaded = AdaClip.load(path, backbone)
+    after = loaded.segment(image(3))
+    np.testing.assert_array_equal(after.anomaly_map, before.anomaly_map)
+    assert after.image_score == before.image_score and 0 <= after.image_score <= 1
+    assert loaded.settings.layers == (1, 2) and default_layers(24) == (6, 12, 18, 24)
+    with pytest.raises(WeightsError, match="AdaCLIP prompt weights not found"):
+        AdaClip.load(tmp_path / "none.pt", backbone)
+    (tmp_path / "bad.pt").write_bytes(b"junk")
+    with pytest.raises(WeightsError, match="not an AdaCLIP prompt checkpoint"):
+        AdaClip.load(tmp_path / "bad.pt", backbone)
+    with pytest.raises(WeightsError, match="do not exist"):
+        AdaClip(backbone, AdaClipSettings((1, 7)))
+
+
+def test_cli_train_segment_and_eval_with_clip_methods(capsys, weights_dir, train_root, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    assert main(["train", "adaclip", "--dataset", "mvtec", "--root", str(train_root), "-o", str(ckpt), "--epochs", "1",
+                 "--limit", "4", "--weights", str(weights_dir), "--no-progress"]) == 0
+    assert "AdaCLIP prompts: " in capsys.readouterr().err and (ckpt / "adaclip_prompts.pt").is_file()
+    picture = next((train_root / "washer" / "test" / "hole").glob("*.png"))
+    for method, extra in (("winclip", []), ("adaclip", ["--adaclip-prompts", str(ckpt / "adaclip_prompts.pt")])):
+        out = tmp_path / method
+        code = main(["segment", str(picture), "--method", method, "--category", "washer", "-o", str(out),
+                     "--weights", str(weights_dir), "--no-progress", *extra])
+        capsys.readouterr()
+        record = json.loads((out / f"{picture.stem}.json").read_text())
+        assert code == 0 and record["method"] == method and np.load(out / f"{picture.stem}.npy").shape == (64, 64)
+    code = main(["eval", "--dataset", "mvtec", "--root", str(train_root), "--method", "adaclip", "--adaclip-prompts",
+                 str(ckpt / "adaclip_prompts.pt"), "-o", str(tmp_path / "res"), "--weights", str(weights_dir), "--no-progress"])
+    assert code == 0 and "| **mean** |" in capsys.readouterr().out
+    assert (tmp_path / "res" / "adaclip" / "table.md").is_file()
+    assert main(["segment", str(picture), "--method", "nope", "-o", str(tmp_path / "x"), "--weights", str(weights_dir)]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
