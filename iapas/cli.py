@@ -223,6 +223,15 @@ def command_weights_make_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def command_weights_convert_openclip(args: argparse.Namespace) -> int:
+    from .backends.openclip_convert import convert_openclip_checkpoint
+
+    out = convert_openclip_checkpoint(Path(args.checkpoint), Path(args.output), Path(args.tokenizer) if args.tokenizer else None,
+                                      args.head_width, args.activation)
+    print(f"wrote a transformers CLIP directory: {out}")
+    return EXIT_OK
+
+
 def command_config_show(args: argparse.Namespace) -> int:
     print(base_config(args).to_yaml(), end="")
     return EXIT_OK
@@ -346,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("dir", nargs="?", default="weights")
     verify.add_argument("--no-hash", action="store_true", help="check presence and size only")
     verify.set_defaults(handler=command_weights_verify)
+    convert = weights_commands.add_parser("convert-openclip", help="turn an open_clip checkpoint into a transformers CLIP directory")
+    convert.add_argument("checkpoint", help="open_clip .pt/.bin/.safetensors state dict (e.g. ViT-B-16-plus-240)")
+    convert.add_argument("-o", "--output", required=True)
+    convert.add_argument("--tokenizer", help="a transformers CLIP directory to take the tokenizer from (default: open_clip's BPE)")
+    convert.add_argument("--head-width", type=int, default=64, help="attention head width (64 in every open_clip ViT)")
+    convert.add_argument("--activation", choices=("gelu", "quick_gelu"), default="gelu", help="quick_gelu for OpenAI weights")
+    convert.set_defaults(handler=command_weights_convert_openclip)
     demo = weights_commands.add_parser("make-demo", help="build tiny RANDOM models (meaningless output) for demos")
     demo.add_argument("dir", nargs="?", default="weights")
     demo.set_defaults(handler=command_weights_make_demo)

@@ -1,6 +1,7 @@
 """A frozen CLIP from a transformers directory, opened up for window tokens, layer features and prompt embeddings."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -12,6 +13,17 @@ from ..backends.base import quiet_loading, require_path, warn_if_demo
 from ..errors import WeightsError
 
 
+def converted_openclip_dir(checkpoint: Path) -> Path:
+    """The transformers conversion of an open_clip file, made on first use as <file>.hf/ and reused after."""
+    from ..backends.openclip_convert import convert_openclip_checkpoint
+
+    target = checkpoint.with_name(checkpoint.name + ".hf")
+    if not (target / "config.json").is_file():
+        print(f"note: converting open_clip checkpoint {checkpoint} to {target}/ (once)", file=sys.stderr)
+        convert_openclip_checkpoint(checkpoint, target)
+    return target
+
+
 class ClipBackbone(torch.nn.Module):
     """CLIPModel plus the pieces the baselines need; all CLIP weights are frozen."""
 
@@ -20,6 +32,8 @@ class ClipBackbone(torch.nn.Module):
         from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
         path = Path(path)
+        if path.is_file():  # an open_clip checkpoint: convert it once into a transformers directory beside it
+            path = converted_openclip_dir(path)
         require_path(path, "CLIP", expect_dir=True)
         warn_if_demo(path)
         quiet_loading()

@@ -1,0 +1,73 @@
+"""open_clip checkpoints: converted into transformers' CLIPModel with identical image and text features."""
+from pathlib import Path
+
+import pytest
+import torch
+
+import open_clip  # installed by `make test`; optional for users
+
+from iapas.backends.openclip_convert import convert_openclip_checkpoint, write_clip_tokenizer_from_bpe  # noqa: E402
+from iapas.baselines.clip_backbone import ClipBackbone  # noqa: E402
+from iapas.cli import main  # noqa: E402
+from iapas.errors import WeightsError  # noqa: E402
+from iapas.weights import find_weights  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_openclip(weights_dir, tmp_path_factory):
+    """A tiny open_clip CLIP built with open_clip's own classes, saved as open_clip saves it."""
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    tokenizer_dir = find_weights("clip", weights_dir)[1]  # the demo CLIP's tiny tokenizer: the wrong one here
+    torch.manual_seed(0)
+    # one 64-wide head per layer: open_clip's head width, which the conversion assumes by default
+    model = CLIP(embed_dim=16, vision_cfg=CLIPVisionCfg(layers=2, width=64, head_width=64, patch_size=8, image_size=32),
+                 text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=2)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.02 * torch.randn_like(parameter))  # no zero biases hiding a mix-up
+    path = tmp_path_factory.mktemp("openclip") / "tiny.pt"
+    torch.save(model.state_dict(), path)
+    return model, path, tokenizer_dir
+
+
+def test_conversion_reproduces_open_clip_features(tiny_openclip, tmp_path):
+    model, checkpoint, _ = tiny_openclip
+    copy = tmp_path / "ViT-tiny.pt"
+    copy.write_bytes(checkpoint.read_bytes())
+    backbone = ClipBackbone(copy)  # a checkpoint file is converted on first use into ViT-tiny.pt.hf/
+    assert (tmp_path / "ViT-tiny.pt.hf" / "config.json").is_file()
+    pixels = torch.rand(2, 3, 32, 32)
+    ids = open_clip.tokenize(["a photo of a washer.", "damaged object."])
+    with torch.no_grad():
+        image_reference, text_reference = model.encode_image(pixels), model.encode_text(ids)
+        image_ours = backbone.encode_tokens(backbone.tokens(pixels))[0]
+        text_ours = backbone.clip.get_text_features(input_ids=ids)
+    torch.testing.assert_close(image_ours, image_reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(getattr(text_ours, "pooler_output", text_ours), text_reference, atol=1e-5, rtol=1e-5)
+    assert backbone.clip.logit_scale.item() == pytest.approx(model.logit_scale.item())
+
+
+def test_bpe_tokenizer_matches_open_clips(tmp_path):
+    from transformers import CLIPTokenizer
+
+    write_clip_tokenizer_from_bpe(Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz", tmp_path)
+    tokenizer = CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+    assert len(tokenizer) == 49408
+    for sentence in ("a photo of a damaged metal nut.", "A close-up photo of the flawless carpet without defect."):
+        ours = tokenizer(sentence)["input_ids"]
+        theirs = open_clip.tokenize([sentence])[0]
+        assert ours == theirs[: len(ours)].tolist() and theirs[len(ours):].eq(0).all()
+
+
+def test_cli_convert_and_errors(capsys, tiny_openclip, tmp_path):
+    _, checkpoint, tokenizer_dir = tiny_openclip
+    assert main(["weights", "convert-openclip", str(checkpoint), "-o", str(tmp_path / "c")]) == 0
+    assert ClipBackbone(tmp_path / "c").grid == 4
+    capsys.readouterr()
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weight": torch.zeros(1)}, foreign)
+    assert main(["weights", "convert-openclip", str(foreign), "-o", str(tmp_path / "d")]) == 2
+    assert "not an open_clip ViT checkpoint" in capsys.readouterr().err
+    with pytest.raises(WeightsError, match="tokenizer has 88 tokens but .* embeds 49408"):
+        convert_openclip_checkpoint(checkpoint, tmp_path / "e", tokenizer_dir)
