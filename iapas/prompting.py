@@ -14,7 +14,8 @@ from .errors import ConfigError
 TEMPLATES_DIR = Path(__file__).parent / "resources" / "prompts"
 MAX_CLAUSE_WORDS = 4  # longer items are sentences, not defect clauses
 GENERIC_WORDS = frozenset({"defect", "defects", "anomaly", "anomalies", "abnormal", "abnormality", "none", "etc", "other", "others"})
-STOPWORDS = frozenset({"a", "an", "the", "of", "on", "in", "and", "or", "with", "to", "for", "is", "are", "be", "can", "may"})
+STOPWORDS = frozenset({"a", "an", "the", "of", "on", "in", "and", "or", "with", "to", "for", "is", "are", "be", "can", "may",
+                       "other", "some", "various", "any", "possible"})
 CHATTER_PREFIX = re.compile(
     r"^.*?\b(?:include|includes|including|such as|like|are|would be|could be|might be|is)\b\s*:?\s*", re.IGNORECASE
 )
@@ -85,6 +86,12 @@ def _clean_item(item: str, object_words: frozenset[str]) -> str:
     while words and words[-1] in STOPWORDS:
         words.pop()
     return " ".join(words)
+
+
+def drop_unfinished_item(answer: str) -> str:
+    """An answer cut at the token limit, without its last item, which may be a half word ("discol")."""
+    cut = max(answer.rfind(separator) for separator in (",", ";", "\n"))
+    return answer[:cut].rstrip() if cut > 0 else answer
 
 
 def parse_defect_words(answer: str, object_names: Iterable[str] = ()) -> tuple[str, ...]:

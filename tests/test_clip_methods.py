@@ -140,3 +140,7 @@ def test_cli_train_segment_and_eval_with_clip_methods(capsys, weights_dir, train
     assert (tmp_path / "res" / "adaclip" / "table.md").is_file()
     assert main(["segment", str(picture), "--method", "nope", "-o", str(tmp_path / "x"), "--weights", str(weights_dir)]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
+    code = main(["segment", str(picture), "--method", "winclip", "--prompt", "crack", "-o", str(tmp_path / "y"),
+                 "--weights", str(weights_dir)])
+    assert code == 2 and "--prompt only apply to --method iapas, not winclip" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()

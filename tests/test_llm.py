@@ -7,7 +7,7 @@ import pytest
 
 from iapas.backends.llm import LLMSpec, LexiconLLM, load_llm
 from iapas.errors import ConfigError, IapasError, WeightsError
-from iapas.prompting import load_template, parse_defect_words
+from iapas.prompting import drop_unfinished_item, load_template, parse_defect_words
 
 
 def test_lexicon_maps_materials_to_defects():
@@ -43,11 +43,14 @@ def test_cache_answers_a_repeat_without_the_model(tmp_path):
 class StubHandler(BaseHTTPRequestHandler):
     requests: list = []
     status = 200
+    content = "1. Scratch\n2. dent\n3. Rust spots"
+    finish_reason = "stop"
 
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         StubHandler.requests.append((self.path, body))
-        reply = {"choices": [{"message": {"role": "assistant", "content": "1. Scratch\n2. dent\n3. Rust spots"}}]}
+        message = {"role": "assistant", "content": StubHandler.content}
+        reply = {"choices": [{"message": message, "finish_reason": StubHandler.finish_reason}]}
         payload = json.dumps(reply).encode()
         self.send_response(StubHandler.status)
         self.send_header("Content-Type", "application/json")
@@ -65,6 +68,7 @@ def stub_server():
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     StubHandler.requests, StubHandler.status = [], 200
+    StubHandler.content, StubHandler.finish_reason = "1. Scratch\n2. dent\n3. Rust spots", "stop"
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     server.server_close()
@@ -77,6 +81,17 @@ def test_openai_compatible_endpoint(stub_server, tmp_path):
     [(path, body)] = StubHandler.requests
     assert path == "/v1/chat/completions"
     assert body["model"] == "llama3" and body["temperature"] == 0 and body["messages"][0]["content"] == "IAP prompt"
+
+
+def test_an_answer_cut_at_the_token_limit_loses_its_half_item(stub_server):
+    assert drop_unfinished_item("scratch, dent, discol") == "scratch, dent"
+    assert drop_unfinished_item("- rust\n- crack\n- disc") == "- rust\n- crack"
+    assert drop_unfinished_item("one long unfinished sent") == "one long unfinished sent"  # nothing to cut at
+    StubHandler.content, StubHandler.finish_reason = "scratch, dent, discol", "length"
+    llm = load_llm(LLMSpec("openai", url=stub_server), None)
+    assert parse_defect_words(llm.generate("p", [])) == ("scratch", "dent")
+    StubHandler.finish_reason = "stop"  # a finished answer keeps its last item
+    assert parse_defect_words(llm.generate("p", [])) == ("scratch", "dent", "discol")
 
 
 def test_openai_endpoint_errors_are_one_line(stub_server):

@@ -17,6 +17,8 @@ from iapas.vocabulary import defect_words, remove_defect_words
     ("scratch, Scratch, dent; defect, anomaly / stain", [], ("scratch", "dent", "stain")),
     ("1) fray\n2) loose thread\na) burn mark", ["carpet"], ("fray", "loose thread", "burn mark")),
     ("1. metal screw\n2. screw\n3. screw", ["metal screw"], ()),
+    ("These visual defects include scratches, dents, and other cosmetic issues.", ["wood"],
+     ("scratches", "dents", "cosmetic issues")),
 ])
 def test_parser_on_messy_answers(answer, objects, expected):
     assert parse_defect_words(answer, objects) == expected

@@ -25,7 +25,10 @@ class Segmenter(Protocol):
     """Box-prompted segmenter: encodes the image once and decodes all boxes in one batch."""
 
     def segment_boxes(self, image: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
-        """(N, H, W) bool masks for (N, 4) pixel boxes on an (H, W, 3) uint8 image."""
+        """(N, H, W) bool masks for (N, 4) pixel boxes, N >= 1, on an (H, W, 3) uint8 image.
+
+        The masking stage never calls it without boxes, so backends need not handle N == 0.
+        """
         ...
 
 

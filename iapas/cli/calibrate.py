@@ -1,0 +1,53 @@
+"""`iapas calibrate`: preprocessing (tags, size threshold, LLM prompts) -> a calibration file."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from ..errors import IapasError
+from .common import EXIT_OK, add_model_options, add_preprocessing_options, base_config, comma_list
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register `iapas calibrate`."""
+    calibrate = commands.add_parser("calibrate", help="preprocessing: tags, size threshold and LLM prompts -> calibration file")
+    calibrate.add_argument("normal_dir", nargs="?", help="folder of normal images")
+    calibrate.add_argument("--show", metavar="FILE", help="print a calibration file as a table and exit")
+    calibrate.add_argument("--anomalous-dir", help="images for the size threshold (default: the chosen normal images)")
+    calibrate.add_argument("--category", help="category name (fixed tag when there is no tagger; texture categories set --kind)")
+    calibrate.add_argument("--kind", choices=("object", "texture"), help="box/text thresholds 0.2 (object) or 0.1 (texture)")
+    calibrate.add_argument("-o", "--output", default="calib.json")
+    calibrate.add_argument("--n-images", type=int, help="normal images to tag (default 3)")
+    calibrate.add_argument("--clip", dest="clip_weights", help="CLIP directory (the clip tagger; default: the weights dir's)")
+    calibrate.add_argument("--tags", nargs="+", help="fixed tags (the fixed tagger)")
+    calibrate.add_argument("--template", help="prompt template name or .txt path (default iap_v1)")
+    calibrate.add_argument("--ablate", help="comma list of preprocessing steps to skip: tagging,llm")
+    add_preprocessing_options(calibrate)
+    add_model_options(calibrate)
+    calibrate.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write a calibration file from normal images, or print one with --show."""
+    from ..calibration import calibration_table, load_calibration
+
+    console = Console(width=160)
+    if args.show:
+        console.print(calibration_table(load_calibration(args.show), title=str(args.show)))
+        return EXIT_OK
+    if not args.normal_dir:
+        raise IapasError("calibrate needs NORMAL_DIR (or --show FILE)")
+    from ..images import find_images
+    from ..pipeline import Pipeline
+
+    if not Path(args.normal_dir).is_dir():
+        raise IapasError(f"normal-image folder not found: {args.normal_dir}")
+    if not find_images(args.normal_dir):
+        raise IapasError(f"no images found in folder: {args.normal_dir}")
+    pipeline = Pipeline.from_config(base_config(args))
+    calibration = pipeline.calibrate(args.normal_dir, args.anomalous_dir, args.category, args.kind, comma_list(args.ablate))
+    path = calibration.save(args.output)
+    console.print(calibration_table(calibration, title=str(path)))
+    return EXIT_OK

@@ -1,0 +1,64 @@
+"""What every `iapas` command shares: exit codes, model options and the config they build."""
+from __future__ import annotations
+
+import argparse
+
+from ..config import Config, load_config
+from ..device import DEVICE_CHOICES
+
+EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
+
+# command-line attribute -> dotted config key; options a command lacks are skipped
+CONFIG_OPTIONS = {
+    "weights": "weights_dir",
+    "device": "device",
+    "detector": "detection.weights",
+    "segmenter": "masking.weights",
+    "box_threshold": "detection.box_threshold",
+    "text_threshold": "detection.text_threshold",
+    "nms_iou": "filtering.nms_iou",
+    "size_threshold": "filtering.size_threshold",
+    "seed": "calibration.seed",
+    "n_images": "calibration.n_images",
+    "tagger": "calibration.tagger",
+    "tagger_weights": "calibration.tagger_weights",
+    "tags": "calibration.tags",
+    "llm": "calibration.llm",
+    "llm_model": "calibration.llm_model",
+    "llm_url": "calibration.llm_url",
+    "template": "calibration.template",
+    "cache_dir": "calibration.cache_dir",
+    "clip_weights": "clip_methods.weights",
+    "adaclip_prompts": "clip_methods.adaclip_prompts",
+}
+
+
+def base_config(args: argparse.Namespace) -> Config:
+    """The config file (or defaults) with the command-line options laid over it."""
+    config = load_config(args.config) if getattr(args, "config", None) else Config()
+    return config.updated({key: getattr(args, attribute, None) for attribute, key in CONFIG_OPTIONS.items()})
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Options naming the config file, the weights and the device."""
+    parser.add_argument("--config", help="YAML, TOML or JSON config file (see `iapas config show`)")
+    parser.add_argument("--weights", help="weights dir laid out as weights/manifest.toml says (default: weights)")
+    parser.add_argument("--detector", help="Grounding DINO directory (overrides the weights dir)")
+    parser.add_argument("--segmenter", help="SAM .pth file or SamModel directory (overrides the weights dir)")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, help="default: auto (GPU when there is one)")
+
+
+def add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the preprocessing steps (tagging and LLM prompting) shared by calibrate and eval."""
+    parser.add_argument("--seed", type=int, help="random seed for choosing normal images (default 111, the paper's)")
+    parser.add_argument("--tagger", help="auto | clip | ram | fixed (default auto)")
+    parser.add_argument("--tagger-weights", help="the tagger's own weights (RAM checkpoint, or a CLIP other than --clip)")
+    parser.add_argument("--llm", help="lexicon | gguf | hf | openai (default lexicon, offline)")
+    parser.add_argument("--llm-model", help=".gguf file (or smollm2), transformers directory, or the endpoint's model name")
+    parser.add_argument("--llm-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1")
+    parser.add_argument("--cache-dir", help="LLM answer cache (default ~/.cache/iapas/llm)")
+
+
+def comma_list(text: str | None) -> list[str]:
+    """The non-empty items of a comma-separated option."""
+    return [item.strip() for item in (text or "").split(",") if item.strip()]

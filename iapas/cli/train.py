@@ -1,0 +1,58 @@
+"""`iapas train`: train a learned comparison method (AdaCLIP-style prompts)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import EXIT_OK, add_model_options, base_config, comma_list
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register `iapas train adaclip`."""
+    from ..data.datasets import DATASETS
+
+    train = commands.add_parser("train", help="train a learned comparison method")
+    train_commands = train.add_subparsers(dest="train_command", required=True)
+    adaclip = train_commands.add_parser("adaclip", help="train AdaCLIP-style prompts on an auxiliary dataset (e.g. VisA)")
+    adaclip.add_argument("--dataset", required=True, choices=DATASETS.names())
+    adaclip.add_argument("--root", required=True)
+    adaclip.add_argument("-o", "--output", required=True, help="checkpoint folder; an existing one is resumed")
+    adaclip.add_argument("--epochs", type=int, default=5)
+    adaclip.add_argument("--batch-size", type=int, default=8)
+    adaclip.add_argument("--lr", type=float, default=1e-3)
+    adaclip.add_argument("--seed", type=int, default=111)
+    adaclip.add_argument("--layers", type=layer_list, default=(),
+                         help="comma list of ViT layers, e.g. 6,12,18,24 (default: four evenly spaced)")
+    adaclip.add_argument("--limit", type=int, default=0, help="at most N training images")
+    adaclip.add_argument("--clip", dest="clip_weights", help="CLIP directory (default: the weights dir's)")
+    adaclip.add_argument("--no-progress", action="store_true")
+    add_model_options(adaclip)
+    adaclip.set_defaults(handler=run_adaclip)
+
+
+def layer_list(text: str) -> tuple[int, ...]:
+    """ViT layer numbers from "6,12,18,24"."""
+    try:
+        return tuple(int(layer) for layer in comma_list(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer numbers such as 6,12,18,24, got {text!r}") from None
+
+
+def run_adaclip(args: argparse.Namespace) -> int:
+    """Train (or resume) AdaCLIP prompts and report the last loss."""
+    from ..baselines.adaclip_train import TrainOptions, train_adaclip
+    from ..device import resolve_device
+    from ..weights import find_weights
+    config = base_config(args)
+    clip = Path(args.clip_weights) if args.clip_weights else find_weights("clip", config.weights_dir)[1]
+    options = TrainOptions(
+        dataset=args.dataset, root=Path(args.root), out_dir=Path(args.output), clip=clip, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+        layers=args.layers, limit=args.limit,
+        device=str(resolve_device(config.device)), progress=not args.no_progress,
+    )
+    path, losses = train_adaclip(options)
+    tail = f"; last loss {losses[-1]:.4f}" if losses else " (already trained)"
+    print(f"AdaCLIP prompts: {path}{tail}", file=sys.stderr)
+    return EXIT_OK

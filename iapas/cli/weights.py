@@ -1,0 +1,95 @@
+"""`iapas weights list|verify|make-demo|convert-openclip`: the checkpoints a user has."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import IapasError
+from .common import EXIT_ERROR, EXIT_OK
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register `iapas weights` and its sub-commands."""
+    weights = commands.add_parser("weights", help="list, verify or build model weights")
+    weights_commands = weights.add_subparsers(dest="weights_command", required=True)
+    listing = weights_commands.add_parser("list", help="the checkpoints iapas knows and which are present")
+    listing.add_argument("dir", nargs="?", default="weights")
+    listing.set_defaults(handler=run_list)
+    verify = weights_commands.add_parser("verify", help="check sizes and sha256 of the checkpoints in DIR")
+    verify.add_argument("dir", nargs="?", default="weights")
+    verify.add_argument("--no-hash", action="store_true", help="check presence and size only")
+    verify.set_defaults(handler=run_verify)
+    convert = weights_commands.add_parser("convert-openclip", help="turn an open_clip checkpoint into a transformers CLIP directory")
+    convert.add_argument("checkpoint", help="open_clip .pt/.bin/.safetensors state dict (e.g. ViT-B-16-plus-240)")
+    convert.add_argument("-o", "--output", required=True)
+    convert.add_argument("--tokenizer", help="a transformers CLIP directory to take the tokenizer from (default: open_clip's BPE)")
+    convert.add_argument("--head-width", type=int, default=64, help="attention head width (64 in every open_clip ViT)")
+    convert.add_argument("--activation", choices=("gelu", "quick_gelu"), default="gelu", help="quick_gelu for OpenAI weights")
+    convert.set_defaults(handler=run_convert_openclip)
+    demo = weights_commands.add_parser("make-demo", help="build tiny RANDOM models (meaningless output) for demos")
+    demo.add_argument("dir", nargs="?", default="weights")
+    demo.set_defaults(handler=run_make_demo)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Print the manifest with what is present in the weights dir."""
+    from ..weights import is_present, load_manifest
+
+    table = Table(title=f"weights known to iapas (dir: {args.dir})")
+    for column in ("name", "role", "format", "expected path", "size", "present", "source"):
+        table.add_column(column, overflow="fold")
+    for entry in load_manifest():
+        size = f"{entry.size / 1e6:.0f} MB" if entry.size else "-"
+        present = "yes" if is_present(entry, Path(args.dir)) else "no"
+        table.add_row(entry.name, entry.role, entry.format, entry.expected_path, size, present, entry.source)
+    Console(width=200).print(table)
+    return EXIT_OK
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """Check sizes and hashes; exit 2 when a checkpoint is wrong or none is there."""
+    from ..weights import load_manifest, verify_entry
+
+    weights_dir = Path(args.dir)
+    if not weights_dir.is_dir():
+        raise IapasError(f"weights dir not found: {weights_dir}")
+    results = [verify_entry(entry, weights_dir, check_hash=not args.no_hash) for entry in load_manifest()]
+    table = Table(title=f"verification of {weights_dir}")
+    for column in ("name", "status", "detail"):
+        table.add_column(column)
+    for result in results:
+        style = "green" if result.ok else ("dim" if result.status == "missing" else "red")
+        table.add_row(result.entry.name, f"[{style}]{result.status}[/{style}]", result.detail)
+    Console(width=160).print(table)
+    bad = [r for r in results if r.status not in ("ok", "present", "missing")]
+    if bad:
+        print(f"iapas: error: {len(bad)} checkpoint(s) failed verification: {', '.join(r.entry.name for r in bad)}", file=sys.stderr)
+        return EXIT_ERROR
+    if not any(r.ok for r in results):
+        print(f"iapas: error: no known checkpoint found in {weights_dir}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def run_make_demo(args: argparse.Namespace) -> int:
+    """Build the tiny random demo models, warning that their output is meaningless."""
+    from ..demo_weights import make_demo_weights
+
+    for path in make_demo_weights(Path(args.dir)):
+        print(f"wrote {path}")
+    print("WARNING: these are RANDOM demo weights: anything segmented with them is meaningless.", file=sys.stderr)
+    return EXIT_OK
+
+
+def run_convert_openclip(args: argparse.Namespace) -> int:
+    """Convert an open_clip checkpoint into a transformers CLIP directory."""
+    from ..backends.openclip_convert import convert_openclip_checkpoint
+
+    tokenizer = Path(args.tokenizer) if args.tokenizer else None
+    out = convert_openclip_checkpoint(Path(args.checkpoint), Path(args.output), tokenizer, args.head_width, args.activation)
+    print(f"wrote a transformers CLIP directory: {out}")
+    return EXIT_OK
