@@ -102,9 +102,10 @@ def test_adaclip_training_lowers_the_loss_and_resumes(weights_dir, train_root, t
 
 def test_adaclip_save_load_round_trip(backbone, tmp_path):
     torch.manual_seed(0)
-    model = AdaClip(backbone, AdaClipSettings(default_layers(backbone.depth), 3))
-    with torch.no_grad():
-        model.prompts.dynamic.weight.normal_()  # something other than the initial state
+    model = AdaClip(backbone, AdaClipSettings(default_layers(backbone.depth), 3, 2))
+    with torch.no_grad():  # something other than the initial state
+        model.prompts.visual_dynamic.weight.normal_()
+        model.prompts.text_dynamic.weight.normal_()
     before = model.segment(image(3))
     path = model.save(tmp_path / "prompts.pt")
     loaded = AdaClip.load(path, backbone)
@@ -119,6 +120,29 @@ def test_adaclip_save_load_round_trip(backbone, tmp_path):
         AdaClip.load(tmp_path / "bad.pt", backbone)
     with pytest.raises(WeightsError, match="do not exist"):
         AdaClip(backbone, AdaClipSettings((1, 7)))
+    with pytest.raises(WeightsError, match="prompt depth 4 does not fit"):
+        AdaClip(backbone, AdaClipSettings((1, 2), 5, 4))
+
+
+def test_adaclip_hybrid_prompts_reach_every_prompted_layer_of_both_encoders(backbone):
+    torch.manual_seed(0)
+    model = AdaClip(backbone)
+    assert model.settings.prompt_depth == min(4, backbone.depth, backbone.text_depth) == 2  # capped by the tiny CLIP
+    pixels = backbone.preprocess([image(1), image(2)])
+    tokens = backbone.tokens(pixels)
+    plain_cls, plain_hidden = backbone.encode_tokens(tokens, (1, 2))
+    query = torch.nn.functional.normalize(plain_cls, dim=-1)
+    prompted_cls, prompted_hidden = backbone.encode_tokens(tokens, (1, 2), model.prompts.visual(query))
+    assert [h.shape for h in prompted_hidden] == [h.shape for h in plain_hidden] == [(2, 1 + backbone.grid ** 2, backbone.clip.config.vision_config.hidden_size)] * 2
+    assert not torch.allclose(prompted_cls, plain_cls)  # the visual prompts take part in attention
+    patch_maps, image_probability = model(pixels)
+    (patch_maps.mean() + image_probability.mean()).backward()
+    prompts = model.prompts
+    for name, gradient in (("visual layer 1", prompts.visual_static.grad[0]), ("visual layer 2", prompts.visual_static.grad[1]),
+                           ("text layer 1", prompts.text_static.grad[0]), ("text layer 2", prompts.text_static.grad[1]),
+                           ("visual dynamic", prompts.visual_dynamic.weight.grad), ("text dynamic", prompts.text_dynamic.weight.grad)):
+        assert gradient.abs().sum() > 0, name
+    assert all(p.grad is None for p in backbone.clip.parameters())  # CLIP stays frozen
 
 
 def test_cli_train_segment_and_eval_with_clip_methods(capsys, weights_dir, train_root, tmp_path):

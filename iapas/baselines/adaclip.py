@@ -1,13 +1,15 @@
 """AdaCLIP-style hybrid prompts on a frozen CLIP.
 
-Static prompts: learnable context tokens shared by all images, one set for the normal and one for the
-anomalous sentence. Dynamic prompts: a projection of each image's class-token embedding added to
-those tokens, so every image gets its own text embeddings. Patch tokens from several ViT layers
-(ViT-L/14: 6, 12, 18, 24) go through per-layer projections into the joint space, are compared with
-the two text embeddings, and give one softmax anomaly map per layer; the maps are upsampled and
-averaged. Hybrid semantic fusion (HSF) scores the image: the most anomalous patches are clustered,
-the centroid of the most anomalous cluster is fused with the class-token embedding, and that fused
-embedding is classified against the text.
+Hybrid prompts go into both encoders, deep: each of the first `prompt_depth` layers of the text and
+the vision transformer gets its own `prompt_length` prompt tokens (AdaCLIP's defaults: depth 4,
+length 5). Every prompt is static + dynamic: a learnable token shared by all images plus a projection
+of the image's class-token embedding from the unprompted (frozen) CLIP, so every image gets its own
+prompts. The text branch has one sentence for normal and one for anomalous, each with its own
+static prompts. Patch tokens from several ViT layers (ViT-L/14: 6, 12, 18, 24) go through per-layer
+projections into the joint space, are compared with the two text embeddings, and give one softmax
+anomaly map per layer; the maps are upsampled and averaged. Hybrid semantic fusion (HSF) scores the
+image: the most anomalous patches are clustered, the centroid of the most anomalous cluster is fused
+with the class-token embedding, and that fused embedding is classified against the text.
 """
 from __future__ import annotations
 
@@ -26,9 +28,11 @@ from .clip_backbone import ClipBackbone
 
 NORMAL_SENTENCE = "flawless object."
 ANOMALOUS_SENTENCE = "damaged object."
+PROMPT_DEPTH = 4  # AdaCLIP's default: prompts in the first four layers of both encoders
+PROMPT_LENGTH = 5  # AdaCLIP's default: five prompt tokens per layer
 HSF_TOP_FRACTION = 0.1  # patches entering the clustering
 HSF_CLUSTERS = 3
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: deep hybrid prompts in both encoders
 
 
 def default_layers(depth: int) -> tuple[int, ...]:
@@ -41,20 +45,42 @@ class AdaClipSettings:
     """Architecture of the learned parts; stored in every checkpoint."""
 
     layers: tuple[int, ...]
-    context_tokens: int = 4
+    prompt_length: int = PROMPT_LENGTH
+    prompt_depth: int = PROMPT_DEPTH
+
+    @classmethod
+    def for_backbone(cls, backbone: ClipBackbone, layers: Sequence[int] = (), prompt_length: int = PROMPT_LENGTH,
+                     prompt_depth: int = 0) -> "AdaClipSettings":
+        """Settings that fit the backbone: four evenly spaced layers and AdaCLIP's depth, capped by a shallow CLIP."""
+        depth = prompt_depth or min(PROMPT_DEPTH, backbone.depth, backbone.text_depth)
+        return cls(tuple(layers) or default_layers(backbone.depth), prompt_length, depth)
 
 
 class AdaClipPrompts(torch.nn.Module):
-    """Everything AdaCLIP learns: static context, the dynamic-prompt projection and per-layer patch projections."""
+    """Everything AdaCLIP learns: static and dynamic prompts for both encoders, and per-layer patch projections."""
 
     def __init__(self, settings: AdaClipSettings, text_width: int, vision_width: int, embed_dim: int) -> None:
         super().__init__()
         self.settings = settings
-        self.static_context = torch.nn.Parameter(0.02 * torch.randn(2, settings.context_tokens, text_width))
-        self.dynamic = torch.nn.Linear(embed_dim, text_width)
-        torch.nn.init.zeros_(self.dynamic.weight)  # start from the static prompts alone
-        torch.nn.init.zeros_(self.dynamic.bias)
+        depth, length = settings.prompt_depth, settings.prompt_length
+        self.text_static = torch.nn.Parameter(0.02 * torch.randn(depth, 2, length, text_width))
+        self.visual_static = torch.nn.Parameter(0.02 * torch.randn(depth, length, vision_width))
+        self.text_dynamic = torch.nn.Linear(embed_dim, depth * text_width)
+        self.visual_dynamic = torch.nn.Linear(embed_dim, depth * vision_width)
+        for generator in (self.text_dynamic, self.visual_dynamic):  # start from the static prompts alone
+            torch.nn.init.zeros_(generator.weight)
+            torch.nn.init.zeros_(generator.bias)
         self.patch_projections = torch.nn.ModuleList(torch.nn.Linear(vision_width, embed_dim) for _ in settings.layers)
+
+    def visual(self, query: torch.Tensor) -> torch.Tensor:
+        """(B, depth, length, Dv) visual prompts for unit image embeddings `query` (B, E)."""
+        depth = self.settings.prompt_depth
+        return self.visual_static[None] + self.visual_dynamic(query).view(len(query), depth, 1, -1)
+
+    def text(self, query: torch.Tensor) -> torch.Tensor:
+        """(B, depth, 2, length, Dt) normal/anomalous text prompts for unit image embeddings `query` (B, E)."""
+        depth = self.settings.prompt_depth
+        return self.text_static[None] + self.text_dynamic(query).view(len(query), depth, 1, 1, -1)
 
 
 class AdaClip(torch.nn.Module):
@@ -65,13 +91,16 @@ class AdaClip(torch.nn.Module):
     def __init__(self, backbone: ClipBackbone, settings: AdaClipSettings | None = None, prompts: AdaClipPrompts | None = None) -> None:
         super().__init__()
         self.backbone = backbone
-        self.settings = settings or AdaClipSettings(default_layers(backbone.depth))
+        self.settings = settings or AdaClipSettings.for_backbone(backbone)
         bad = [layer for layer in self.settings.layers if not 1 <= layer <= backbone.depth]
         if bad:
             raise WeightsError(f"AdaCLIP layers {bad} do not exist in a {backbone.depth}-layer CLIP")
+        if not 1 <= self.settings.prompt_depth <= min(backbone.depth, backbone.text_depth):
+            raise WeightsError(f"AdaCLIP prompt depth {self.settings.prompt_depth} does not fit a CLIP with "
+                               f"{backbone.depth} vision and {backbone.text_depth} text layers")
         clip = backbone.clip
         self.prompts = prompts or self._initial_prompts()
-        template = " ".join(["x"] * self.settings.context_tokens)
+        template = " ".join(["x"] * self.settings.prompt_length)
         tokens = backbone.tokenizer([f"{template} {NORMAL_SENTENCE}", f"{template} {ANOMALOUS_SENTENCE}"], padding=True, return_tensors="pt")
         self.register_buffer("sentence_ids", tokens["input_ids"], persistent=False)
         eos = clip.text_model.eos_token_id
@@ -90,21 +119,24 @@ class AdaClip(torch.nn.Module):
                 projection.bias.zero_()
         return prompts
 
-    def text_embeddings(self, cls_embedding: torch.Tensor) -> torch.Tensor:
-        """(B, 2, E) unit normal/anomalous text embeddings, the context shifted by each image's dynamic prompt."""
-        batch = len(cls_embedding)
-        words = self.backbone.clip.text_model.embeddings.token_embedding(self.sentence_ids)  # (2, L, D)
-        context = self.prompts.static_context[None] + self.prompts.dynamic(F.normalize(cls_embedding, dim=-1))[:, None, None]
-        n = self.settings.context_tokens
-        embeddings = torch.cat([words[None, :, :1].expand(batch, -1, -1, -1), context, words[None, :, 1 + n:].expand(batch, -1, -1, -1)], dim=2)
-        text = self.backbone.encode_text_embeddings(embeddings.flatten(0, 1), self.eos_positions.repeat(batch))
+    def text_embeddings(self, query: torch.Tensor) -> torch.Tensor:
+        """(B, 2, E) unit normal/anomalous text embeddings under each image's hybrid text prompts."""
+        batch, length = len(query), self.settings.prompt_length
+        prompts = self.prompts.text(query)  # (B, depth, 2, length, Dt)
+        words = self.backbone.clip.text_model.embeddings.token_embedding(self.sentence_ids)[None].expand(batch, -1, -1, -1)
+        embeddings = torch.cat([words[:, :, :1], prompts[:, 0], words[:, :, 1 + length:]], dim=2).flatten(0, 1)
+        deep = prompts[:, 1:].transpose(1, 2).flatten(0, 1)  # (B*2, depth-1, length, Dt)
+        text = self.backbone.encode_text_embeddings(embeddings, self.eos_positions.repeat(batch), deep, prompt_start=1)
         return text.view(batch, 2, -1)
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-layer patch anomaly probabilities (B, layers, g, g) and HSF image probabilities (B,)."""
         tokens = self.backbone.tokens(pixels)
-        cls_embedding, hidden = self.backbone.encode_tokens(tokens, self.settings.layers)
-        text = self.text_embeddings(cls_embedding)
+        with torch.no_grad():  # the dynamic prompts read the unprompted CLIP's view of the image
+            frozen_cls, _ = self.backbone.encode_tokens(tokens)
+        query = F.normalize(frozen_cls.float(), dim=-1)
+        cls_embedding, hidden = self.backbone.encode_tokens(tokens, self.settings.layers, self.prompts.visual(query))
+        text = self.text_embeddings(query)
         scale = self.backbone.logit_scale()
         grid = self.backbone.grid
         maps, last_patches = [], None
@@ -172,6 +204,8 @@ class AdaClip(torch.nn.Module):
             raise WeightsError(f"AdaCLIP prompt weights not found: {path} (train them with `iapas train adaclip`)")
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
+            if payload.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError(f"format {payload.get('format')}, this iapas reads format {CHECKPOINT_FORMAT}; retrain")
             settings = AdaClipSettings(**{**payload["settings"], "layers": tuple(payload["settings"]["layers"])})
         except Exception as error:
             raise WeightsError(f"not an AdaCLIP prompt checkpoint: {path} ({str(error).splitlines()[0][:120]})") from None

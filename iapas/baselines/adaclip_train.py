@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +15,7 @@ from tqdm import tqdm
 from ..data.datasets import Sample, load_dataset, load_mask
 from ..errors import DatasetError
 from ..images import load_image
-from .adaclip import AdaClip, AdaClipSettings, default_layers
+from .adaclip import PROMPT_LENGTH, AdaClip, AdaClipSettings
 from .clip_backbone import ClipBackbone
 
 FOCAL_GAMMA = 2.0
@@ -36,7 +36,8 @@ class TrainOptions:
     learning_rate: float = 1e-3
     seed: int = 111
     layers: tuple[int, ...] = ()  # empty: four evenly spaced layers
-    context_tokens: int = 4
+    prompt_length: int = PROMPT_LENGTH
+    prompt_depth: int = 0  # 0: AdaCLIP's 4, or the CLIP's depth when it is shallower
     limit: int = 0  # at most this many training images (0: all)
     device: str = "cpu"
     progress: bool = True
@@ -92,7 +93,7 @@ def train_adaclip(options: TrainOptions, note: Callable[[str], None] = lambda m:
     """Train (or resume training of) the prompts; returns the prompt file and this run's per-step losses."""
     torch.manual_seed(options.seed)
     backbone = ClipBackbone(options.clip, options.device)
-    settings = AdaClipSettings(tuple(options.layers) or default_layers(backbone.depth), options.context_tokens)
+    settings = AdaClipSettings.for_backbone(backbone, options.layers, options.prompt_length, options.prompt_depth)
     model = AdaClip(backbone, settings)
     optimizer = torch.optim.Adam(model.prompts.parameters(), lr=options.learning_rate)
     out_dir = Path(options.out_dir)
@@ -101,8 +102,9 @@ def train_adaclip(options: TrainOptions, note: Callable[[str], None] = lambda m:
     start_epoch, history = 0, []
     if state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if tuple(state["settings"]["layers"]) != settings.layers or state["seed"] != options.seed:
-            raise DatasetError(f"{state_path} belongs to another run (layers or seed differ); use a new -o folder")
+        saved = {**state["settings"], "layers": tuple(state["settings"]["layers"])}
+        if saved != asdict(settings) or state["seed"] != options.seed:
+            raise DatasetError(f"{state_path} belongs to another run (prompt settings or seed differ); use a new -o folder")
         model.prompts.load_state_dict(state["prompts"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"]) + 1
@@ -123,7 +125,7 @@ def train_adaclip(options: TrainOptions, note: Callable[[str], None] = lambda m:
             bar.set_postfix(loss=f"{history[-1]:.4f}")
         model.save(out_dir / PROMPTS_FILE, {"trained_on": options.dataset, "epochs_done": epoch + 1})
         torch.save({"prompts": model.prompts.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                    "settings": {"layers": list(settings.layers), "context_tokens": settings.context_tokens},
+                    "settings": asdict(settings),
                     "seed": options.seed}, state_path)
         (out_dir / "train_log.json").write_text(json.dumps({"epoch": epoch + 1, "losses": history}) + "\n", encoding="utf-8")
     model.eval()

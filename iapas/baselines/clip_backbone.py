@@ -78,15 +78,26 @@ class ClipBackbone(torch.nn.Module):
         cls = embeddings.class_embedding.expand(len(pixels), 1, -1)
         return torch.cat([cls, patches], dim=1) + embeddings.position_embedding.weight[None]
 
-    def encode_tokens(self, tokens: torch.Tensor, layers: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Run the vision transformer on any token subset: projected CLS embedding and hidden states after `layers` (1-based)."""
+    def encode_tokens(
+        self, tokens: torch.Tensor, layers: Sequence[int] = (), prompts: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run the vision transformer on any token subset: projected CLS embedding and hidden states after `layers` (1-based).
+
+        `prompts` (B, P, L, D) are deep visual prompts: layer i <= P sees its own L tokens appended to the
+        sequence, in place of the previous layer's; they are dropped after layer P, and the returned hidden
+        states never hold them.
+        """
         hidden = self.clip.vision_model.pre_layrnorm(tokens)
+        count = tokens.shape[1]
+        depth = 0 if prompts is None else prompts.shape[1]
         collected = []
         for index, layer in enumerate(self.clip.vision_model.encoder.layers, start=1):
+            if index <= depth:
+                hidden = torch.cat([hidden[:, :count], prompts[:, index - 1].to(hidden.dtype)], dim=1)
             output = layer(hidden, None)
             hidden = output[0] if isinstance(output, tuple) else output
             if index in layers:
-                collected.append(hidden)
+                collected.append(hidden[:, :count])
         return self.project(hidden[:, 0]), collected
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -99,16 +110,32 @@ class ClipBackbone(torch.nn.Module):
         features = self.clip.get_text_features(**tokens)
         return F.normalize(getattr(features, "pooler_output", features).float(), dim=-1)
 
-    def encode_text_embeddings(self, embeddings: torch.Tensor, eos_positions: torch.Tensor) -> torch.Tensor:
-        """(N, E) unit text embeddings from word embeddings (N, L, D), for learned prompt tokens."""
+    def encode_text_embeddings(
+        self, embeddings: torch.Tensor, eos_positions: torch.Tensor, deep_prompts: torch.Tensor | None = None, prompt_start: int = 1
+    ) -> torch.Tensor:
+        """(N, E) unit text embeddings from word embeddings (N, L, D), for learned prompt tokens.
+
+        `deep_prompts` (N, P, K, D) replace the K tokens from `prompt_start` before layers 2 .. P + 1
+        (layer 1's prompts are already in `embeddings`).
+        """
         text = self.clip.text_model
         length = embeddings.shape[1]
         hidden = embeddings + text.embeddings.position_embedding.weight[:length][None]
-        causal = torch.full((length, length), float("-inf"), device=embeddings.device).triu(1)
-        hidden = text.encoder(inputs_embeds=hidden, attention_mask=causal[None, None].to(hidden.dtype)).last_hidden_state
+        causal = torch.full((length, length), float("-inf"), device=embeddings.device).triu(1)[None, None].to(hidden.dtype)
+        depth = 0 if deep_prompts is None else deep_prompts.shape[1]
+        for index, layer in enumerate(text.encoder.layers):
+            if 1 <= index <= depth:
+                end = prompt_start + deep_prompts.shape[2]
+                hidden = torch.cat([hidden[:, :prompt_start], deep_prompts[:, index - 1].to(hidden.dtype), hidden[:, end:]], dim=1)
+            output = layer(hidden, causal)
+            hidden = output[0] if isinstance(output, tuple) else output
         hidden = text.final_layer_norm(hidden)
         pooled = hidden[torch.arange(len(hidden), device=hidden.device), eos_positions]
         return F.normalize(self.clip.text_projection(pooled).float(), dim=-1)
+
+    @property
+    def text_depth(self) -> int:
+        return int(self.clip.config.text_config.num_hidden_layers)
 
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.exp().float()

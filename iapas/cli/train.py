@@ -24,6 +24,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     adaclip.add_argument("--seed", type=int, default=111)
     adaclip.add_argument("--layers", type=layer_list, default=(),
                          help="comma list of ViT layers, e.g. 6,12,18,24 (default: four evenly spaced)")
+    adaclip.add_argument("--prompt-length", type=int, default=5, help="prompt tokens per layer (AdaCLIP: 5)")
+    adaclip.add_argument("--prompt-depth", type=int, default=0,
+                         help="layers of each encoder that get prompts (default: AdaCLIP's 4, fewer for a shallower CLIP)")
     adaclip.add_argument("--limit", type=int, default=0, help="at most N training images")
     adaclip.add_argument("--clip", dest="clip_weights", help="CLIP directory (default: the weights dir's)")
     adaclip.add_argument("--no-progress", action="store_true")
@@ -49,7 +52,7 @@ def run_adaclip(args: argparse.Namespace) -> int:
     options = TrainOptions(
         dataset=args.dataset, root=Path(args.root), out_dir=Path(args.output), clip=clip, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
-        layers=args.layers, limit=args.limit,
+        layers=args.layers, prompt_length=args.prompt_length, prompt_depth=args.prompt_depth, limit=args.limit,
         device=str(resolve_device(config.device)), progress=not args.no_progress,
     )
     path, losses = train_adaclip(options)
