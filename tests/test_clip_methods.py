@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from iapas.baselines.adaclip import AdaClip, AdaClipSettings, default_layers
+from iapas.baselines.adaclip import AdaClip, AdaClipSettings, default_layers, most_anomalous_centroid
 from iapas.baselines.adaclip_train import TrainOptions, dice_loss, focal_loss, train_adaclip
 from iapas.baselines.clip_backbone import ClipBackbone
 from iapas.baselines.winclip import WinClip, harmonic_aggregation, prompt_ensemble, sliding_windows
@@ -83,6 +83,17 @@ def test_losses_on_hand_cases():
     assert float(dice_loss(torch.tensor([[0.0, 1.0]]), target)) == pytest.approx(1 - 1 / 3)
     confident = focal_loss(torch.tensor([[0.9, 0.1]]), target)
     assert float(confident) == pytest.approx(-(0.1 ** 2) * np.log(0.9))
+
+
+def test_hsf_centroid_of_the_most_anomalous_cluster_on_a_hand_case():
+    points = torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1],  # a normal group
+                           [5.0, 5.0], [5.2, 5.0], [5.0, 5.3],  # an anomalous group
+                           [0.0, 9.0], [0.2, 9.0]])  # a second normal group
+    scores = torch.tensor([0.1, 0.2, 0.1, 0.9, 0.7, 0.8, 0.3, 0.2])
+    torch.testing.assert_close(most_anomalous_centroid(points, scores, 3), torch.tensor([15.2 / 3, 15.3 / 3]))  # by hand
+    torch.testing.assert_close(most_anomalous_centroid(points, scores, 1), points.mean(0))  # one cluster: all patches
+    assert most_anomalous_centroid(points, scores, 20).shape == (2,)  # k above N: every point its own cluster
+    torch.testing.assert_close(most_anomalous_centroid(points, scores, 20), points[3])
 
 
 def test_adaclip_training_lowers_the_loss_and_resumes(weights_dir, train_root, tmp_path):

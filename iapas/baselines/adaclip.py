@@ -8,8 +8,8 @@ prompts. The text branch has one sentence for normal and one for anomalous, each
 static prompts. Patch tokens from several ViT layers (ViT-L/14: 6, 12, 18, 24) go through per-layer
 projections into the joint space, are compared with the two text embeddings, and give one softmax
 anomaly map per layer; the maps are upsampled and averaged. Hybrid semantic fusion (HSF) scores the
-image: the most anomalous patches are clustered, the centroid of the most anomalous cluster is fused
-with the class-token embedding, and that fused embedding is classified against the text.
+image: the patch embeddings are clustered (k-means, k = 20), the centroid of the cluster with the
+highest mean anomaly score is fused with the class-token embedding, and that fused embedding is classified against the text.
 """
 from __future__ import annotations
 
@@ -30,14 +30,38 @@ NORMAL_SENTENCE = "flawless object."
 ANOMALOUS_SENTENCE = "damaged object."
 PROMPT_DEPTH = 4  # AdaCLIP's default: prompts in the first four layers of both encoders
 PROMPT_LENGTH = 5  # AdaCLIP's default: five prompt tokens per layer
-HSF_TOP_FRACTION = 0.1  # patches entering the clustering
-HSF_CLUSTERS = 3
+HSF_CLUSTERS = 20  # AdaCLIP's k for clustering the patch embeddings
+KMEANS_STEPS = 10
 CHECKPOINT_FORMAT = 2  # 2: deep hybrid prompts in both encoders
 
 
 def default_layers(depth: int) -> tuple[int, ...]:
     """Four evenly spaced layers ending at the last: 6, 12, 18, 24 for a 24-layer ViT-L/14."""
     return tuple(sorted({max(1, round(depth * k / 4)) for k in (1, 2, 3, 4)}))
+
+
+def most_anomalous_centroid(points: torch.Tensor, scores: torch.Tensor, clusters: int) -> torch.Tensor:
+    """Centroid (E,) of the k-means cluster of `points` (N, E) whose mean `scores` (N,) is highest.
+
+    Deterministic: the first centre is the top-scoring point and each next one the point farthest from
+    the centres so far; assignments are made without gradients, the centroid keeps them.
+    """
+    clusters = min(clusters, len(points))
+    detached = points.detach()
+    chosen = [int(scores.argmax())]
+    distance = torch.cdist(detached, detached[chosen]).min(dim=1).values
+    while len(chosen) < clusters:
+        chosen.append(int(distance.argmax()))
+        distance = torch.minimum(distance, torch.cdist(detached, detached[chosen[-1:]])[:, 0])
+    centres = detached[chosen]
+    for _ in range(KMEANS_STEPS):
+        assignment = torch.cdist(detached, centres).argmin(dim=1)
+        centres = torch.stack([detached[assignment == k].mean(0) if (assignment == k).any() else centres[k]
+                               for k in range(clusters)])
+    assignment = torch.cdist(detached, centres).argmin(dim=1)
+    means = torch.stack([scores[assignment == k].mean() if (assignment == k).any() else scores.new_tensor(-float("inf"))
+                         for k in range(clusters)])
+    return points[assignment == means.argmax()].mean(0)
 
 
 @dataclass(frozen=True)
@@ -152,22 +176,10 @@ class AdaClip(torch.nn.Module):
     @staticmethod
     def hybrid_semantic_fusion(cls_embedding, patches, scores, text, scale) -> torch.Tensor:
         """Image probability from the class token fused with the centroid of the most anomalous patch cluster."""
-        count = max(HSF_CLUSTERS, int(round(HSF_TOP_FRACTION * patches.shape[1])))
-        count = min(count, patches.shape[1])
         fused = []
         for image_patches, image_scores, cls in zip(patches, scores, F.normalize(cls_embedding.float(), dim=-1)):
-            top = image_scores.topk(count).indices
-            points, point_scores = image_patches[top], image_scores[top]
-            clusters = min(HSF_CLUSTERS, count)
-            centres = points[torch.linspace(0, count - 1, clusters).long()].detach()  # deterministic init along the score order
-            for _ in range(5):
-                assignment = torch.cdist(points.detach(), centres).argmin(dim=1)
-                centres = torch.stack([points[assignment == k].mean(0) if (assignment == k).any() else centres[k] for k in range(clusters)]).detach()
-            assignment = torch.cdist(points.detach(), centres).argmin(dim=1)
-            cluster_scores = torch.stack([point_scores[assignment == k].mean() if (assignment == k).any() else point_scores.new_tensor(-1.0)
-                                          for k in range(clusters)])
-            chosen = points[assignment == cluster_scores.argmax()].mean(0)
-            fused.append(F.normalize(cls + F.normalize(chosen, dim=-1), dim=-1))
+            centroid = most_anomalous_centroid(image_patches, image_scores, HSF_CLUSTERS)
+            fused.append(F.normalize(cls + F.normalize(centroid, dim=-1), dim=-1))
         fused = torch.stack(fused)
         return (scale * (fused[:, None] * text).sum(-1)).softmax(dim=-1)[:, 1]
 
