@@ -170,3 +170,15 @@ def test_auto_tagger_without_clip_falls_back_to_the_category(capsys, weights_dir
 def test_fixed_tagger_needs_tags(capsys, weights_dir, normal_dir, tmp_path):
     code = main(["calibrate", str(normal_dir), "--weights", str(weights_dir), "--tagger", "fixed", "-o", str(tmp_path / "c.json")])
     assert code == 2 and "needs --tags or --category" in capsys.readouterr().err
+
+
+def test_ram_tagger_errors_are_one_line(capsys, weights_dir, normal_dir, tmp_path):
+    base = ["calibrate", str(normal_dir), "--weights", str(weights_dir), "--tagger", "ram", "-o", str(tmp_path / "c.json")]
+    assert main(base + ["--tagger-weights", str(tmp_path / "ram_swin_large_14m.pth")]) == 2
+    [error] = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("WARNING")]
+    assert error.startswith("iapas: error: RAM weights not found") and "ram_swin_large_14m.pth" in error
+    checkpoint = tmp_path / "ram.pth"
+    checkpoint.write_bytes(b"not really")
+    assert main(base + ["--tagger-weights", str(checkpoint)]) == 2  # recognize-anything is not on PyPI, so not here
+    [error] = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("WARNING")]
+    assert error.startswith("iapas: error:") and "recognize-anything" in error and not (tmp_path / "c.json").exists()
