@@ -1,39 +1,60 @@
-"""`iapas bench`: per-stage wall time of the pipeline on one image."""
+"""`iapas bench`: per-stage wall time of a method (IAP-AS by default) on one image."""
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from .config import Config
-from .pipeline import Pipeline
+from .device import resolve_device
+from .images import load_image
+from .types import Result
 
 
-def run_bench(args: argparse.Namespace, config: Config) -> int:
-    """Load once, warm up, then report median and mean seconds per stage over `repeat` runs."""
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to time and how often."""
+
+    image: Path
+    method: str = "iapas"
+    repeat: int = 5
+    warmup: int = 1
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work, so a stage's time is its own."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def run_bench(options: BenchOptions, config: Config, build: Callable[[], Callable[[np.ndarray], Result]]) -> int:
+    """Load the method once (`build`), warm up, then report median and mean milliseconds per stage over `repeat` runs."""
+    pixels = load_image(options.image, config.max_image_pixels).pixels  # a bad image fails before any model loads
     load_start = time.perf_counter()
-    pipeline = Pipeline.from_config(config)
+    segment = build()
     load_seconds = time.perf_counter() - load_start
-    pixels = pipeline.load(args.image).pixels
-    options = {"prompts": args.prompt} if args.prompt else {}
-    for _ in range(max(0, args.warmup)):
-        pipeline.segment(pixels, **options)
+    for _ in range(max(0, options.warmup)):
+        segment(pixels)
+    synchronize()
     runs: dict[str, list[float]] = {}
     totals = []
-    for _ in range(max(1, args.repeat)):
+    for _ in range(max(1, options.repeat)):
         start = time.perf_counter()
-        result = pipeline.segment(pixels, **options)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        result = segment(pixels)
+        synchronize()
         totals.append(time.perf_counter() - start)
         for name, seconds in result.timings.items():
             runs.setdefault(name, []).append(seconds)
-    device = next(iter(getattr(pipeline.detector, "model", torch.nn.Linear(1, 1)).parameters())).device
-    table = Table(title=f"iapas bench: {args.image} ({pixels.shape[1]}x{pixels.shape[0]}), device {device}, {len(totals)} runs")
+    title = (f"iapas bench {options.method}: {options.image} ({pixels.shape[1]}x{pixels.shape[0]}), "
+             f"device {resolve_device(config.device)}, {len(totals)} runs")
+    table = Table(title=title)
     for column in ("stage", "median ms", "mean ms", "share"):
         table.add_column(column, justify="right" if column != "stage" else "left")
     total_median = statistics.median(totals)

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,3 +179,18 @@ def test_console_script_entry_point(tmp_path):
     completed = subprocess.run([sys.executable, "-m", "iapas", "segment", tmp_path / "nope.png"], capture_output=True, text=True)
     assert completed.returncode == 2
     assert completed.stderr.strip() == f"iapas: error: image not found: {tmp_path / 'nope.png'}"
+
+
+def test_bench_reports_every_stage_of_the_chosen_method(capsys, weights_dir):
+    image = str(Path(__file__).parent.parent / "examples" / "images" / "tile_crack.png")
+    assert main(["bench", image, "--weights", str(weights_dir), "--repeat", "2", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    for stage in ("detection", "nms", "size_filter", "masking", "scoring", "total", "model loading"):
+        assert stage in out
+    assert main(["bench", image, "--weights", str(weights_dir), "--method", "winclip", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "window_scoring" in out and "upsampling" in out and "detection" not in out
+    assert main(["bench", "missing.png", "--weights", str(weights_dir)]) == 2
+    assert capsys.readouterr().err.strip() == "iapas: error: image not found: missing.png"
+    assert main(["bench", image, "--weights", str(weights_dir), "--method", "winclip", "--prompt", "crack"]) == 2
+    assert "--prompt only apply to --method iapas" in capsys.readouterr().err

@@ -189,10 +189,12 @@ class AdaClip(torch.nn.Module):
         start = time.perf_counter()
         height, width = image.shape[:2]
         patch_maps, image_probability = self(self.backbone.preprocess([image]))
+        forward = time.perf_counter()
         upsampled = F.interpolate(patch_maps.float(), size=(height, width), mode="bilinear", align_corners=False).mean(dim=1)[0]
         heat = upsampled.clamp(0, 1).cpu().numpy().astype(np.float32)
         return Result(heat, Boxes.empty(), Masks.empty(height, width), (NORMAL_SENTENCE, ANOMALOUS_SENTENCE),
-                      {"adaclip": time.perf_counter() - start}, self.name, float(image_probability[0]))
+                      {"prompted_clip": forward - start, "upsampling": time.perf_counter() - forward}, self.name,
+                      float(image_probability[0]))
 
     def prepare(self, category: str, normal_images: Sequence[Path], kind: str, out_dir: Path) -> None:
         """Nothing per category: AdaCLIP's prompts are class-agnostic."""

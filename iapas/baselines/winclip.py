@@ -1,6 +1,7 @@
 """Zero-shot WinCLIP: compositional prompt ensemble, multi-scale windows and harmonic aggregation."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -101,11 +102,14 @@ class WinClip:
 
     def segment(self, image: np.ndarray) -> Result:
         """Full-resolution map (bilinear upsampling of the patch map) and image score = mean of class score and map max."""
+        start = time.perf_counter()
         patch_map, class_score = self.score(image)
+        scored = time.perf_counter()
         height, width = image.shape[:2]
         upsampled = F.interpolate(torch.from_numpy(patch_map)[None, None], size=(height, width), mode="bilinear", align_corners=False)
         heat = upsampled[0, 0].clamp(0, 1).numpy().astype(np.float32)
-        return Result(heat, Boxes.empty(), Masks.empty(height, width), (self.class_name,), {}, self.name,
+        timings = {"window_scoring": scored - start, "upsampling": time.perf_counter() - scored}
+        return Result(heat, Boxes.empty(), Masks.empty(height, width), (self.class_name,), timings, self.name,
                       0.5 * (class_score + float(heat.max())))
 
     def prepare(self, category: str, normal_images: Sequence[Path], kind: str, out_dir: Path) -> None:

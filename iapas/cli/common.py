@@ -48,6 +48,25 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=DEVICE_CHOICES, help="default: auto (GPU when there is one)")
 
 
+def add_method_options(parser: argparse.ArgumentParser) -> None:
+    """Options choosing the method and what it is prompted with (segment and bench)."""
+    parser.add_argument("--method", default="iapas", help="iapas (default), winclip or adaclip")
+    parser.add_argument("--prompt", action="append", help="text prompt; repeat for several (default: abnormal, defect)")
+    parser.add_argument("--calibration", help="calibration file from `iapas calibrate` (P_final, S_threshold, thresholds)")
+    parser.add_argument("--no-size-filter", action="store_true", help="skip step 2-2's size filter (ablation)")
+    parser.add_argument("--category", help="class name for the CLIP methods' prompts (default: object)")
+    parser.add_argument("--clip", dest="clip_weights", help="CLIP directory or open_clip file for --method winclip/adaclip")
+    parser.add_argument("--adaclip-prompts", help="trained AdaCLIP prompts (from `iapas train adaclip`)")
+
+
+def add_threshold_options(parser: argparse.ArgumentParser) -> None:
+    """The detection and filtering thresholds, with the paper's values as defaults."""
+    parser.add_argument("--box-threshold", type=float, help="default 0.2 (paper, objects; 0.1 for textures)")
+    parser.add_argument("--text-threshold", type=float, help="default 0.2 (paper, objects; 0.1 for textures)")
+    parser.add_argument("--nms-iou", type=float, help="default 0.5 (paper)")
+    parser.add_argument("--size-threshold", type=float, help="box area / image area cap, default 0.8 (paper)")
+
+
 def add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
     """Options of the preprocessing steps (tagging and LLM prompting) shared by calibrate and eval."""
     parser.add_argument("--seed", type=int, help="random seed for choosing normal images (default 111, the paper's)")

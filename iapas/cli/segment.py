@@ -6,9 +6,17 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from typing import Callable
+
+import numpy as np
+
 from ..calibration import Calibration
+from ..config import Config
 from ..errors import IapasError
-from .common import EXIT_OK, EXIT_PARTIAL, add_model_options, base_config
+from ..types import Result
+from .common import EXIT_OK, EXIT_PARTIAL, add_method_options, add_model_options, add_threshold_options, base_config
+
+Segment = Callable[[np.ndarray], Result]
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -16,17 +24,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     segment = commands.add_parser("segment", help="segment images or folders of images")
     segment.add_argument("inputs", nargs="+", help="image files and/or folders (png, jpg, bmp, tif)")
     segment.add_argument("-o", "--output", default="iapas-out", help="output folder (default: iapas-out)")
-    segment.add_argument("--prompt", action="append", help="text prompt; repeat for several (default: abnormal, defect)")
-    segment.add_argument("--method", default="iapas", help="iapas (default), winclip or adaclip")
-    segment.add_argument("--category", help="class name for the CLIP methods' prompts (default: object)")
-    segment.add_argument("--clip", dest="clip_weights", help="CLIP directory for --method winclip/adaclip")
-    segment.add_argument("--adaclip-prompts", help="trained AdaCLIP prompts (from `iapas train adaclip`)")
-    segment.add_argument("--calibration", help="calibration file from `iapas calibrate` (P_final, S_threshold, thresholds)")
-    segment.add_argument("--box-threshold", type=float, help="default 0.2 (paper, objects; 0.1 for textures)")
-    segment.add_argument("--text-threshold", type=float, help="default 0.2 (paper, objects; 0.1 for textures)")
-    segment.add_argument("--nms-iou", type=float, help="default 0.5 (paper)")
-    segment.add_argument("--size-threshold", type=float, help="box area / image area cap, default 0.8 (paper)")
-    segment.add_argument("--no-size-filter", action="store_true", help="skip step 2-2's size filter (ablation)")
+    add_method_options(segment)
+    add_threshold_options(segment)
     segment.add_argument("--overwrite", action="store_true", help="redo images whose results already exist")
     segment.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_options(segment)
@@ -40,14 +39,19 @@ def run(args: argparse.Namespace) -> int:
 
     inputs = collect_inputs(args.inputs)  # bad paths fail here, before any model loads
     config = base_config(args)
-    segment, extra = iapas_segmenter(args, config) if args.method == "iapas" else clip_segmenter(args, config)
+    segment, extra = build_segmenter(args, config)
     summary = run_batch(segment, inputs, Path(args.output), overwrite=args.overwrite, max_pixels=config.max_image_pixels,
                         progress=not args.no_progress, extra_record=extra)
     print(summary.line(), file=sys.stderr)
     return EXIT_PARTIAL if summary.failures else EXIT_OK
 
 
-def iapas_segmenter(args: argparse.Namespace, config):
+def build_segmenter(args: argparse.Namespace, config: Config) -> tuple[Segment, dict | None]:
+    """The chosen method as a pixels -> Result callable, and what its records should say about it."""
+    return iapas_segmenter(args, config) if args.method == "iapas" else clip_segmenter(args, config)
+
+
+def iapas_segmenter(args: argparse.Namespace, config: Config) -> tuple[Segment, dict | None]:
     """The IAP-AS pipeline as a pixels -> Result callable, with its prompts or calibration."""
     from ..pipeline import Pipeline
 
@@ -63,7 +67,7 @@ def iapas_segmenter(args: argparse.Namespace, config):
     return (lambda pixels: pipeline.segment(pixels, **options)), extra
 
 
-def clip_segmenter(args: argparse.Namespace, config):
+def clip_segmenter(args: argparse.Namespace, config: Config) -> tuple[Segment, dict | None]:
     """A registered comparison method (WinCLIP, AdaCLIP, ...) as a pixels -> Result callable."""
     from ..methods import METHODS
 
@@ -73,7 +77,7 @@ def clip_segmenter(args: argparse.Namespace, config):
         raise IapasError(f"{', '.join(ignored)} only apply to --method iapas, not {args.method}")
     category = args.category or "object"
     method = METHODS.get(args.method)(config, ())
-    method.prepare(category, [], "object", Path(args.output))
+    method.prepare(category, [], "object", Path(getattr(args, "output", None) or "."))
     return method.segment, {"category": category}
 
 

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from .common import EXIT_OK, add_model_options, base_config
+from .common import EXIT_OK, add_method_options, add_model_options, add_threshold_options, base_config
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -18,7 +19,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("image", help="image file to segment repeatedly")
     bench.add_argument("--repeat", type=int, default=5)
     bench.add_argument("--warmup", type=int, default=1)
-    bench.add_argument("--prompt", action="append")
+    add_method_options(bench)
+    add_threshold_options(bench)
     add_model_options(bench)
     bench.set_defaults(handler=run_bench)
 
@@ -30,7 +32,10 @@ def run_config_show(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    """Time each stage of the pipeline on one image."""
-    from ..bench import run_bench as bench
+    """Time each stage of the chosen method on one image."""
+    from ..bench import BenchOptions, run_bench as bench
+    from .segment import build_segmenter
 
-    return bench(args, base_config(args))
+    config = base_config(args)
+    options = BenchOptions(Path(args.image), args.method, args.repeat, args.warmup)
+    return bench(options, config, lambda: build_segmenter(args, config)[0])
