@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tqdm import tqdm
-
 import numpy as np
+from tqdm import tqdm
 
 from .errors import IapasError
 from .images import load_image

@@ -7,15 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
 
+from .batch import Segment
 from .config import Config
 from .device import resolve_device
 from .images import load_image
-from .types import Result
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def run_bench(options: BenchOptions, config: Config, build: Callable[[], Callable[[np.ndarray], Result]]) -> int:
+def run_bench(options: BenchOptions, config: Config, build: Callable[[], Segment]) -> int:
     """Load the method once (`build`), warm up, then report median and mean milliseconds per stage over `repeat` runs."""
     pixels = load_image(options.image, config.max_image_pixels).pixels  # a bad image fails before any model loads
     load_start = time.perf_counter()

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import json
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -16,12 +15,11 @@ from .config import Config, kind_of
 from .data.datasets import Dataset, Sample, load_dataset, load_mask
 from .errors import DatasetError, IapasError
 from .images import load_image
-from .methods import METHODS, Method
+from .methods import IAPAS_ABLATIONS, METHODS, Method
 from .metrics import DEFAULT_BINS, PixelMetrics, image_metrics
 from .reports import write_pr_curve, write_tables
 
 TEXTURE_DATASETS = frozenset({"ksdd1", "mtd", "dtd", "dagm"})
-ABLATABLE_STEPS = ("tagging", "llm", "filter")
 
 
 @dataclass
@@ -81,7 +79,7 @@ def kind_for(dataset: str, category: str) -> str:
 
 
 def evaluate_category(
-    method: Method, dataset: Dataset, category: str, options: EvalOptions, run_dir: Path, note: Callable[[str], None]
+    method: Method, dataset: Dataset, category: str, options: EvalOptions, run_dir: Path
 ) -> dict:
     """Metrics of one category; reads a finished result, or continues an interrupted one."""
     result_path = run_dir / "categories" / f"{category}.json"
@@ -148,11 +146,11 @@ def versions() -> dict[str, str]:
             "transformers": transformers.__version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__}
 
 
-def run_eval(options: EvalOptions, config: Config, note: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> Path:
+def run_eval(options: EvalOptions, config: Config) -> Path:
     """Evaluate every chosen category; write per-category JSON, PR curves, tables and run.json."""
-    unknown = sorted(set(options.ablate) - set(ABLATABLE_STEPS))
+    unknown = sorted(set(options.ablate) - set(IAPAS_ABLATIONS))
     if unknown:
-        raise IapasError(f"cannot ablate {unknown[0]!r} (choose from {', '.join(ABLATABLE_STEPS)})")
+        raise IapasError(f"cannot ablate {unknown[0]!r} (choose from {', '.join(IAPAS_ABLATIONS)})")
     if options.ablate and options.method != "iapas":
         raise IapasError("--ablate applies to --method iapas only")
     dataset = load_dataset(options.dataset, options.root)
@@ -163,7 +161,7 @@ def run_eval(options: EvalOptions, config: Config, note: Callable[[str], None] =
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     method = METHODS.get(options.method)(config, options.ablate)
-    records = [evaluate_category(method, dataset, category, options, run_dir, note) for category in categories]
+    records = [evaluate_category(method, dataset, category, options, run_dir) for category in categories]
     write_tables(records, run_dir, options.dataset, options.run_name)
     run_info = {
         "dataset": options.dataset,

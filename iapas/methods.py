@@ -24,6 +24,7 @@ class Method(Protocol):
 
 
 METHODS: Registry[Callable[[Config, Sequence[str]], Method]] = Registry("method")
+IAPAS_ABLATIONS = ("tagging", "llm", "filter")  # Table 3: steps 1-1, 1-3 and 2-2
 
 
 @dataclass
@@ -49,7 +50,9 @@ class IapasMethod:
         if path.is_file():  # resume: the calibration of an interrupted run is reused as it was
             self.calibration = load_calibration(path)
             return
-        preprocess_ablation = [step for step in self.ablate if step in ("tagging", "llm")]
+        from .preprocess import PREPROCESS_ABLATIONS
+
+        preprocess_ablation = [step for step in self.ablate if step in PREPROCESS_ABLATIONS]
         self.calibration = self.pipeline.calibrate(list(normal_images), category=category, kind=kind, ablate=preprocess_ablation)
         self.calibration.save(path)
 
@@ -66,9 +69,9 @@ def clip_backbone_for(config: Config):
     """The frozen CLIP the config names, or the first one found in the weights dir."""
     from .baselines.clip_backbone import ClipBackbone
     from .device import resolve_device
-    from .weights import find_weights
+    from .weights import chosen_or_found
 
-    path = Path(config.clip_methods.weights) if config.clip_methods.weights else find_weights("clip", config.weights_dir)[1]
+    path = chosen_or_found("clip", config.clip_methods.weights, config.weights_dir)
     return ClipBackbone(path, resolve_device(config.device))
 
 

@@ -16,10 +16,10 @@ from .graph import StageGraph
 from .images import LoadedImage, load_image, to_rgb
 from .stages import DetectStage, MaskStage, NmsStage, ScoreStage, SizeFilterStage
 from .types import Boxes, Masks, Result
+from .weights import chosen_or_found
 
 if TYPE_CHECKING:
     from .preprocess import ImageSource
-from .weights import find_weights
 
 ImageInput = str | Path | np.ndarray | Image.Image
 GRAPH_INPUTS = ("image", "prompts", "box_threshold", "text_threshold", "size_threshold")
@@ -61,8 +61,8 @@ class Pipeline:
         """Load the models the config names (or the first found in its weights dir)."""
         config = config or Config()
         device = resolve_device(config.device)
-        detector_path = Path(config.detection.weights) if config.detection.weights else find_weights("detector", config.weights_dir)[1]
-        segmenter_path = Path(config.masking.weights) if config.masking.weights else find_weights("segmenter", config.weights_dir)[1]
+        detector_path = chosen_or_found("detector", config.detection.weights, config.weights_dir)
+        segmenter_path = chosen_or_found("segmenter", config.masking.weights, config.weights_dir)
         detector = load_detector(config.detection.backend, detector_path, device)
         segmenter = load_segmenter(config.masking.backend, segmenter_path, device)
         return cls(config, detector, segmenter)

@@ -19,10 +19,10 @@ from .prompting import load_template
 from .stages.calibration import SizeThresholdStage
 from .stages.prompting import FinalPromptStage, LlmPromptStage
 from .stages.tagging import TagStage
-from .weights import find_weights
+from .weights import chosen_or_found
 
 PREPROCESS_INPUTS = ("normal_images", "calibration_images", "tags", "p_adj", "llm_answer", "size_threshold", "object_size")
-ABLATABLE = {"tagging": "tagging", "llm": "llm"}  # --ablate name -> stage name
+PREPROCESS_ABLATIONS = ("tagging", "llm")  # steps 1-1 and 1-3 can be switched off; their stages bear these names
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "iapas" / "llm"
 ImageSource = str | Path | Sequence[str | Path]  # a folder of images, or a list of image files
 
@@ -53,15 +53,15 @@ def resolve_tagger_spec(config: Config, category: str | None, device: str, note:
             backend = "fixed"
         else:
             try:
-                weights = weights or str(find_weights("clip", config.weights_dir)[1])
+                weights = str(chosen_or_found("clip", weights, config.weights_dir))
                 backend = "clip"
             except Exception:
                 backend = "fixed"
                 note(f"note: no CLIP model in {config.weights_dir}/; tagging with {list(fixed_tags) or 'no tags'} (--tags to choose)")
     if backend == "fixed" and not fixed_tags:
         raise ConfigError("the fixed tagger needs --tags or --category")
-    if backend == "clip" and not weights:
-        weights = str(find_weights("clip", config.weights_dir)[1])
+    if backend == "clip":
+        weights = str(chosen_or_found("clip", weights, config.weights_dir))
     if backend not in TAGGERS:
         TAGGERS.get(backend)  # raises the one-line "unknown tagger backend" error
     return TaggerSpec(backend=backend, weights=weights, tags=fixed_tags, top_k=settings.top_k, device=device)
@@ -102,9 +102,9 @@ class Preprocessor:
         ablate: Sequence[str] = (),
     ) -> Calibration:
         """Run steps 1-1 to 1-3 and return the Calibration."""
-        unknown = sorted(set(ablate) - set(ABLATABLE))
+        unknown = sorted(set(ablate) - set(PREPROCESS_ABLATIONS))
         if unknown:
-            raise ConfigError(f"cannot ablate {unknown[0]!r} in preprocessing (choose from {', '.join(ABLATABLE)})")
+            raise ConfigError(f"cannot ablate {unknown[0]!r} in preprocessing (choose from {', '.join(PREPROCESS_ABLATIONS)})")
         kind = kind or kind_of(category)
         if kind not in KIND_THRESHOLDS:
             raise ConfigError(f"kind must be object or texture, got {kind!r}")

@@ -9,11 +9,11 @@ from typing import Sequence
 
 import numpy as np
 
+from .methods import IAPAS_ABLATIONS
 from .metrics import PixelMetrics
 
 PAPER_TABLE = Path(__file__).parent / "resources" / "paper_table1.toml"
 METRIC_COLUMNS = ("pixel_ap", "pixel_f1_max", "pixel_auroc", "pixel_aupro", "image_auroc", "image_ap", "image_f1_max")
-ABLATION_STEPS = ("tagging", "llm", "filter")
 
 
 def percent(value: float) -> str:
@@ -54,7 +54,7 @@ def write_ablation_table(out_dir: Path, dataset: str) -> None:
         with open(table, newline="", encoding="utf-8") as handle:
             mean = next(r for r in csv.DictReader(handle) if r["category"] == "mean")
         ablated = table.parent.name.removeprefix("iapas").removeprefix("-no-").split("-")
-        marks = ["X" if step in ablated else "O" for step in ABLATION_STEPS]
+        marks = ["X" if step in ablated else "O" for step in IAPAS_ABLATIONS]
         rows.append((marks, float(mean["pixel_ap"]), float(mean["pixel_f1_max"])))
     if not rows:
         return

@@ -48,6 +48,10 @@ class Boxes:
         height = np.clip(self.xyxy[:, 3] - self.xyxy[:, 1], 0, None)
         return width * height
 
+    def area_ratios(self, image_height: int, image_width: int) -> np.ndarray:
+        """(N,) float64 box area over image area: the measure both S_threshold and the size filter use."""
+        return self.areas().astype(np.float64) / (image_height * image_width)
+
     def select(self, keep: np.ndarray) -> "Boxes":
         """The boxes at the integer indices or boolean mask `keep`, in that order."""
         index = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep, dtype=np.int64)

@@ -72,6 +72,11 @@ def find_weights(role: str, weights_dir: str | Path) -> tuple[WeightEntry, Path]
     )
 
 
+def chosen_or_found(role: str, chosen: str | Path | None, weights_dir: str | Path) -> Path:
+    """The path the user chose for `role`, else the first manifest entry of that role present in weights_dir."""
+    return Path(chosen) if chosen else find_weights(role, weights_dir)[1]
+
+
 def entry_for_path(path: Path) -> WeightEntry | None:
     """The manifest entry whose expected file or directory name matches `path`, if any."""
     for entry in load_manifest():

@@ -6,17 +6,11 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from typing import Callable
-
-import numpy as np
-
+from ..batch import Segment, run_batch
 from ..calibration import Calibration
 from ..config import Config
 from ..errors import IapasError
-from ..types import Result
 from .common import EXIT_OK, EXIT_PARTIAL, add_method_options, add_model_options, add_threshold_options, base_config
-
-Segment = Callable[[np.ndarray], Result]
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -34,7 +28,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Segment every input with the chosen method; exit 1 when some images failed."""
-    from ..batch import run_batch
     from ..images import collect_inputs
 
     inputs = collect_inputs(args.inputs)  # bad paths fail here, before any model loads

@@ -46,9 +46,9 @@ def run_adaclip(args: argparse.Namespace) -> int:
     """Train (or resume) AdaCLIP prompts and report the last loss."""
     from ..baselines.adaclip_train import TrainOptions, train_adaclip
     from ..device import resolve_device
-    from ..weights import find_weights
+    from ..weights import chosen_or_found
     config = base_config(args)
-    clip = Path(args.clip_weights) if args.clip_weights else find_weights("clip", config.weights_dir)[1]
+    clip = chosen_or_found("clip", args.clip_weights, config.weights_dir)
     options = TrainOptions(
         dataset=args.dataset, root=Path(args.root), out_dir=Path(args.output), clip=clip, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,

@@ -40,6 +40,6 @@ class SizeThresholdStage:
         for image in calibration_images if tags else ():
             boxes = self.detector.detect(image, tags, self.box_threshold, self.text_threshold)
             if len(boxes):
-                ratios.append(float(boxes.areas().max()) / (image.shape[0] * image.shape[1]))
+                ratios.append(float(boxes.area_ratios(*image.shape[:2]).max()))
         threshold, object_size = size_threshold_from_ratios(ratios, self.cap)
         return {"size_threshold": threshold, "object_size": object_size}

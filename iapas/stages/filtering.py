@@ -22,8 +22,7 @@ def filter_by_size(boxes: Boxes, image_height: int, image_width: int, size_thres
     """Keep boxes whose area relative to the image is strictly below size_threshold (paper Eq. 3)."""
     if len(boxes) == 0:
         return boxes
-    ratios = boxes.areas() / float(image_height * image_width)
-    return boxes.select(ratios < size_threshold)
+    return boxes.select(boxes.area_ratios(image_height, image_width) < size_threshold)
 
 
 @dataclass
