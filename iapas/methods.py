@@ -67,7 +67,7 @@ def build_iapas(config: Config, ablate: Sequence[str]) -> Method:
 
 def clip_backbone_for(config: Config):
     """The frozen CLIP the config names, or the first one found in the weights dir."""
-    from .baselines.clip_backbone import ClipBackbone
+    from .backends.clip import ClipBackbone
     from .device import resolve_device
     from .weights import chosen_or_found
 

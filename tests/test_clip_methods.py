@@ -8,7 +8,7 @@ import torch
 
 from iapas.baselines.adaclip import AdaClip, AdaClipSettings, default_layers, most_anomalous_centroid
 from iapas.baselines.adaclip_train import TrainOptions, dice_loss, focal_loss, train_adaclip
-from iapas.baselines.clip_backbone import ClipBackbone
+from iapas.backends.clip import ClipBackbone
 from iapas.baselines.winclip import WinClip, harmonic_aggregation, prompt_ensemble, sliding_windows
 from iapas.cli import main
 from iapas.data.synth import SynthSpec, write_synth_dataset

@@ -7,7 +7,7 @@ import torch
 import open_clip  # installed by `make test`; optional for users
 
 from iapas.backends.openclip_convert import convert_openclip_checkpoint, write_clip_tokenizer_from_bpe  # noqa: E402
-from iapas.baselines.clip_backbone import ClipBackbone  # noqa: E402
+from iapas.backends.clip import ClipBackbone  # noqa: E402
 from iapas.cli import main  # noqa: E402
 from iapas.errors import WeightsError  # noqa: E402
 from iapas.weights import find_weights  # noqa: E402

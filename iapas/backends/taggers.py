@@ -12,6 +12,7 @@ from ..errors import WeightsError
 from ..registry import Registry
 from ..vocabulary import tag_vocabulary
 from .base import require_path
+from .clip import ClipBackbone
 
 CLIP_TAG_TEMPLATES = ("a photo of a {}.", "a close-up photo of {}.", "an industrial photo of a {}.")
 
@@ -52,37 +53,28 @@ class FixedTagger:
 class ClipTagger:
     """Ranks a vocabulary by CLIP image-text similarity, averaged over the images; keeps the top k."""
 
-    def __init__(self, path: Path, vocabulary: Sequence[str], top_k: int, min_score: float, device: str) -> None:
-        from transformers import AutoProcessor, CLIPModel
-
-        require_path(path, "CLIP", expect_dir=True)
-        try:
-            self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-            self.model = CLIPModel.from_pretrained(path, local_files_only=True).to(device).eval()
-        except (OSError, ValueError, KeyError, RuntimeError) as error:
-            raise WeightsError(f"cannot load CLIP from {path}: {str(error).splitlines()[0]}") from None
+    def __init__(self, backbone: ClipBackbone, vocabulary: Sequence[str], top_k: int, min_score: float) -> None:
+        self.backbone = backbone
         self.vocabulary = tuple(vocabulary)
-        self.top_k, self.min_score, self.device = top_k, min_score, device
-        self.model_id = f"clip:{Path(path).name}"
+        self.top_k, self.min_score = top_k, min_score
+        self.model_id = f"clip:{backbone.name}"
         self._text = self._embed_vocabulary()
 
     @torch.inference_mode()
     def _embed_vocabulary(self) -> torch.Tensor:
         """(V, D) unit text embeddings, each word averaged over the prompt templates; computed once."""
         sentences = [template.format(word) for word in self.vocabulary for template in CLIP_TAG_TEMPLATES]
-        tokens = self.processor.tokenizer(sentences, padding=True, truncation=True, return_tensors="pt").to(self.device)
-        features = self.model.get_text_features(**tokens)
-        features = getattr(features, "pooler_output", features)
-        features = torch.nn.functional.normalize(features.float(), dim=-1).view(len(self.vocabulary), len(CLIP_TAG_TEMPLATES), -1)
+        features = self.backbone.encode_text(sentences).view(len(self.vocabulary), len(CLIP_TAG_TEMPLATES), -1)
         return torch.nn.functional.normalize(features.mean(dim=1), dim=-1)
 
     @torch.inference_mode()
     def scores(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """(V,) mean softmax probability of each vocabulary word over the images."""
-        pixels = self.processor.image_processor(images=[np.array(image) for image in images], return_tensors="pt")["pixel_values"].to(self.device)
-        features = self.model.get_image_features(pixel_values=pixels)
+        """(V,) mean softmax probability of each vocabulary word over the images (CLIP's own resize and crop)."""
+        clip, device = self.backbone.clip, self.backbone.device
+        pixels = self.backbone.image_processor(images=[np.array(image) for image in images], return_tensors="pt")["pixel_values"]
+        features = clip.get_image_features(pixel_values=pixels.to(device))
         features = torch.nn.functional.normalize(getattr(features, "pooler_output", features).float(), dim=-1)
-        logits = self.model.logit_scale.exp().float() * features @ self._text.T
+        logits = self.backbone.logit_scale() * features @ self._text.T
         return logits.softmax(dim=-1).mean(dim=0).cpu().numpy()
 
     def tag(self, images: Sequence[np.ndarray]) -> tuple[str, ...]:
@@ -132,7 +124,8 @@ def load_fixed(spec: TaggerSpec) -> Tagger:
 def load_clip_tagger(spec: TaggerSpec) -> Tagger:
     if not spec.weights:
         raise WeightsError("the CLIP tagger needs a CLIP model directory (--clip DIR; see manifest entry 'clip-vit-b-16')")
-    return ClipTagger(Path(spec.weights), spec.vocabulary or tag_vocabulary(), spec.top_k, spec.min_score, spec.device)
+    backbone = ClipBackbone(Path(spec.weights), spec.device)
+    return ClipTagger(backbone, spec.vocabulary or tag_vocabulary(), spec.top_k, spec.min_score)
 
 
 @TAGGERS.register("ram")

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..errors import WeightsError
 from ..types import Boxes, Masks, Result
-from .clip_backbone import ClipBackbone
+from ..backends.clip import ClipBackbone
 
 NORMAL_SENTENCE = "flawless object."
 ANOMALOUS_SENTENCE = "damaged object."

@@ -16,7 +16,7 @@ from ..data.datasets import Sample, load_dataset, load_mask
 from ..errors import DatasetError
 from ..images import load_image
 from .adaclip import PROMPT_LENGTH, AdaClip, AdaClipSettings
-from .clip_backbone import ClipBackbone
+from ..backends.clip import ClipBackbone
 
 FOCAL_GAMMA = 2.0
 PROMPTS_FILE = "adaclip_prompts.pt"

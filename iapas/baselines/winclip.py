@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..types import Boxes, Masks, Result
-from .clip_backbone import ClipBackbone
+from ..backends.clip import ClipBackbone
 
 NORMAL_STATES = ("{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect", "{} without damage")
 ANOMALOUS_STATES = ("damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage")

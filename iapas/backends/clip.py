@@ -1,4 +1,4 @@
-"""A frozen CLIP from a transformers directory, opened up for window tokens, layer features and prompt embeddings."""
+"""CLIP from a transformers directory (or an open_clip file, converted once), opened up for tokens, layer features and prompt embeddings."""
 from __future__ import annotations
 
 import sys
@@ -9,13 +9,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..backends.base import quiet_loading, require_path, warn_if_demo
+from .base import quiet_loading, require_path, warn_if_demo
 from ..errors import WeightsError
 
 
 def converted_openclip_dir(checkpoint: Path) -> Path:
     """The transformers conversion of an open_clip file, made on first use as <file>.hf/ and reused after."""
-    from ..backends.openclip_convert import convert_openclip_checkpoint
+    from .openclip_convert import convert_openclip_checkpoint
 
     target = checkpoint.with_name(checkpoint.name + ".hf")
     if not (target / "config.json").is_file():
@@ -40,7 +40,7 @@ class ClipBackbone(torch.nn.Module):
         try:
             self.clip = CLIPModel.from_pretrained(path, local_files_only=True)
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            image_processor = CLIPImageProcessor.from_pretrained(path, local_files_only=True)
+            self.image_processor = CLIPImageProcessor.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             raise WeightsError(f"cannot load CLIP from {path}: {str(error).splitlines()[0]}") from None
         self.clip.requires_grad_(False).eval()
@@ -48,8 +48,8 @@ class ClipBackbone(torch.nn.Module):
         vision = self.clip.config.vision_config
         self.image_size, self.patch_size = int(vision.image_size), int(vision.patch_size)
         self.depth = int(vision.num_hidden_layers)
-        self.register_buffer("mean", torch.tensor(image_processor.image_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(image_processor.image_std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(self.image_processor.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.image_processor.image_std).view(1, 3, 1, 1), persistent=False)
         self.to(device)
 
     @property
