@@ -47,13 +47,18 @@ def average_precision_from_counts(tp: np.ndarray, fp: np.ndarray, positives: flo
     return float(np.sum(recall_steps * precision))
 
 
+def f1_scores(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
+    """F1 at each point of a precision-recall curve; 0 where precision and recall are both 0."""
+    denominator = precision + recall
+    return np.divide(2 * precision * recall, denominator, out=np.zeros_like(denominator, dtype=np.float64), where=denominator > 0)
+
+
 def f1_max_from_counts(tp: np.ndarray, fp: np.ndarray, positives: float) -> tuple[float, int]:
     """Best F1 over thresholds and the index of the threshold that reaches it."""
     if positives == 0:
         return float("nan"), 0
     precision, recall = pr_from_counts(tp.astype(np.float64), fp.astype(np.float64), positives)
-    denominator = precision + recall
-    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(denominator), where=denominator > 0)
+    f1 = f1_scores(precision, recall)
     best = int(np.argmax(f1))
     return float(f1[best]), best
 
@@ -95,10 +100,10 @@ class PixelMetrics:
         self.negative += np.bincount(indices[~flat_mask], minlength=self.bins)
         if self.with_pro and flat_mask.any():
             labels, count = ndimage.label(mask)
-            flat_labels = labels.ravel()
+            region_labels, region_indices = labels.ravel()[flat_mask], indices[flat_mask]  # region pixels only
             for region in range(1, count + 1):
-                in_region = flat_labels == region
-                histogram = np.bincount(indices[in_region], minlength=self.bins)
+                in_region = region_labels == region
+                histogram = np.bincount(region_indices[in_region], minlength=self.bins)
                 self.region_overlap_sum += _descending_cumsum(histogram)[::-1] / in_region.sum()
             self.regions += count
 
@@ -169,7 +174,7 @@ def image_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     if len(np.unique(labels)) < 2:
         return {"image_auroc": float("nan"), "image_ap": float("nan"), "image_f1_max": float("nan")}
     precision, recall, _ = precision_recall_curve(labels, scores)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=(precision + recall) > 0)
+    f1 = f1_scores(precision, recall)
     return {
         "image_auroc": float(roc_auc_score(labels, scores)),
         "image_ap": float(average_precision_score(labels, scores)),

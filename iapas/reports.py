@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from .methods import IAPAS_ABLATIONS
-from .metrics import PixelMetrics
+from .metrics import PixelMetrics, f1_scores
 
 PAPER_TABLE = Path(__file__).parent / "resources" / "paper_table1.toml"
 METRIC_COLUMNS = ("pixel_ap", "pixel_f1_max", "pixel_auroc", "pixel_aupro", "image_auroc", "image_ap", "image_f1_max")
@@ -76,8 +76,7 @@ def write_pr_curve(pixels: PixelMetrics, path: Path, title: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure, axes = plt.subplots(figsize=(5, 4.2), dpi=110)
     axes.step(np.concatenate([[0], recall]), np.concatenate([[1], precision]), where="pre", label=f"AP {percent(summary['pixel_ap'])}%")
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=(precision + recall) > 0)
-    best = int(np.argmax(f1))
+    best = int(np.argmax(f1_scores(precision, recall)))
     axes.plot(recall[best], precision[best], "o", color="crimson", label=f"F1-max {percent(summary['pixel_f1_max'])}%")
     axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
     axes.grid(alpha=0.3)

@@ -160,7 +160,13 @@ def load_visa(root: Path) -> Dataset:
     return Dataset("visa", root, test, normal)
 
 
-def _label_paired(root: Path, name: str, category: str, pairs: Iterator[tuple[Path, Path | None]], defect: str) -> list[Sample]:
+def _single_category(name: str, root: Path, samples: list[Sample], category: str | None = None) -> Dataset:
+    """A one-category dataset whose test set has no separate normal split: its normal test images calibrate."""
+    category = category or name
+    return Dataset(name, root, {category: samples}, {category: [s.image_path for s in samples if s.label == 0]})
+
+
+def _label_paired(category: str, pairs: Iterator[tuple[Path, Path | None]], defect: str) -> list[Sample]:
     """Samples whose label comes from whether their mask has any foreground pixel."""
     samples = []
     for image, mask in pairs:
@@ -185,8 +191,7 @@ def load_ksdd1(root: Path) -> Dataset:
             pairs.append((image, _find_mask([folder / f"{image.stem}_label{ext}" for ext in (".bmp", ".png")], image)))
     if not pairs:
         raise DatasetError(f"no KolektorSDD images under {root}: expected kosNN/PartK.jpg with PartK_label.bmp")
-    samples = _label_paired(root, "ksdd1", "ksdd1", iter(pairs), "defect")
-    return Dataset("ksdd1", root, {"ksdd1": samples}, {"ksdd1": [s.image_path for s in samples if s.label == 0]})
+    return _single_category("ksdd1", root, _label_paired("ksdd1", iter(pairs), "defect"))
 
 
 @DATASETS.register("mtd")
@@ -203,7 +208,7 @@ def load_mtd(root: Path) -> Dataset:
                 samples.append(Sample(image, _find_mask([image.with_suffix(".png")], image), 1, "mtd", defect))
     if not samples:
         raise DatasetError(f"no Magnetic Tile images under {root}: expected MT_<Type>/Imgs/*.jpg")
-    return Dataset("mtd", root, {"mtd": samples}, {"mtd": [s.image_path for s in samples if s.label == 0]})
+    return _single_category("mtd", root, samples)
 
 
 @DATASETS.register("dagm")
@@ -237,7 +242,7 @@ def load_folder(root: Path) -> Dataset:
         for image in _images_in(defect_dir):
             mask = _find_mask([root / "ground_truth" / defect_dir.name / f"{image.stem}_mask{ext}" for ext in (".png", ".bmp")], image)
             samples.append(Sample(image, mask, 1, root.name, defect_dir.name))
-    return Dataset("folder", root, {root.name: samples}, {root.name: [s.image_path for s in samples if s.label == 0]})
+    return _single_category("folder", root, samples, root.name)
 
 
 def load_dataset(name: str, root: str | Path) -> Dataset:
