@@ -1,6 +1,7 @@
 """CLIP from a transformers directory (or an open_clip file, converted once), opened up for tokens, layer features and prompt embeddings."""
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -20,7 +21,11 @@ def converted_openclip_dir(checkpoint: Path) -> Path:
     target = checkpoint.with_name(checkpoint.name + ".hf")
     if not (target / "config.json").is_file():
         print(f"note: converting open_clip checkpoint {checkpoint} to {target}/ (once)", file=sys.stderr)
-        convert_openclip_checkpoint(checkpoint, target)
+        partial = checkpoint.with_name(checkpoint.name + ".hf.partial")  # renamed when complete: never a half directory
+        shutil.rmtree(partial, ignore_errors=True)
+        convert_openclip_checkpoint(checkpoint, partial)
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
     return target
 
 

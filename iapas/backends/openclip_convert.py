@@ -115,7 +115,8 @@ def byte_symbols() -> list[str]:
 
 def write_clip_tokenizer_from_bpe(bpe_gz: Path, directory: Path) -> None:
     """vocab.json and merges.txt of CLIP's BPE, built from open_clip's bpe_simple_vocab_16e6.txt.gz as OpenAI's tokenizer builds them."""
-    merges = gzip.open(bpe_gz).read().decode("utf-8").split("\n")[1:BPE_MERGES + 1]
+    with gzip.open(bpe_gz) as handle:
+        merges = handle.read().decode("utf-8").split("\n")[1:BPE_MERGES + 1]
     merges = [tuple(merge.split()) for merge in merges]
     vocab = byte_symbols()
     vocab = vocab + [v + "</w>" for v in vocab] + ["".join(merge) for merge in merges] + ["<|startoftext|>", "<|endoftext|>"]
