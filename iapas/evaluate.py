@@ -14,6 +14,7 @@ from tqdm import tqdm
 from .config import Config, kind_of
 from .data.datasets import Dataset, Sample, load_dataset, load_mask
 from .errors import DatasetError, IapasError
+from .files import atomic_write, atomic_write_text
 from .images import load_image
 from .methods import IAPAS_ABLATIONS, METHODS, Method
 from .metrics import DEFAULT_BINS, PixelMetrics, image_metrics
@@ -55,11 +56,9 @@ class CategoryState:
     seconds: float = 0.0
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".tmp.npz")
-        np.savez(temporary, done=np.array(self.done, dtype=str), labels=np.array(self.labels, int),
-                 scores=np.array(self.scores, np.float64), seconds=np.array(self.seconds), **self.pixels.state())
-        temporary.replace(path)
+        arrays = {"done": np.array(self.done, dtype=str), "labels": np.array(self.labels, int),
+                  "scores": np.array(self.scores, np.float64), "seconds": np.array(self.seconds), **self.pixels.state()}
+        atomic_write(path, lambda temporary: np.savez(temporary, **arrays))
 
     @classmethod
     def load_or_new(cls, path: Path, bins: int) -> "CategoryState":
@@ -129,8 +128,7 @@ def evaluate_category(
         "prepare_seconds": prepare_seconds,
     }
     write_pr_curve(state.pixels, run_dir / "pr_curves" / f"{category}.png", f"{dataset.name} / {category} ({options.run_name})")
-    result_path.parent.mkdir(parents=True, exist_ok=True)
-    result_path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(result_path, json.dumps(record, indent=2) + "\n")  # marks the category finished
     state_path.unlink(missing_ok=True)
     return record
 

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from .files import atomic_write
 from .types import Result
 from .viz import result_overlay
 
@@ -29,17 +28,6 @@ def output_paths(out_dir: Path, stem: str) -> dict[str, Path]:
 def is_done(out_dir: Path, stem: str) -> bool:
     """A result counts as finished only when every file, the JSON last, exists."""
     return all(path.exists() for path in output_paths(out_dir, stem).values())
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def result_record(result: Result, image: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -71,10 +59,10 @@ def write_result(out_dir: Path, stem: str, image_pixels: np.ndarray, image: Path
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = output_paths(out_dir, stem)
     score_png = np.round(result.anomaly_map * 255).astype(np.uint8)
-    _atomic_write(paths[".npy"], lambda p: np.save(p, result.anomaly_map))
-    _atomic_write(paths["_map.png"], lambda p: Image.fromarray(score_png).save(p, format="PNG"))
+    atomic_write(paths[".npy"], lambda p: np.save(p, result.anomaly_map))
+    atomic_write(paths["_map.png"], lambda p: Image.fromarray(score_png).save(p, format="PNG"))
     picture = result_overlay(image_pixels, result.anomaly_map, result.boxes)
-    _atomic_write(paths["_overlay.png"], lambda p: Image.fromarray(picture).save(p, format="PNG"))
+    atomic_write(paths["_overlay.png"], lambda p: Image.fromarray(picture).save(p, format="PNG"))
     record = result_record(result, image, extra)
-    _atomic_write(paths[".json"], lambda p: p.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"))
+    atomic_write(paths[".json"], lambda p: p.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"))
     return paths

@@ -5,7 +5,7 @@ import torch
 
 from iapas.backends import load_detector, load_segmenter
 from iapas.backends.grounding_dino import caption_for, token_spans
-from iapas.backends.sam import build_sam, infer_sam_geometry, OriginalSam
+from iapas.backends.sam import OriginalSam, infer_sam_geometry
 from iapas.demo_weights import DEMO_SAM_GEOMETRY
 from iapas.errors import WeightsError
 from iapas.weights import find_weights

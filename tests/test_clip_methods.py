@@ -1,6 +1,5 @@
 """WinCLIP and AdaCLIP-style on a tiny random CLIP loaded through the real loader."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

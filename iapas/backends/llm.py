@@ -13,6 +13,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 
 from ..errors import ConfigError, IapasError, WeightsError
+from ..files import atomic_write_text
 from ..prompting import drop_unfinished_item
 from ..registry import Registry
 
@@ -219,10 +220,7 @@ class CachedLLM:
             self.hits += 1
             return json.loads(path.read_text(encoding="utf-8"))["answer"]
         answer = self.llm.generate(prompt, tags)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"model": self.model_id, "tags": list(tags), "answer": answer}), encoding="utf-8")
-        temporary.replace(path)
+        atomic_write_text(path, json.dumps({"model": self.model_id, "tags": list(tags), "answer": answer}))
         return answer
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import WeightsError
+from ..files import atomic_write
 from ..types import Boxes, Masks, Result
 from ..backends.clip import ClipBackbone
 
@@ -201,14 +202,9 @@ class AdaClip(torch.nn.Module):
 
     def save(self, path: str | Path, extra: dict | None = None) -> Path:
         """Only the learned prompts and their settings: the CLIP stays where the user keeps it."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"format": CHECKPOINT_FORMAT, "settings": asdict(self.settings), "clip": self.backbone.name,
                    "prompts": self.prompts.state_dict(), **(extra or {})}
-        temporary = path.with_suffix(".tmp")
-        torch.save(payload, temporary)
-        temporary.replace(path)
-        return path
+        return atomic_write(path, lambda temporary: torch.save(payload, temporary))
 
     @classmethod
     def load(cls, path: str | Path, backbone: ClipBackbone) -> "AdaClip":

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from ..data.datasets import Sample, load_dataset, load_mask
 from ..errors import DatasetError
+from ..files import atomic_write
 from ..images import load_image
 from .adaclip import PROMPT_LENGTH, AdaClip, AdaClipSettings
 from ..backends.clip import ClipBackbone
@@ -124,9 +125,9 @@ def train_adaclip(options: TrainOptions, note: Callable[[str], None] = lambda m:
             history.append(float(loss.detach()))
             bar.set_postfix(loss=f"{history[-1]:.4f}")
         model.save(out_dir / PROMPTS_FILE, {"trained_on": options.dataset, "epochs_done": epoch + 1})
-        torch.save({"prompts": model.prompts.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                    "settings": asdict(settings),
-                    "seed": options.seed}, state_path)
+        state = {"prompts": model.prompts.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                 "settings": asdict(settings), "seed": options.seed}
+        atomic_write(state_path, lambda temporary: torch.save(state, temporary))
         (out_dir / "train_log.json").write_text(json.dumps({"epoch": epoch + 1, "losses": history}) + "\n", encoding="utf-8")
     model.eval()
     return out_dir / PROMPTS_FILE, history
