@@ -107,7 +107,9 @@ def test_adaclip_training_lowers_the_loss_and_resumes(weights_dir, train_root, t
     resumed_path, resumed_losses = train_adaclip(TrainOptions(**{**cut.__dict__, "epochs": 10}))
     assert len(resumed_losses) == 6
     assert resumed_losses == pytest.approx(losses[4:], rel=1e-4)
-    assert json.loads((tmp_path / "cut" / "train_log.json").read_text())["epoch"] == 10
+    log = json.loads((tmp_path / "cut" / "train_log.json").read_text())
+    assert log["epoch"] == 10
+    assert log["losses"] == pytest.approx(losses, rel=1e-4)  # the whole history, not only the resumed epochs
 
 
 def test_adaclip_save_load_round_trip(backbone, tmp_path):

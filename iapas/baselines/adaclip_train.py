@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from ..data.datasets import Sample, load_dataset, load_mask
 from ..errors import DatasetError
-from ..files import atomic_write
+from ..files import atomic_write, atomic_write_text
 from ..images import load_image
 from .adaclip import PROMPT_LENGTH, AdaClip, AdaClipSettings
 from ..backends.clip import ClipBackbone
@@ -100,7 +100,8 @@ def train_adaclip(options: TrainOptions, note: Callable[[str], None] = lambda m:
     out_dir = Path(options.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = out_dir / STATE_FILE
-    start_epoch, history = 0, []
+    start_epoch, history, earlier = 0, [], []  # earlier: the losses of the runs this one resumes
+    log_path = out_dir / "train_log.json"
     if state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         saved = {**state["settings"], "layers": tuple(state["settings"]["layers"])}
@@ -109,6 +110,7 @@ def train_adaclip(options: TrainOptions, note: Callable[[str], None] = lambda m:
         model.prompts.load_state_dict(state["prompts"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"]) + 1
+        earlier = json.loads(log_path.read_text(encoding="utf-8"))["losses"] if log_path.is_file() else []
         note(f"resuming from epoch {start_epoch + 1} of {options.epochs} ({state_path})")
     samples = training_samples(options)
     model.train()
@@ -128,6 +130,6 @@ def train_adaclip(options: TrainOptions, note: Callable[[str], None] = lambda m:
         state = {"prompts": model.prompts.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                  "settings": asdict(settings), "seed": options.seed}
         atomic_write(state_path, lambda temporary: torch.save(state, temporary))
-        (out_dir / "train_log.json").write_text(json.dumps({"epoch": epoch + 1, "losses": history}) + "\n", encoding="utf-8")
+        atomic_write_text(log_path, json.dumps({"epoch": epoch + 1, "losses": earlier + history}) + "\n")
     model.eval()
     return out_dir / PROMPTS_FILE, history
