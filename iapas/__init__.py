@@ -2,7 +2,7 @@
 from .config import Config, load_config
 from .errors import ConfigError, DatasetError, IapasError, InputImageError, WeightsError
 from .graph import Stage, StageGraph
-from .pipeline import Pipeline
+from .methods.iapas.pipeline import Pipeline
 from .types import Boxes, Masks, Result
 
 __version__ = "0.1.0"

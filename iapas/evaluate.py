@@ -16,7 +16,8 @@ from .data.datasets import Dataset, Sample, load_dataset, load_mask
 from .errors import DatasetError, IapasError
 from .files import atomic_write, atomic_write_text
 from .images import load_image
-from .methods import IAPAS_ABLATIONS, METHODS, Method
+from .methods import METHODS, Method
+from .methods.iapas import IAPAS_ABLATIONS
 from .metrics import DEFAULT_BINS, PixelMetrics, image_metrics
 from .reports import write_pr_curve, write_tables
 

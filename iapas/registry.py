@@ -1,6 +1,7 @@
 """A name -> factory mapping used instead of if/elif chains."""
 from __future__ import annotations
 
+import importlib
 from typing import Callable, Generic, Iterator, TypeVar
 
 from .errors import ConfigError
@@ -26,13 +27,23 @@ class Registry(Generic[T]):
 
         return add
 
+    def register_lazy(self, name: str, target: str) -> None:
+        """Add `name` as "package.module:attribute", imported on first use (keeps heavy imports out of start-up)."""
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._entries[name] = target  # type: ignore[assignment]
+
     def get(self, name: str) -> T:
         """The entry called `name`, or a ConfigError listing the known names."""
         try:
-            return self._entries[name]
+            entry = self._entries[name]
         except KeyError:
             known = ", ".join(sorted(self._entries)) or "none"
             raise ConfigError(f"unknown {self.kind} {name!r} (known: {known})") from None
+        if isinstance(entry, str):
+            module, _, attribute = entry.partition(":")
+            entry = self._entries[name] = getattr(importlib.import_module(module), attribute)
+        return entry
 
     def names(self) -> list[str]:
         return sorted(self._entries)

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .methods import IAPAS_ABLATIONS
+from .methods.iapas import IAPAS_ABLATIONS
 from .metrics import PixelMetrics, f1_scores
 
 PAPER_TABLE = Path(__file__).parent / "resources" / "paper_table1.toml"

@@ -9,7 +9,7 @@ from iapas.backends.taggers import TAGGERS, TaggerSpec
 from iapas.calibration import Calibration, load_calibration
 from iapas.cli import main
 from iapas.errors import ConfigError
-from iapas.preprocess import select_images
+from iapas.methods.iapas.preprocess import select_images
 from iapas.stages.calibration import SizeThresholdStage, size_threshold_from_ratios
 from iapas.stages.tagging import TagStage
 

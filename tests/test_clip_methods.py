@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from iapas.baselines.adaclip import AdaClip, AdaClipSettings, default_layers, most_anomalous_centroid
-from iapas.baselines.adaclip_train import TrainOptions, dice_loss, focal_loss, train_adaclip
+from iapas.methods.adaclip.model import AdaClip, AdaClipSettings, default_layers, most_anomalous_centroid
+from iapas.methods.adaclip.train import train_adaclip
+from iapas.prompt_learning import TrainOptions, dice_loss, focal_loss
 from iapas.backends.clip import ClipBackbone
-from iapas.baselines.winclip import WinClip, harmonic_aggregation, prompt_ensemble, sliding_windows
+from iapas.methods.winclip.model import WinClip, harmonic_aggregation, prompt_ensemble, sliding_windows
 from iapas.cli import main
 from iapas.data.synth import SynthSpec, write_synth_dataset
 from iapas.errors import WeightsError

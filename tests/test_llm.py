@@ -7,7 +7,7 @@ import pytest
 
 from iapas.backends.llm import LLMSpec, LexiconLLM, load_llm
 from iapas.errors import ConfigError, IapasError, WeightsError
-from iapas.prompting import drop_unfinished_item, load_template, parse_defect_words
+from iapas.methods.iapas.prompting import drop_unfinished_item, load_template, parse_defect_words
 
 
 def test_lexicon_maps_materials_to_defects():

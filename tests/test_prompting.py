@@ -1,7 +1,7 @@
 import pytest
 
 from iapas.errors import ConfigError
-from iapas.prompting import final_prompts, load_template, parse_defect_words
+from iapas.methods.iapas.prompting import final_prompts, load_template, parse_defect_words
 from iapas.vocabulary import defect_words, remove_defect_words
 
 

@@ -30,7 +30,7 @@ def converted_openclip_dir(checkpoint: Path) -> Path:
 
 
 class ClipBackbone(torch.nn.Module):
-    """CLIPModel plus the pieces the baselines need; all CLIP weights are frozen."""
+    """CLIPModel plus the pieces the CLIP methods need; all CLIP weights are frozen."""
 
     def __init__(self, path: Path, device: torch.device | str = "cpu") -> None:
         super().__init__()
@@ -144,3 +144,12 @@ class ClipBackbone(torch.nn.Module):
 
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.exp().float()
+
+
+def backbone_for_config(config) -> ClipBackbone:
+    """The frozen CLIP the config names (`clip_methods.weights`), or the first one found in its weights dir."""
+    from ..device import resolve_device
+    from ..weights import chosen_or_found
+
+    path = chosen_or_found("clip", config.clip_methods.weights, config.weights_dir)
+    return ClipBackbone(path, resolve_device(config.device))

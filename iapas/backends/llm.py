@@ -14,7 +14,7 @@ import torch
 
 from ..errors import ConfigError, IapasError, WeightsError
 from ..files import atomic_write_text
-from ..prompting import drop_unfinished_item
+from ..methods.iapas.prompting import drop_unfinished_item
 from ..registry import Registry
 
 LEXICON_FILE = Path(__file__).parent.parent / "resources" / "defect_lexicon.toml"

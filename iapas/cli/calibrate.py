@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.normal_dir:
         raise IapasError("calibrate needs NORMAL_DIR (or --show FILE)")
     from ..images import find_images
-    from ..pipeline import Pipeline
+    from ..methods.iapas.pipeline import Pipeline
 
     if not Path(args.normal_dir).is_dir():
         raise IapasError(f"normal-image folder not found: {args.normal_dir}")

@@ -46,7 +46,7 @@ def build_segmenter(args: argparse.Namespace, config: Config) -> tuple[Segment, 
 
 def iapas_segmenter(args: argparse.Namespace, config: Config) -> tuple[Segment, dict | None]:
     """The IAP-AS pipeline as a pixels -> Result callable, with its prompts or calibration."""
-    from ..pipeline import Pipeline
+    from ..methods.iapas.pipeline import Pipeline
 
     options: dict = {}
     if args.prompt:

@@ -44,18 +44,19 @@ def layer_list(text: str) -> tuple[int, ...]:
 
 def run_adaclip(args: argparse.Namespace) -> int:
     """Train (or resume) AdaCLIP prompts and report the last loss."""
-    from ..baselines.adaclip_train import TrainOptions, train_adaclip
+    from ..methods.adaclip.train import AdaClipArchitecture, train_adaclip
+    from ..prompt_learning import TrainOptions
     from ..device import resolve_device
     from ..weights import chosen_or_found
     config = base_config(args)
     clip = chosen_or_found("clip", args.clip_weights, config.weights_dir)
     options = TrainOptions(
         dataset=args.dataset, root=Path(args.root), out_dir=Path(args.output), clip=clip, epochs=args.epochs,
-        batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
-        layers=args.layers, prompt_length=args.prompt_length, prompt_depth=args.prompt_depth, limit=args.limit,
+        batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, limit=args.limit,
         device=str(resolve_device(config.device)), progress=not args.no_progress,
     )
-    path, losses = train_adaclip(options)
+    architecture = AdaClipArchitecture(layers=args.layers, prompt_length=args.prompt_length, prompt_depth=args.prompt_depth)
+    path, losses = train_adaclip(options, architecture)
     tail = f"; last loss {losses[-1]:.4f}" if losses else " (already trained)"
     print(f"AdaCLIP prompts: {path}{tail}", file=sys.stderr)
     return EXIT_OK

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..backends.llm import LLM
-from ..prompting import Template, final_prompts, parse_defect_words
+from ..methods.iapas.prompting import Template, final_prompts, parse_defect_words
 
 
 @dataclass

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import WeightsError
-from ..files import atomic_write
-from ..types import Boxes, Masks, Result
-from ..backends.clip import ClipBackbone
+from ...errors import WeightsError
+from ...files import atomic_write
+from ...types import Boxes, Masks, Result
+from ...backends.clip import ClipBackbone
 
 NORMAL_SENTENCE = "flawless object."
 ANOMALOUS_SENTENCE = "damaged object."
@@ -199,6 +199,16 @@ class AdaClip(torch.nn.Module):
 
     def prepare(self, category: str, normal_images: Sequence[Path], kind: str, out_dir: Path) -> None:
         """Nothing per category: AdaCLIP's prompts are class-agnostic."""
+
+    def loss(self, pixels: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss of one batch (see `train.adaclip_loss`)."""
+        from .train import adaclip_loss
+
+        return adaclip_loss(self, pixels, masks, labels)
+
+    def settings_record(self) -> dict:
+        """The architecture settings as plain data, stored with every checkpoint and compared on resume."""
+        return {**asdict(self.settings), "layers": list(self.settings.layers)}
 
     def save(self, path: str | Path, extra: dict | None = None) -> Path:
         """Only the learned prompts and their settings: the CLIP stays where the user keeps it."""

@@ -7,16 +7,16 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from .backends import Detector, Segmenter, load_detector, load_segmenter
-from .calibration import Calibration
-from .config import Config
-from .device import resolve_device
-from .errors import IapasError, InputImageError
-from .graph import StageGraph
-from .images import LoadedImage, load_image, to_rgb
-from .stages import DetectStage, MaskStage, NmsStage, ScoreStage, SizeFilterStage
-from .types import Boxes, Masks, Result
-from .weights import chosen_or_found
+from ...backends import Detector, Segmenter, load_detector, load_segmenter
+from ...calibration import Calibration
+from ...config import Config
+from ...device import resolve_device
+from ...errors import IapasError, InputImageError
+from ...graph import StageGraph
+from ...images import LoadedImage, load_image, to_rgb
+from ...stages import DetectStage, MaskStage, NmsStage, ScoreStage, SizeFilterStage
+from ...types import Boxes, Masks, Result
+from ...weights import chosen_or_found
 
 if TYPE_CHECKING:
     from .preprocess import ImageSource

@@ -7,19 +7,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .backends.base import Detector
-from .backends.llm import LLMSpec, load_llm
-from .backends.taggers import TAGGERS, TaggerSpec
-from .calibration import Calibration
-from .config import KIND_THRESHOLDS, Config, kind_of
-from .errors import ConfigError, InputImageError
-from .graph import StageGraph
-from .images import find_images, load_image
+from ...backends.base import Detector
+from ...backends.llm import LLMSpec, load_llm
+from ...backends.taggers import TAGGERS, TaggerSpec
+from ...calibration import Calibration
+from ...config import KIND_THRESHOLDS, Config, kind_of
+from ...errors import ConfigError, InputImageError
+from ...graph import StageGraph
+from ...images import find_images, load_image
 from .prompting import load_template
-from .stages.calibration import SizeThresholdStage
-from .stages.prompting import FinalPromptStage, LlmPromptStage
-from .stages.tagging import TagStage
-from .weights import chosen_or_found
+from ...stages.calibration import SizeThresholdStage
+from ...stages.prompting import FinalPromptStage, LlmPromptStage
+from ...stages.tagging import TagStage
+from ...weights import chosen_or_found
 
 PREPROCESS_INPUTS = ("normal_images", "calibration_images", "tags", "p_adj", "llm_answer", "size_threshold", "object_size")
 PREPROCESS_ABLATIONS = ("tagging", "llm")  # steps 1-1 and 1-3 can be switched off; their stages bear these names

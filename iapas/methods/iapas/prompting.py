@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from .config import FIXED_PROMPTS
-from .errors import ConfigError
+from ...config import FIXED_PROMPTS
+from ...errors import ConfigError
 
-TEMPLATES_DIR = Path(__file__).parent / "resources" / "prompts"
+TEMPLATES_DIR = Path(__file__).parents[2] / "resources" / "prompts"
 MAX_CLAUSE_WORDS = 4  # longer items are sentences, not defect clauses
 GENERIC_WORDS = frozenset({"defect", "defects", "anomaly", "anomalies", "abnormal", "abnormality", "none", "etc", "other", "others"})
 STOPWORDS = frozenset({"a", "an", "the", "of", "on", "in", "and", "or", "with", "to", "for", "is", "are", "be", "can", "may",

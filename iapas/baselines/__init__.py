@@ -1,1 +1,0 @@
-"""CLIP comparison methods (WinCLIP, AdaCLIP-style) that produce the same Result as IAP-AS."""

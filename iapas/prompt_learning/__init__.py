@@ -1,0 +1,12 @@
+"""What the learned CLIP methods share: losses, map smoothing and the training loop.
+
+AdaCLIP, AnomalyCLIP, FAPrompt and GenCLIP all train a few prompt tensors on a frozen CLIP with
+focal + Dice losses on anomaly maps, and all smooth their test maps with a Gaussian; these pieces are
+written once here. The frozen CLIP itself (tokens, layer features, prompted encoders) is
+`iapas.backends.clip.ClipBackbone`.
+"""
+from .losses import dice_loss, focal_loss
+from .smoothing import gaussian_smooth
+from .training import PromptTrainer, TrainOptions, training_samples
+
+__all__ = ["PromptTrainer", "TrainOptions", "dice_loss", "focal_loss", "gaussian_smooth", "training_samples"]

@@ -1,0 +1,152 @@
+"""One training loop for every learned CLIP method: seed, progress bar, a checkpoint every epoch, resume.
+
+A method supplies a `Learner`: a module whose trainable tensors are `learner.prompts`, a loss on a batch
+and a `save` that writes its prompt file. The loop owns everything else, so every method resumes,
+logs and checkpoints the same way.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..data.datasets import Sample, load_dataset, load_mask
+from ..errors import DatasetError
+from ..files import atomic_write, atomic_write_text
+from ..images import load_image
+
+STATE_FILE = "last.pt"
+LOG_FILE = "train_log.json"
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """What to train on and how; the method's own architecture settings travel separately."""
+
+    dataset: str
+    root: Path
+    out_dir: Path
+    clip: Path
+    epochs: int = 5
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    seed: int = 111
+    limit: int = 0  # at most this many training images (0: all)
+    device: str = "cpu"
+    progress: bool = True
+
+
+class Learner(Protocol):
+    """A learned CLIP method as the training loop sees it."""
+
+    name: str
+    prompts: torch.nn.Module
+    backbone: Any
+
+    def loss(self, pixels: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
+
+    def save(self, path: str | Path, extra: dict | None = None) -> Path: ...
+
+    def settings_record(self) -> dict: ...
+
+
+def training_samples(dataset_name: str, root: Path, limit: int = 0) -> list[Sample]:
+    """Every test sample (normal and anomalous, with masks) of every category of an auxiliary dataset."""
+    dataset = load_dataset(dataset_name, root)
+    samples = [sample for category in dataset.categories for sample in dataset.samples(category)]
+    if limit:
+        samples = samples[:limit]
+    if not samples:
+        raise DatasetError(f"no training images in {root}")
+    return samples
+
+
+def load_batch(samples: list[Sample], backbone: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pixels, masks resized to the CLIP input (nearest) and labels of a batch."""
+    images = [load_image(sample.image_path).pixels for sample in samples]
+    size = backbone.image_size
+    masks = [torch.from_numpy(load_mask(s, *im.shape[:2]).astype(np.float32))[None, None] for s, im in zip(samples, images)]
+    masks = torch.cat([F.interpolate(m, size=(size, size), mode="nearest") for m in masks])[:, 0]
+    labels = torch.tensor([float(sample.label) for sample in samples])
+    device = backbone.device
+    return backbone.preprocess(images), masks.to(device), labels.to(device)
+
+
+def mixed_precision(device: torch.device | str):
+    """bf16 autocast on a GPU (AdaCLIP and AnomalyCLIP train in half precision there); full precision on the CPU."""
+    if torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+class PromptTrainer:
+    """Trains `learner.prompts` with `optimizer`, writing `<prompts_file>`, `last.pt` and `train_log.json` each epoch."""
+
+    def __init__(self, learner: Learner, optimizer: torch.optim.Optimizer, options: TrainOptions, prompts_file: str,
+                 note: Callable[[str], None] = lambda message: print(message, file=sys.stderr)) -> None:
+        self.learner, self.optimizer, self.options = learner, optimizer, options
+        self.prompts_file, self.note = prompts_file, note
+
+    def run(self, samples: list[Sample] | None = None) -> tuple[Path, list[float]]:
+        """Train (or resume); returns the prompt file and this run's per-step losses."""
+        options, learner = self.options, self.learner
+        out_dir = Path(options.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        start_epoch, earlier = self._resume(out_dir)
+        samples = samples if samples is not None else training_samples(options.dataset, options.root, options.limit)
+        history: list[float] = []
+        learner.prompts.train()
+        for epoch in range(start_epoch, options.epochs):
+            order = np.random.default_rng(options.seed + epoch).permutation(len(samples))  # same order when resumed
+            batches = [order[i:i + options.batch_size] for i in range(0, len(order), options.batch_size)]
+            bar = tqdm(batches, desc=f"{learner.name} epoch {epoch + 1}/{options.epochs}", unit="batch",
+                       disable=not options.progress)
+            for batch in bar:
+                pixels, masks, labels = load_batch([samples[i] for i in batch], learner.backbone)
+                with mixed_precision(learner.backbone.device):
+                    loss = learner.loss(pixels, masks, labels)
+                self.optimizer.zero_grad()
+                loss.float().backward()
+                self.optimizer.step()
+                history.append(float(loss.detach()))
+                bar.set_postfix(loss=f"{history[-1]:.4f}")
+            self._checkpoint(out_dir, epoch, earlier + history)
+        learner.prompts.eval()
+        return out_dir / self.prompts_file, history
+
+    def _resume(self, out_dir: Path) -> tuple[int, list[float]]:
+        """The epoch to start from and the losses logged before, from `last.pt` when it belongs to this run."""
+        state_path = out_dir / STATE_FILE
+        if not state_path.is_file():
+            return 0, []
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise DatasetError(f"cannot resume from {state_path}: {str(error).splitlines()[0][:120]}") from None
+        if state.get("method") != self.learner.name or state.get("settings") != self.learner.settings_record() \
+                or state.get("seed") != self.options.seed:
+            raise DatasetError(f"{state_path} belongs to another run (method, settings or seed differ); use a new -o folder")
+        self.learner.prompts.load_state_dict(state["prompts"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"]) + 1
+        log_path = out_dir / LOG_FILE
+        earlier = json.loads(log_path.read_text(encoding="utf-8"))["losses"] if log_path.is_file() else []
+        self.note(f"resuming from epoch {start_epoch + 1} of {self.options.epochs} ({state_path})")
+        return start_epoch, earlier
+
+    def _checkpoint(self, out_dir: Path, epoch: int, losses: list[float]) -> None:
+        """The prompt file, the resumable state and the loss log of a finished epoch, each written atomically."""
+        self.learner.save(out_dir / self.prompts_file, {"trained_on": self.options.dataset, "epochs_done": epoch + 1})
+        state = {"method": self.learner.name, "prompts": self.learner.prompts.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "epoch": epoch, "settings": self.learner.settings_record(),
+                 "seed": self.options.seed}
+        atomic_write(out_dir / STATE_FILE, lambda temporary: torch.save(state, temporary))
+        atomic_write_text(out_dir / LOG_FILE, json.dumps({"epoch": epoch + 1, "losses": losses}) + "\n")
