@@ -20,11 +20,13 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-# Segments examples/images with the default configuration. Without real weights in $(WEIGHTS)/,
-# tiny RANDOM demo weights are built first and the output is meaningless (it says so loudly).
+# Segments examples/images with the default configuration. It first fetches the real default weights
+# (Grounding DINO-T from the hub, SAM ViT-B; sha256-checked); when that fails (no network), tiny RANDOM
+# demo weights are built instead and the output is meaningless (it says so loudly).
 demo: install
-	@$(BIN)/iapas weights list $(WEIGHTS) >/dev/null
-	@if [ ! -e $(WEIGHTS)/demo/sam_demo.pth ]; then $(BIN)/iapas weights make-demo $(WEIGHTS); fi
+	@$(BIN)/iapas weights download --profile default --weights $(WEIGHTS) || \
+		{ echo "*** could not fetch real weights: falling back to RANDOM demo weights (meaningless output) ***"; \
+		  [ -e $(WEIGHTS)/demo/sam_demo.pth ] || $(BIN)/iapas weights make-demo $(WEIGHTS); }
 	$(BIN)/iapas segment examples/images -o out/demo --weights $(WEIGHTS)
 	@echo "results: out/demo (score maps .npy/_map.png, overlays _overlay.png, boxes .json)"
 

@@ -26,9 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub: every model loads from a local path
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     args = build_parser().parse_args(argv)
+    if not getattr(args, "needs_network", False):  # only `weights download` may reach a server
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model loads from a local path
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
         return args.handler(args)
     except IapasError as error:

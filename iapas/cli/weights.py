@@ -30,6 +30,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     convert.add_argument("--head-width", type=int, default=64, help="attention head width (64 in every open_clip ViT)")
     convert.add_argument("--activation", choices=("gelu", "quick_gelu"), default="gelu", help="quick_gelu for OpenAI weights")
     convert.set_defaults(handler=run_convert_openclip)
+    fetch = weights_commands.add_parser("download", help="fetch checkpoints (hub or URL), sha256-checked, into the weights dir")
+    fetch.add_argument("names", nargs="*", help="manifest entries to fetch (default: those of --profile)")
+    fetch.add_argument("--profile", choices=("default", "official", "fast", "all"),
+                       help="default: Grounding DINO-T + SAM ViT-B; official: the authors' files; all: everything")
+    fetch.add_argument("--weights", dest="dir", default="weights", help="weights dir (default: weights)")
+    fetch.add_argument("--cache-dir", help="huggingface_hub cache (default: its own, HF_HOME)")
+    fetch.set_defaults(handler=run_download, needs_network=True)
     demo = weights_commands.add_parser("make-demo", help="build tiny RANDOM models (meaningless output) for demos")
     demo.add_argument("dir", nargs="?", default="weights")
     demo.set_defaults(handler=run_make_demo)
@@ -93,3 +100,40 @@ def run_convert_openclip(args: argparse.Namespace) -> int:
     out = convert_openclip_checkpoint(Path(args.checkpoint), Path(args.output), tokenizer, args.head_width, args.activation)
     print(f"wrote a transformers CLIP directory: {out}")
     return EXIT_OK
+
+
+def run_download(args: argparse.Namespace) -> int:
+    """Fetch the chosen entries; exit 0 when all are there, 1 when some failed, 2 when none could be had."""
+    from tqdm import tqdm
+
+    from ..download import download
+    from .common import EXIT_PARTIAL
+
+    bars: dict[str, tqdm] = {}
+
+    def progress_for(name: str):
+        def update(done: int, total: int) -> None:
+            if name not in bars:
+                bars[name] = tqdm(total=total or None, unit="B", unit_scale=True, desc=name, leave=False)
+            bar = bars[name]
+            bar.update(done - bar.n)
+        return update
+
+    def report(line: str) -> None:
+        for bar in bars.values():  # a finished or failed entry's bar goes before its message
+            bar.close()
+        bars.clear()
+        print(line, file=sys.stderr)
+
+    outcomes = download(args.names, args.profile, Path(args.dir), args.cache_dir, report=report,
+                        progress_factory=progress_for)
+    for bar in bars.values():
+        bar.close()
+    for outcome in outcomes:
+        if outcome.status != "failed":
+            print(f"{outcome.entry}: {outcome.status} ({outcome.detail})", file=sys.stderr)
+    failed = sum(outcome.status == "failed" for outcome in outcomes)
+    print(f"{len(outcomes)} entries: {len(outcomes) - failed} in place, {failed} failed", file=sys.stderr)
+    if failed == len(outcomes):
+        return EXIT_ERROR
+    return EXIT_PARTIAL if failed else EXIT_OK
