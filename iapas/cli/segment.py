@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 from pathlib import Path
 
-from ..batch import Segment, run_batch
+from ..batch import Segment
 from ..calibration import Calibration
 from ..config import Config
 from ..errors import IapasError
@@ -16,27 +17,64 @@ from .common import EXIT_OK, EXIT_PARTIAL, add_method_options, add_model_options
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register `iapas segment`."""
     segment = commands.add_parser("segment", help="segment images or folders of images")
-    segment.add_argument("inputs", nargs="+", help="image files and/or folders (png, jpg, bmp, tif)")
+    segment.add_argument("inputs", nargs="*", help="image files and/or folders (png, jpg, bmp, tif); URIs with --engine ray")
     segment.add_argument("-o", "--output", default="iapas-out", help="output folder (default: iapas-out)")
     add_method_options(segment)
     add_threshold_options(segment)
     segment.add_argument("--overwrite", action="store_true", help="redo images whose results already exist")
     segment.add_argument("--no-progress", action="store_true", help="no progress bar")
+    segment.add_argument("--engine", default="local", help="local (default) or ray: the same pipeline on a Ray cluster")
+    segment.add_argument("--address", help="Ray cluster address (default: start a local Ray, or RAY_ADDRESS)")
+    segment.add_argument("--workers", type=int, default=0, help="Ray actors (default: one per GPU, else one per CPU)")
+    segment.add_argument("--list", dest="list_file", help="a text file of image paths or URIs, one a line")
     add_model_options(segment)
     segment.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Segment every input with the chosen method; exit 1 when some images failed."""
+    """Segment every input with the chosen engine and method; exit 1 when some images failed."""
+    from ..engines import ENGINES
+    from ..engines.ray_engine import is_uri
     from ..images import collect_inputs
 
-    inputs = collect_inputs(args.inputs)  # bad paths fail here, before any model loads
+    items = list(args.inputs) + listed_inputs(args.list_file)
+    if not items:
+        raise IapasError("no inputs: give image files, folders or --list FILE")
+    uris = [item for item in items if is_uri(item)]
+    if uris and args.engine != "ray":
+        raise IapasError(f"{uris[0]} is a URI: read URIs with --engine ray")
+    local = [item for item in items if not is_uri(item)]
+    inputs = collect_inputs(local) if local else []  # bad paths fail here, before any model loads
+    engine = ENGINES.get(args.engine)
     config = base_config(args)
-    segment, extra = build_segmenter(args, config)
-    summary = run_batch(segment, inputs, Path(args.output), overwrite=args.overwrite, max_pixels=config.max_image_pixels,
-                        progress=not args.no_progress, extra_record=extra)
+    summary = engine(functools.partial(segmenter_only, args, config), inputs, Path(args.output), overwrite=args.overwrite,
+                     max_pixels=config.max_image_pixels, progress=not args.no_progress, extra_record=extra_record(args),
+                     address=args.address, workers=args.workers, uris=uris)
     print(summary.line(), file=sys.stderr)
     return EXIT_PARTIAL if summary.failures else EXIT_OK
+
+
+def listed_inputs(list_file: str | None) -> list[str]:
+    """The non-empty, non-comment lines of a list file (paths or URIs)."""
+    if not list_file:
+        return []
+    path = Path(list_file)
+    if not path.is_file():
+        raise IapasError(f"list file not found: {path}")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def extra_record(args: argparse.Namespace) -> dict | None:
+    """What each result's JSON says about how it was made, beyond the Result itself."""
+    if args.method == "iapas":
+        return {"calibration": str(args.calibration)} if args.calibration else None
+    return {"category": args.category or "object"}
+
+
+def segmenter_only(args: argparse.Namespace, config: Config) -> Segment:
+    """The method as a pixels -> Result callable (module level, so an engine can pickle it to its workers)."""
+    return build_segmenter(args, config)[0]
 
 
 def build_segmenter(args: argparse.Namespace, config: Config) -> tuple[Segment, dict | None]:

@@ -1,0 +1,76 @@
+"""`iapas segment --engine ray` on a local two-CPU Ray cluster started by the test."""
+import sys as _sys, pathlib as _pathlib; _sys.path.insert(0, str(_pathlib.Path(__file__).parent))
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from iapas.cli import main
+from conftest import write_rgb
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray with two CPU workers, shut down after the module."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def synthetic_folder(tmp_path) -> Path:
+    folder = tmp_path / "images"
+    (folder / "line2").mkdir(parents=True)
+    for index in range(5):
+        write_rgb(folder / f"part_{index}.png", 64, 80, seed=index)
+    write_rgb(folder / "line2" / "part_0.png", 72, 72, seed=10)
+    return folder
+
+
+def segment(folder: Path, out: Path, weights_dir: Path, *extra: str) -> int:
+    return main(["segment", str(folder), "-o", str(out), "--weights", str(weights_dir), "--prompt", "scratch",
+                 "--no-progress", *extra])
+
+
+def result_files(out: Path) -> dict[str, Path]:
+    return {path.name: path for path in sorted(out.iterdir()) if not path.name.startswith(".")}
+
+
+def test_ray_engine_matches_local_and_resumes(local_ray, synthetic_folder, weights_dir, tmp_path, capsys):
+    assert segment(synthetic_folder, tmp_path / "local", weights_dir) == 0
+    assert segment(synthetic_folder, tmp_path / "ray", weights_dir, "--engine", "ray", "--workers", "2") == 0
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    assert summary.startswith("6 images: 6 segmented, 0 skipped")
+    local, remote = result_files(tmp_path / "local"), result_files(tmp_path / "ray")
+    assert sorted(local) == sorted(remote) and len(local) == 6 * 4  # each image done once, every file there
+    for name in local:
+        if name.endswith(".npy"):
+            np.testing.assert_array_equal(np.load(local[name]), np.load(remote[name]))
+        if name.endswith(".json"):
+            a, b = json.loads(local[name].read_text()), json.loads(remote[name].read_text())
+            assert [box["xyxy"] for box in a["boxes"]] == [box["xyxy"] for box in b["boxes"]]
+    before = {name: path.stat().st_mtime_ns for name, path in remote.items()}
+    assert segment(synthetic_folder, tmp_path / "ray", weights_dir, "--engine", "ray") == 0
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("6 images: 0 segmented, 6 skipped")
+    assert {name: path.stat().st_mtime_ns for name, path in result_files(tmp_path / "ray").items()} == before
+
+
+def test_ray_engine_reads_a_list_file_and_reports_failures(local_ray, synthetic_folder, weights_dir, tmp_path, capsys):
+    broken = synthetic_folder / "broken.png"
+    broken.write_bytes(b"not an image")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# inspection line 1\n{synthetic_folder / 'part_1.png'}\n{broken}\n")
+    code = main(["segment", "--list", str(listing), "-o", str(tmp_path / "out"), "--weights", str(weights_dir),
+                 "--no-progress", "--engine", "ray"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "iapas: error:" in err and "broken.png" in err
+    assert (tmp_path / "out" / "part_1.json").is_file() and not (tmp_path / "out" / "broken.json").exists()
+
+
+def test_uri_inputs_need_the_ray_engine(weights_dir, tmp_path, capsys):
+    assert main(["segment", "s3://bucket/a.png", "-o", str(tmp_path), "--weights", str(weights_dir)]) == 2
+    assert capsys.readouterr().err.strip() == "iapas: error: s3://bucket/a.png is a URI: read URIs with --engine ray"
