@@ -111,7 +111,9 @@ class CaoyunkangRules:
         scale, each patch averages 1/normality over the windows covering it (the reciprocal of their harmonic
         mean); the scales are averaged, and the map is 1 - 1/that average.
         calculate_visual_anomaly_score: per window 0.5 x (1 - max cosine to that scale's normal gallery), averaged
-        arithmetically over the covering windows and over the scales. forward (fusion_version "textual_visual"):
+        arithmetically over the covering windows and over the scales; its loop switches to a scale's gallery
+        after scoring that scale's first window, so that window is compared with the previous scale's gallery
+        (reproduced). forward (fusion_version "textual_visual"):
         1 / (1/textual + 1/visual), the visual map being the textual one when there is no gallery.
         """
         patches = features.patches.shape[0]
@@ -123,9 +125,11 @@ class CaoyunkangRules:
         visual = textual
         if gallery is not None:
             per_scale = []
-            for embeddings, memory, window in zip(features.windows, gallery.windows, windows):
-                distance = 0.5 * (1.0 - (unit(embeddings) @ unit(memory).T).max(dim=1).values)
-                per_scale.append(patch_mean(distance, window, patches))
+            for scale, (embeddings, window) in enumerate(zip(features.windows, windows)):
+                similarity = (unit(embeddings) @ unit(gallery.windows[scale]).T).max(dim=1).values
+                if scale:  # the reference moves to a scale's gallery only after scoring its first window
+                    similarity[0] = (unit(embeddings[0]) @ unit(gallery.windows[scale - 1]).T).max()
+                per_scale.append(patch_mean(0.5 * (1.0 - similarity), window, patches))
             visual = torch.stack(per_scale).mean(0)
         return Scored(1.0 / (1.0 / textual + 1.0 / visual), None)
 
