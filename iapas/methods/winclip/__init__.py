@@ -23,20 +23,24 @@ from .model import WinClip
 if TYPE_CHECKING:
     from ..base import Method
 
-# caoyunkang eval_WinCLIP.py --backbone ViT-B-16-plus-240 --pretrained_dataset laion400m_e32 (the manifest entry's name)
-DEFAULT_CLIP = "clip-vit-b-16-plus-240"
+# Manifest entries each variant prefers, when the config names no CLIP: caoyunkang eval_WinCLIP.py --backbone
+# ViT-B-16-plus-240 --pretrained_dataset laion400m_e32; anomalib torch_model.py BACKBONE, PRETRAINED = laion400m_e31.
+DEFAULT_CLIPS = {
+    "caoyunkang": ("clip-vit-b-16-plus-240",),
+    "anomalib": ("clip-vit-b-16-plus-240-e31", "clip-vit-b-16-plus-240"),
+}
 
 
 def build(config: Config, ablate: Sequence[str]) -> "Method":
-    """WinCLIP on the config's CLIP, else ViT-B-16-plus-240 when the weights dir has it, else the first CLIP found."""
+    """WinCLIP on the config's CLIP, else the variant's ViT-B-16-plus-240 when the weights dir has it, else the first CLIP found."""
     from ...backends.clip import backbone_preferring
 
     options = config.clip_methods
     return WinClip(
-        backbone_preferring(config, (DEFAULT_CLIP,)), variant=options.winclip_variant, scales=tuple(options.winclip_scales),
+        backbone_preferring(config, DEFAULT_CLIPS.get(options.winclip_variant, ())), variant=options.winclip_variant, scales=tuple(options.winclip_scales),
         shots=options.shots, reference_dir=Path(options.reference_images) if options.reference_images else None,
         seed=config.calibration.seed,
     )
 
 
-__all__ = ["DEFAULT_CLIP", "WinClip", "build"]
+__all__ = ["DEFAULT_CLIPS", "WinClip", "build"]
