@@ -26,7 +26,7 @@ from iapas.errors import ConfigError, IapasError
 from iapas.methods.winclip import WinClip
 from iapas.methods.winclip.prompts import ANOMALIB_PROMPTS, CAOYUNKANG_PROMPTS, PromptEnsemble
 from iapas.methods.winclip.variants import CaoyunkangRules, Gallery, text_embeddings
-from iapas.methods.winclip.windows import WindowFeatures, harmonic_aggregation, sliding_windows
+from iapas.methods.winclip.windows import WindowFeatures, harmonic, sliding_windows
 from iapas.weights import find_weights
 
 SIZE = 40  # tiny open_clip: 40 px, 8 px patches, a 5 x 5 grid
@@ -141,8 +141,10 @@ def test_windows_are_the_references_windows():
 
 def test_harmonic_aggregation_hand_case():
     # patch 0: 0.5; patch 1: 2 / (1/0.5 + 1/0.25) = 1/3; patch 2: 0.25; patch 3: no window covers it -> 0
-    np.testing.assert_allclose(harmonic_aggregation(np.array([0.5, 0.25]), np.array([[0, 1], [1, 2]]), 4),
-                               [0.5, 1 / 3, 0.25, 0.0])
+    torch.testing.assert_close(harmonic(torch.tensor([0.5, 0.25]), np.array([[0, 1], [1, 2]]), 4),
+                               torch.tensor([0.5, 1 / 3, 0.25, 0.0]))
+    # a window scoring 0 makes its patches 0 (anomalib: 1/0 = inf in the sum)
+    torch.testing.assert_close(harmonic(torch.tensor([0.5, 0.0]), np.array([[0, 1], [1, 2]]), 3), torch.tensor([0.5, 0.0, 0.0]))
 
 
 def test_prompt_ensembles_of_both_references(reference):

@@ -17,7 +17,7 @@ from PIL import Image
 from ...backends.clip import ClipBackbone
 from ...registry import Registry
 from .prompts import ANOMALIB_PROMPTS, CAOYUNKANG_PROMPTS, PromptEnsemble
-from .windows import WindowFeatures, patch_mean, unit
+from .windows import WindowFeatures, harmonic, patch_mean, unit
 
 CAOYUNKANG_LOGIT_SCALE = 100.0  # caoyunkang WinCLIP/model.py calculate_textual_anomaly_score: softmax(100 x cos)
 CAOYUNKANG_LOADER_SIZE = 1024  # caoyunkang datasets/dataset.py __getitem__: cv2.resize of every image to 1024 x 1024
@@ -136,11 +136,6 @@ class CaoyunkangRules:
     def upsample(self, patch_map: torch.Tensor, backbone: ClipBackbone, height: int, width: int) -> torch.Tensor:
         """WinCLIP/model.py forward: bilinear, align_corners=False, straight to the evaluation size."""
         return _bilinear(patch_map, (height, width))
-
-
-def harmonic(window_scores: torch.Tensor, window: np.ndarray, patches: int) -> torch.Tensor:
-    """anomalib utils.py harmonic_aggregation: per patch, harmonic mean of its windows' scores (0 if undefined)."""
-    return (1.0 / patch_mean(1.0 / window_scores, window, patches)).nan_to_num(0.0, posinf=0.0)
 
 
 def association(embeddings: torch.Tensor, references: torch.Tensor) -> torch.Tensor:

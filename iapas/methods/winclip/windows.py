@@ -37,10 +37,12 @@ def patch_mean(window_values: torch.Tensor, windows: np.ndarray, patches: int) -
     return total / count
 
 
-def harmonic_aggregation(window_scores: np.ndarray | torch.Tensor, windows: np.ndarray, patches: int) -> np.ndarray:
-    """(patches,) harmonic mean, per patch, of the scores of the windows covering it (0 where none does)."""
-    scores = torch.as_tensor(np.asarray(window_scores, np.float64))
-    return (1.0 / patch_mean(1.0 / scores, windows, patches)).nan_to_num(0.0).numpy()
+def harmonic(window_scores: torch.Tensor, windows: np.ndarray, patches: int) -> torch.Tensor:
+    """(patches,) harmonic mean, per patch, of the scores of the windows covering it (0 where none does or a score is 0).
+
+    anomalib utils.py harmonic_aggregation; caoyunkang WinCLIP/model.py accumulates the same 1/score sums.
+    """
+    return (1.0 / patch_mean(1.0 / window_scores, windows, patches)).nan_to_num(0.0, posinf=0.0)
 
 
 @dataclass(frozen=True)
@@ -79,4 +81,5 @@ def encode_windows(backbone: ClipBackbone, pixels: torch.Tensor, scales: Sequenc
 
 
 def unit(features: torch.Tensor) -> torch.Tensor:
+    """Features scaled to unit length along the last axis (cosine similarity is a product of these)."""
     return F.normalize(features, dim=-1)
