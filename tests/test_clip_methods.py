@@ -9,7 +9,6 @@ from iapas.methods.adaclip.model import AdaClip, AdaClipSettings, default_layers
 from iapas.methods.adaclip.train import train_adaclip
 from iapas.prompt_learning import TrainOptions, dice_loss, focal_loss
 from iapas.backends.clip import ClipBackbone
-from iapas.methods.winclip.model import WinClip, harmonic_aggregation, prompt_ensemble, sliding_windows
 from iapas.cli import main
 from iapas.data.synth import SynthSpec, write_synth_dataset
 from iapas.errors import WeightsError
@@ -31,28 +30,6 @@ def image(seed=0, shape=(70, 90, 3)):
     return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
 
 
-def test_window_generator_covers_every_patch():
-    windows = sliding_windows(5, 2)
-    assert windows.shape == (16, 4)
-    coverage = np.bincount(windows.ravel(), minlength=25).reshape(5, 5)
-    assert coverage[0, 0] == 1 and coverage[0, 2] == 2 and coverage[2, 2] == 4 and coverage.min() >= 1
-    assert windows[0].tolist() == [0, 1, 5, 6]
-    assert sliding_windows(4, 4).tolist() == [list(range(16))]
-
-
-def test_harmonic_aggregation_hand_case():
-    windows = np.array([[0, 1], [1, 2]])
-    result = harmonic_aggregation(np.array([0.5, 0.25]), windows, 4)
-    # patch 0: 0.5; patch 1: 2 / (1/0.5 + 1/0.25) = 1/3; patch 2: 0.25; patch 3: uncovered -> 0
-    np.testing.assert_allclose(result, [0.5, 1 / 3, 0.25, 0.0])
-
-
-def test_prompt_ensemble_is_compositional():
-    normal, anomalous = prompt_ensemble("metal nut")
-    assert len(normal) == 7 * 22 and len(anomalous) == 5 * 22
-    assert "a photo of a flawless metal nut." in normal and "a close-up photo of a damaged metal nut." in anomalous
-
-
 def test_backbone_token_paths_match_clip(backbone):
     pixels = backbone.preprocess([image()])
     tokens = backbone.tokens(pixels)
@@ -65,16 +42,6 @@ def test_backbone_token_paths_match_clip(backbone):
     eos = (ids == backbone.clip.text_model.eos_token_id).int().argmax(-1)
     learned_path = backbone.encode_text_embeddings(backbone.clip.text_model.embeddings.token_embedding(ids), eos)
     torch.testing.assert_close(learned_path, backbone.encode_text(sentence), atol=1e-5, rtol=1e-5)
-
-
-def test_winclip_result(backbone):
-    method = WinClip(backbone, "washer")
-    patch_map, class_score = method.score(image())
-    assert patch_map.shape == (backbone.grid, backbone.grid) and 0 < class_score < 1
-    result = method.segment(image())
-    assert result.anomaly_map.shape == (70, 90) and result.anomaly_map.dtype == np.float32
-    assert result.image_score == pytest.approx(0.5 * (class_score + result.anomaly_map.max()), abs=1e-6)
-    assert len(result.boxes) == 0 and result.method == "winclip"
 
 
 def test_losses_on_hand_cases():

@@ -138,6 +138,16 @@ class ClipBackbone(torch.nn.Module):
         pooled = hidden[torch.arange(len(hidden), device=hidden.device), eos_positions]
         return F.normalize(self.clip.text_projection(pooled).float(), dim=-1)
 
+    def text_features(self, sentences: Sequence[str]) -> torch.Tensor:
+        """(N, E) projected text embeddings, not normalised (WinCLIP averages them before normalising)."""
+        tokens = self.tokenizer(list(sentences), padding=True, truncation=True, return_tensors="pt").to(self.device)
+        features = self.clip.get_text_features(**tokens)
+        return getattr(features, "pooler_output", features).float()
+
+    def patch_features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., P, D) post-normed patch tokens of last-layer hidden states (B, 1 + P, D), unprojected as open_clip returns them."""
+        return self.clip.vision_model.post_layernorm(hidden[..., 1:, :])
+
     @property
     def text_depth(self) -> int:
         return int(self.clip.config.text_config.num_hidden_layers)
@@ -153,3 +163,17 @@ def backbone_for_config(config) -> ClipBackbone:
 
     path = chosen_or_found("clip", config.clip_methods.weights, config.weights_dir)
     return ClipBackbone(path, resolve_device(config.device))
+
+
+def backbone_preferring(config, preferred: Sequence[str]) -> ClipBackbone:
+    """The config's CLIP if it names one, else the first of the `preferred` manifest entries present, else any CLIP found."""
+    from ..device import resolve_device
+    from ..weights import is_present, load_manifest
+
+    if not config.clip_methods.weights:
+        entries = {entry.name: entry for entry in load_manifest()}
+        for name in preferred:
+            entry = entries.get(name)
+            if entry is not None and is_present(entry, Path(config.weights_dir)):
+                return ClipBackbone(entry.location(Path(config.weights_dir)), resolve_device(config.device))
+    return backbone_for_config(config)

@@ -30,6 +30,9 @@ CONFIG_OPTIONS = {
     "cache_dir": "calibration.cache_dir",
     "clip_weights": "clip_methods.weights",
     "adaclip_prompts": "clip_methods.adaclip_prompts",
+    "winclip_variant": "clip_methods.winclip_variant",
+    "shots": "clip_methods.shots",
+    "reference_images": "clip_methods.reference_images",
 }
 
 
@@ -57,6 +60,15 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--category", help="class name for the CLIP methods' prompts (default: object)")
     parser.add_argument("--clip", dest="clip_weights", help="CLIP directory or open_clip file for --method winclip/adaclip")
     parser.add_argument("--adaclip-prompts", help="trained AdaCLIP prompts (from `iapas train adaclip`)")
+    add_winclip_options(parser)
+
+
+def add_winclip_options(parser: argparse.ArgumentParser) -> None:
+    """WinCLIP's reimplementation and WinCLIP+'s few-shot references (segment, bench and eval)."""
+    parser.add_argument("--winclip-variant", choices=("caoyunkang", "anomalib"),
+                        help="whose WinCLIP rules: caoyunkang (default; IAP-AS Table 1) or anomalib")
+    parser.add_argument("--shots", type=int, help="WinCLIP+: K normal reference images (paper: 1, 2, 4; default 0)")
+    parser.add_argument("--reference-images", help="folder of normal images for --shots (eval default: the category's)")
 
 
 def add_threshold_options(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import EXIT_OK, add_model_options, add_preprocessing_options, base_config, comma_list
+from .common import EXIT_OK, add_model_options, add_winclip_options, add_preprocessing_options, base_config, comma_list
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -27,6 +27,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.add_argument("--clip", dest="clip_weights", help="CLIP directory (tagger, winclip, adaclip)")
     evaluate.add_argument("--adaclip-prompts", help="trained AdaCLIP prompts")
+    add_winclip_options(evaluate)
     add_preprocessing_options(evaluate)
     add_model_options(evaluate)
     evaluate.set_defaults(handler=run)
