@@ -1,12 +1,24 @@
-"""`iapas bench`: per-stage wall time of a method (IAP-AS by default) on one image."""
+"""`iapas bench`: per-stage wall time, throughput over many images, and the speed ratio against the naive loop.
+
+Two modes. One image (`iapas bench IMAGE`): the method loads once, warms up, and each stage's median and
+mean over `--repeat` runs is reported. Throughput (`--images N`): N distinct images (a folder's, or
+procedural ones at `--size` when none are given) each segmented once after a warm-up, reporting images
+per second, per-stage time and peak memory; `--vs-naive` runs the official code's per-image loop
+(`iapas.naive`) on the same loaded models and images, side by side, and reports the ratio. `--json FILE`
+keeps the numbers so runs can be compared. Speed is measured here, never in timed tests.
+"""
 from __future__ import annotations
 
+import json
+import platform
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -14,17 +26,34 @@ from rich.table import Table
 from .batch import Segment
 from .config import Config
 from .device import resolve_device
-from .images import load_image
+from .files import atomic_write_text
+from .images import find_images, load_image
 
 
 @dataclass(frozen=True)
 class BenchOptions:
     """What to time and how often."""
 
-    image: Path
+    image: Path | None
     method: str = "iapas"
     repeat: int = 5
     warmup: int = 1
+    images: int = 0  # >0: throughput over this many distinct images
+    size: int = 1024  # side of the procedural images made when no folder is given
+    vs_naive: bool = False
+    object_tag: str = "object"  # the naive loop's object pass
+    json_path: Path | None = None
+
+
+@dataclass
+class PipelineSegment:
+    """An IAP-AS pipeline as a pixels -> Result callable that keeps its pipeline and prompts visible (for --vs-naive)."""
+
+    pipeline: Any
+    prompts: tuple[str, ...]
+
+    def __call__(self, pixels: np.ndarray):
+        return self.pipeline.segment(pixels, prompts=self.prompts)
 
 
 def synchronize() -> None:
@@ -33,8 +62,56 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
+class PeakMemory:
+    """Peak resident memory (CPU, sampled every 10 ms) and peak allocated GPU memory while the block runs."""
+
+    def __init__(self) -> None:
+        self.peak_rss_mb = 0.0
+        self.peak_gpu_mb = 0.0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def rss_mb() -> float:
+        try:
+            pages = int(Path("/proc/self/statm").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            return 0.0
+        import resource
+
+        return pages * resource.getpagesize() / 2**20
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak_rss_mb = max(self.peak_rss_mb, self.rss_mb())
+
+    def __enter__(self) -> "PeakMemory":
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self.peak_rss_mb = self.rss_mb()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        if torch.cuda.is_available():
+            self.peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20
+
+
+def median_ms(values: Iterable[float]) -> float:
+    values = list(values)
+    return 1e3 * statistics.median(values) if values else 0.0
+
+
 def run_bench(options: BenchOptions, config: Config, build: Callable[[], Segment]) -> int:
-    """Load the method once (`build`), warm up, then report median and mean milliseconds per stage over `repeat` runs."""
+    """Load the method once (`build`), warm up, then report median and mean milliseconds per stage over `repeat` runs.
+
+    With `--vs-naive`, `build` must return an IAP-AS `Pipeline`-bound segment (see `pipeline_segment`), whose
+    detector and segmenter the naive loop reuses.
+    """
+    if options.images > 0:
+        return run_throughput(options, config, build)
     pixels = load_image(options.image, config.max_image_pixels).pixels  # a bad image fails before any model loads
     load_start = time.perf_counter()
     segment = build()
@@ -64,4 +141,117 @@ def run_bench(options: BenchOptions, config: Config, build: Callable[[], Segment
     console = Console(width=120)
     console.print(table)
     console.print(f"model loading: {load_seconds:.2f} s; boxes in last run: {len(result.boxes)}")
+    _write_json(options, config, {"mode": "single", "image": str(options.image), "load_s": load_seconds,
+                                  "total_ms": {"median": total_median * 1e3, "mean": statistics.mean(totals) * 1e3},
+                                  "stages_ms": {name: median_ms(values) for name, values in runs.items()}})
     return 0
+
+
+def bench_images(options: BenchOptions, max_pixels: int) -> list[np.ndarray]:
+    """N distinct images: the folder's (or the one image's folder's) first N, else procedural ones at `size`."""
+    if options.image is not None:
+        source = Path(options.image)
+        paths = find_images(source) if source.is_dir() else [source]
+        return [load_image(path, max_pixels).pixels for path in paths[: options.images]]
+    from .data.synth import synth_sample
+
+    rng = np.random.default_rng(0)
+    kinds = [("washer", "scratch"), ("board", "hole"), ("tile", "crack"), ("fabric", "stain")]
+    images = []
+    for index in range(options.images):
+        category, defect = kinds[index % len(kinds)]
+        canvas, _ = synth_sample(category, defect, rng, options.size)
+        images.append(np.ascontiguousarray(canvas))
+    return images
+
+
+def timed_pass(images: list[np.ndarray], run: Callable[[np.ndarray], dict[str, float]]) -> dict[str, Any]:
+    """Run every image once; wall time, images per second, per-stage medians and peak memory."""
+    stages: dict[str, list[float]] = {}
+    per_image = []
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        for pixels in images:
+            began = time.perf_counter()
+            for name, seconds in run(pixels).items():
+                stages.setdefault(name, []).append(seconds)
+            synchronize()
+            per_image.append(time.perf_counter() - began)
+        wall = time.perf_counter() - start
+    return {"images": len(images), "wall_s": wall, "images_per_s": len(images) / wall if wall else 0.0,
+            "per_image_ms": median_ms(per_image), "stages_ms": {name: median_ms(v) for name, v in stages.items()},
+            "peak_rss_mb": memory.peak_rss_mb, "peak_gpu_mb": memory.peak_gpu_mb}
+
+
+def run_throughput(options: BenchOptions, config: Config, build: Callable[[], Segment]) -> int:
+    """Throughput over N distinct images, and the naive loop beside it when asked."""
+    images = bench_images(options, config.max_image_pixels)
+    load_start = time.perf_counter()
+    segment = build()
+    load_seconds = time.perf_counter() - load_start
+    for _ in range(max(0, options.warmup)):
+        segment(images[0])
+    synchronize()
+    report: dict[str, Any] = {"mode": "throughput", "load_s": load_seconds,
+                              "image_size": [int(images[0].shape[1]), int(images[0].shape[0])],
+                              "iapas": timed_pass(images, lambda pixels: segment(pixels).timings)}
+    if options.vs_naive:
+        report["naive"] = naive_pass(options, config, segment, images)
+        report["speedup_vs_naive"] = report["iapas"]["images_per_s"] / max(report["naive"]["images_per_s"], 1e-12)
+    print_throughput(options, config, report)
+    _write_json(options, config, report)
+    return 0
+
+
+def naive_pass(options: BenchOptions, config: Config, segment: Segment, images: list[np.ndarray]) -> dict[str, Any]:
+    """The official per-image loop on the method's own loaded detector and segmenter."""
+    from .errors import ConfigError
+    from .naive import naive_segment
+
+    pipeline = getattr(segment, "pipeline", None)
+    if pipeline is None:
+        raise ConfigError("--vs-naive compares the IAP-AS pipeline with the official loop: use --method iapas")
+    detector, segmenter, prompts = pipeline.detector, pipeline.segmenter, segment.prompts
+    detection = config.detection
+
+    def run(pixels: np.ndarray) -> dict[str, float]:
+        return naive_segment(detector, segmenter, pixels, prompts, options.object_tag, detection.box_threshold,
+                             detection.text_threshold, config.filtering.nms_iou)[1]
+
+    run(images[0])  # the same warm-up as ours
+    return timed_pass(images, run)
+
+
+def print_throughput(options: BenchOptions, config: Config, report: dict[str, Any]) -> None:
+    """The numbers as a table: one column per contender."""
+    contenders = [name for name in ("iapas", "naive") if name in report]
+    width, height = report["image_size"]
+    table = Table(title=f"iapas bench {options.method}: {report['iapas']['images']} images of {width}x{height}, "
+                        f"device {resolve_device(config.device)}")
+    table.add_column("")
+    for name in contenders:
+        table.add_column(name, justify="right")
+    rows = [("images / s", "images_per_s", "{:.3f}"), ("ms / image (median)", "per_image_ms", "{:.1f}"),
+            ("wall s", "wall_s", "{:.2f}"), ("peak RSS MB", "peak_rss_mb", "{:.0f}"), ("peak GPU MB", "peak_gpu_mb", "{:.0f}")]
+    for label, key, form in rows:
+        table.add_row(label, *[form.format(report[name][key]) for name in contenders])
+    stages = dict.fromkeys(stage for name in contenders for stage in report[name]["stages_ms"])
+    for stage in stages:
+        table.add_row(f"  {stage} ms", *[f"{report[name]['stages_ms'][stage]:.1f}" if stage in report[name]["stages_ms"]
+                                         else "-" for name in contenders])
+    console = Console(width=120)
+    console.print(table)
+    tail = f"; speed-up vs the naive loop: {report['speedup_vs_naive']:.2f}x" if "speedup_vs_naive" in report else ""
+    console.print(f"model loading: {report['load_s']:.2f} s{tail}")
+
+
+def _write_json(options: BenchOptions, config: Config, report: dict[str, Any]) -> None:
+    """Keep the numbers with what produced them (`--json FILE`)."""
+    if options.json_path is None:
+        return
+    import iapas
+
+    record = {"method": options.method, "device": str(resolve_device(config.device)), "torch": torch.__version__,
+              "iapas_version": iapas.__version__, "machine": platform.machine(), "processor": platform.processor(),
+              "threads": torch.get_num_threads(), "config": config.to_dict(), **report}
+    atomic_write_text(options.json_path, json.dumps(record, indent=2) + "\n")

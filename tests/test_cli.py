@@ -194,3 +194,19 @@ def test_bench_reports_every_stage_of_the_chosen_method(capsys, weights_dir):
     assert capsys.readouterr().err.strip() == "iapas: error: image not found: missing.png"
     assert main(["bench", image, "--weights", str(weights_dir), "--method", "winclip", "--prompt", "crack"]) == 2
     assert "--prompt only apply to --method iapas" in capsys.readouterr().err
+
+
+def test_bench_throughput_against_the_naive_loop_writes_json(capsys, weights_dir, tmp_path):
+    report_path = tmp_path / "bench.json"
+    assert main(["bench", "--images", "2", "--size", "96", "--warmup", "0", "--vs-naive", "--weights", str(weights_dir),
+                 "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["mode"] == "throughput" and report["image_size"] == [96, 96]
+    assert report["iapas"]["images"] == report["naive"]["images"] == 2
+    assert set(report["naive"]["stages_ms"]) == {"object_detection", "defect_detection", "masking", "scoring"}
+    assert {"detection", "masking", "scoring"} <= set(report["iapas"]["stages_ms"])
+    assert report["speedup_vs_naive"] == pytest.approx(report["iapas"]["images_per_s"] / report["naive"]["images_per_s"])
+    assert "speed-up vs the naive loop" in capsys.readouterr().out
+    assert main(["bench", "--images", "2", "--vs-naive", "--method", "winclip", "--weights", str(weights_dir)]) == 2
+    assert main(["bench", "--weights", str(weights_dir)]) == 2
+    assert "give an IMAGE, or --images N" in capsys.readouterr().err

@@ -41,7 +41,8 @@ SEGMENTERS: Registry[SegmenterLoader] = Registry("segmenter backend")
 def warn_if_demo(path: Path) -> None:
     """Say loudly when a checkpoint is one of the random demo models."""
     entry = entry_for_path(path)
-    if (entry is not None and entry.demo) or (path.is_dir() and (path / "DEMO_WEIGHTS").exists()):
+    marked = (path / "DEMO_WEIGHTS").exists() if path.is_dir() else path.with_name(path.name + ".DEMO_WEIGHTS").exists()
+    if (entry is not None and entry.demo) or marked:
         print(
             f"WARNING: {path} holds RANDOM DEMO WEIGHTS built by `iapas weights make-demo`; "
             "its output is MEANINGLESS. Put real weights in the weights dir (see weights/README.md).",

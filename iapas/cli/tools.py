@@ -15,10 +15,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_model_options(show)
     show.set_defaults(handler=run_config_show)
 
-    bench = commands.add_parser("bench", help="time each stage on an image")
-    bench.add_argument("image", help="image file to segment repeatedly")
+    bench = commands.add_parser("bench", help="time each stage on an image, or throughput over many")
+    bench.add_argument("image", nargs="?", help="image file to segment repeatedly, or a folder with --images")
     bench.add_argument("--repeat", type=int, default=5)
     bench.add_argument("--warmup", type=int, default=1)
+    bench.add_argument("--images", type=int, default=0, help="throughput over N distinct images (procedural ones "
+                                                              "at --size when no folder is given)")
+    bench.add_argument("--size", type=int, default=1024, help="side of the procedural images (default 1024)")
+    bench.add_argument("--random-full", action="store_true",
+                       help="time Grounding DINO-T + SAM ViT-B at their real sizes with random weights (no weights needed)")
+    bench.add_argument("--vs-naive", action="store_true", help="also run the official code's per-image loop and report the ratio")
+    bench.add_argument("--object-tag", default="object", help="the naive loop's object prompt (default: object)")
+    bench.add_argument("--json", dest="json_path", help="write the numbers to this JSON file")
     add_method_options(bench)
     add_threshold_options(bench)
     add_model_options(bench)
@@ -32,10 +40,32 @@ def run_config_show(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    """Time each stage of the chosen method on one image."""
-    from ..bench import BenchOptions, run_bench as bench
+    """Time the chosen method: each stage on one image, or throughput over many (optionally vs the naive loop)."""
+    from ..bench import BenchOptions, PipelineSegment, run_bench as bench
+    from ..errors import ConfigError
     from .segment import build_segmenter
 
+    if args.image is None and not args.images:
+        raise ConfigError("give an IMAGE, or --images N for throughput over N procedural images")
+    if args.vs_naive and not args.images:
+        raise ConfigError("--vs-naive compares throughput: add --images N")
     config = base_config(args)
-    options = BenchOptions(Path(args.image), args.method, args.repeat, args.warmup)
+    if args.random_full:
+        from ..random_full import random_full_models
+
+        detector, segmenter = random_full_models()
+        config = config.updated({"detection.weights": str(detector), "masking.weights": str(segmenter)})
+    options = BenchOptions(Path(args.image) if args.image else None, args.method, args.repeat, args.warmup,
+                           args.images, args.size, args.vs_naive, args.object_tag,
+                           Path(args.json_path) if args.json_path else None)
+    if args.vs_naive:
+        if args.method != "iapas":
+            raise ConfigError("--vs-naive compares the IAP-AS pipeline with the official loop: use --method iapas")
+        from ..methods.iapas.pipeline import Pipeline
+
+        def build():
+            pipeline = Pipeline.from_config(config)
+            return PipelineSegment(pipeline, tuple(args.prompt) if args.prompt else pipeline.default_prompts())
+
+        return bench(options, config, build)
     return bench(options, config, lambda: build_segmenter(args, config)[0])

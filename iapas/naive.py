@@ -1,0 +1,53 @@
+"""The official code's per-image loop, run on iapas's loaded models, as the baseline `iapas bench --vs-naive` times.
+
+Rule by rule as github sybeam27/IAP-ZSAS `test_zsas.py` / `utils/function.py` process an image: Grounding
+DINO once with the object tag alone (`process_object_output`: the top-scoring box gives the object size),
+once more with the defect caption (`get_grounding_output`), NMS, the 0.8 x object-size filter
+(`process_size_output`), SAM's `set_image` and every kept box through `predict_torch` with masks returned at
+full resolution, then the per-box sum of score x mask and a per-image min-max normalisation
+(`process_anomaly_segmentation`, `normalize`). Nothing is shared between the two detector passes.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .stages.filtering import nms
+from .types import Boxes
+
+OFFICIAL_SIZE_FACTOR = 0.8  # keep a box whose area ratio is below 0.8 x the object's (test_zsas.py)
+
+
+def full_resolution_masks(segmenter: Any, image: np.ndarray, boxes: Boxes) -> np.ndarray:
+    """(N, H, W) bool masks the way the official code gets them: one encoding, all boxes, full-resolution masks."""
+    return segmenter.segment_boxes(image, boxes.xyxy) if len(boxes) else np.zeros((0, *image.shape[:2]), bool)
+
+
+@torch.inference_mode()
+def naive_segment(detector: Any, segmenter: Any, image: np.ndarray, prompts: Sequence[str], object_tag: str,
+                  box_threshold: float, text_threshold: float, nms_iou: float) -> tuple[np.ndarray, dict[str, float]]:
+    """The official per-image order; returns the normalised map and seconds per step."""
+    timings: dict[str, float] = {}
+    height, width = image.shape[:2]
+    start = time.perf_counter()
+    objects = detector.detect(image, [object_tag], box_threshold, text_threshold)
+    object_size = float(objects.area_ratios(height, width)[int(np.argmax(objects.scores))]) if len(objects) else 1.0
+    timings["object_detection"] = time.perf_counter() - start
+    start = time.perf_counter()
+    boxes = nms(detector.detect(image, prompts, box_threshold, text_threshold), nms_iou)
+    boxes = boxes.select(boxes.area_ratios(height, width) < OFFICIAL_SIZE_FACTOR * object_size)
+    timings["defect_detection"] = time.perf_counter() - start
+    start = time.perf_counter()
+    masks = full_resolution_masks(segmenter, image, boxes)
+    timings["masking"] = time.perf_counter() - start
+    start = time.perf_counter()
+    heat = np.zeros((height, width), np.float32)
+    for score, mask in zip(boxes.scores, masks):  # one box at a time, as the reference loops
+        heat += float(score) * mask.astype(np.float32)
+    low, high = float(heat.min()), float(heat.max())
+    heat = (heat - low) / (high - low) if high > low else np.zeros_like(heat)
+    timings["scoring"] = time.perf_counter() - start
+    return heat, timings
