@@ -49,7 +49,8 @@ def _argument_type(check, what: str):
             number = int(text) if what == "int" else float(text)
             return check(number, "value")
         except (ValueError, ValueRangeError) as error:
-            raise argparse.ArgumentTypeError(str(error) if isinstance(error, ValueRangeError) else f"not a number: {text!r}")
+            reason = str(error).removeprefix("value ") if isinstance(error, ValueRangeError) else f"not a number: {text!r}"
+            raise argparse.ArgumentTypeError(reason) from None
 
     parse.__name__ = what  # argparse names the type in its message
     return parse
