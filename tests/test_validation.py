@@ -337,3 +337,8 @@ def test_image_score_rules():
     assert result.score("max") == pytest.approx(0.7) and result.score("method") == pytest.approx(0.3)
     with pytest.raises(ConfigError, match="unknown image-score rule 'mean'"):
         result.score("mean")
+
+
+def test_python_api_size_threshold_is_range_checked(pipeline):
+    with pytest.raises(ValueRangeError, match="size_threshold must be in"):
+        pipeline.segment(np.zeros((32, 32, 3), np.uint8), size_threshold=float("nan"))

@@ -9,7 +9,7 @@ from PIL import Image
 
 from ...backends import Detector, Segmenter, load_detector, load_segmenter
 from ...calibration import Calibration
-from ...config import Config
+from ...config import Config, unit_interval
 from ...device import resolve_device
 from ...errors import IapasError, InputImageError
 from ...graph import StageGraph
@@ -106,7 +106,8 @@ class Pipeline:
         used_prompts = unique_prompts(prompts) if prompts else self.default_prompts()
         if not used_prompts:
             raise IapasError("no text prompts: give --prompt or a calibration")
-        threshold = self.config.filtering.size_threshold if size_threshold is None else float(size_threshold)
+        threshold = unit_interval(self.config.filtering.size_threshold if size_threshold is None else size_threshold,
+                                  "size_threshold")  # the Python API gets the CLI's range check
         run = self.graph.run(
             {
                 "image": pixels,
