@@ -342,3 +342,19 @@ def test_image_score_rules():
 def test_python_api_size_threshold_is_range_checked(pipeline):
     with pytest.raises(ValueRangeError, match="size_threshold must be in"):
         pipeline.segment(np.zeros((32, 32, 3), np.uint8), size_threshold=float("nan"))
+
+
+def test_corrupt_clip_weights_and_training_state_name_the_file(tmp_path):
+    from types import SimpleNamespace
+
+    from iapas.backends.clip import ClipBackbone
+    from iapas.demo_weights import build_demo_clip
+    from iapas.prompt_learning.training import STATE_FILE, PromptTrainer
+
+    clip_dir = build_demo_clip(tmp_path / "clip")
+    (clip_dir / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(CorruptWeightsError, match=f"CLIP weight file {clip_dir / 'model.safetensors'} is corrupt"):
+        ClipBackbone(clip_dir)
+    (tmp_path / STATE_FILE).write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(CorruptWeightsError, match=f"training state {tmp_path / STATE_FILE} is corrupt"):
+        PromptTrainer._resume(SimpleNamespace(), tmp_path)  # fails on reading, before any learner is needed

@@ -86,8 +86,9 @@ def load_error(what: str, path: Path, error: BaseException) -> WeightsError:
     path = Path(path)
     first_line = (str(error).splitlines() or [type(error).__name__])[0][:200]
     files = [path / name for name in WEIGHT_FILE_NAMES if (path / name).is_file()] if path.is_dir() else [path]
-    damaged = "safetensor" in type(error).__name__.lower() or "safetensor" in first_line.lower() \
-        or "header" in first_line.lower() or "pickle" in first_line.lower()
+    # safetensors' header errors, and torch's for a damaged pickle or zip archive (pytorch_model.bin)
+    damaged = "safetensor" in type(error).__name__.lower() or any(
+        marker in first_line.lower() for marker in ("safetensor", "header", "pickl", "load key", "zip archive", "eof"))
     if damaged and files:
         return CorruptWeightsError(f"{what} weight file {files[0]} is corrupt or truncated ({first_line}); replace it")
     return WeightsError(f"cannot load {what} from {path}: {first_line}")

@@ -202,13 +202,13 @@ def wait_with_progress(work: Callable[[], Any], timeout_s: float, what: str, int
         with Console(stderr=True).status(waiting) as status:
             while worker.is_alive() and time.monotonic() - start < timeout_s:
                 worker.join(0.2)
-                status.update(f"{waiting} ({time.monotonic() - start:.0f} s of at most {timeout_s:g} s)")
+                status.update(f"{waiting} ({int(time.monotonic() - start)} s of at most {timeout_s:g} s)")
     else:
         next_note = start + interval_s
         while worker.is_alive() and time.monotonic() - start < timeout_s:
             worker.join(min(0.2, max(0.0, start + timeout_s - time.monotonic())))
             if worker.is_alive() and time.monotonic() >= next_note:
-                print(f"note: {waiting} ({time.monotonic() - start:.0f} s of at most {timeout_s:g} s)", file=sys.stderr)
+                print(f"note: {waiting} ({int(time.monotonic() - start)} s of at most {timeout_s:g} s)", file=sys.stderr)
                 next_note += interval_s
     if worker.is_alive():
         raise LLMError(f"{what} did not answer within {timeout_s:g} s (--llm-timeout / calibration.llm_timeout)")
