@@ -154,8 +154,10 @@ class Config:
             node = data
             *parents, leaf = dotted.split(".")
             for key in parents:
-                node = node[key]
-            if leaf not in node:
+                node = node.get(key) if isinstance(node, dict) else None
+                if node is None:
+                    raise ConfigError(f"unknown setting {dotted!r}")
+            if not isinstance(node, dict) or leaf not in node:
                 raise ConfigError(f"unknown setting {dotted!r}")
             node[leaf] = value
         return config_from_dict(data)

@@ -21,6 +21,7 @@ from .methods.iapas import IAPAS_ABLATIONS
 from .metrics import DEFAULT_BINS, PixelMetrics, image_metrics
 from .reports import write_pr_curve, write_tables
 
+
 @dataclass
 class EvalOptions:
     """What to evaluate and where to write it."""

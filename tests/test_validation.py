@@ -358,3 +358,9 @@ def test_corrupt_clip_weights_and_training_state_name_the_file(tmp_path):
     (tmp_path / STATE_FILE).write_bytes(b"PK\x03\x04 cut short")
     with pytest.raises(CorruptWeightsError, match=f"training state {tmp_path / STATE_FILE} is corrupt"):
         PromptTrainer._resume(SimpleNamespace(), tmp_path)  # fails on reading, before any learner is needed
+
+
+@pytest.mark.parametrize("key", ["detection.nope", "nope.box_threshold", "device.sub"])
+def test_unknown_dotted_override_is_a_config_error(key):
+    with pytest.raises(ConfigError, match="unknown setting"):
+        Config().updated({key: 1})
