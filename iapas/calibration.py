@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .config import KIND_THRESHOLDS, unit_interval
+from .errors import CalibrationFileError, ValueRangeError
 from .files import atomic_write_text
 
 CALIBRATION_FORMAT = 1
@@ -42,35 +43,71 @@ class Calibration:
         return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Calibration":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+    def from_dict(cls, data: dict[str, Any], source: str = "calibration") -> "Calibration":
+        """Check every field's type and range (one CalibrationFileError naming the first bad one), then build."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
         if unknown:
-            raise ConfigError(f"calibration has unknown field {unknown[0]!r}")
-        values = dict(data)
-        for name in ("tags", "p_adj", "p_final", "normal_images", "calibration_images", "ablated"):
-            if name in values:
-                values[name] = tuple(values[name])
+            raise CalibrationFileError(f"{source} has unknown field {unknown[0]!r}")
+        required = [f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        absent = [name for name in required if name not in data]
+        if absent:
+            raise CalibrationFileError(f"{source} is incomplete: it lacks {', '.join(absent)}")
+        values = {name: _checked(name, value, source) for name, value in data.items()}
+        return cls(**values)
+
+
+STRING_LISTS = ("tags", "p_adj", "p_final", "normal_images", "calibration_images", "ablated")
+STRINGS = ("llm_answer", "kind", "category")
+FRACTIONS = ("size_threshold", "box_threshold", "text_threshold")
+STRING_MAPS = ("models", "template")
+
+
+def _checked(name: str, value: Any, source: str) -> Any:
+    """One field of a calibration file, type- and range-checked (a string is never split into letters)."""
+    def wrong(expected: str) -> CalibrationFileError:
+        return CalibrationFileError(f"{source}: field {name!r} must be {expected}, got {json.dumps(value)[:80]}")
+
+    if name in STRING_LISTS:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise wrong("a list of strings")
+        return tuple(value)
+    if name in STRINGS:
+        if not isinstance(value, str):
+            raise wrong("a string")
+        if name == "kind" and value not in KIND_THRESHOLDS:
+            raise wrong(" or ".join(map(repr, KIND_THRESHOLDS)))
+        return value
+    if name in FRACTIONS or (name == "object_size" and value is not None):
         try:
-            return cls(**values)
-        except TypeError as error:
-            raise ConfigError(f"calibration is incomplete: {error}") from None
+            return unit_interval(value, f"{source}: field {name!r}")
+        except ValueRangeError as error:
+            raise CalibrationFileError(str(error)) from None
+    if name in STRING_MAPS:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise wrong("an object of strings")
+        return dict(value)
+    if name in ("seed", "format"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("a whole number")
+    return value
 
 
 def load_calibration(path: str | Path) -> Calibration:
     """Read a calibration JSON file, or raise a one-line ConfigError."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"calibration file not found: {path}")
+        raise CalibrationFileError(f"calibration file not found: {path}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ConfigError(f"calibration file is not valid JSON: {path} ({error})") from None
+        raise CalibrationFileError(f"calibration file is not valid JSON: {path} ({error})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"calibration file must hold a JSON object: {path}")
+        raise CalibrationFileError(f"calibration file must hold a JSON object: {path}")
     if data.get("format") != CALIBRATION_FORMAT:
-        raise ConfigError(f"calibration file {path} has format {data.get('format')!r}, expected {CALIBRATION_FORMAT}")
-    return Calibration.from_dict(data)
+        raise CalibrationFileError(f"calibration file {path} has format {data.get('format')!r}, expected {CALIBRATION_FORMAT}")
+    return Calibration.from_dict(data, f"calibration file {path}")
 
 
 def calibration_table(calibration: Calibration, title: str = "calibration"):

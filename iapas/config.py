@@ -14,13 +14,15 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, ValueRangeError
 
 PAPER_OBJECT_THRESHOLD = 0.2  # box and text threshold for object datasets
 PAPER_TEXTURE_THRESHOLD = 0.1  # box and text threshold for texture datasets
 PAPER_NMS_IOU = 0.5
 PAPER_SIZE_THRESHOLD = 0.8
 PAPER_SEED = 111
+GROUNDING_DINO_MAX_TEXT_TOKENS = 256  # Grounding DINO's text length (max_text_len of its config, [CLS] and [SEP] included)
+DEFAULT_LLM_TIMEOUT_S = 120.0  # an HTTP LLM endpoint that has not answered by then is given up
 FIXED_PROMPTS = ("abnormal", "defect")  # the fixed prompts P_final always holds
 KIND_THRESHOLDS = {"object": PAPER_OBJECT_THRESHOLD, "texture": PAPER_TEXTURE_THRESHOLD}
 # Categories the paper's datasets treat as textures (MVTec AD textures, KSDD1, MTD, DTD-Synthetic, DAGM2007).
@@ -33,9 +35,31 @@ TEXTURE_CATEGORIES = frozenset(
 )
 
 
-def kind_of(category: str | None) -> str:
-    """ "texture" for the paper's texture categories, "object" otherwise."""
+# Datasets the paper treats as textures as a whole, whatever their category names.
+TEXTURE_DATASETS = frozenset({"ksdd1", "mtd", "dtd", "dagm"})
+
+
+def kind_of(category: str | None, dataset: str | None = None) -> str:
+    """ "texture" for the paper's texture datasets and categories, "object" otherwise (the one texture rule)."""
+    if dataset in TEXTURE_DATASETS:
+        return "texture"
     return "texture" if category and category.lower() in TEXTURE_CATEGORIES else "object"
+
+
+def unit_interval(value: Any, name: str) -> float:
+    """`value` as a float in [0, 1], or a one-line ValueRangeError naming the setting (NaN included)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueRangeError(f"{name} must be a number in [0, 1], got {value!r}")
+    if not 0.0 <= float(value) <= 1.0:  # False for NaN too
+        raise ValueRangeError(f"{name} must be in [0, 1], got {value!r}")
+    return float(value)
+
+
+def at_least_one(value: Any, name: str) -> int:
+    """`value` as an int >= 1, or a one-line ValueRangeError naming the setting."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueRangeError(f"{name} must be a whole number of at least 1, got {value!r}")
+    return value
 
 
 @dataclass
@@ -43,10 +67,10 @@ class DetectionConfig:
     """Grounding DINO (step 2-1)."""
 
     backend: str = "hf-grounding-dino"
-    weights: str = ""  # empty: the first detector of weights/manifest.toml found in the weights dir
+    weights: str = ""  # empty: the first detector of the weights manifest found in the weights dir
     box_threshold: float = PAPER_OBJECT_THRESHOLD
     text_threshold: float = PAPER_OBJECT_THRESHOLD
-    max_text_tokens: int = 256  # Grounding DINO's text length; longer prompt lists are split
+    max_text_tokens: int = GROUNDING_DINO_MAX_TEXT_TOKENS  # longer prompt lists are split
 
 
 @dataclass
@@ -86,6 +110,7 @@ class CalibrationConfig:
     llm: str = "lexicon"  # lexicon | gguf | hf | openai
     llm_model: str = ""
     llm_url: str = ""
+    llm_timeout: float = DEFAULT_LLM_TIMEOUT_S  # seconds an HTTP endpoint may take to answer
     template: str = "iap_v1"
     cache_dir: str = ""  # empty: ~/.cache/iapas/llm
     size_cap: float = PAPER_SIZE_THRESHOLD
@@ -132,8 +157,10 @@ class Config:
             node = data
             *parents, leaf = dotted.split(".")
             for key in parents:
-                node = node[key]
-            if leaf not in node:
+                node = node.get(key) if isinstance(node, dict) else None
+                if node is None:
+                    raise ConfigError(f"unknown setting {dotted!r}")
+            if not isinstance(node, dict) or leaf not in node:
                 raise ConfigError(f"unknown setting {dotted!r}")
             node[leaf] = value
         return config_from_dict(data)
@@ -174,9 +201,34 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
     raise ConfigError(f"{path} must be {getattr(hint, '__name__', hint)}, got {value!r}")
 
 
+# settings that are fractions (thresholds, IoU, area ratios) and settings that count something
+UNIT_INTERVAL_SETTINGS = ("detection.box_threshold", "detection.text_threshold", "filtering.nms_iou",
+                          "filtering.size_threshold", "calibration.size_cap")
+COUNT_SETTINGS = ("calibration.n_images", "calibration.top_k", "detection.max_text_tokens", "max_image_pixels")
+
+
+def _setting(config: Config, dotted: str) -> Any:
+    node: Any = config
+    for key in dotted.split("."):
+        node = getattr(node, key)
+    return node
+
+
+def validate_config(config: Config) -> Config:
+    """Check every setting's range; the first bad one raises a one-line ValueRangeError."""
+    for dotted in UNIT_INTERVAL_SETTINGS:
+        unit_interval(_setting(config, dotted), dotted)
+    for dotted in COUNT_SETTINGS:
+        at_least_one(_setting(config, dotted), dotted)
+    timeout = config.calibration.llm_timeout
+    if not timeout > 0 or timeout == float("inf"):
+        raise ValueRangeError(f"calibration.llm_timeout must be a positive number of seconds, got {timeout!r}")
+    return config
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
-    """Build a Config from nested plain data, rejecting unknown keys and wrong types."""
-    return _build(Config, data, "")
+    """Build a Config from nested plain data, rejecting unknown keys, wrong types and out-of-range values."""
+    return validate_config(_build(Config, data, ""))
 
 
 def load_config(path: str | Path) -> Config:
@@ -184,7 +236,10 @@ def load_config(path: str | Path) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file is not UTF-8 text: {path} (byte {error.start})") from None
     try:
         if path.suffix in (".yaml", ".yml"):
             data = yaml.safe_load(text) or {}

@@ -5,13 +5,17 @@ formats end to end. Their outputs are meaningless by construction.
 """
 from __future__ import annotations
 
+import re
 import string
+import tomllib
 from pathlib import Path
 
 import torch
-from transformers.utils import logging as transformers_logging
 
+from .backends.base import quiet_loading
 from .backends.sam import SamGeometry, build_sam
+from .config import GROUNDING_DINO_MAX_TEXT_TOKENS
+from .vocabulary import DEFECT_WORDS_FILE, LEXICON_FILE, TAG_VOCABULARY_FILE, read_word_list
 
 DEMO_NOTE = "Random demo weights built by `iapas weights make-demo`: their output is meaningless.\n"
 DEMO_WORDS = (
@@ -20,19 +24,37 @@ DEMO_WORDS = (
 ).split()
 
 
-def write_demo_vocab(path: Path) -> None:
-    """A WordPiece vocabulary that spells any lower-case word from characters, plus a few whole words."""
-    letters = list(string.ascii_lowercase + string.digits)
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "-", "'", "(", ")", "/"]
-    tokens += letters + [f"##{c}" for c in letters] + DEMO_WORDS
-    path.write_text("\n".join(dict.fromkeys(tokens)) + "\n", encoding="utf-8")
+BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # BERT's order: [PAD] is 0, as Grounding DINO expects
+
+
+def shipped_words() -> list[str]:
+    """Every single word iapas itself may put in a prompt: fixed prompts, demo words, defect words, the lexicon, tags."""
+    lexicon = tomllib.loads(LEXICON_FILE.read_text(encoding="utf-8"))
+    phrases = [*DEMO_WORDS, *read_word_list(DEFECT_WORDS_FILE), *read_word_list(TAG_VOCABULARY_FILE), *lexicon["generic"]]
+    for name, row in lexicon["materials"].items():
+        phrases += [name, *row.get("aliases", []), *row["defects"]]
+    return list(dict.fromkeys(word for phrase in phrases for word in re.findall(r"[a-z0-9]+", phrase.lower())))
+
+
+def demo_vocab() -> list[str]:
+    """A BERT WordPiece vocabulary: specials, punctuation, every shipped word whole, and characters to spell the rest."""
+    characters = list(string.ascii_lowercase + string.digits)
+    tokens = [*BERT_SPECIAL_TOKENS, ".", ",", "-", "'", "(", ")", "/", *shipped_words(), *characters, *[f"##{c}" for c in characters]]
+    return list(dict.fromkeys(tokens))
+
+
+def write_demo_vocab(path: Path) -> list[str]:
+    """Write the demo vocabulary as BERT's vocab.txt (one token a line, the line number is the id)."""
+    tokens = demo_vocab()
+    path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    return tokens
 
 
 def build_demo_grounding_dino(directory: Path, image_size: int = 128, seed: int = 0) -> Path:
     """Save a tiny GroundingDinoForObjectDetection with its processor (BERT tokenizer) to `directory`."""
     from transformers import (
         BertConfig,
-        BertTokenizerFast,
+        BertTokenizer,
         GroundingDinoConfig,
         GroundingDinoForObjectDetection,
         GroundingDinoImageProcessor,
@@ -42,8 +64,12 @@ def build_demo_grounding_dino(directory: Path, image_size: int = 128, seed: int 
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    write_demo_vocab(directory / "vocab.txt")
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    tokens = write_demo_vocab(directory / "vocab.txt")
+    # transformers 5's BertTokenizer ignores vocab_file and keeps a 5-token vocabulary (every word [UNK]):
+    # the vocabulary is passed as a mapping, and saved with the processor as tokenizer.json and vocab.txt.
+    tokenizer = BertTokenizer(vocab={token: index for index, token in enumerate(tokens)}, do_lower_case=True)
+    if tokenizer.vocab_size != len(tokens):
+        raise RuntimeError(f"demo tokenizer holds {tokenizer.vocab_size} tokens, expected {len(tokens)}")
     image_processor = GroundingDinoImageProcessor(size={"shortest_edge": image_size, "longest_edge": image_size})
     processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
     config = GroundingDinoConfig(
@@ -53,17 +79,18 @@ def build_demo_grounding_dino(directory: Path, image_size: int = 128, seed: int 
         ),
         text_config=BertConfig(
             vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-            intermediate_size=64, max_position_embeddings=256,
+            intermediate_size=64, max_position_embeddings=GROUNDING_DINO_MAX_TEXT_TOKENS,
         ),
         d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=30, max_text_len=256,
+        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=30, max_text_len=GROUNDING_DINO_MAX_TEXT_TOKENS,
         encoder_n_points=2, decoder_n_points=2, use_timm_backbone=False, backbone=None,
     )
-    torch.manual_seed(seed)
-    model = GroundingDinoForObjectDetection(config).eval()
-    transformers_logging.disable_progress_bar()
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
+    with torch.random.fork_rng(devices=[]):  # the caller's global seed is left as it was
+        torch.manual_seed(seed)
+        model = GroundingDinoForObjectDetection(config).eval()
+    with quiet_loading():
+        model.save_pretrained(directory)
+        processor.save_pretrained(directory)
     (directory / "DEMO_WEIGHTS").write_text(DEMO_NOTE, encoding="utf-8")
     return directory
 
@@ -78,8 +105,10 @@ def build_demo_sam_checkpoint(path: Path, seed: int = 0, geometry: SamGeometry =
     """Save a tiny segment_anything Sam state dict as a .pth file, as Meta's checkpoints are."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    torch.save(build_sam(geometry).state_dict(), path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        state = build_sam(geometry).state_dict()
+    torch.save(state, path)
     return path
 
 
@@ -96,9 +125,10 @@ def build_demo_hf_sam(directory: Path, seed: int = 0) -> Path:
         prompt_encoder_config=dict(hidden_size=16, image_size=256, image_embedding_size=16),
         mask_decoder_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_dim=32, iou_head_hidden_dim=16),
     )
-    torch.manual_seed(seed)
-    transformers_logging.disable_progress_bar()
-    SamModel(config).eval().save_pretrained(directory)
+    with torch.random.fork_rng(devices=[]), quiet_loading():  # the caller's global seed is left as it was
+        torch.manual_seed(seed)
+        model = SamModel(config).eval()
+        model.save_pretrained(directory)
     image_processor = SamImageProcessor(size={"longest_edge": 256}, pad_size={"height": 256, "width": 256})
     SamProcessor(image_processor=image_processor).save_pretrained(directory)
     (directory / "DEMO_WEIGHTS").write_text(DEMO_NOTE, encoding="utf-8")
@@ -129,9 +159,10 @@ def build_demo_clip(directory: Path, seed: int = 0, image_size: int = 32) -> Pat
                            image_size=image_size, patch_size=8),
         projection_dim=16,
     )
-    torch.manual_seed(seed)
-    transformers_logging.disable_progress_bar()
-    CLIPModel(config).eval().save_pretrained(directory)
+    with torch.random.fork_rng(devices=[]), quiet_loading():
+        torch.manual_seed(seed)
+        model = CLIPModel(config).eval()
+        model.save_pretrained(directory)
     image_processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
     (directory / "DEMO_WEIGHTS").write_text(DEMO_NOTE, encoding="utf-8")

@@ -1,4 +1,9 @@
-"""One exception family: the CLI catches `IapasError` once and prints it as one line."""
+"""One exception family: the CLI catches `IapasError` once and prints it as one line.
+
+Every mistake a user can make (a bad option, file, folder, model or answer) is one of these
+classes, so the CLI never reports it as an "internal error"; README "Input classes and behaviour"
+lists which input raises which.
+"""
 
 
 class IapasError(Exception):
@@ -13,9 +18,29 @@ class WeightsError(IapasError):
     """A model checkpoint is missing, corrupt or of the wrong kind."""
 
 
+class CorruptWeightsError(WeightsError):
+    """A checkpoint file exists but cannot be read (truncated or damaged safetensors / .pth)."""
+
+
 class ConfigError(IapasError):
     """A configuration file or option is invalid."""
 
 
+class ValueRangeError(ConfigError):
+    """A number outside its allowed range, or NaN (thresholds outside [0, 1], counts below 1)."""
+
+
+class CalibrationFileError(ConfigError):
+    """A calibration file is unreadable or holds a field of the wrong type or range."""
+
+
 class DatasetError(IapasError):
     """A dataset root or layout is invalid."""
+
+
+class LLMError(IapasError):
+    """An LLM backend could not answer: endpoint unreachable, timed out or malformed reply."""
+
+
+class MetricsInputError(IapasError):
+    """A score map the metrics cannot bin honestly (NaN, or values outside the histogram's range)."""

@@ -11,17 +11,15 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .config import Config, kind_of
-from .data.datasets import Dataset, Sample, load_dataset, load_mask
-from .errors import DatasetError, IapasError
+from .config import PAPER_SEED, Config, kind_of
+from .data.datasets import Dataset, Sample, limited_samples, load_dataset, load_mask
+from .errors import IapasError
 from .files import atomic_write, atomic_write_text
 from .images import load_image
 from .methods import METHODS, Method
 from .methods.iapas import IAPAS_ABLATIONS
 from .metrics import DEFAULT_BINS, PixelMetrics, image_metrics
 from .reports import write_pr_curve, write_tables
-
-TEXTURE_DATASETS = frozenset({"ksdd1", "mtd", "dtd", "dagm"})
 
 
 @dataclass
@@ -38,7 +36,8 @@ class EvalOptions:
     bins: int = DEFAULT_BINS
     image_score: str = "max"  # max of the map, or "method" for the method's own score
     progress: bool = True
-    limit: int = 0  # at most this many test images per category (0: all); for smoke runs
+    limit: int = 0  # at most this many test images per category (0: all), drawn with `seed`; for smoke runs
+    seed: int = PAPER_SEED
 
     @property
     def run_name(self) -> str:
@@ -74,10 +73,6 @@ class CategoryState:
         return state
 
 
-def kind_for(dataset: str, category: str) -> str:
-    return "texture" if dataset in TEXTURE_DATASETS else kind_of(category)
-
-
 def evaluate_category(
     method: Method, dataset: Dataset, category: str, options: EvalOptions, run_dir: Path
 ) -> dict:
@@ -86,14 +81,10 @@ def evaluate_category(
     if result_path.is_file():
         return json.loads(result_path.read_text(encoding="utf-8"))
     samples: list[Sample] = dataset.samples(category)
-    if options.limit:
-        samples = samples[: options.limit]
-    if not samples:
-        raise DatasetError(f"{dataset.name}/{category} has no test images")
-    normal = dataset.normal.get(category) or [s.image_path for s in samples if s.label == 0]
-    if not normal:
-        raise DatasetError(f"{dataset.name}/{category} has no normal images to calibrate from")
-    kind = kind_for(dataset.name, category)
+    samples = limited_samples(samples, options.limit, options.seed)
+    dataset.check(category)
+    normal = dataset.calibration_images(category)
+    kind = kind_of(category, dataset.name)
     prepare_start = time.perf_counter()
     method.prepare(category, normal, kind, run_dir)
     prepare_seconds = time.perf_counter() - prepare_start
@@ -107,9 +98,9 @@ def evaluate_category(
         pixels = load_image(sample.image_path).pixels
         result = method.segment(pixels)
         mask = load_mask(sample, *pixels.shape[:2])
-        state.pixels.update(result.anomaly_map, mask)
+        state.pixels.update(result.anomaly_map, mask, name=str(sample.image_path))
         state.labels.append(sample.label)
-        score = result.image_score if options.image_score == "method" else float(result.anomaly_map.max())
+        score = result.score(options.image_score)
         state.scores.append(score)
         state.done.append(str(sample.image_path))
         state.seconds += time.perf_counter() - start
@@ -155,7 +146,7 @@ def run_eval(options: EvalOptions, config: Config) -> Path:
     dataset = load_dataset(options.dataset, options.root)
     categories = list(options.categories) or dataset.categories
     for category in categories:
-        dataset.samples(category)  # unknown categories fail before any model loads
+        dataset.check(category)  # unknown or empty categories, or no calibration images, fail before any model loads
     run_dir = Path(options.out_dir) / options.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -16,13 +16,27 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
+from .errors import MetricsInputError
+
 DEFAULT_BINS = 4096
 PRO_FPR_LIMIT = 0.3  # AUPRO integrates PRO over FPR in [0, 0.3], normalised by 0.3
 
 
+def check_binnable(scores: np.ndarray, low: float, high: float, name: str = "") -> None:
+    """Refuse scores the histogram cannot hold honestly: NaN, or outside [low, high] (clipping would move them)."""
+    scores = np.asarray(scores)
+    where = f" of {name}" if name else ""
+    if scores.size and np.isnan(scores).any():
+        raise MetricsInputError(f"anomaly map{where} holds NaN at {int(np.isnan(scores).sum())} pixel(s); metrics cannot rank it")
+    if scores.size and (scores.min() < low or scores.max() > high):
+        raise MetricsInputError(f"anomaly map{where} has values in [{float(scores.min()):.6g}, {float(scores.max()):.6g}], "
+                                f"outside the metrics' range [{low:g}, {high:g}]; normalise it first")
+
+
 def _bin_index(scores: np.ndarray, low: float, high: float, bins: int) -> np.ndarray:
+    """The bin of each score in [low, high]; `high` itself falls in the last bin (callers check the range first)."""
     scaled = (np.asarray(scores, np.float64).ravel() - low) * (bins / (high - low))
-    return np.clip(np.floor(scaled), 0, bins - 1).astype(np.int64)
+    return np.minimum(np.floor(scaled), bins - 1).astype(np.int64)
 
 
 def _descending_cumsum(histogram: np.ndarray) -> np.ndarray:
@@ -90,10 +104,11 @@ class PixelMetrics:
         self.negative = np.zeros(self.bins, np.int64)
         self.region_overlap_sum = np.zeros(self.bins, np.float64)
 
-    def update(self, anomaly_map: np.ndarray, mask: np.ndarray) -> None:
-        """Add one image: its (H, W) scores and its (H, W) bool ground truth."""
+    def update(self, anomaly_map: np.ndarray, mask: np.ndarray, name: str = "") -> None:
+        """Add one image (`name` for messages): its (H, W) scores in [low, high] and its (H, W) bool ground truth."""
         if anomaly_map.shape != mask.shape:
-            raise ValueError(f"map {anomaly_map.shape} and mask {mask.shape} differ in shape")
+            raise MetricsInputError(f"map {anomaly_map.shape} and mask {mask.shape} of {name or 'an image'} differ in shape")
+        check_binnable(anomaly_map, self.low, self.high, name)
         indices = _bin_index(anomaly_map, self.low, self.high, self.bins)
         flat_mask = mask.ravel().astype(bool)
         self.positive += np.bincount(indices[flat_mask], minlength=self.bins)

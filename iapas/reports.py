@@ -66,15 +66,15 @@ def write_ablation_table(out_dir: Path, dataset: str) -> None:
 
 def write_pr_curve(pixels: PixelMetrics, path: Path, title: str) -> None:
     """The pixel precision-recall curve with its AP and the F1-max point, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a Figure of its own, drawn by Agg directly: no pyplot state and no process-wide backend switch,
+    # so a caller's interactive matplotlib session is left as it was
+    from matplotlib.figure import Figure
 
     precision, recall = pixels.pr_curve()
     summary = pixels.summary()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure, axes = plt.subplots(figsize=(5, 4.2), dpi=110)
+    figure = Figure(figsize=(5, 4.2), dpi=110)
+    axes = figure.subplots()
     axes.step(np.concatenate([[0], recall]), np.concatenate([[1], precision]), where="pre", label=f"AP {percent(summary['pixel_ap'])}%")
     best = int(np.argmax(f1_scores(precision, recall)))
     axes.plot(recall[best], precision[best], "o", color="crimson", label=f"F1-max {percent(summary['pixel_f1_max'])}%")
@@ -83,7 +83,6 @@ def write_pr_curve(pixels: PixelMetrics, path: Path, title: str) -> None:
     axes.legend(loc="upper right")
     figure.tight_layout()
     figure.savefig(path)
-    plt.close(figure)
 
 
 def paper_comparison(dataset: str, run_dir: Path) -> str | None:

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import ConfigError
+
 
 def _frozen_array(values: np.ndarray, dtype: type, ndim: int, name: str) -> np.ndarray:
     array = np.ascontiguousarray(values, dtype=dtype)
@@ -79,6 +81,14 @@ class Masks:
         return self.data.sum(axis=(1, 2), dtype=np.int64)
 
 
+def map_max_score(anomaly_map: np.ndarray) -> float:
+    """The image score of the paper's evaluation: the map's maximum (0 for an empty map). The one place it is computed."""
+    return float(anomaly_map.max()) if anomaly_map.size else 0.0
+
+
+IMAGE_SCORE_RULES = ("max", "method")
+
+
 @dataclass(frozen=True)
 class Result:
     """Everything one segmentation produced for one image.
@@ -100,7 +110,13 @@ class Result:
         """Image-level anomaly score: the method's own, else the maximum of the map."""
         if self.image_score_value is not None:
             return float(self.image_score_value)
-        return float(self.anomaly_map.max()) if self.anomaly_map.size else 0.0
+        return map_max_score(self.anomaly_map)
+
+    def score(self, rule: str) -> float:
+        """The image score under a named rule of IMAGE_SCORE_RULES ("max": the map's maximum; "method": the method's own)."""
+        if rule not in IMAGE_SCORE_RULES:
+            raise ConfigError(f"unknown image-score rule {rule!r} (choose from {', '.join(IMAGE_SCORE_RULES)})")
+        return map_max_score(self.anomaly_map) if rule == "max" else self.image_score
 
     @property
     def height(self) -> int:

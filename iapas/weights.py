@@ -9,7 +9,7 @@ from typing import Iterable
 
 from .errors import WeightsError
 
-MANIFEST_PATH = Path(__file__).parent / "resources" / "manifest.toml"
+MANIFEST_PATH = Path(__file__).parent / "resources" / "manifest.toml"  # the one manifest: shipped in the package, nowhere else
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class WeightEntry:
         return Path(weights_dir) / self.expected_path
 
     def where_to_get(self) -> str:
-        return f"manifest entry '{self.name}' in weights/manifest.toml (source: {self.source})"
+        return f"manifest entry '{self.name}' in iapas/resources/manifest.toml, shown by `iapas weights list` (source: {self.source})"
 
 
 def load_manifest(path: Path = MANIFEST_PATH) -> list[WeightEntry]:
@@ -83,6 +83,21 @@ def entry_for_path(path: Path) -> WeightEntry | None:
         if Path(entry.expected_path).name == path.name:
             return entry
     return None
+
+
+def file_identity(path: str | Path) -> str:
+    """A short hash of what a model file or directory is: resolved path, size and mtime of every file.
+
+    Cheap (no reading of multi-GB files) and changes whenever a file is replaced or edited, so a
+    cache keyed on it never serves one model's answers for another of the same base name.
+    """
+    path = Path(path).resolve()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256(str(path).encode())
+    for file in files:
+        stat = file.stat()
+        digest.update(f"\0{file.relative_to(path) if file != path else ''}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:32]
 
 
 def sha256_of(path: Path, chunk: int = 1 << 22) -> str:

@@ -126,9 +126,14 @@ def test_real_gguf_model_generates_deterministically(smollm2_gguf, tmp_path):
     prompt = load_template().render(["metal", "washer"])
     first = llm.generate(prompt, ["metal", "washer"])
     assert isinstance(first, str) and first.strip()
+    import torch
+
+    rng_state = torch.get_rng_state()
     uncached = llm.llm.generate(prompt, ["metal", "washer"])  # greedy decoding: the same answer again
     assert uncached == first
+    assert torch.equal(torch.get_rng_state(), rng_state)  # no global seed set behind the caller's back
     parsed = parse_defect_words(first, ["metal", "washer"])
     assert all(1 <= len(p.split()) <= 4 and p == p.lower() for p in parsed)
     assert not {"metal", "washer"} & {w for p in parsed for w in p.split()}
     assert llm.model_id == "transformers:SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert llm.identity.startswith("transformers:") and llm.identity != llm.model_id  # the cache keys on the file

@@ -1,15 +1,16 @@
 """Backend protocols and the registries that map a backend name to its loader."""
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
 from transformers.utils import logging as transformers_logging
 
-from ..errors import WeightsError
+from ..errors import CorruptWeightsError, WeightsError
 from ..registry import Registry
 from ..types import Boxes
 from ..weights import entry_for_path
@@ -53,7 +54,7 @@ def warn_if_demo(path: Path) -> None:
 def require_path(path: Path, what: str, expect_dir: bool) -> None:
     """Raise a one-line WeightsError when a weight file or directory is absent."""
     entry = entry_for_path(path)
-    hint = f"; see {entry.where_to_get()}" if entry else "; see weights/manifest.toml"
+    hint = f"; see {entry.where_to_get()}" if entry else "; see `iapas weights list` (iapas/resources/manifest.toml)"
     if not path.exists():
         raise WeightsError(f"{what} weights not found: {path}{hint}")
     if expect_dir and not path.is_dir():
@@ -62,16 +63,43 @@ def require_path(path: Path, what: str, expect_dir: bool) -> None:
         raise WeightsError(f"{what} weights must be a checkpoint file, got a folder: {path}{hint}")
 
 
-def quiet_loading() -> None:
-    """Hide transformers' per-file progress bars: iapas shows its own progress."""
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Hide transformers' per-file progress bars while iapas loads a model, then restore the caller's setting."""
+    was_enabled = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
+
+
+WEIGHT_FILE_NAMES = ("model.safetensors", "pytorch_model.bin")
+
+
+def load_error(what: str, path: Path, error: BaseException) -> WeightsError:
+    """The one-line error for a model that failed to load, naming the damaged weight file when there is one.
+
+    A truncated or damaged safetensors file raises safetensors' own error type (or a RuntimeError
+    from torch), not OSError; whatever the type, the user is told which file to replace.
+    """
+    path = Path(path)
+    first_line = (str(error).splitlines() or [type(error).__name__])[0][:200]
+    files = [path / name for name in WEIGHT_FILE_NAMES if (path / name).is_file()] if path.is_dir() else [path]
+    # safetensors' header errors, and torch's for a damaged pickle or zip archive (pytorch_model.bin)
+    damaged = "safetensor" in type(error).__name__.lower() or any(
+        marker in first_line.lower() for marker in ("safetensor", "header", "pickl", "load key", "zip archive", "eof"))
+    if damaged and files:
+        return CorruptWeightsError(f"{what} weight file {files[0]} is corrupt or truncated ({first_line}); replace it")
+    return WeightsError(f"cannot load {what} from {path}: {first_line}")
 
 
 def load_detector(backend: str, path: Path, device: torch.device) -> Detector:
     path = Path(path)
     warn_if_demo(path)
-    quiet_loading()
-    return DETECTORS.get(backend)(path, device)
+    with quiet_loading():
+        return DETECTORS.get(backend)(path, device)
 
 
 def segmenter_backend_for(path: Path) -> str:
@@ -84,5 +112,5 @@ def load_segmenter(backend: str, path: Path, device: torch.device) -> Segmenter:
     if backend == "auto":
         backend = segmenter_backend_for(path)
     warn_if_demo(path)
-    quiet_loading()
-    return SEGMENTERS.get(backend)(path, device)
+    with quiet_loading():
+        return SEGMENTERS.get(backend)(path, device)

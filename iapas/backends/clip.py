@@ -10,8 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import quiet_loading, require_path, warn_if_demo
-from ..errors import WeightsError
+from .base import load_error, quiet_loading, require_path, warn_if_demo
 
 
 def converted_openclip_dir(checkpoint: Path) -> Path:
@@ -41,13 +40,13 @@ class ClipBackbone(torch.nn.Module):
             path = converted_openclip_dir(path)
         require_path(path, "CLIP", expect_dir=True)
         warn_if_demo(path)
-        quiet_loading()
         try:
-            self.clip = CLIPModel.from_pretrained(path, local_files_only=True)
-            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            self.image_processor = CLIPImageProcessor.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError, KeyError, RuntimeError) as error:
-            raise WeightsError(f"cannot load CLIP from {path}: {str(error).splitlines()[0]}") from None
+            with quiet_loading():
+                self.clip = CLIPModel.from_pretrained(path, local_files_only=True)
+                self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+                self.image_processor = CLIPImageProcessor.from_pretrained(path, local_files_only=True)
+        except Exception as error:  # safetensors, torch and transformers each raise their own types for a bad file
+            raise load_error("CLIP", path, error) from None
         self.clip.requires_grad_(False).eval()
         self.name = path.name
         vision = self.clip.config.vision_config

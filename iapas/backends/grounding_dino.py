@@ -8,9 +8,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import WeightsError
+from ..config import GROUNDING_DINO_MAX_TEXT_TOKENS
 from ..types import Boxes
-from .base import DETECTORS, require_path
+from ..vocabulary import normalise_prompt
+from .base import DETECTORS, load_error, require_path
 
 
 def caption_for(prompts: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
@@ -42,12 +43,12 @@ class HFGroundingDino:
         try:
             self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
             self.model = GroundingDinoForObjectDetection.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError, KeyError, RuntimeError) as error:
-            raise WeightsError(f"cannot load Grounding DINO from {path}: {str(error).splitlines()[0]}") from None
+        except Exception as error:  # safetensors, torch and transformers each raise their own types for a bad file
+            raise load_error("Grounding DINO", path, error) from None
         self.model.to(device).eval()
         self.device = device
         self.model_id = f"grounding-dino:{Path(path).name}"
-        self.max_text_len = int(getattr(self.model.config, "max_text_len", 256))
+        self.max_text_len = int(getattr(self.model.config, "max_text_len", GROUNDING_DINO_MAX_TEXT_TOKENS))
 
     def _chunks(self, prompts: Sequence[str]) -> list[list[str]]:
         """Split prompts into groups whose caption fits the model's text length."""
@@ -68,7 +69,7 @@ class HFGroundingDino:
         all_boxes: list[np.ndarray] = []
         all_scores: list[np.ndarray] = []
         all_phrases: list[str] = []
-        for chunk in self._chunks([p.strip().lower() for p in prompts if p.strip()]):
+        for chunk in self._chunks([normalise_prompt(p) for p in prompts if p.strip()]):
             caption, char_spans = caption_for(chunk)
             encoded = self.processor(images=pil, text=caption, return_tensors="pt", return_offsets_mapping=True)
             offsets = encoded.pop("offset_mapping")[0].tolist()

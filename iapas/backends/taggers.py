@@ -10,7 +10,7 @@ import torch
 
 from ..errors import WeightsError
 from ..registry import Registry
-from ..vocabulary import tag_vocabulary
+from ..vocabulary import tag_vocabulary, unique_prompts
 from .base import require_path
 from .clip import ClipBackbone
 
@@ -43,7 +43,7 @@ class FixedTagger:
     """The tags the user gave (or the category name): no model at all."""
 
     def __init__(self, tags: Sequence[str]) -> None:
-        self.tags = tuple(dict.fromkeys(t.strip().lower() for t in tags if t.strip()))
+        self.tags = unique_prompts(tags)
         self.model_id = "fixed"
 
     def tag(self, images: Sequence[np.ndarray]) -> tuple[str, ...]:
@@ -131,5 +131,5 @@ def load_clip_tagger(spec: TaggerSpec) -> Tagger:
 @TAGGERS.register("ram")
 def load_ram(spec: TaggerSpec) -> Tagger:
     if not spec.weights:
-        raise WeightsError("the RAM tagger needs its checkpoint (--tagger-weights ram_swin_large_14m.pth; see weights/manifest.toml)")
+        raise WeightsError("the RAM tagger needs its checkpoint (--tagger-weights ram_swin_large_14m.pth; see `iapas weights list`)")
     return RamTagger(Path(spec.weights), spec.device)

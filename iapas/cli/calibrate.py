@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ..errors import IapasError
-from .common import EXIT_OK, add_model_options, add_preprocessing_options, base_config, comma_list
+from .common import EXIT_OK, add_model_options, add_preprocessing_options, base_config, comma_list, positive_int
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--category", help="category name (fixed tag when there is no tagger; texture categories set --kind)")
     calibrate.add_argument("--kind", choices=("object", "texture"), help="box/text thresholds 0.2 (object) or 0.1 (texture)")
     calibrate.add_argument("-o", "--output", default="calib.json")
-    calibrate.add_argument("--n-images", type=int, help="normal images to tag (default 3)")
+    calibrate.add_argument("--n-images", type=positive_int, help="normal images to tag (default 3)")
     calibrate.add_argument("--clip", dest="clip_weights", help="CLIP directory (the clip tagger; default: the weights dir's)")
     calibrate.add_argument("--tags", nargs="+", help="fixed tags (the fixed tagger)")
     calibrate.add_argument("--template", help="prompt template name or .txt path (default iap_v1)")

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import Config, load_config
+from ..config import Config, at_least_one, load_config, unit_interval
+from ..errors import ValueRangeError
 from ..device import DEVICE_CHOICES
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
@@ -26,6 +27,7 @@ CONFIG_OPTIONS = {
     "llm": "calibration.llm",
     "llm_model": "calibration.llm_model",
     "llm_url": "calibration.llm_url",
+    "llm_timeout": "calibration.llm_timeout",
     "template": "calibration.template",
     "cache_dir": "calibration.cache_dir",
     "clip_weights": "clip_methods.weights",
@@ -42,10 +44,43 @@ def base_config(args: argparse.Namespace) -> Config:
     return config.updated({key: getattr(args, attribute, None) for attribute, key in CONFIG_OPTIONS.items()})
 
 
+def _argument_type(check, what: str):
+    """An argparse type that parses a number and runs `check` on it; argparse prints the one-line reason."""
+
+    def parse(text: str):
+        try:
+            number = int(text) if what == "int" else float(text)
+            return check(number, "value")
+        except (ValueError, ValueRangeError) as error:
+            reason = str(error).removeprefix("value ") if isinstance(error, ValueRangeError) else f"not a number: {text!r}"
+            raise argparse.ArgumentTypeError(reason) from None
+
+    parse.__name__ = what  # argparse names the type in its message
+    return parse
+
+
+def _non_negative(value: int, name: str) -> int:
+    if value < 0:
+        raise ValueRangeError(f"{name} must be 0 or more, got {value}")
+    return value
+
+
+def _positive_seconds(value: float, name: str) -> float:
+    if not 0 < value < float("inf"):
+        raise ValueRangeError(f"{name} must be a positive number of seconds, got {value}")
+    return value
+
+
+unit_float = _argument_type(unit_interval, "float")  # thresholds: a number in [0, 1], NaN refused
+positive_int = _argument_type(at_least_one, "int")  # counts: 1 or more
+non_negative_int = _argument_type(_non_negative, "int")  # limits where 0 means none
+positive_seconds = _argument_type(_positive_seconds, "float")
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """Options naming the config file, the weights and the device."""
     parser.add_argument("--config", help="YAML, TOML or JSON config file (see `iapas config show`)")
-    parser.add_argument("--weights", help="weights dir laid out as weights/manifest.toml says (default: weights)")
+    parser.add_argument("--weights", help="weights dir laid out as `iapas weights list` shows (iapas/resources/manifest.toml; default: weights)")
     parser.add_argument("--detector", help="Grounding DINO directory (overrides the weights dir)")
     parser.add_argument("--segmenter", help="SAM .pth file or SamModel directory (overrides the weights dir)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, help="default: auto (GPU when there is one)")
@@ -73,10 +108,10 @@ def add_winclip_options(parser: argparse.ArgumentParser) -> None:
 
 def add_threshold_options(parser: argparse.ArgumentParser) -> None:
     """The detection and filtering thresholds, with the paper's values as defaults."""
-    parser.add_argument("--box-threshold", type=float, help="default 0.2 (paper, objects; 0.1 for textures)")
-    parser.add_argument("--text-threshold", type=float, help="default 0.2 (paper, objects; 0.1 for textures)")
-    parser.add_argument("--nms-iou", type=float, help="default 0.5 (paper)")
-    parser.add_argument("--size-threshold", type=float, help="box area / image area cap, default 0.8 (paper)")
+    parser.add_argument("--box-threshold", type=unit_float, help="default 0.2 (paper, objects; 0.1 for textures)")
+    parser.add_argument("--text-threshold", type=unit_float, help="default 0.2 (paper, objects; 0.1 for textures)")
+    parser.add_argument("--nms-iou", type=unit_float, help="default 0.5 (paper)")
+    parser.add_argument("--size-threshold", type=unit_float, help="box area / image area cap, default 0.8 (paper)")
 
 
 def add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +122,7 @@ def add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--llm", help="lexicon | gguf | hf | openai (default lexicon, offline)")
     parser.add_argument("--llm-model", help=".gguf file (or smollm2), transformers directory, or the endpoint's model name")
     parser.add_argument("--llm-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1")
+    parser.add_argument("--llm-timeout", type=positive_seconds, help="seconds the endpoint may take to answer (default 120)")
     parser.add_argument("--cache-dir", help="LLM answer cache (default ~/.cache/iapas/llm)")
 
 

@@ -5,7 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import EXIT_OK, add_model_options, add_winclip_options, add_preprocessing_options, base_config, comma_list
+
+from .common import EXIT_OK, add_model_options, add_preprocessing_options, add_winclip_options, base_config, comma_list, non_negative_int
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -23,7 +24,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--save-maps", action="store_true", help="also keep every anomaly map (.npy)")
     evaluate.add_argument("--image-score", choices=("max", "method"), default="max", help="image score: max of the map (default)")
     evaluate.add_argument("--compare-paper", action="store_true", help="print the paper's Table 1 numbers beside ours")
-    evaluate.add_argument("--limit", type=int, default=0, help="at most N test images per category (smoke runs)")
+    evaluate.add_argument("--limit", type=non_negative_int, default=0,
+                          help="at most N test images per category, normal and anomalous alike, drawn with --seed (smoke runs)")
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.add_argument("--clip", dest="clip_weights", help="CLIP directory (tagger, winclip, adaclip)")
     evaluate.add_argument("--adaclip-prompts", help="trained AdaCLIP prompts")
@@ -38,12 +40,14 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate import EvalOptions, run_eval
     from ..reports import paper_comparison
 
+    config = base_config(args)
     options = EvalOptions(
         dataset=args.dataset, root=Path(args.root), out_dir=Path(args.output), method=args.method,
         categories=args.categories or (), ablate=comma_list(args.ablate),
         save_maps=args.save_maps, image_score=args.image_score, progress=not args.no_progress, limit=args.limit,
+        seed=config.calibration.seed,
     )
-    run_dir = run_eval(options, base_config(args))
+    run_dir = run_eval(options, config)
     print((run_dir / "table.md").read_text(encoding="utf-8"))
     if args.compare_paper:
         comparison = paper_comparison(args.dataset, run_dir)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -35,6 +36,7 @@ class Dataset:
     root: Path
     test: dict[str, list[Sample]]
     normal: dict[str, list[Path]]
+    normal_source: str = "<category>/train/good"  # where calibration images come from, for messages and the README
 
     @property
     def categories(self) -> list[str]:
@@ -44,6 +46,40 @@ class Dataset:
         if category not in self.test:
             raise DatasetError(f"{self.name} has no category {category!r} under {self.root} (found: {', '.join(self.categories)})")
         return self.test[category]
+
+    def calibration_images(self, category: str) -> list[Path]:
+        """The normal images `category` is calibrated from; a DatasetError when there are none."""
+        images = self.normal.get(category, [])
+        if not images:
+            raise DatasetError(f"{self.name}/{category} has no normal images to calibrate from "
+                               f"(they come from {self.normal_source.replace('<category>', category)} under {self.root})")
+        return images
+
+    def check(self, category: str) -> None:
+        """Fail now, before any model loads, when `category` is unknown, has no test image or no calibration image."""
+        if not self.samples(category):
+            raise DatasetError(f"{self.name}/{category} has no test images under {self.root}")
+        self.calibration_images(category)
+
+
+def limited_samples(samples: list[Sample], limit: int, seed: int) -> list[Sample]:
+    """At most `limit` samples drawn at random with `seed`, normal and anomalous alike, in their original order.
+
+    A plain prefix would take only the first defect folder (or only good images) of a sorted layout;
+    a seeded draw over all samples is reproducible, and with limit >= 2 it keeps at least one image of
+    each label present so that image AUROC and pixel metrics stay defined.
+    """
+    if not limit or limit >= len(samples):
+        return list(samples)
+    order = [int(i) for i in np.random.default_rng(seed).permutation(len(samples))]
+    chosen = order[:limit]
+    for label in (0, 1):
+        if limit >= 2 and not any(samples[i].label == label for i in chosen):
+            spare = next((i for i in order[limit:] if samples[i].label == label), None)
+            if spare is not None:
+                majority = next(j for j in reversed(range(limit)) if samples[chosen[j]].label != label)
+                chosen[majority] = spare
+    return [samples[i] for i in sorted(chosen)]
 
 
 Loader = Callable[[Path], Dataset]
@@ -130,11 +166,22 @@ def load_btad(root: Path) -> Dataset:
 
 @DATASETS.register("visa")
 def load_visa(root: Path) -> Dataset:
-    """split_csv/1cls.csv with columns object, split, label, image, mask; paths relative to the root."""
+    """VisA as released (split_csv/1cls.csv) or as prepared by its own script (1cls/<class>/{train,test,ground_truth})."""
     root = _require_root(root, "visa")
     split_file = root / "split_csv" / "1cls.csv"
-    if not split_file.is_file():
-        raise DatasetError(f"VisA split file not found: {split_file} (expected the 1cls split csv)")
+    if split_file.is_file():
+        return _visa_from_csv(root, split_file)
+    # amazon-science/spot-diff prepare_data.py writes 1cls/<class>/train/good, test/{good,bad} and
+    # ground_truth/bad/<image stem>.png: the MVTec layout with masks named like their images.
+    prepared = root if root.name == "1cls" else root / "1cls"
+    if prepared.is_dir():
+        dataset = _mvtec_like(prepared, "visa", mask_suffix="")
+        return Dataset("visa", root, dataset.test, dataset.normal)
+    raise DatasetError(f"no VisA layout under {root}: expected split_csv/1cls.csv or the prepared 1cls/<class>/ folders")
+
+
+def _visa_from_csv(root: Path, split_file: Path) -> Dataset:
+    """split_csv/1cls.csv with columns object, split, label, image, mask; paths relative to the root."""
     test: dict[str, list[Sample]] = {}
     normal: dict[str, list[Path]] = {}
     with open(split_file, newline="", encoding="utf-8") as handle:
@@ -157,13 +204,14 @@ def load_visa(root: Path) -> Dataset:
             test.setdefault(row["object"], []).append(Sample(image, mask, int(anomalous), row["object"], "anomaly" if anomalous else GOOD))
     if not test:
         raise DatasetError(f"{split_file} lists no test images")
-    return Dataset("visa", root, test, normal)
+    return Dataset("visa", root, test, normal, "the normal train rows of split_csv/1cls.csv")
 
 
 def _single_category(name: str, root: Path, samples: list[Sample], category: str | None = None) -> Dataset:
     """A one-category dataset whose test set has no separate normal split: its normal test images calibrate."""
     category = category or name
-    return Dataset(name, root, {category: samples}, {category: [s.image_path for s in samples if s.label == 0]})
+    return Dataset(name, root, {category: samples}, {category: [s.image_path for s in samples if s.label == 0]},
+                   "its normal test images (this layout has no training split)")
 
 
 def _label_paired(category: str, pairs: Iterator[tuple[Path, Path | None]], defect: str) -> list[Sample]:
@@ -219,16 +267,43 @@ def load_dagm2007(root: Path) -> Dataset:
     normal: dict[str, list[Path]] = {}
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and (p / "Test").is_dir()):
         samples = []
+        labels = _dagm_labels(class_dir / "Test")
         for image in _images_in(class_dir / "Test"):
-            label = class_dir / "Test" / "Label" / f"{image.stem}_label{image.suffix}"
-            samples.append(Sample(image, label if label.is_file() else None, int(label.is_file()), class_dir.name,
-                                  "defect" if label.is_file() else GOOD))
+            label = labels.get(image.name)
+            samples.append(Sample(image, label, int(label is not None), class_dir.name, "defect" if label else GOOD))
         test[class_dir.name] = samples
         train = class_dir / "Train"
-        normal[class_dir.name] = [p for p in _images_in(train) if not (train / "Label" / f"{p.stem}_label{p.suffix}").is_file()]
+        train_labels = _dagm_labels(train) if _images_in(train) else {}
+        normal[class_dir.name] = [p for p in _images_in(train) if p.name not in train_labels]
     if not test:
         raise DatasetError(f"no DAGM2007 classes under {root}: expected ClassN/Test/")
-    return Dataset("dagm", root, test, normal)
+    return Dataset("dagm", root, test, normal, "<category>/Train (images without a label)")
+
+
+def _dagm_labels(folder: Path) -> dict[str, Path]:
+    """Image file name -> its label file in <folder>/Label; a DatasetError when the Label folder is missing.
+
+    DAGM names a label <id>_label.PNG beside the image <id>.PNG. A label whose name matches only when
+    case is ignored (copies through case-insensitive file systems) is used, with a note saying so.
+    """
+    label_dirs = [p for p in folder.iterdir() if p.is_dir() and p.name.lower() == "label"] if folder.is_dir() else []
+    if not label_dirs:
+        raise DatasetError(f"DAGM folder {folder} has no Label/ folder: without it every image would count as normal")
+    label_dir = label_dirs[0]
+    if label_dir.name != "Label":
+        print(f"note: DAGM label folder is named {label_dir} (expected Label); using it", file=sys.stderr)
+    files = {p.name: p for p in label_dir.iterdir() if p.is_file()}
+    folded = {name.lower(): path for name, path in files.items()}
+    labels: dict[str, Path] = {}
+    for image in _images_in(folder):
+        expected = f"{image.stem}_label{image.suffix}"
+        found = files.get(expected) or folded.get(expected.lower())
+        if found is None:
+            continue
+        if found.name != expected:
+            print(f"note: DAGM label {found} differs in case from the expected {expected}; using it", file=sys.stderr)
+        labels[image.name] = found
+    return labels
 
 
 @DATASETS.register("folder")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..data.datasets import Sample, load_dataset, load_mask
-from ..errors import DatasetError
+from ..errors import CorruptWeightsError, DatasetError
 from ..files import atomic_write, atomic_write_text
 from ..images import load_image
 
@@ -130,7 +130,8 @@ class PromptTrainer:
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=True)
         except Exception as error:
-            raise DatasetError(f"cannot resume from {state_path}: {str(error).splitlines()[0][:120]}") from None
+            raise CorruptWeightsError(f"training state {state_path} is corrupt or truncated "
+                                      f"({str(error).splitlines()[0][:120]}); delete it to start over") from None
         if state.get("method") != self.learner.name or state.get("settings") != self.learner.settings_record() \
                 or state.get("seed") != self.options.seed:
             raise DatasetError(f"{state_path} belongs to another run (method, settings or seed differ); use a new -o folder")

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..backends.llm import LLM
+from ..config import GROUNDING_DINO_MAX_TEXT_TOKENS
 from ..methods.iapas.prompting import Template, final_prompts, parse_defect_words
 
 
@@ -28,7 +29,7 @@ class FinalPromptStage:
     """P_final = fixed + P_adj + tags, deduplicated, within the detector's text length."""
 
     count_tokens: Callable[[str], int] | None = None
-    max_tokens: int = 256
+    max_tokens: int = GROUNDING_DINO_MAX_TEXT_TOKENS
     name: str = "final_prompts"
     inputs: tuple[str, ...] = ("p_adj", "tags")
     outputs: tuple[str, ...] = ("prompts",)

@@ -9,13 +9,14 @@ from PIL import Image
 
 from ...backends import Detector, Segmenter, load_detector, load_segmenter
 from ...calibration import Calibration
-from ...config import Config
+from ...config import Config, unit_interval
 from ...device import resolve_device
 from ...errors import IapasError, InputImageError
 from ...graph import StageGraph
 from ...images import LoadedImage, load_image, to_rgb
 from ...stages import DetectStage, MaskStage, NmsStage, ScoreStage, SizeFilterStage
 from ...types import Boxes, Masks, Result
+from ...vocabulary import unique_prompts
 from ...weights import chosen_or_found
 
 if TYPE_CHECKING:
@@ -23,12 +24,6 @@ if TYPE_CHECKING:
 
 ImageInput = str | Path | np.ndarray | Image.Image
 GRAPH_INPUTS = ("image", "prompts", "box_threshold", "text_threshold", "size_threshold")
-
-
-def unique_prompts(prompts: Iterable[str]) -> tuple[str, ...]:
-    """Lower-cased, stripped prompts with duplicates removed, first occurrence kept."""
-    cleaned = (" ".join(p.lower().split()) for p in prompts)
-    return tuple(dict.fromkeys(p for p in cleaned if p))
 
 
 def as_rgb_array(image: ImageInput, max_pixels: int) -> np.ndarray:
@@ -69,7 +64,7 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, weights_dir: str | Path, config: Config | None = None) -> "Pipeline":
-        """Load from a weights dir laid out as weights/manifest.toml says."""
+        """Load from a weights dir laid out as the weights manifest says."""
         config = (config or Config()).updated({"weights_dir": str(weights_dir)})
         return cls.from_config(config)
 
@@ -111,7 +106,8 @@ class Pipeline:
         used_prompts = unique_prompts(prompts) if prompts else self.default_prompts()
         if not used_prompts:
             raise IapasError("no text prompts: give --prompt or a calibration")
-        threshold = self.config.filtering.size_threshold if size_threshold is None else float(size_threshold)
+        threshold = unit_interval(self.config.filtering.size_threshold if size_threshold is None else size_threshold,
+                                  "size_threshold")  # the Python API gets the CLI's range check
         run = self.graph.run(
             {
                 "image": pixels,

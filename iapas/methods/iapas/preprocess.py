@@ -80,7 +80,7 @@ class Preprocessor:
         settings = self.config.calibration
         threshold = KIND_THRESHOLDS[kind]
         tagger_spec = resolve_tagger_spec(self.config, category, self.device, self.note)
-        llm_spec = LLMSpec(settings.llm, settings.llm_model, settings.llm_url, self.device)
+        llm_spec = LLMSpec(settings.llm, settings.llm_model, settings.llm_url, self.device, settings.llm_timeout)
         cache = Path(settings.cache_dir) if settings.cache_dir else DEFAULT_CACHE_DIR
         tokenizer = getattr(getattr(self.detector, "processor", None), "tokenizer", None)
         count_tokens = (lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])) if tokenizer else None

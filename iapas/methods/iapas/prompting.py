@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from ...config import FIXED_PROMPTS
+from ...config import FIXED_PROMPTS, GROUNDING_DINO_MAX_TEXT_TOKENS
 from ...errors import ConfigError
+from ...vocabulary import unique_prompts
 
 TEMPLATES_DIR = Path(__file__).parents[2] / "resources" / "prompts"
 MAX_CLAUSE_WORDS = 4  # longer items are sentences, not defect clauses
@@ -123,7 +124,7 @@ def final_prompts(
     p_adj: Sequence[str],
     tags: Sequence[str],
     count_tokens: Callable[[str], int] | None = None,
-    max_tokens: int = 256,
+    max_tokens: int = GROUNDING_DINO_MAX_TEXT_TOKENS,
     fixed: Sequence[str] = FIXED_PROMPTS,
 ) -> tuple[str, ...]:
     """P_final = fixed prompts + P_adj + tags, deduplicated, cut where Grounding DINO's text length ends.
@@ -132,11 +133,8 @@ def final_prompts(
     Without a tokenizer a prompt is counted as its number of words (a lower bound for WordPiece).
     """
     count = count_tokens or (lambda text: len(text.split()))
-    ordered = dict.fromkeys(" ".join(p.lower().split()) for p in (*fixed, *p_adj, *tags))
     kept, used = [], 2
-    for prompt in ordered:
-        if not prompt:
-            continue
+    for prompt in unique_prompts((*fixed, *p_adj, *tags)):
         cost = count(prompt) + 1
         if used + cost > max_tokens:
             break
