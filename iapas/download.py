@@ -43,6 +43,7 @@ class DownloadSource:
     files: tuple[str, ...] = ()
     sha256: dict[str, str] = field(default_factory=dict)  # hub file -> pinned sha256
     url: str = ""
+    sha256_prefix: str = ""  # a url file's published hash prefix (open_clip names its files with one)
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,8 @@ def load_sources(path: Path = DOWNLOADS_PATH) -> list[DownloadSource]:
     data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     return [DownloadSource(entry=raw["entry"], profiles=tuple(raw.get("profiles", ())), hub=raw.get("hub", ""),
                            revision=raw.get("revision", "main"), files=tuple(raw.get("files", ())),
-                           sha256=dict(raw.get("sha256", {})), url=raw.get("url", ""))
+                           sha256=dict(raw.get("sha256", {})), url=raw.get("url", ""),
+                           sha256_prefix=raw.get("sha256_prefix", ""))
             for raw in data.get("download", [])]
 
 
@@ -198,7 +200,15 @@ def download_entry(source: DownloadSource, entry: WeightEntry, weights_dir: Path
         staging = weights_dir / ".downloads" / Path(entry.expected_path).name
         fetch_url(mirrored(source.url), staging, progress)
         try:
-            check_hash(staging, entry.name, entry.sha256, "", lock)  # url entries must be pinned in the manifest
+            if entry.sha256 or not source.sha256_prefix:
+                check_hash(staging, entry.name, entry.sha256, "", lock)  # url entries are pinned in the manifest...
+            else:  # ...or carry their publisher's hash prefix; the full hash is then recorded
+                actual = sha256_of(staging)
+                if not actual.startswith(source.sha256_prefix):
+                    raise WeightsError(f"{entry.name}: sha256 {actual[:12]}... does not start with the published "
+                                       f"{source.sha256_prefix}; file left out")
+                check_hash(staging, entry.name, "", actual, lock)
+                lock.record(entry.name, actual)
         except WeightsError:
             staging.unlink(missing_ok=True)
             raise

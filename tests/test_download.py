@@ -186,3 +186,18 @@ def test_cli_download_against_a_local_hub(tmp_path, weights_dir):
     assert (tmp_path / "w" / "grounding-dino-tiny" / "model.safetensors").read_bytes() == (demo / "model.safetensors").read_bytes()
     assert not (tmp_path / "w" / "sam_vit_b_01ec64.pth").exists()
     assert "Traceback" not in completed.stderr
+
+
+def test_url_file_checked_against_its_published_hash_prefix(hub_env, tmp_path):
+    manifest, sources = write_test_manifest(tmp_path, "")
+    manifest.write_text(manifest.read_text().replace('sha256 = ""\n', ""))
+    digest = hashlib.sha256(SAM_BYTES).hexdigest()
+    sources.write_text(sources.read_text().replace('url = "https://example.invalid/models/tiny_sam.pth"',
+                                                   f'url = "https://example.invalid/models/tiny_sam.pth"\nsha256_prefix = "{digest[:8]}"'))
+    outcomes = download(["tiny-sam"], None, tmp_path / "w", manifest_path=manifest, sources_path=sources, report=print)
+    assert outcomes[0].status == "downloaded"
+    assert json.loads((tmp_path / "w" / "downloads.lock.json").read_text()) == {"tiny-sam": digest}
+    sources.write_text(sources.read_text().replace(digest[:8], "deadbeef"))
+    outcomes = download(["tiny-sam"], None, tmp_path / "w2", manifest_path=manifest, sources_path=sources, report=print)
+    assert outcomes[0].status == "failed" and "does not start with the published deadbeef" in outcomes[0].detail
+    assert not (tmp_path / "w2" / "tiny_sam.pth").exists()
