@@ -43,7 +43,8 @@ def build_demo_grounding_dino(directory: Path, image_size: int = 128, seed: int 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     write_demo_vocab(directory / "vocab.txt")
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    # transformers 5 reads the vocabulary from `vocab` (its old `vocab_file` keyword is ignored: every word became [UNK])
+    tokenizer = BertTokenizerFast(vocab=str(directory / "vocab.txt"), do_lower_case=True)
     image_processor = GroundingDinoImageProcessor(size={"shortest_edge": image_size, "longest_edge": image_size})
     processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
     config = GroundingDinoConfig(

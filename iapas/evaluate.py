@@ -39,11 +39,14 @@ class EvalOptions:
     image_score: str = "max"  # max of the map, or "method" for the method's own score
     progress: bool = True
     limit: int = 0  # at most this many test images per category (0: all); for smoke runs
+    recipe: str = "iapas"  # config.recipe; a run of another recipe than the default gets its own folder
+    normal_split: str = "train"  # config.calibration.normal_split: where calibration draws its normal images
 
     @property
     def run_name(self) -> str:
-        """Folder of this (method, ablation): separate runs never resume into each other."""
-        return self.method + ("-no-" + "-".join(sorted(self.ablate)) if self.ablate else "")
+        """Folder of this (method, recipe, ablation): separate runs never resume into each other."""
+        recipe = f"-{self.recipe}" if self.method == "iapas" and self.recipe != "iapas" else ""
+        return self.method + recipe + ("-no-" + "-".join(sorted(self.ablate)) if self.ablate else "")
 
 
 @dataclass
@@ -90,7 +93,9 @@ def evaluate_category(
         samples = samples[: options.limit]
     if not samples:
         raise DatasetError(f"{dataset.name}/{category} has no test images")
-    normal = dataset.normal.get(category) or [s.image_path for s in samples if s.label == 0]
+    test_normal = [s.image_path for s in dataset.samples(category) if s.label == 0]
+    # the official recipe draws from the test split's normal images, as the official code does (MVTec test/good)
+    normal = test_normal if options.normal_split == "test" else (dataset.normal.get(category) or test_normal)
     if not normal:
         raise DatasetError(f"{dataset.name}/{category} has no normal images to calibrate from")
     kind = kind_for(dataset.name, category)

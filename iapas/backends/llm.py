@@ -1,6 +1,7 @@
 """LLM backends for step 1-3: a lexicon table (offline default), GGUF files, transformers models, HTTP."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import tomllib
@@ -8,7 +9,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence, Union
 
 import torch
 
@@ -20,14 +21,37 @@ from ..registry import Registry
 LEXICON_FILE = Path(__file__).parent.parent / "resources" / "defect_lexicon.toml"
 MAX_NEW_TOKENS = 96
 GENERATION_SEED = 111
+Prompt = Union[str, Sequence[dict]]  # one user message, or chat messages [{"role": ..., "content": ...}, ...]
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How an answer is decoded: greedy at temperature 0, else sampled with top-p under a fixed seed."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = MAX_NEW_TOKENS
+    seed: int = GENERATION_SEED
+
+    @property
+    def sampled(self) -> bool:
+        return self.temperature > 0
+
+
+GREEDY = GenerationOptions()
+
+
+def as_messages(prompt: Prompt) -> list[dict]:
+    """Chat messages of a prompt: a string is one user message."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
 
 
 class LLM(Protocol):
-    """Answers one prompt deterministically; `model_id` names the model for caching and records."""
+    """Answers one prompt, reproducibly under its options' seed; `model_id` names the model for caching and records."""
 
     model_id: str
 
-    def generate(self, prompt: str, tags: Sequence[str]) -> str: ...
+    def generate(self, prompt: Prompt, tags: Sequence[str], options: GenerationOptions = GREEDY) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -57,7 +81,7 @@ class LexiconLLM:
         tag = f" {tag.lower()} "
         return [name for name, keys in self.rows.items() if any(f" {key} " in tag for key in keys)]
 
-    def generate(self, prompt: str, tags: Sequence[str]) -> str:
+    def generate(self, prompt: Prompt, tags: Sequence[str], options: GenerationOptions = GREEDY) -> str:
         words: list[str] = []
         for tag in tags:
             for row in self.matching_rows(tag):
@@ -88,25 +112,36 @@ class TransformersLLM:
         self.device = device
         self.model_id = f"transformers:{path.name}"
 
+    def _stop_ids(self) -> list[int]:
+        """End-of-sequence ids, with Llama-3's <|eot_id|> when the vocabulary has it (utils/function.py terminators)."""
+        ids = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        eot = self.tokenizer.convert_tokens_to_ids("<|eot_id|>")
+        if isinstance(eot, int) and eot != self.tokenizer.unk_token_id and eot not in ids:
+            ids.append(eot)
+        return ids
+
     @torch.inference_mode()
-    def generate(self, prompt: str, tags: Sequence[str]) -> str:
-        torch.manual_seed(GENERATION_SEED)
-        messages = [{"role": "user", "content": prompt}]
+    def generate(self, prompt: Prompt, tags: Sequence[str], options: GenerationOptions = GREEDY) -> str:
+        torch.manual_seed(options.seed)
+        messages = as_messages(prompt)
         if getattr(self.tokenizer, "chat_template", None):
             encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         else:
-            encoded = self.tokenizer(prompt, return_tensors="pt")
+            encoded = self.tokenizer("\n".join(m["content"] for m in messages), return_tensors="pt")
         input_ids = encoded["input_ids"].to(self.device)
+        sampling = {"do_sample": True, "temperature": options.temperature, "top_p": options.top_p} if options.sampled else {
+            "do_sample": False}  # greedy: temperature 0
         output = self.model.generate(
             input_ids=input_ids,
             attention_mask=encoded["attention_mask"].to(self.device),
-            max_new_tokens=MAX_NEW_TOKENS,
-            do_sample=False,  # greedy: temperature 0
+            max_new_tokens=options.max_new_tokens,
+            eos_token_id=self._stop_ids() or None,
             pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            **sampling,
         )
         generated = output[0, input_ids.shape[1]:]
         answer = self.tokenizer.decode(generated, skip_special_tokens=True).strip()
-        hit_limit = len(generated) >= MAX_NEW_TOKENS and generated[-1].item() != self.tokenizer.eos_token_id
+        hit_limit = len(generated) >= options.max_new_tokens and generated[-1].item() not in self._stop_ids()
         return drop_unfinished_item(answer) if hit_limit else answer
 
 
@@ -122,14 +157,16 @@ class OpenAICompatibleLLM:
         self.timeout_s = timeout_s
         self.model_id = f"openai:{self.model}@{self.endpoint}"
 
-    def generate(self, prompt: str, tags: Sequence[str]) -> str:
+    def generate(self, prompt: Prompt, tags: Sequence[str], options: GenerationOptions = GREEDY) -> str:
         body = {
             "model": self.model,
-            "messages": [{"role": "user", "content": prompt}],
-            "temperature": 0,
-            "seed": GENERATION_SEED,
-            "max_tokens": MAX_NEW_TOKENS,
+            "messages": as_messages(prompt),
+            "temperature": options.temperature,
+            "seed": options.seed,
+            "max_tokens": options.max_new_tokens,
         }
+        if options.sampled:
+            body["top_p"] = options.top_p
         request = urllib.request.Request(
             self.endpoint, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
         )
@@ -209,17 +246,23 @@ class CachedLLM:
         self.model_id = llm.model_id
         self.hits = 0
 
-    def key(self, prompt: str, tags: Sequence[str]) -> str:
-        return hashlib.sha256(json.dumps([prompt, list(tags), self.model_id]).encode()).hexdigest()
+    def key(self, prompt: Prompt, tags: Sequence[str], options: GenerationOptions = GREEDY) -> str:
+        text = prompt if isinstance(prompt, str) else as_messages(prompt)
+        parts = [text, list(tags), self.model_id] + ([] if options == GREEDY else [dataclasses.asdict(options)])
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()  # greedy keys unchanged: old caches stay valid
 
-    def generate(self, prompt: str, tags: Sequence[str]) -> str:
+    def _ask(self, prompt: Prompt, tags: Sequence[str], options: GenerationOptions) -> str:
+        # an LLM written before generation options answers greedy prompts as it always did
+        return self.llm.generate(prompt, tags) if options == GREEDY else self.llm.generate(prompt, tags, options)
+
+    def generate(self, prompt: Prompt, tags: Sequence[str], options: GenerationOptions = GREEDY) -> str:
         if self.cache_dir is None:
-            return self.llm.generate(prompt, tags)
-        path = self.cache_dir / f"{self.key(prompt, tags)}.json"
+            return self._ask(prompt, tags, options)
+        path = self.cache_dir / f"{self.key(prompt, tags, options)}.json"
         if path.is_file():
             self.hits += 1
             return json.loads(path.read_text(encoding="utf-8"))["answer"]
-        answer = self.llm.generate(prompt, tags)
+        answer = self._ask(prompt, tags, options)
         atomic_write_text(path, json.dumps({"model": self.model_id, "tags": list(tags), "answer": answer}))
         return answer
 

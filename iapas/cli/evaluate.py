@@ -37,12 +37,14 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate import EvalOptions, run_eval
     from ..reports import paper_comparison
 
+    config = base_config(args)
     options = EvalOptions(
         dataset=args.dataset, root=Path(args.root), out_dir=Path(args.output), method=args.method,
         categories=args.categories or (), ablate=comma_list(args.ablate),
         save_maps=args.save_maps, image_score=args.image_score, progress=not args.no_progress, limit=args.limit,
+        recipe=config.recipe, normal_split=config.calibration.normal_split,
     )
-    run_dir = run_eval(options, base_config(args))
+    run_dir = run_eval(options, config)
     print((run_dir / "table.md").read_text(encoding="utf-8"))
     if args.compare_paper:
         comparison = paper_comparison(args.dataset, run_dir)
