@@ -145,7 +145,7 @@ def final_prompts(
     return tuple(kept)
 
 
-OFFICIAL_MESSAGES_FILE = Path(__file__).parents[2] / "resources" / "recipes" / "official_messages.toml"
+OFFICIAL_MESSAGES_FILE = TEMPLATES_DIR / "official_messages.toml"
 
 
 @dataclass(frozen=True)
