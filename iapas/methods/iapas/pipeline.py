@@ -82,7 +82,15 @@ class Pipeline:
 
     def default_graph(self) -> StageGraph:
         """The recipe's graph: detection -> NMS -> size filter (by the recipe's rule) -> masking -> scoring."""
+        from ...backends.grounding_dino import PHRASE_RULES
+        from ...stages.detection import CAPTION_FORMATS
+        from ...stages.scoring import NORMALISATIONS
+
         config = self.config
+        # a misspelt rule is a one-line error now, not at the first image
+        CAPTION_FORMATS.get(config.detection.caption_format)
+        PHRASE_RULES.get(config.detection.phrase_rule)
+        NORMALISATIONS.get(config.scoring.normalise)
         return StageGraph(
             [
                 DetectStage(self.detector, config.detection.caption_format, config.detection.phrase_rule),

@@ -87,6 +87,15 @@ def resolve_tagger_spec(config: Config, category: str | None, device: str, note:
     return TaggerSpec(backend=backend, weights=weights, tags=fixed_tags, top_k=settings.top_k, device=device)
 
 
+# calibration.tag_rule: (tagger, detector, config, (box, text) thresholds, fallback tags) -> the tagging stage
+TAG_RULES: Registry[Callable[..., object]] = Registry("tag rule")
+TAG_RULES.register("tagger")(lambda tagger, detector, config, thresholds, fallback: TagStage(tagger))
+TAG_RULES.register("top1-detected")(
+    lambda tagger, detector, config, thresholds, fallback: TopOneTagStage(
+        tagger, detector, *thresholds, config.filtering.nms_iou, tuple(fallback), config.detection.phrase_rule)
+)
+
+
 @dataclass
 class Preprocessor:
     """Builds and runs the preprocessing graph for one category."""
@@ -109,14 +118,9 @@ class Preprocessor:
         official = settings.prompt_style == "official"
         stages = []
         if "tagging" not in ablate:
+            build_tagging = TAG_RULES.get(settings.tag_rule)  # unknown names fail before the tagger loads
             tagger = TAGGERS.get(tagger_spec.backend)(tagger_spec)
-            if settings.tag_rule == "top1-detected":
-                stages.append(TopOneTagStage(tagger, self.detector, box_threshold, text_threshold, config.filtering.nms_iou,
-                                             tagger_spec.tags, config.detection.phrase_rule))
-            elif settings.tag_rule == "tagger":
-                stages.append(TagStage(tagger))
-            else:
-                raise ConfigError(f"unknown calibration.tag_rule {settings.tag_rule!r} (known: tagger, top1-detected)")
+            stages.append(build_tagging(tagger, self.detector, config, (box_threshold, text_threshold), tagger_spec.tags))
         if config.filtering.size_rule == "calibrated":  # the per-image rule measures the object on each test image
             stages.append(SizeThresholdStage(self.detector, box_threshold, text_threshold, settings.size_cap))
         if "llm" not in ablate:
