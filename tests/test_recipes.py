@@ -290,3 +290,25 @@ def test_cli_eval_with_the_official_recipe(capsys, weights_dir, tmp_path):
     calibration = json.loads((run_dir / "calibrations" / "washer.json").read_text())
     # the official recipe calibrates on the test split's normal images (MVTec test/good), as the official code does
     assert calibration["recipe"] == "official" and all("/test/good/" in p for p in calibration["normal_images"])
+
+
+def test_cli_calibrate_and_segment_with_the_official_recipe(capsys, weights_dir, tmp_path):
+    from PIL import Image
+
+    from iapas.data.synth import synth_sample
+
+    normal = tmp_path / "normal"
+    normal.mkdir()
+    rng = np.random.default_rng(1)
+    for index in range(2):
+        Image.fromarray(synth_sample("washer", None, rng, 48)[0]).save(normal / f"{index}.png")
+    common = ["--weights", str(weights_dir), "--recipe", "official"]
+    assert main(["calibrate", str(normal), "--tagger", "fixed", "--tags", "washer", "--cache-dir", str(tmp_path / "c"),
+                 "-o", str(tmp_path / "calib.json"), *common]) == 0
+    assert main(["calibrate", "--show", str(tmp_path / "calib.json")]) == 0
+    shown = capsys.readouterr().out
+    assert "official" in shown and "official-messages-v1" in shown
+    assert main(["segment", str(normal / "0.png"), "--calibration", str(tmp_path / "calib.json"), "-o", str(tmp_path / "out"),
+                 "--no-progress", *common]) == 0
+    record = json.loads((tmp_path / "out" / "0.json").read_text())
+    assert record["prompts"][-1] == json.loads((tmp_path / "calib.json").read_text())["tags"][0].lower()
