@@ -95,7 +95,8 @@ def evaluate_category(
         raise DatasetError(f"{dataset.name}/{category} has no test images")
     test_normal = [s.image_path for s in dataset.samples(category) if s.label == 0]
     # the official recipe draws from the test split's normal images, as the official code does (MVTec test/good)
-    normal = test_normal if options.normal_split == "test" else (dataset.normal.get(category) or test_normal)
+    train_normal = dataset.normal.get(category) or []
+    normal = (test_normal or train_normal) if options.normal_split == "test" else (train_normal or test_normal)
     if not normal:
         raise DatasetError(f"{dataset.name}/{category} has no normal images to calibrate from")
     kind = kind_for(dataset.name, category)
