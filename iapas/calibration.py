@@ -34,6 +34,7 @@ class Calibration:
     models: dict[str, str] = field(default_factory=dict)
     template: dict[str, str] = field(default_factory=dict)
     ablated: tuple[str, ...] = ()
+    recipe: str = "iapas"  # the recipe whose rules made it (config.recipe)
     format: int = CALIBRATION_FORMAT
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +131,7 @@ def calibration_table(calibration: Calibration, title: str = "calibration"):
         ("models", ", ".join(f"{k}={v}" for k, v in calibration.models.items())),
         ("template", f"{calibration.template.get('name', '-')} ({calibration.template.get('sha256', '')[:12]})"),
         ("ablated", ", ".join(calibration.ablated) or "-"),
+        ("recipe", calibration.recipe),
     ]
     for name, value in rows:
         table.add_row(name, value)

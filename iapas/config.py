@@ -25,6 +25,8 @@ GROUNDING_DINO_MAX_TEXT_TOKENS = 256  # Grounding DINO's text length (max_text_l
 DEFAULT_LLM_TIMEOUT_S = 120.0  # an HTTP LLM endpoint that has not answered by then is given up
 FIXED_PROMPTS = ("abnormal", "defect")  # the fixed prompts P_final always holds
 KIND_THRESHOLDS = {"object": PAPER_OBJECT_THRESHOLD, "texture": PAPER_TEXTURE_THRESHOLD}
+DEFAULT_RECIPE = "iapas"
+RECIPES_DIR = Path(__file__).parent / "resources" / "recipes"
 # Categories the paper's datasets treat as textures (MVTec AD textures, KSDD1, MTD, DTD-Synthetic, DAGM2007).
 TEXTURE_CATEGORIES = frozenset(
     "carpet grid leather tile wood ksdd1 kolektorsdd kolektor mtd magnetic_tile magnetic-tile dtd dtd-synthetic dagm "
@@ -71,6 +73,8 @@ class DetectionConfig:
     box_threshold: float = PAPER_OBJECT_THRESHOLD
     text_threshold: float = PAPER_OBJECT_THRESHOLD
     max_text_tokens: int = GROUNDING_DINO_MAX_TEXT_TOKENS  # longer prompt lists are split
+    caption_format: str = "dots"  # dots: "a . b ." | official: " . n1. n2, tag." (stages/detection.py CAPTION_FORMATS)
+    phrase_rule: str = "words"  # words: caption tokens above text threshold, punctuation dropped | tokens: as decoded
 
 
 @dataclass
@@ -79,6 +83,15 @@ class FilteringConfig:
 
     nms_iou: float = PAPER_NMS_IOU
     size_threshold: float = PAPER_SIZE_THRESHOLD  # keep boxes whose area / image area is below this
+    # calibrated: area ratio < S_threshold | object-per-image: area ratio < size_threshold x this image's object size
+    size_rule: str = "calibrated"
+
+
+@dataclass
+class ScoringConfig:
+    """The anomaly map (step 2-4)."""
+
+    normalise: str = "clip"  # clip: sum of score x mask clipped to [0, 1] | minmax: min-max per image
 
 
 @dataclass
@@ -114,6 +127,16 @@ class CalibrationConfig:
     template: str = "iap_v1"
     cache_dir: str = ""  # empty: ~/.cache/iapas/llm
     size_cap: float = PAPER_SIZE_THRESHOLD
+    tag_rule: str = "tagger"  # tagger: the tagger's tags | top1-detected: best Grounding DINO phrase over the images
+    normal_split: str = "train"  # eval: draw normal images from the train split, or from the test split's normal images
+    thresholds: str = "kind"  # kind: 0.2 objects / 0.1 textures (paper) | config: detection.box_/text_threshold
+    prompt_style: str = "template"  # template: one IAP prompt | official: system + user messages per object tag
+    answer_cleaning: str = "parse"  # parse: parse_defect_words | official: the official clean_string
+    add_fixed_prompts: bool = True  # P_final holds "abnormal" and "defect"
+    llm_temperature: float = 0.0  # 0: greedy
+    llm_top_p: float = 1.0
+    llm_max_new_tokens: int = 96
+    llm_seed: int = PAPER_SEED
 
 
 @dataclass
@@ -132,11 +155,14 @@ class ClipMethodsConfig:
 class Config:
     """Every setting of a pipeline run."""
 
+    recipe: str = DEFAULT_RECIPE  # the named preset of rules this config started from (resources/recipes/)
+    recipe_version: int = 1
     weights_dir: str = "weights"
     device: str = "auto"
     max_image_pixels: int = 80_000_000  # larger images are refused rather than exhausting memory
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     filtering: FilteringConfig = field(default_factory=FilteringConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
@@ -192,6 +218,8 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
             raise ConfigError(f"{path} must be a list")
         item_type = hint.__args__[0]
         return [_coerce(v, item_type, f"{path}[{i}]") for i, v in enumerate(value)]
+    if hint is bool and isinstance(value, bool):
+        return value
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
@@ -231,8 +259,43 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return validate_config(_build(Config, data, ""))
 
 
-def load_config(path: str | Path) -> Config:
-    """Read a Config from a .yaml/.yml, .toml or .json file."""
+def recipe_names() -> list[str]:
+    """The shipped recipes: one TOML file each in resources/recipes."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
+
+
+def recipe_settings(name: str) -> dict[str, Any]:
+    """A recipe's settings as nested data (its `[recipe]` header becomes `recipe`/`recipe_version`)."""
+    path = RECIPES_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"unknown recipe {name!r} (shipped: {', '.join(recipe_names())})")
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    header = data.pop("recipe", {})
+    data["recipe"], data["recipe_version"] = header.get("name", name), int(header.get("version", 1))
+    return data
+
+
+def _merged(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in layer.items():
+        merged[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
+def build_config(recipe: str | None = None, data: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the recipe (or the one `data` names), then `data`: a config file's settings win over its recipe."""
+    data = dict(data or {})
+    name = recipe or data.get("recipe") or DEFAULT_RECIPE
+    if recipe and data.get("recipe") not in (None, recipe):
+        raise ConfigError(f"the config file names recipe {data['recipe']!r} but --recipe is {recipe!r}")
+    layered = _merged(Config().to_dict(), recipe_settings(name))
+    data.pop("recipe", None)
+    data.pop("recipe_version", None)
+    return config_from_dict(_merged(layered, data))
+
+
+def read_config_data(path: str | Path) -> dict[str, Any]:
+    """The settings of a .yaml/.yml, .toml or .json config file, as nested data."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -252,4 +315,11 @@ def load_config(path: str | Path) -> Config:
     except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
         first_line = str(error).splitlines()[0]
         raise ConfigError(f"cannot parse {path}: {first_line}") from None
-    return config_from_dict(data)
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file must hold a mapping: {path}")
+    return data
+
+
+def load_config(path: str | Path, recipe: str | None = None) -> Config:
+    """Read a Config from a .yaml/.yml, .toml or .json file, over its recipe (the one it names, or `recipe`)."""
+    return build_config(recipe, read_config_data(path))

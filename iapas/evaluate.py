@@ -38,11 +38,14 @@ class EvalOptions:
     progress: bool = True
     limit: int = 0  # at most this many test images per category (0: all), drawn with `seed`; for smoke runs
     seed: int = PAPER_SEED
+    recipe: str = "iapas"  # config.recipe; a run of another recipe than the default gets its own folder
+    normal_split: str = "train"  # config.calibration.normal_split: where calibration draws its normal images
 
     @property
     def run_name(self) -> str:
-        """Folder of this (method, ablation): separate runs never resume into each other."""
-        return self.method + ("-no-" + "-".join(sorted(self.ablate)) if self.ablate else "")
+        """Folder of this (method, recipe, ablation): separate runs never resume into each other."""
+        recipe = f"-{self.recipe}" if self.method == "iapas" and self.recipe != "iapas" else ""
+        return self.method + recipe + ("-no-" + "-".join(sorted(self.ablate)) if self.ablate else "")
 
 
 @dataclass
@@ -83,7 +86,10 @@ def evaluate_category(
     samples: list[Sample] = dataset.samples(category)
     samples = limited_samples(samples, options.limit, options.seed)
     dataset.check(category)
-    normal = dataset.calibration_images(category)
+    # the official recipe draws from the test split's normal images, as the official code does (MVTec test/good)
+    test_normal = [s.image_path for s in dataset.samples(category) if s.label == 0]
+    normal = (test_normal or dataset.calibration_images(category)) if options.normal_split == "test" \
+        else dataset.calibration_images(category)
     kind = kind_of(category, dataset.name)
     prepare_start = time.perf_counter()
     method.prepare(category, normal, kind, run_dir)

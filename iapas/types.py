@@ -21,7 +21,7 @@ class Boxes:
     """Detected regions in pixel coordinates of the input image.
 
     xyxy: (N, 4) float32, x0 y0 x1 y1; scores: (N,) float32 in [0, 1];
-    phrases: N prompt phrases, the best-matching prompt of each box ("" when none passed the text threshold).
+    phrases: N phrases, the caption tokens above the text threshold of each box ("" when none passed it).
     """
 
     xyxy: np.ndarray

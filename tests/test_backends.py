@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from iapas.backends import load_detector, load_segmenter
-from iapas.backends.grounding_dino import caption_for, token_spans
+from iapas.stages.detection import captions_for
 from iapas.backends.sam import OriginalSam, infer_sam_geometry
 from iapas.demo_weights import DEMO_SAM_GEOMETRY
 from iapas.errors import WeightsError
@@ -13,12 +13,16 @@ from iapas.weights import find_weights
 CPU = torch.device("cpu")
 
 
-def test_caption_and_token_spans():
-    caption, spans = caption_for(["abnormal", "metal scratch", "defect"])
-    assert caption == "abnormal . metal scratch . defect ."
-    assert [caption[a:b] for a, b in spans] == ["abnormal", "metal scratch", "defect"]
-    offsets = [(0, 0), (0, 8), (9, 10), (11, 16), (17, 24), (25, 26), (27, 33), (34, 35), (0, 0)]
-    assert token_spans(offsets, spans) == [[1], [3, 4], [6]]
+def test_caption_formats_and_splitting():
+    prompts = ["Abnormal", "metal scratch", "defect"]
+    assert captions_for(prompts, "dots", lambda c: True) == ["abnormal . metal scratch . defect ."]
+    # the official caption: ' . ' + nouns joined by '. ' + ', ' + object tag + '.', lower-cased and stripped
+    assert captions_for(["scratch", "dent", "washer"], "official", lambda c: True) == [". scratch. dent, washer."]
+    assert captions_for(["washer"], "official", lambda c: True) == ["washer."]
+    short = lambda caption: len(caption) <= 20  # noqa: E731
+    short = lambda caption: len(caption) <= 24  # noqa: E731
+    assert captions_for(["scratch", "dent", "crack", "washer"], "official", short) == [". scratch. dent, washer.", ". crack, washer."]
+    assert captions_for(["a", "bb", "ccc"], "dots", lambda c: len(c) <= 8) == ["a . bb .", "ccc ."]
 
 
 @pytest.mark.parametrize("variant, embed_dim, depth, heads, globals_", [
@@ -69,7 +73,8 @@ def test_grounding_dino_detects_within_image(weights_dir):
     boxes = detector.detect(image, ["abnormal", "defect", "metal scratch"], 0.0, 0.0)
     assert len(boxes) == detector.model.config.num_queries
     assert boxes.xyxy.min() >= 0 and boxes.xyxy[:, 2].max() <= 120 and boxes.xyxy[:, 3].max() <= 80
-    assert set(boxes.phrases) <= {"abnormal", "defect", "metal scratch"}
+    # every caption token is above a text threshold of 0: each box is named by all the caption's words
+    assert set(boxes.phrases) == {"abnormal defect metal scratch"}
     assert np.all((boxes.scores >= 0) & (boxes.scores <= 1))
     # Raising the box threshold keeps exactly the boxes scoring above it.
     cut = float(np.median(boxes.scores))
@@ -82,13 +87,24 @@ def test_grounding_dino_detects_within_image(weights_dir):
 
 def test_grounding_dino_splits_long_prompt_lists(weights_dir):
     detector = load_detector("hf-grounding-dino", find_weights("detector", weights_dir)[1], CPU)
-    detector.max_text_len = 12  # force several chunks on the tiny model
     prompts = [f"defect{i}" for i in range(6)]
-    chunks = detector._chunks(prompts)
-    assert len(chunks) > 1 and [p for chunk in chunks for p in chunk] == prompts
+    fits = lambda caption: detector.count_tokens(caption) <= 12  # noqa: E731  (force several captions on the tiny model)
+    captions = captions_for(prompts, "dots", fits)
+    assert len(captions) > 1 and " ".join(captions).replace(" .", "").split() == prompts
     image = np.zeros((64, 64, 3), np.uint8)
-    boxes = detector.detect(image, prompts, 0.0, 0.0)
-    assert len(boxes) == len(chunks) * detector.model.config.num_queries
+    before = detector.backbone_runs
+    boxes = detector.detect_captions(image, captions, 0.0, 0.0)
+    assert len(boxes) == len(captions) * detector.model.config.num_queries
+    assert detector.backbone_runs - before == 1  # the image is encoded once for all captions
+    # and reusing the features changes nothing: each caption alone gives the same boxes
+    detector._last = None  # forget the kept features: each caption below is encoded afresh
+    alone = []
+    for caption in captions:
+        alone.append(detector.detect_captions(image, [caption], 0.0, 0.0))
+        detector._last = None
+    assert detector.backbone_runs - before == 1 + len(captions)
+    np.testing.assert_allclose(boxes.xyxy, np.concatenate([b.xyxy for b in alone]), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(boxes.scores, np.concatenate([b.scores for b in alone]), rtol=1e-5, atol=1e-6)
 
 
 def test_missing_and_wrong_weights_are_one_line_errors(tmp_path, weights_dir):

@@ -136,7 +136,8 @@ def test_bad_config_is_one_line(capsys, tmp_path):
     config.write_text("[detection]\nbox_treshold = 0.3\n")
     code, _, err = run(capsys, "config", "show", "--config", config)
     assert code == 2 and err.strip() == (
-        "iapas: error: unknown setting detection.box_treshold (known: backend, box_threshold, max_text_tokens, text_threshold, weights)"
+        "iapas: error: unknown setting detection.box_treshold (known: backend, box_threshold, caption_format, max_text_tokens, "
+        "phrase_rule, text_threshold, weights)"
     )
 
 
@@ -147,7 +148,7 @@ def test_config_show_round_trips(capsys, tmp_path):
     code, out, _ = run(capsys, "config", "show", "--device", "cpu")
     data = yaml.safe_load(out)
     assert code == 0 and data["device"] == "cpu"
-    assert data["detection"]["box_threshold"] == 0.2 and data["filtering"] == {"nms_iou": 0.5, "size_threshold": 0.8}
+    assert data["detection"]["box_threshold"] == 0.2 and data["filtering"] == {"nms_iou": 0.5, "size_threshold": 0.8, "size_rule": "calibrated"}
     assert config_from_dict(data).to_dict() == data
 
 

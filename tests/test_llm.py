@@ -4,6 +4,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
+import torch
 
 from iapas.backends.llm import LLMSpec, LexiconLLM, load_llm
 from iapas.errors import ConfigError, IapasError, WeightsError
@@ -137,3 +138,48 @@ def test_real_gguf_model_generates_deterministically(smollm2_gguf, tmp_path):
     assert not {"metal", "washer"} & {w for p in parsed for w in p.split()}
     assert llm.model_id == "transformers:SmolLM2-135M-Instruct.Q4_1.gguf"
     assert llm.identity.startswith("transformers:") and llm.identity != llm.model_id  # the cache keys on the file
+
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A tiny random LlamaForCausalLM and a WordPiece tokenizer saved as a transformers directory (the `hf` backend)."""
+    from transformers import BertTokenizerFast, LlamaConfig, LlamaForCausalLM
+
+    from iapas.demo_weights import write_demo_vocab
+
+    directory = tmp_path_factory.mktemp("llama")
+    write_demo_vocab(directory / "vocab.txt")
+    tokenizer = BertTokenizerFast(vocab=str(directory / "vocab.txt"))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_transformers_llm_honours_sampling_options(tiny_llama):
+    """The official recipe's sampling (temperature 0.6, top-p 0.9) under a seed: reproducible, and not greedy."""
+    from iapas.backends.llm import GenerationOptions
+    from iapas.methods.iapas.prompting import OfficialMessages
+
+    llm = load_llm(LLMSpec("hf", model=str(tiny_llama)), cache_dir=None)
+    messages = OfficialMessages.load().render("washer")
+    greedy = llm.generate(messages, ["washer"], GenerationOptions(max_new_tokens=12))
+    assert greedy == llm.generate(messages, ["washer"], GenerationOptions(max_new_tokens=12, seed=5))  # greedy ignores the seed
+    sampled = [llm.generate(messages, ["washer"], GenerationOptions(0.6, 0.9, 12, seed)) for seed in (1, 2, 3)]
+    assert llm.generate(messages, ["washer"], GenerationOptions(0.6, 0.9, 12, 1)) == sampled[0]  # same seed, same answer
+    assert any(answer != greedy for answer in sampled)  # sampling really happens
+    assert len(set(sampled)) > 1  # and the seed is what changes it
+    assert len(llm.generate(messages, ["washer"], GenerationOptions(0.6, 0.9, 3, 1)).split()) <= 3  # max_new_tokens
+
+
+def test_openai_request_carries_the_sampling_options(stub_server):
+    from iapas.backends.llm import GenerationOptions
+
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    load_llm(LLMSpec("openai", url=stub_server), None).generate(messages, ["washer"], GenerationOptions(0.6, 0.9, 512, 111))
+    [(_, body)] = StubHandler.requests
+    assert body["messages"] == messages
+    assert (body["temperature"], body["top_p"], body["max_tokens"], body["seed"]) == (0.6, 0.9, 512, 111)

@@ -17,9 +17,19 @@ from ..weights import entry_for_path
 
 
 class Detector(Protocol):
-    """Open-set box detector: text prompts in, scored boxes out."""
+    """Open-set box detector: text prompts (or ready captions) in, scored boxes out."""
 
     def detect(self, image: np.ndarray, prompts: Sequence[str], box_threshold: float, text_threshold: float) -> Boxes: ...
+
+    def detect_captions(
+        self, image: np.ndarray, captions: Sequence[str], box_threshold: float, text_threshold: float, phrase_rule: str = "words"
+    ) -> Boxes:
+        """Boxes of every caption on one image, the image encoded once."""
+        ...
+
+    def fits(self, caption: str) -> bool:
+        """Whether a caption fits the detector's text length."""
+        ...
 
 
 class Segmenter(Protocol):

@@ -63,3 +63,24 @@ class LlamaCppChat:
             raise IapasError(f"llama.cpp could not answer with {self.path.name}: {str(detail)[:160]}")
         choice = reply["choices"][0]
         return str(choice["message"]["content"]).strip(), choice.get("finish_reason") == "length"
+
+
+class LlamaCppLLM:
+    """The `gguf` LLM backend: step 1-3's prompt through llama.cpp, greedy or sampled as the recipe says."""
+
+    def __init__(self, path: Path, threads: int = 0) -> None:
+        from ..weights import file_identity
+
+        self.runner = LlamaCppChat(path, threads)
+        self.model_id = f"llama.cpp:{Path(path).name}"
+        self.identity = f"llama.cpp:{file_identity(Path(path))}"  # the file itself, not its base name, keys the cache
+
+    def generate(self, prompt, tags, options=None) -> str:
+        """The answer, its half-written last item dropped when it stopped at the token limit."""
+        from ..methods.iapas.prompting import drop_unfinished_item
+        from .llm import GREEDY, as_messages
+
+        options = options or GREEDY
+        text, cut = self.runner.chat(as_messages(prompt), options.max_new_tokens, options.temperature, options.top_p,
+                                     options.seed)
+        return drop_unfinished_item(text) if cut else text

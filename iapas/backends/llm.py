@@ -1,6 +1,7 @@
-"""LLM backends for step 1-3: a lexicon table (offline default), GGUF files, transformers models, HTTP."""
+"""LLM backends for step 1-3: a lexicon table (offline default), GGUF files (llama.cpp), transformers models, HTTP."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -11,7 +12,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, Union
 
 import torch
 
@@ -25,17 +26,40 @@ from ..weights import file_identity
 from .base import load_error, quiet_loading
 
 MAX_NEW_TOKENS = 96
-GENERATION_SEED = 111  # sent to HTTP endpoints; local generation is greedy and needs no seed
+GENERATION_SEED = 111  # the seed of sampled answers (official recipe) and of HTTP requests
 PROGRESS_INTERVAL_S = 10.0  # how often a non-terminal run says it is still waiting for an endpoint
+Prompt = Union[str, Sequence[dict]]  # one user message, or chat messages [{"role": ..., "content": ...}, ...]
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How an answer is decoded: greedy at temperature 0, else sampled with top-p under a fixed seed."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = MAX_NEW_TOKENS
+    seed: int = GENERATION_SEED
+
+    @property
+    def sampled(self) -> bool:
+        return self.temperature > 0
+
+
+GREEDY = GenerationOptions()
+
+
+def as_messages(prompt: Prompt) -> list[dict]:
+    """Chat messages of a prompt: a string is one user message."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
 
 
 class LLM(Protocol):
-    """Answers one prompt deterministically; `model_id` names the model in records, `identity` keys the cache."""
+    """Answers one prompt, reproducibly under its options' seed; `model_id` names the model in records, `identity` keys the cache."""
 
     model_id: str
     identity: str  # changes whenever the model's files change (content hash, or path + size + mtime)
 
-    def generate(self, prompt: str, tags: Sequence[str]) -> str: ...
+    def generate(self, prompt: Prompt, tags: Sequence[str], options: GenerationOptions = GREEDY) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -68,7 +92,7 @@ class LexiconLLM:
         tag = f" {tag.lower()} "
         return [name for name, keys in self.rows.items() if any(f" {key} " in tag for key in keys)]
 
-    def generate(self, prompt: str, tags: Sequence[str]) -> str:
+    def generate(self, prompt: Prompt, tags: Sequence[str], options: GenerationOptions = GREEDY) -> str:
         words: list[str] = []
         for tag in tags:
             for row in self.matching_rows(tag):
@@ -100,25 +124,44 @@ class TransformersLLM:
         # two different files may share a base name: the cache keys on the files themselves
         self.identity = f"transformers:{file_identity(path)}"
 
+    def _stop_ids(self) -> list[int]:
+        """End-of-sequence ids, with Llama-3's <|eot_id|> when the vocabulary has it (utils/function.py terminators)."""
+        ids = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        eot = self.tokenizer.convert_tokens_to_ids("<|eot_id|>")
+        if isinstance(eot, int) and eot != self.tokenizer.unk_token_id and eot not in ids:
+            ids.append(eot)
+        return ids
+
     @torch.inference_mode()
-    def generate(self, prompt: str, tags: Sequence[str]) -> str:
-        # greedy decoding draws no random numbers, so no seed is set (the global torch seed stays the caller's)
-        messages = [{"role": "user", "content": prompt}]
+    def generate(self, prompt: Prompt, tags: Sequence[str], options: GenerationOptions = GREEDY) -> str:
+        messages = as_messages(prompt)
+        return self._generate(messages, options)
+
+    def _generate(self, messages: list[dict], options: GenerationOptions) -> str:
+        # sampling draws from torch's global generator: seed it inside fork_rng so the caller's state is restored after
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(options.seed)
+            return self._decode(messages, options)
+
+    def _decode(self, messages: list[dict], options: GenerationOptions) -> str:
         if getattr(self.tokenizer, "chat_template", None):
             encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         else:
-            encoded = self.tokenizer(prompt, return_tensors="pt")
+            encoded = self.tokenizer("\n".join(m["content"] for m in messages), return_tensors="pt")
         input_ids = encoded["input_ids"].to(self.device)
+        sampling = {"do_sample": True, "temperature": options.temperature, "top_p": options.top_p} if options.sampled else {
+            "do_sample": False}  # greedy: temperature 0
         output = self.model.generate(
             input_ids=input_ids,
             attention_mask=encoded["attention_mask"].to(self.device),
-            max_new_tokens=MAX_NEW_TOKENS,
-            do_sample=False,  # greedy: temperature 0
+            max_new_tokens=options.max_new_tokens,
+            eos_token_id=self._stop_ids() or None,
             pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            **sampling,
         )
         generated = output[0, input_ids.shape[1]:]
         answer = self.tokenizer.decode(generated, skip_special_tokens=True).strip()
-        hit_limit = len(generated) >= MAX_NEW_TOKENS and generated[-1].item() != self.tokenizer.eos_token_id
+        hit_limit = len(generated) >= options.max_new_tokens and generated[-1].item() not in self._stop_ids()
         return drop_unfinished_item(answer) if hit_limit else answer
 
 
@@ -137,19 +180,21 @@ class OpenAICompatibleLLM:
         self.model_id = f"openai:{self.model}@{self.endpoint}"
         self.identity = self.model_id  # a server's model cannot be inspected from here
 
-    def generate(self, prompt: str, tags: Sequence[str]) -> Any:
+    def generate(self, prompt: Prompt, tags: Sequence[str], options: GenerationOptions = GREEDY) -> Any:
         """The answer's text (or whatever non-text content the endpoint sent: the cache layer refuses it)."""
-        return wait_with_progress(lambda: self._ask(prompt), self.timeout_s, f"LLM endpoint {self.endpoint}",
+        return wait_with_progress(lambda: self._ask(prompt, options), self.timeout_s, f"LLM endpoint {self.endpoint}",
                                   self.progress_interval_s)
 
-    def _ask(self, prompt: str) -> Any:
+    def _ask(self, prompt: Prompt, options: GenerationOptions) -> Any:
         body = {
             "model": self.model,
-            "messages": [{"role": "user", "content": prompt}],
-            "temperature": 0,
-            "seed": GENERATION_SEED,
-            "max_tokens": MAX_NEW_TOKENS,
+            "messages": as_messages(prompt),
+            "temperature": options.temperature,
+            "seed": options.seed,
+            "max_tokens": options.max_new_tokens,
         }
+        if options.sampled:
+            body["top_p"] = options.top_p
         request = urllib.request.Request(
             self.endpoint, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
         )
@@ -252,7 +297,9 @@ def load_gguf(spec: LLMSpec) -> LLM:
         if not found:
             raise WeightsError(f"no .gguf file in {path}")
         path = found[0]
-    return TransformersLLM(path, spec.device)
+    from .llamacpp import LlamaCppLLM  # quantised weights run as they are; transformers would dequantise them
+
+    return LlamaCppLLM(path)
 
 
 @LLMS.register("hf")
@@ -288,8 +335,10 @@ class CachedLLM:
         self.warn = warn or (lambda message: print(f"iapas: warning: {message}", file=sys.stderr))
         self.hits = 0
 
-    def key(self, prompt: str, tags: Sequence[str]) -> str:
-        return hashlib.sha256(json.dumps([prompt, list(tags), self.identity]).encode()).hexdigest()
+    def key(self, prompt: Prompt, tags: Sequence[str], options: GenerationOptions = GREEDY) -> str:
+        text = prompt if isinstance(prompt, str) else as_messages(prompt)
+        parts = [text, list(tags), self.identity] + ([] if options == GREEDY else [dataclasses.asdict(options)])
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     def _cached(self, path: Path) -> str | None:
         try:
@@ -298,14 +347,18 @@ class CachedLLM:
             return None  # a damaged entry is asked again and overwritten
         return answer if usable_answer(answer) else None
 
-    def generate(self, prompt: str, tags: Sequence[str]) -> str:
-        path = self.cache_dir / f"{self.key(prompt, tags)}.json" if self.cache_dir else None
+    def _ask(self, prompt: Prompt, tags: Sequence[str], options: GenerationOptions) -> Any:
+        # an LLM written before generation options answers greedy prompts as it always did
+        return self.llm.generate(prompt, tags) if options == GREEDY else self.llm.generate(prompt, tags, options)
+
+    def generate(self, prompt: Prompt, tags: Sequence[str], options: GenerationOptions = GREEDY) -> str:
+        path = self.cache_dir / f"{self.key(prompt, tags, options)}.json" if self.cache_dir else None
         if path is not None and path.is_file():
             cached = self._cached(path)
             if cached is not None:
                 self.hits += 1
                 return cached
-        answer = self.llm.generate(prompt, tags)
+        answer = self._ask(prompt, tags, options)
         if not usable_answer(answer):
             shown = "an empty answer" if isinstance(answer, str) else f"a {type(answer).__name__} instead of text"
             self.warn(f"LLM {self.model_id} gave {shown} for tags {list(tags)}; no LLM prompts are added (not cached)")

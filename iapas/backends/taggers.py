@@ -24,6 +24,10 @@ class Tagger(Protocol):
 
     def tag(self, images: Sequence[np.ndarray]) -> tuple[str, ...]: ...
 
+    def tag_each(self, images: Sequence[np.ndarray]) -> list[tuple[str, ...]]:
+        """Each image's own tags, in the tagger's order (the official top-1 rule tags image by image)."""
+        ...
+
 
 @dataclass(frozen=True)
 class TaggerSpec:
@@ -48,6 +52,9 @@ class FixedTagger:
 
     def tag(self, images: Sequence[np.ndarray]) -> tuple[str, ...]:
         return self.tags
+
+    def tag_each(self, images: Sequence[np.ndarray]) -> list[tuple[str, ...]]:
+        return [self.tags for _ in images]
 
 
 class ClipTagger:
@@ -77,10 +84,15 @@ class ClipTagger:
         logits = self.backbone.logit_scale() * features @ self._text.T
         return logits.softmax(dim=-1).mean(dim=0).cpu().numpy()
 
-    def tag(self, images: Sequence[np.ndarray]) -> tuple[str, ...]:
-        probabilities = self.scores(images)
+    def _top(self, probabilities: np.ndarray) -> tuple[str, ...]:
         order = np.argsort(-probabilities, kind="stable")[: self.top_k]
         return tuple(self.vocabulary[i] for i in order if probabilities[i] >= self.min_score)
+
+    def tag(self, images: Sequence[np.ndarray]) -> tuple[str, ...]:
+        return self._top(self.scores(images))
+
+    def tag_each(self, images: Sequence[np.ndarray]) -> list[tuple[str, ...]]:
+        return [self._top(self.scores([image])) for image in images]
 
 
 class RamTagger:
@@ -104,15 +116,18 @@ class RamTagger:
         self.model_id = f"ram:{Path(path).name}"
 
     @torch.inference_mode()
-    def tag(self, images: Sequence[np.ndarray]) -> tuple[str, ...]:
+    def tag_each(self, images: Sequence[np.ndarray]) -> list[tuple[str, ...]]:
         from PIL import Image
 
-        tags: list[str] = []
+        found = []
         for image in images:
             batch = self.transform(Image.fromarray(image)).unsqueeze(0).to(self.device)
-            english = self.inference(batch, self.model)[0]
-            tags.extend(t.strip() for t in english.split("|"))
-        return tuple(dict.fromkeys(t for t in tags if t))
+            english = self.inference(batch, self.model)[0]  # "tag | tag | tag"
+            found.append(tuple(t.strip() for t in english.split("|") if t.strip()))
+        return found
+
+    def tag(self, images: Sequence[np.ndarray]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(t for tags in self.tag_each(images) for t in tags))
 
 
 @TAGGERS.register("fixed")

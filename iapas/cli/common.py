@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import Config, at_least_one, load_config, unit_interval
+from ..config import Config, at_least_one, build_config, read_config_data, recipe_names, unit_interval
 from ..errors import ValueRangeError
 from ..device import DEVICE_CHOICES
 
@@ -40,7 +40,8 @@ CONFIG_OPTIONS = {
 
 def base_config(args: argparse.Namespace) -> Config:
     """The config file (or defaults) with the command-line options laid over it."""
-    config = load_config(args.config) if getattr(args, "config", None) else Config()
+    data = read_config_data(args.config) if getattr(args, "config", None) else {}
+    config = build_config(getattr(args, "recipe", None), data)
     return config.updated({key: getattr(args, attribute, None) for attribute, key in CONFIG_OPTIONS.items()})
 
 
@@ -78,8 +79,10 @@ positive_seconds = _argument_type(_positive_seconds, "float")
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """Options naming the config file, the weights and the device."""
-    parser.add_argument("--config", help="YAML, TOML or JSON config file (see `iapas config show`)")
+    """Options naming the recipe, the config file, the weights and the device."""
+    parser.add_argument("--recipe", choices=recipe_names(),
+                        help="named preset of every rule: iapas (default) or official (the authors' code); see README")
+    parser.add_argument("--config", help="YAML, TOML or JSON config file over the recipe (see `iapas config show`)")
     parser.add_argument("--weights", help="weights dir laid out as `iapas weights list` shows (iapas/resources/manifest.toml; default: weights)")
     parser.add_argument("--detector", help="Grounding DINO directory (overrides the weights dir)")
     parser.add_argument("--segmenter", help="SAM .pth file or SamModel directory (overrides the weights dir)")

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         categories=args.categories or (), ablate=comma_list(args.ablate),
         save_maps=args.save_maps, image_score=args.image_score, progress=not args.no_progress, limit=args.limit,
         seed=config.calibration.seed,
+        recipe=config.recipe, normal_split=config.calibration.normal_split,
     )
     run_dir = run_eval(options, config)
     print((run_dir / "table.md").read_text(encoding="utf-8"))

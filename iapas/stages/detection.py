@@ -1,12 +1,70 @@
-"""Step 2-1: boxes and confidences from Grounding DINO for the prompts P_final."""
+"""Step 2-1: boxes and confidences from Grounding DINO for the prompts P_final.
+
+Prompts become captions by a caption format (a recipe rule); a list too long for Grounding DINO's
+text length is split into several captions, and the detector encodes the image once for all of them.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 
 from ..backends.base import Detector
+from ..errors import IapasError
+from ..registry import Registry
 from ..types import Boxes
+
+
+def dots_caption(prompts: Sequence[str]) -> str:
+    """ "a . b . c .": one sub-sentence per prompt (Grounding DINO's training format; the iapas recipe)."""
+    return " . ".join(prompts) + " ."
+
+
+def official_caption(prompts: Sequence[str]) -> str:
+    """The official caption of P_final = (*nouns, object tag).
+
+    utils/function.py process_anomaly_tags_2 writes ' . ' + nouns + ', ' + object_tag + '.', where
+    clean_string has already turned the nouns' commas into '.'; get_grounding_output then lower-cases,
+    strips and ends it with '.'. A single prompt (the object tag alone) is `tag.`, as get_grounding_output
+    makes it.
+    """
+    *nouns, tag = prompts
+    caption = f" . {'. '.join(nouns)}, {tag}." if nouns else f"{tag}"
+    caption = caption.lower().strip()
+    return caption if caption.endswith(".") else caption + "."
+
+
+CAPTION_FORMATS: Registry[Callable[[Sequence[str]], str]] = Registry("caption format")
+CAPTION_FORMATS.register("dots")(dots_caption)
+CAPTION_FORMATS.register("official")(official_caption)
+
+
+def captions_for(prompts: Sequence[str], caption_format: str, fits: Callable[[str], bool]) -> list[str]:
+    """Captions holding every prompt, packed greedily in order, each one fitting the detector's text length.
+
+    The official format keeps its last prompt (the object tag) at the end of every caption, so each
+    split caption still ends in ", tag." as the official one does.
+    """
+    build = CAPTION_FORMATS.get(caption_format)
+    prompts = [p.strip().lower() for p in prompts if p.strip()]
+    if not prompts:
+        return []
+    tail = [prompts.pop()] if caption_format == "official" else []
+    if not prompts:
+        return [build(tail)]
+    groups: list[list[str]] = [[]]
+    for prompt in prompts:
+        trial = groups[-1] + [prompt]
+        if groups[-1] and not fits(build(trial + tail)):
+            groups.append([prompt])
+        else:
+            groups[-1] = trial
+    captions = [build(group + tail) for group in groups]
+    too_long = [c for c in captions if not fits(c)]
+    if too_long:
+        raise IapasError(f"a prompt does not fit Grounding DINO's text length on its own: {too_long[0][:60]!r}")
+    return captions
 
 
 @dataclass
@@ -14,9 +72,12 @@ class DetectStage:
     """Runs the detector once per image over all prompts; thresholds come per call (a calibration sets them)."""
 
     detector: Detector
+    caption_format: str = "dots"
+    phrase_rule: str = "words"
     name: str = "detection"
     inputs: tuple[str, ...] = ("image", "prompts", "box_threshold", "text_threshold")
     outputs: tuple[str, ...] = ("boxes",)
 
     def run(self, image: np.ndarray, prompts: tuple[str, ...], box_threshold: float, text_threshold: float) -> dict[str, Boxes]:
-        return {"boxes": self.detector.detect(image, prompts, box_threshold, text_threshold)}
+        captions = captions_for(prompts, self.caption_format, self.detector.fits)
+        return {"boxes": self.detector.detect_captions(image, captions, box_threshold, text_threshold, self.phrase_rule)}

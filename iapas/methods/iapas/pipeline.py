@@ -14,7 +14,8 @@ from ...device import resolve_device
 from ...errors import IapasError, InputImageError
 from ...graph import StageGraph
 from ...images import LoadedImage, load_image, to_rgb
-from ...stages import DetectStage, MaskStage, NmsStage, ScoreStage, SizeFilterStage
+from ...stages import DetectStage, MaskStage, NmsStage, ScoreStage
+from ...stages.filtering import SIZE_RULES
 from ...types import Boxes, Masks, Result
 from ...vocabulary import unique_prompts
 from ...weights import chosen_or_found
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from .preprocess import ImageSource
 
 ImageInput = str | Path | np.ndarray | Image.Image
-GRAPH_INPUTS = ("image", "prompts", "box_threshold", "text_threshold", "size_threshold")
+GRAPH_INPUTS = ("image", "prompts", "box_threshold", "text_threshold", "size_threshold", "object_tags")
 
 
 def as_rgb_array(image: ImageInput, max_pixels: int) -> np.ndarray:
@@ -63,19 +64,36 @@ class Pipeline:
         return cls(config, detector, segmenter)
 
     @classmethod
-    def from_pretrained(cls, weights_dir: str | Path, config: Config | None = None) -> "Pipeline":
-        """Load from a weights dir laid out as the weights manifest says."""
+    def from_pretrained(cls, weights_dir: str | Path, config: Config | None = None, recipe: str | None = None) -> "Pipeline":
+        """Load from a weights dir laid out as the weights manifest says, with a recipe's rules when named."""
+        from ...config import build_config
+
+        if recipe is not None:
+            if config is not None and config.recipe != recipe:
+                raise IapasError(f"config was built from recipe {config.recipe!r}, not {recipe!r}")
+            config = config or build_config(recipe)
         config = (config or Config()).updated({"weights_dir": str(weights_dir)})
         return cls.from_config(config)
 
     def default_graph(self) -> StageGraph:
+        """The recipe's graph: detection -> NMS -> size filter (by the recipe's rule) -> masking -> scoring."""
+        from ...backends.grounding_dino import PHRASE_RULES
+        from ...stages.detection import CAPTION_FORMATS
+        from ...stages.scoring import NORMALISATIONS
+
+        config = self.config
+        # a misspelt rule is a one-line error now, not at the first image
+        CAPTION_FORMATS.get(config.detection.caption_format)
+        PHRASE_RULES.get(config.detection.phrase_rule)
+        NORMALISATIONS.get(config.scoring.normalise)
         return StageGraph(
             [
-                DetectStage(self.detector),
-                NmsStage(self.config.filtering.nms_iou),
-                SizeFilterStage(),
+                DetectStage(self.detector, config.detection.caption_format, config.detection.phrase_rule),
+                # NMS before the size filter: the official order (utils/function.py process_box_output, then process_size_output)
+                NmsStage(config.filtering.nms_iou),
+                SIZE_RULES.get(config.filtering.size_rule)(self.detector, config),
                 MaskStage(self.segmenter),
-                ScoreStage(),
+                ScoreStage(config.scoring.normalise),
             ],
             provided=GRAPH_INPUTS,
         )
@@ -101,8 +119,10 @@ class Pipeline:
             prompts = prompts or calibration.p_final
             size_threshold = calibration.size_threshold if size_threshold is None else size_threshold
             box_threshold, text_threshold = calibration.box_threshold, calibration.text_threshold
+            object_tags = calibration.tags
         else:
             box_threshold, text_threshold = detection.box_threshold, detection.text_threshold
+            object_tags = tuple(self.config.calibration.tags)
         used_prompts = unique_prompts(prompts) if prompts else self.default_prompts()
         if not used_prompts:
             raise IapasError("no text prompts: give --prompt or a calibration")
@@ -115,6 +135,7 @@ class Pipeline:
                 "box_threshold": box_threshold,
                 "text_threshold": text_threshold,
                 "size_threshold": threshold,
+                "object_tags": tuple(object_tags),
             }
         )
         height, width = pixels.shape[:2]

@@ -141,3 +141,58 @@ def final_prompts(
         kept.append(prompt)
         used += cost
     return tuple(kept)
+
+
+OFFICIAL_MESSAGES_FILE = TEMPLATES_DIR / "official_messages.toml"
+
+
+@dataclass(frozen=True)
+class OfficialMessages:
+    """The official recipe's system and user messages (paraphrased from utils/function.py process_anomaly_tags_2)."""
+
+    system: str
+    user: str
+    version: int = 1
+
+    @classmethod
+    def load(cls, path: Path = OFFICIAL_MESSAGES_FILE) -> "OfficialMessages":
+        import tomllib
+
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        return cls(data["system"].strip(), " ".join(data["user"].split()), int(data.get("version", 1)))
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps([self.system, self.user]).encode("utf-8")).hexdigest()
+
+    def render(self, object_tag: str) -> list[dict]:
+        """Chat messages for one object tag."""
+        return [
+            {"role": "system", "content": self.system},
+            {"role": "user", "content": self.user.replace("{object_tag}", object_tag)},
+        ]
+
+
+def official_clean(answer: str | None, add_fixed: bool = True) -> tuple[str, ...]:
+    """The LLM answer cleaned as utils/function.py clean_string does, as a tuple of caption items.
+
+    In order: strip '.' and ',' at the ends; drop doubled quotes; delete the substrings "word"/"Word"
+    and "none"/"None" (inside words too, as the official code does); delete the whole words "of" and
+    "part"; append "abnormal" and "defect" (the official code always does: `add_fixed`); split at
+    commas, remove repeated words inside each item, drop repeated items, then delete every '.'.
+    Two deliberate differences, neither changing the items: repeated items keep their first position
+    (the official code passes them through a Python set, whose order changes from run to run), and
+    empty items are dropped (the official caption would hold them as ". ."). The official code then
+    joins the items with '. ' into its caption; see stages/detection.py official_caption.
+    """
+    text = (answer or "").strip(".,")
+    text = text.replace("''", "").replace('""', "")
+    for fragment in ("word", "Word", "none", "None"):
+        text = text.replace(fragment, "")
+    text = re.sub(r"\bof\b", "", text)
+    text = re.sub(r"\bpart\b", "", text)
+    if add_fixed:
+        text += ",abnormal, defect"
+    items = [" ".join(dict.fromkeys(piece.split())) for piece in text.split(",")]
+    items = [item.replace(".", "").strip(".,").strip() for item in dict.fromkeys(items)]
+    return tuple(dict.fromkeys(item for item in items if item))
