@@ -37,5 +37,5 @@ def test_not_a_gguf_file_is_one_line(tmp_path):
     bogus.write_bytes(b"PK\x03\x04 not gguf")
     with pytest.raises(WeightsError, match="not a GGUF file"):
         LlamaCppChat(bogus)
-    with pytest.raises(WeightsError, match="GGUF file not found"):
+    with pytest.raises(WeightsError, match="LLM not found"):
         LlamaCppChat(tmp_path / "missing.gguf")

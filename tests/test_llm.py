@@ -136,8 +136,8 @@ def test_real_gguf_model_generates_deterministically(smollm2_gguf, tmp_path):
     parsed = parse_defect_words(first, ["metal", "washer"])
     assert all(1 <= len(p.split()) <= 4 and p == p.lower() for p in parsed)
     assert not {"metal", "washer"} & {w for p in parsed for w in p.split()}
-    assert llm.model_id == "transformers:SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert llm.identity.startswith("transformers:") and llm.identity != llm.model_id  # the cache keys on the file
+    assert llm.model_id == "llama.cpp:SmolLM2-135M-Instruct.Q4_1.gguf"  # GGUF runs quantised, through llama.cpp
+    assert llm.identity.startswith("llama.cpp:") and llm.identity != llm.model_id  # the cache keys on the file
 
 
 

@@ -34,7 +34,7 @@ class LlamaCppChat:
             raise WeightsError("GGUF models run through llama.cpp: pip install xllamacpp") from None
         path = Path(path)
         if not path.is_file():
-            raise WeightsError(f"GGUF file not found: {path}")
+            raise WeightsError(f"LLM not found: {path} (a .gguf file)")
         with open(path, "rb") as handle:
             if handle.read(4) != b"GGUF":
                 raise WeightsError(f"not a GGUF file: {path}")

@@ -14,6 +14,7 @@ from ..backends.base import Detector
 from ..errors import IapasError
 from ..registry import Registry
 from ..types import Boxes
+from ..vocabulary import normalise_prompt
 
 
 def dots_caption(prompts: Sequence[str]) -> str:
@@ -47,7 +48,7 @@ def captions_for(prompts: Sequence[str], caption_format: str, fits: Callable[[st
     split caption still ends in ", tag." as the official one does.
     """
     build = CAPTION_FORMATS.get(caption_format)
-    prompts = [p.strip().lower() for p in prompts if p.strip()]
+    prompts = [normalise_prompt(p) for p in prompts if p.strip()]
     if not prompts:
         return []
     tail = [prompts.pop()] if caption_format == "official" else []
