@@ -30,6 +30,7 @@ CONFIG_OPTIONS = {
     "cache_dir": "calibration.cache_dir",
     "clip_weights": "clip_methods.weights",
     "adaclip_prompts": "clip_methods.adaclip_prompts",
+    "bit_window": "bit_window",
 }
 
 

@@ -22,21 +22,42 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_threshold_options(segment)
     segment.add_argument("--overwrite", action="store_true", help="redo images whose results already exist")
     segment.add_argument("--no-progress", action="store_true", help="no progress bar")
+    segment.add_argument("--bit-window", type=window_option, metavar="LOW,HIGH",
+                         help="16-bit/float images: map raw values LOW..HIGH to 0..255 (default: value/257, floats 0..1)")
     add_model_options(segment)
     segment.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Segment every input with the chosen method; exit 1 when some images failed."""
-    from ..images import collect_inputs
+def window_option(text: str) -> list[float]:
+    """`--bit-window LOW,HIGH` as two numbers, checked when the command line is read."""
+    from ..images import parse_window
 
-    inputs = collect_inputs(args.inputs)  # bad paths fail here, before any model loads
+    try:
+        return list(parse_window(text) or ())
+    except IapasError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Segment every input with the chosen method; exit 1 when some images failed or the batch stopped."""
+    from ..files import check_writable_folder
+    from ..fingerprint import SEGMENT_FIELDS, RunSpec, build_fingerprint, check_or_record
+    from ..images import collect_inputs, parse_window
+
+    out_dir = Path(args.output)
+    check_writable_folder(out_dir)  # a file or a read-only folder fails here, before any model loads
+    inputs = collect_inputs(args.inputs, exclude=[out_dir])  # bad paths too; the output folder is never an input
     config = base_config(args)
+    window = parse_window(config.bit_window)
+    options = {"prompts": args.prompt, "calibration": args.calibration, "no_size_filter": args.no_size_filter,
+               "category": args.category if args.method != "iapas" else None}
+    fingerprint = check_or_record(out_dir, build_fingerprint(RunSpec(config, args.method, options), SEGMENT_FIELDS),
+                                  overwrite=args.overwrite)
     segment, extra = build_segmenter(args, config)
-    summary = run_batch(segment, inputs, Path(args.output), overwrite=args.overwrite, max_pixels=config.max_image_pixels,
-                        progress=not args.no_progress, extra_record=extra)
+    summary = run_batch(segment, inputs, out_dir, overwrite=args.overwrite, max_pixels=config.max_image_pixels,
+                        progress=not args.no_progress, extra_record=extra, fingerprint=fingerprint, bit_window=window)
     print(summary.line(), file=sys.stderr)
-    return EXIT_PARTIAL if summary.failures else EXIT_OK
+    return EXIT_OK if summary.complete else EXIT_PARTIAL
 
 
 def build_segmenter(args: argparse.Namespace, config: Config) -> tuple[Segment, dict | None]:
