@@ -88,10 +88,14 @@ def run_batch(
     extra_record: dict[str, Any] | None = None,
     fingerprint: str = "",
     bit_window: Window | None = None,
-    writer: Writer = write_result,
+    writer: Writer | None = None,
 ) -> BatchSummary:
-    """Segment every input not already done (under this fingerprint), writing its files the moment it finishes."""
+    """Segment every input not already done (under this fingerprint), writing its files the moment it finishes.
+
+    `writer` defaults to outputs.write_result, looked up at call time.
+    """
     out_dir = Path(out_dir)
+    writer = writer or write_result
     remove_stale_temporaries(out_dir)  # a killed run's half-written files
     remove_free_claims(out_dir)
     record = {**(extra_record or {}), **({"fingerprint": fingerprint} if fingerprint else {})}

@@ -174,8 +174,8 @@ def load_image(path: str | Path, max_pixels: int = 80_000_000, bit_window: Windo
                 if frames > 1:
                     image.seek(0)
                     notes.append(f"multi-frame file: the first of its {frames} frames is used")
+                raw = _raw_mode(image)  # before getexif(), which loads a PNG and clears its tile list
                 orientation = int(image.getexif().get(EXIF_ORIENTATION, 1) or 1)
-                raw = _raw_mode(image)
                 if raw.startswith("RGB") and ";16" in raw:
                     pixels, converted = _read_16_bit_rgb(path, bit_window)
                 else:

@@ -25,6 +25,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--compare-paper", action="store_true", help="print the paper's Table 1 numbers beside ours")
     evaluate.add_argument("--limit", type=int, default=0, help="at most N test images per category (smoke runs)")
     evaluate.add_argument("--no-progress", action="store_true")
+    evaluate.add_argument("--overwrite", action="store_true", help="redo finished categories (e.g. after changing settings)")
     evaluate.add_argument("--clip", dest="clip_weights", help="CLIP directory (tagger, winclip, adaclip)")
     evaluate.add_argument("--adaclip-prompts", help="trained AdaCLIP prompts")
     add_preprocessing_options(evaluate)
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         dataset=args.dataset, root=Path(args.root), out_dir=Path(args.output), method=args.method,
         categories=args.categories or (), ablate=comma_list(args.ablate),
         save_maps=args.save_maps, image_score=args.image_score, progress=not args.no_progress, limit=args.limit,
+        overwrite=args.overwrite,
     )
     run_dir = run_eval(options, base_config(args))
     print((run_dir / "table.md").read_text(encoding="utf-8"))
