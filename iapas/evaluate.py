@@ -15,7 +15,7 @@ from .config import Config, kind_of
 from .data.datasets import Dataset, Sample, load_dataset, load_mask
 from .errors import DatasetError, IapasError
 from .files import atomic_write, atomic_write_text, check_writable_folder, remove_stale_temporaries
-from .fingerprint import EVAL_FIELDS, RunSpec, build_fingerprint, check_or_record
+from .fingerprint import EVAL_FIELDS, RunSpec, build_fingerprint, check_fingerprint, record_fingerprint
 from .images import Window, load_image, parse_window
 from .methods import METHODS, Method
 from .methods.iapas import IAPAS_ABLATIONS
@@ -193,11 +193,13 @@ def run_eval(options: EvalOptions, config: Config) -> Path:
         dataset.samples(category)  # unknown categories fail before any model loads
     run_dir = Path(options.out_dir) / options.run_name
     window = parse_window(config.bit_window)
-    fingerprint = check_or_record(run_dir, eval_fingerprint(options, config), options.overwrite)  # before any model loads
-    remove_stale_temporaries(run_dir)
+    fingerprint = eval_fingerprint(options, config)
+    digest = check_fingerprint(run_dir, fingerprint, options.overwrite)  # before any model loads
     started = time.perf_counter()
     method = METHODS.get(options.method)(config, options.ablate)
-    records = [evaluate_category(method, dataset, category, options, run_dir, fingerprint, window) for category in categories]
+    record_fingerprint(run_dir, fingerprint)
+    remove_stale_temporaries(run_dir)
+    records = [evaluate_category(method, dataset, category, options, run_dir, digest, window) for category in categories]
     write_tables(records, run_dir, options.dataset, options.run_name)
     run_info = {
         "dataset": options.dataset,

@@ -99,8 +99,8 @@ def model_identities(run: RunSpec) -> dict[str, Any]:
     return {role: path_identity(MODEL_PATHS[role](run.config)) for role in roles}
 
 
-def defining_config(config: "Config") -> dict[str, Any]:
-    """The config's settings that change results, as flat dotted keys."""
+def defining_config(config: "Config", skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The config's settings that change results, as flat dotted keys (those starting with a `skip` prefix left out)."""
     flat: dict[str, Any] = {}
 
     def walk(node: Mapping[str, Any], prefix: str) -> None:
@@ -108,7 +108,7 @@ def defining_config(config: "Config") -> dict[str, Any]:
             dotted = f"{prefix}{key}"
             if isinstance(value, Mapping):
                 walk(value, dotted + ".")
-            elif dotted not in NOT_DEFINING:
+            elif dotted not in NOT_DEFINING and not dotted.startswith(skip):
                 flat[dotted] = value
 
     walk(config.to_dict(), "")
@@ -124,6 +124,8 @@ COMMON_FIELDS: dict[str, Field] = {
 }
 SEGMENT_FIELDS: dict[str, Field] = {
     **COMMON_FIELDS,
+    # segment does not calibrate: the calibration file's content stands for the preprocessing settings
+    "config": lambda run: defining_config(run.config, skip=("calibration.",)),
     "prompts": lambda run: list(run.options.get("prompts") or []),
     "calibration": lambda run: content_hash(run.options.get("calibration")),
     "size_filter": lambda run: not run.options.get("no_size_filter", False),
@@ -179,14 +181,13 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     return changed
 
 
-def check_or_record(folder: str | Path, fingerprint: Mapping[str, Any], overwrite: bool = False) -> str:
-    """Refuse (one line) when `folder` holds results of other settings; else record this run's fingerprint.
+def check_fingerprint(folder: str | Path, fingerprint: Mapping[str, Any], overwrite: bool = False) -> str:
+    """Refuse (one line) when `folder` holds results of other settings; returns the digest this run's results carry.
 
-    Returns the digest that this run's result files carry. With `overwrite` the new fingerprint replaces
-    the old one (the caller redoes every result).
+    With `overwrite` nothing is refused (the caller redoes every result). Nothing is written: call
+    record_fingerprint once the run is sure to start, so a refused command leaves no folder behind.
     """
-    from .errors import FingerprintMismatch, OutputError
-    from .files import atomic_write_text
+    from .errors import FingerprintMismatch
 
     folder = Path(folder)
     path = folder / FINGERPRINT_FILE
@@ -202,8 +203,22 @@ def check_or_record(folder: str | Path, fingerprint: Mapping[str, Any], overwrit
                 f"{folder} holds results made with other settings ({listed}); "
                 f"add --overwrite to redo them, or choose another output folder"
             )
+    return digest(fingerprint)
+
+
+def record_fingerprint(folder: str | Path, fingerprint: Mapping[str, Any]) -> None:
+    """Keep this run's fingerprint beside its results (replacing an older one after --overwrite)."""
+    from .errors import OutputError
+    from .files import atomic_write_text
+
     try:
-        atomic_write_text(path, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(Path(folder) / FINGERPRINT_FILE, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
     except OSError as error:
         raise OutputError(f"cannot write to {folder}: {error.strerror or error}") from None
-    return digest(fingerprint)
+
+
+def check_or_record(folder: str | Path, fingerprint: Mapping[str, Any], overwrite: bool = False) -> str:
+    """check_fingerprint, then record_fingerprint: the digest of a run that starts now."""
+    result = check_fingerprint(folder, fingerprint, overwrite)
+    record_fingerprint(folder, fingerprint)
+    return result

@@ -41,7 +41,7 @@ def window_option(text: str) -> list[float]:
 def run(args: argparse.Namespace) -> int:
     """Segment every input with the chosen method; exit 1 when some images failed or the batch stopped."""
     from ..files import check_writable_folder
-    from ..fingerprint import SEGMENT_FIELDS, RunSpec, build_fingerprint, check_or_record
+    from ..fingerprint import SEGMENT_FIELDS, RunSpec, build_fingerprint, check_fingerprint, record_fingerprint
     from ..images import collect_inputs, parse_window
 
     out_dir = Path(args.output)
@@ -51,11 +51,12 @@ def run(args: argparse.Namespace) -> int:
     window = parse_window(config.bit_window)
     options = {"prompts": args.prompt, "calibration": args.calibration, "no_size_filter": args.no_size_filter,
                "category": args.category if args.method != "iapas" else None}
-    fingerprint = check_or_record(out_dir, build_fingerprint(RunSpec(config, args.method, options), SEGMENT_FIELDS),
-                                  overwrite=args.overwrite)
+    fingerprint = build_fingerprint(RunSpec(config, args.method, options), SEGMENT_FIELDS)
+    digest = check_fingerprint(out_dir, fingerprint, overwrite=args.overwrite)  # before any model loads
     segment, extra = build_segmenter(args, config)
+    record_fingerprint(out_dir, fingerprint)
     summary = run_batch(segment, inputs, out_dir, overwrite=args.overwrite, max_pixels=config.max_image_pixels,
-                        progress=not args.no_progress, extra_record=extra, fingerprint=fingerprint, bit_window=window)
+                        progress=not args.no_progress, extra_record=extra, fingerprint=digest, bit_window=window)
     print(summary.line(), file=sys.stderr)
     return EXIT_OK if summary.complete else EXIT_PARTIAL
 
