@@ -219,15 +219,18 @@ def find_images(root: str | Path, exclude: Sequence[str | Path] = (), report: Re
             raise InputImageError(f"cannot read folder {root}: {error.strerror or error}")
 
     found = []
-    for directory, folders, names in os.walk(root, onerror=unreadable):
+    visited = {root.resolve()}  # symlinked folders are followed, each real folder once (no loops)
+    for directory, folders, names in os.walk(root, onerror=unreadable, followlinks=True):
         here = Path(directory)
         kept = []
-        for folder in sorted(folders):
+        for folder in sorted(folders, key=lambda name: ((here / name).is_symlink(), name)):  # a real folder before a link to it
             path = here / folder
-            if folder.startswith("."):
+            real = path.resolve()
+            if folder.startswith(".") or real in visited:
                 continue
-            if _same_or_inside(path.resolve(), excluded):
+            if _same_or_inside(real, excluded):
                 continue  # the output folder: its maps and overlays are not inputs
+            visited.add(real)
             if (path / FINGERPRINT_FILE).is_file():
                 if report:
                     report(f"note: skipped {path}: it holds iapas results ({FINGERPRINT_FILE})")

@@ -462,3 +462,10 @@ def test_unreadable_sub_folders_with_chmod(image_folder):
         assert notes == [f"note: skipped unreadable folder {blocked}: Permission denied"]
     finally:
         blocked.chmod(0o755)
+
+
+def test_symlinked_folders_are_followed_once(tmp_path, image_folder):
+    (image_folder / "link").symlink_to(image_folder / "sub")
+    (image_folder / "sub" / "loop").symlink_to(image_folder)
+    found = [p.relative_to(image_folder).as_posix() for p in find_images(image_folder, report=None)]
+    assert found == ["a.png", "b.jpg", "sub/c.bmp"]  # the real folder, not the link to it, and no loop
