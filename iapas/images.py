@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import InputImageError
+from .errors import ConfigError, InputImageError
 from .fingerprint import FINGERPRINT_FILE
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -56,9 +56,9 @@ def parse_window(text: str | Sequence[float] | None) -> Window | None:
     try:
         low, high = (float(part) for part in parts)
     except (TypeError, ValueError):
-        raise InputImageError(f"bit window must be two numbers LOW,HIGH, got {text!r}") from None
+        raise ConfigError(f"bit window must be two numbers LOW,HIGH, got {text!r}") from None
     if not (np.isfinite(low) and np.isfinite(high) and high > low):
-        raise InputImageError(f"bit window must have LOW < HIGH (finite numbers), got {low:g},{high:g}")
+        raise ConfigError(f"bit window must have LOW < HIGH (finite numbers), got {low:g},{high:g}")
     return low, high
 
 
@@ -200,6 +200,14 @@ def _same_or_inside(path: Path, folders: Iterable[Path]) -> bool:
     return any(path == folder or folder in path.parents for folder in folders)
 
 
+def _holds_results(folder: Path) -> bool:
+    """Whether a folder is an earlier run's output (its fingerprint file); an unreadable folder is not."""
+    try:
+        return (folder / FINGERPRINT_FILE).is_file()
+    except OSError:  # Python 3.11's is_file raises on EACCES; os.walk then notes the folder as unreadable
+        return False
+
+
 def find_images(root: str | Path, exclude: Sequence[str | Path] = (), report: Report | None = note_to_stderr) -> list[Path]:
     """Every image file under a folder, sorted, ignoring hidden files and folders.
 
@@ -231,7 +239,7 @@ def find_images(root: str | Path, exclude: Sequence[str | Path] = (), report: Re
             if _same_or_inside(real, excluded):
                 continue  # the output folder: its maps and overlays are not inputs
             visited.add(real)
-            if (path / FINGERPRINT_FILE).is_file():
+            if _holds_results(path):
                 if report:
                     report(f"note: skipped {path}: it holds iapas results ({FINGERPRINT_FILE})")
                 continue
