@@ -160,6 +160,7 @@ class Config:
     weights_dir: str = "weights"
     device: str = "auto"
     max_image_pixels: int = 80_000_000  # larger images are refused rather than exhausting memory
+    bit_window: list[float] = field(default_factory=list)  # [LOW, HIGH] for 16-bit/float images; empty: iapas/images.py's rule
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     filtering: FilteringConfig = field(default_factory=FilteringConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)

@@ -44,3 +44,15 @@ class LLMError(IapasError):
 
 class MetricsInputError(IapasError):
     """A score map the metrics cannot bin honestly (NaN, or values outside the histogram's range)."""
+
+
+class OutputError(IapasError):
+    """An output folder or file cannot be written (a file where a folder belongs, read-only, disk full)."""
+
+
+class ImageProcessingError(IapasError):
+    """An unexpected failure while segmenting one image, named by that image (a batch goes on without it)."""
+
+
+class FingerprintMismatch(IapasError):
+    """A folder holds results made with other settings than this run's, and reusing them would be wrong."""

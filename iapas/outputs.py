@@ -1,7 +1,18 @@
-"""Writing one image's result files, atomically, so an interrupted batch never leaves half a result."""
+"""Writing one image's result files, atomically, so an interrupted batch never leaves half a result.
+
+Naming rule (collision-free and stable): an image's outputs are named by its path under the input folder
+it was found in, file suffix included, with the folder layout kept: `sub/x.png` gives `sub/x.png.npy`,
+`sub/x.png_map.png`, `sub/x.png_overlay.png` and `sub/x.png.json`, so `a.png` and `a.bmp`, or `sub/x.png`
+and `sub__x.png`, never meet. A file named directly is named by its file name. Two inputs of one run that
+still share a name (one relative path under two input folders, two named files with one name, or names
+equal but for case) each get `~` and 8 hex digits of their absolute path's SHA-1 appended, which no image
+name can end with.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +26,38 @@ from .viz import result_overlay
 OUTPUT_SUFFIXES = (".npy", "_map.png", "_overlay.png", ".json")  # the .json goes last: it marks completion
 
 
-def output_stem(image: Path, root: Path | None) -> str:
-    """A flat, unique file stem: the image's path under its input folder, separators as "__"."""
+def output_name(image: Path, root: Path | None) -> str:
+    """The image's path under its input folder (its file name when given directly), suffix kept, '/'-separated."""
     relative = image.relative_to(root) if root is not None else Path(image.name)
-    return "__".join(relative.with_suffix("").parts)
+    return relative.as_posix()
 
 
-def output_paths(out_dir: Path, stem: str) -> dict[str, Path]:
-    return {suffix: Path(out_dir) / f"{stem}{suffix}" for suffix in OUTPUT_SUFFIXES}
+def assign_names(inputs: list[tuple[Path, Path | None]]) -> list[tuple[Path, str]]:
+    """A distinct output name per input image, following the module's naming rule."""
+    names = [output_name(image, root) for image, root in inputs]
+    counts = Counter(name.casefold() for name in names)  # equal but for case: one file on macOS or Windows
+    assigned = []
+    for (image, _), name in zip(inputs, names):
+        if counts[name.casefold()] > 1:
+            name = f"{name}~{hashlib.sha1(str(image.resolve()).encode('utf-8')).hexdigest()[:8]}"
+        assigned.append((image, name))
+    return assigned
 
 
-def is_done(out_dir: Path, stem: str) -> bool:
-    """A result counts as finished only when every file, the JSON last, exists."""
-    return all(path.exists() for path in output_paths(out_dir, stem).values())
+def output_paths(out_dir: Path, name: str) -> dict[str, Path]:
+    return {suffix: Path(out_dir) / f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES}
+
+
+def is_done(out_dir: Path, name: str, fingerprint: str = "") -> bool:
+    """A result counts as finished when every file exists, the JSON last, and was made under this fingerprint."""
+    paths = output_paths(out_dir, name)
+    if not all(path.exists() for path in paths.values()):
+        return False
+    try:
+        record = json.loads(paths[".json"].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("fingerprint", "") == fingerprint
 
 
 def result_record(result: Result, image: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -52,12 +82,11 @@ def result_record(result: Result, image: Path, extra: dict[str, Any] | None = No
     }
 
 
-def write_result(out_dir: Path, stem: str, image_pixels: np.ndarray, image: Path, result: Result,
+def write_result(out_dir: Path, name: str, image_pixels: np.ndarray, image: Path, result: Result,
                  extra: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write the score map (.npy, 8-bit .png), the overlay and the JSON for one image."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = output_paths(out_dir, stem)
+    paths = output_paths(Path(out_dir), name)
+    paths[".json"].parent.mkdir(parents=True, exist_ok=True)
     score_png = np.round(result.anomaly_map * 255).astype(np.uint8)
     atomic_write(paths[".npy"], lambda p: np.save(p, result.anomaly_map))
     atomic_write(paths["_map.png"], lambda p: Image.fromarray(score_png).save(p, format="PNG"))

@@ -140,7 +140,7 @@ def test_cli_calibrate_show_and_segment(capsys, weights_dir, normal_dir, tmp_pat
     code = main(["segment", str(image), "--calibration", str(calib), "-o", str(tmp_path / "o"), "--weights",
                  str(weights_dir), "--no-progress"])
     capsys.readouterr()
-    record = json.loads((tmp_path / "o" / f"{image.stem}.json").read_text())
+    record = json.loads((tmp_path / "o" / f"{image.name}.json").read_text())
     assert code == 0 and record["prompts"] == data["p_final"] and record["calibration"] == str(calib)
 
 

@@ -25,16 +25,16 @@ def test_segment_folder_writes_every_output(capsys, weights_dir, image_folder, t
     out = tmp_path / "out"
     code, _, err = run(capsys, "segment", image_folder, "-o", out, "--weights", weights_dir, "--no-progress")
     assert code == 0, err
-    for stem in ("a", "b", "sub__c"):
+    for stem in ("a.png", "b.jpg", "sub/c.bmp"):
         for suffix in (".npy", "_map.png", "_overlay.png", ".json"):
             assert (out / f"{stem}{suffix}").exists()
-    record = json.loads((out / "a.json").read_text())
-    heat = np.load(out / "a.npy")
+    record = json.loads((out / "a.png.json").read_text())
+    heat = np.load(out / "a.png.npy")
     assert heat.shape == (record["height"], record["width"]) == (96, 128)
     assert record["prompts"] == ["abnormal", "defect"]
     assert set(record["timings_s"]) == {"detection", "nms", "size_filter", "masking", "scoring"}
     assert record["image_score"] == pytest.approx(float(heat.max()), abs=1e-6)
-    png = np.asarray(Image.open(out / "a_map.png"))
+    png = np.asarray(Image.open(out / "a.png_map.png"))
     assert png.dtype == np.uint8 and np.array_equal(png, np.round(heat * 255).astype(np.uint8))
     assert "3 images: 3 segmented, 0 skipped" in err
     assert "RANDOM DEMO WEIGHTS" in err
@@ -45,19 +45,19 @@ def test_an_image_without_boxes_writes_a_zero_map(capsys, weights_dir, image_fol
     code, _, err = run(capsys, "segment", image_folder / "a.png", "-o", out, "--weights", weights_dir, "--no-progress",
                        "--size-threshold", "0")
     assert code == 0, err
-    record = json.loads((out / "a.json").read_text())
+    record = json.loads((out / "a.png.json").read_text())
     assert record["boxes"] == [] and record["image_score"] == 0.0
-    assert not np.load(out / "a.npy").any()
+    assert not np.load(out / "a.png.npy").any()
 
 
 def test_second_run_resumes_and_does_no_work(capsys, weights_dir, image_folder, tmp_path):
     out = tmp_path / "out"
     assert run(capsys, "segment", image_folder, "-o", out, "--weights", weights_dir, "--no-progress")[0] == 0
-    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    (out / "b.json").unlink()  # as if the run had stopped while writing b
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()}
+    (out / "b.jpg.json").unlink()  # as if the run had stopped while writing b
     code, _, err = run(capsys, "segment", image_folder, "-o", out, "--weights", weights_dir, "--no-progress")
     assert code == 0 and "3 images: 1 segmented, 2 skipped" in err
-    assert all(out.joinpath(name).stat().st_mtime_ns == t for name, t in stamps.items() if not name.startswith("b"))
+    assert all(out.joinpath(name).stat().st_mtime_ns == t for name, t in stamps.items() if not name.startswith(("b", "iapas-")))
     code, _, err = run(capsys, "segment", image_folder, "-o", out, "--weights", weights_dir, "--no-progress")
     assert "0 segmented, 3 skipped" in err
     code, _, err = run(capsys, "segment", image_folder, "-o", out, "--weights", weights_dir, "--no-progress", "--overwrite")
@@ -72,7 +72,7 @@ def test_batch_with_a_corrupt_image_finishes_the_others(capsys, weights_dir, ima
     [line] = error_lines(err)
     assert line.startswith("iapas: error: ") and str(image_folder / "broken.png") in line
     assert "4 images: 3 segmented, 0 skipped (already done), 1 failed" in err
-    assert sorted(p.name for p in out.glob("*.json")) == ["a.json", "b.json", "sub__c.json"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.*.json")) == ["a.png.json", "b.jpg.json", "sub/c.bmp.json"]
 
 
 @pytest.mark.parametrize("make, message", [
@@ -103,7 +103,7 @@ def test_missing_weights_dir(capsys, image_folder, tmp_path):
 @pytest.mark.parametrize("mode, note", [
     ("L", "greyscale image replicated to RGB"),
     ("RGBA", "alpha channel dropped"),
-    ("I;16", "16-bit grey image stretched to 8-bit"),
+    ("I;16", "16-bit grey image scaled to 8-bit by value/257 (the full 16-bit range)"),
 ])
 def test_grey_rgba_and_16_bit_images_are_converted_with_a_note(capsys, weights_dir, tmp_path, mode, note):
     rng = np.random.default_rng(0)
@@ -119,7 +119,7 @@ def test_grey_rgba_and_16_bit_images_are_converted_with_a_note(capsys, weights_d
     code, _, err = run(capsys, "segment", path, "-o", tmp_path / "o", "--weights", weights_dir, "--no-progress")
     assert code == 0, err
     assert f"note: {path}: {note}" in err
-    assert np.load(tmp_path / "o" / "odd.npy").shape == (60, 80)
+    assert np.load(tmp_path / "o" / "odd.png.npy").shape == (60, 80)
 
 
 def test_huge_image_is_refused(capsys, weights_dir, tmp_path):

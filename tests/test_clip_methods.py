@@ -136,8 +136,8 @@ def test_cli_train_segment_and_eval_with_clip_methods(capsys, weights_dir, train
         code = main(["segment", str(picture), "--method", method, "--category", "washer", "-o", str(out),
                      "--weights", str(weights_dir), "--no-progress", *extra])
         capsys.readouterr()
-        record = json.loads((out / f"{picture.stem}.json").read_text())
-        assert code == 0 and record["method"] == method and np.load(out / f"{picture.stem}.npy").shape == (64, 64)
+        record = json.loads((out / f"{picture.name}.json").read_text())
+        assert code == 0 and record["method"] == method and np.load(out / f"{picture.name}.npy").shape == (64, 64)
     code = main(["eval", "--dataset", "mvtec", "--root", str(train_root), "--method", "adaclip", "--adaclip-prompts",
                  str(ckpt / "adaclip_prompts.pt"), "-o", str(tmp_path / "res"), "--weights", str(weights_dir), "--no-progress"])
     assert code == 0 and "| **mean** |" in capsys.readouterr().out

@@ -102,7 +102,7 @@ def test_eval_iapas_writes_tables_curves_and_ablation(capsys, synth_root, weight
     run_dir = out / "iapas"
     for name in ("table.md", "table.csv", "run.json", "pr_curves/tile.png", "pr_curves/washer.png", "calibrations/tile.json"):
         assert (run_dir / name).is_file(), name
-    assert len(list((run_dir / "maps" / "washer").glob("*.npy"))) == 4
+    assert len(list((run_dir / "maps" / "washer").rglob("*.png.npy"))) == 4  # maps/washer/test/<defect>/<name>.png.npy
     info = json.loads((run_dir / "run.json").read_text())
     assert info["seed"] == 111 and "torch" in info["versions"] and info["categories"] == ["tile", "washer"]
     record = json.loads((run_dir / "categories" / "tile.json").read_text())

@@ -39,9 +39,11 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not args.normal_dir:
         raise IapasError("calibrate needs NORMAL_DIR (or --show FILE)")
+    from ..files import check_writable_file
     from ..images import find_images
     from ..methods.iapas.pipeline import Pipeline
 
+    check_writable_file(args.output, "calibration file")  # before any model loads
     if not Path(args.normal_dir).is_dir():
         raise IapasError(f"normal-image folder not found: {args.normal_dir}")
     if not find_images(args.normal_dir):

@@ -35,6 +35,7 @@ CONFIG_OPTIONS = {
     "winclip_variant": "clip_methods.winclip_variant",
     "shots": "clip_methods.shots",
     "reference_images": "clip_methods.reference_images",
+    "bit_window": "bit_window",
 }
 
 

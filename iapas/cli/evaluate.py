@@ -27,6 +27,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--limit", type=non_negative_int, default=0,
                           help="at most N test images per category, normal and anomalous alike, drawn with --seed (smoke runs)")
     evaluate.add_argument("--no-progress", action="store_true")
+    evaluate.add_argument("--overwrite", action="store_true", help="redo finished categories (e.g. after changing settings)")
     evaluate.add_argument("--clip", dest="clip_weights", help="CLIP directory (tagger, winclip, adaclip)")
     evaluate.add_argument("--adaclip-prompts", help="trained AdaCLIP prompts")
     add_winclip_options(evaluate)
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         save_maps=args.save_maps, image_score=args.image_score, progress=not args.no_progress, limit=args.limit,
         seed=config.calibration.seed,
         recipe=config.recipe, normal_split=config.calibration.normal_split,
+        overwrite=args.overwrite,
     )
     run_dir = run_eval(options, config)
     print((run_dir / "table.md").read_text(encoding="utf-8"))

@@ -27,31 +27,53 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     segment.add_argument("--address", help="Ray cluster address (default: start a local Ray, or RAY_ADDRESS)")
     segment.add_argument("--workers", type=int, default=0, help="Ray actors (default: one per GPU, else one per CPU)")
     segment.add_argument("--list", dest="list_file", help="a text file of image paths or URIs, one a line")
+    segment.add_argument("--bit-window", type=window_option, metavar="LOW,HIGH",
+                         help="16-bit/float images: map raw values LOW..HIGH to 0..255 (default: value/257, floats 0..1)")
     add_model_options(segment)
     segment.set_defaults(handler=run)
 
 
+def window_option(text: str) -> list[float]:
+    """`--bit-window LOW,HIGH` as two numbers, checked when the command line is read."""
+    from ..images import parse_window
+
+    try:
+        return list(parse_window(text) or ())
+    except IapasError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def run(args: argparse.Namespace) -> int:
-    """Segment every input with the chosen engine and method; exit 1 when some images failed."""
+    """Segment every input with the chosen engine and method; exit 1 when some images failed or the batch stopped."""
     from ..engines import ENGINES
     from ..engines.ray_engine import is_uri
-    from ..images import collect_inputs
+    from ..files import check_writable_folder
+    from ..fingerprint import SEGMENT_FIELDS, RunSpec, build_fingerprint, check_fingerprint, record_fingerprint
+    from ..images import collect_inputs, parse_window
 
+    out_dir = Path(args.output)
     items = list(args.inputs) + listed_inputs(args.list_file)
     if not items:
         raise IapasError("no inputs: give image files, folders or --list FILE")
     uris = [item for item in items if is_uri(item)]
     if uris and args.engine != "ray":
         raise IapasError(f"{uris[0]} is a URI: read URIs with --engine ray")
-    local = [item for item in items if not is_uri(item)]
-    inputs = collect_inputs(local) if local else []  # bad paths fail here, before any model loads
     engine = ENGINES.get(args.engine)
+    check_writable_folder(out_dir)  # a file or a read-only folder fails here, before any model loads
+    local = [item for item in items if not is_uri(item)]
+    inputs = collect_inputs(local, exclude=[out_dir]) if local else []  # bad paths too; the output folder is never an input
     config = base_config(args)
-    summary = engine(functools.partial(segmenter_only, args, config), inputs, Path(args.output), overwrite=args.overwrite,
+    window = parse_window(config.bit_window)
+    options = {"prompts": args.prompt, "calibration": args.calibration, "no_size_filter": args.no_size_filter,
+               "category": args.category if args.method != "iapas" else None}
+    fingerprint = build_fingerprint(RunSpec(config, args.method, options), SEGMENT_FIELDS)
+    digest = check_fingerprint(out_dir, fingerprint, overwrite=args.overwrite)  # before any model loads
+    record_fingerprint(out_dir, fingerprint)
+    summary = engine(functools.partial(segmenter_only, args, config), inputs, out_dir, overwrite=args.overwrite,
                      max_pixels=config.max_image_pixels, progress=not args.no_progress, extra_record=extra_record(args),
-                     address=args.address, workers=args.workers, uris=uris)
+                     fingerprint=digest, bit_window=window, address=args.address, workers=args.workers, uris=uris)
     print(summary.line(), file=sys.stderr)
-    return EXIT_PARTIAL if summary.failures else EXIT_OK
+    return EXIT_OK if summary.complete else EXIT_PARTIAL
 
 
 def listed_inputs(list_file: str | None) -> list[str]:

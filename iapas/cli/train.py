@@ -48,6 +48,9 @@ def run_adaclip(args: argparse.Namespace) -> int:
     from ..prompt_learning import TrainOptions
     from ..device import resolve_device
     from ..weights import chosen_or_found
+    from ..files import check_writable_folder
+
+    check_writable_folder(args.output, "checkpoint folder")  # before any model loads
     config = base_config(args)
     clip = chosen_or_found("clip", args.clip_weights, config.weights_dir)
     options = TrainOptions(

@@ -16,10 +16,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..batch import BatchSummary, Segment, assign_stems
+from ..batch import BatchSummary, Segment, failure_message
 from ..errors import IapasError
 from ..images import load_image
-from ..outputs import is_done, write_result
+from ..outputs import assign_names, is_done, write_result
 
 ROWS_PER_BATCH = 4  # images per map_batches call: small, so progress moves and failures stay local
 
@@ -33,9 +33,10 @@ class SegmentActor:
     """One Ray actor: builds the method once, then segments and writes the images of each batch it gets."""
 
     def __init__(self, make_segment: Callable[[], Segment], out_dir: str, max_pixels: int,
-                 extra_record: dict[str, Any] | None) -> None:
+                 extra_record: dict[str, Any] | None, bit_window: Any = None) -> None:
         self.segment = make_segment()
         self.out_dir, self.max_pixels, self.extra_record = Path(out_dir), max_pixels, extra_record
+        self.bit_window = bit_window
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         statuses, messages = [], []
@@ -47,6 +48,9 @@ class SegmentActor:
             except IapasError as error:
                 statuses.append("failed")
                 messages.append(str(error))
+            except Exception as error:  # one odd image never stops the batch: named, as the local engine does
+                statuses.append("failed")
+                messages.append(failure_message(Path(str(source)), error))
         return {"source": batch["source"], "status": np.array(statuses), "message": np.array(messages)}
 
     def _one(self, source: str, stem: str, payload: Any) -> None:
@@ -54,16 +58,17 @@ class SegmentActor:
             with tempfile.NamedTemporaryFile(suffix=Path(source).suffix or ".png") as handle:
                 handle.write(bytes(payload))
                 handle.flush()
-                loaded = load_image(handle.name, self.max_pixels)
+                loaded = load_image(handle.name, self.max_pixels, self.bit_window)
         else:
-            loaded = load_image(source, self.max_pixels)
+            loaded = load_image(source, self.max_pixels, self.bit_window)
         result = self.segment(loaded.pixels)
         write_result(self.out_dir, stem, loaded.pixels, Path(source), result, self.extra_record)
 
 
 def run_ray(make_segment: Callable[[], Segment], inputs: list[tuple[Path, Path | None]], out_dir: Path,
             overwrite: bool = False, max_pixels: int = 80_000_000, progress: bool = True,
-            extra_record: dict[str, Any] | None = None, address: str | None = None, workers: int = 0,
+            extra_record: dict[str, Any] | None = None, fingerprint: str = "", bit_window: Any = None,
+            address: str | None = None, workers: int = 0,
             uris: list[str] | None = None, report: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
             **_: Any) -> BatchSummary:
     """Segment `inputs` (and `uris`) on a Ray cluster; finished images are skipped, as locally."""
@@ -73,9 +78,10 @@ def run_ray(make_segment: Callable[[], Segment], inputs: list[tuple[Path, Path |
         raise IapasError("the ray engine needs Ray: pip install 'ray[data]'") from None
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    local = [(str(path), stem) for path, stem in assign_stems(inputs)]
-    remote = [(uri, Path(uri.split("://", 1)[1]).with_suffix("").as_posix().replace("/", "__")) for uri in (uris or [])]
-    todo = [(source, stem) for source, stem in local + remote if overwrite or not is_done(out_dir, stem)]
+    local = [(str(path), name) for path, name in assign_names(inputs)]
+    remote = [(uri, uri.split("://", 1)[1].lstrip("/")) for uri in (uris or [])]  # bucket/key, suffix kept, like local names
+    todo = [(source, name) for source, name in local + remote if overwrite or not is_done(out_dir, name, fingerprint)]
+    record = {**(extra_record or {}), **({"fingerprint": fingerprint} if fingerprint else {})}
     summary = BatchSummary(total=len(local) + len(remote), skipped=len(local) + len(remote) - len(todo))
     if not todo:
         summary.seconds = time.perf_counter() - start
@@ -89,7 +95,7 @@ def run_ray(make_segment: Callable[[], Segment], inputs: list[tuple[Path, Path |
         gpus = int(resources.get("GPU", 0))
         pool = workers or max(1, gpus or int(resources.get("CPU", 1)))
         rows = dataset.map_batches(
-            SegmentActor, fn_constructor_args=(make_segment, str(out_dir), max_pixels, extra_record),
+            SegmentActor, fn_constructor_args=(make_segment, str(out_dir), max_pixels, record, bit_window),
             batch_size=ROWS_PER_BATCH, concurrency=pool, num_gpus=1 if gpus else 0, num_cpus=1,
         ).select_columns(["source", "status", "message"]).take_all()
     finally:

@@ -11,9 +11,9 @@ from ...backends import Detector, Segmenter, load_detector, load_segmenter
 from ...calibration import Calibration
 from ...config import Config, unit_interval
 from ...device import resolve_device
-from ...errors import IapasError, InputImageError
+from ...errors import IapasError, ImageProcessingError, InputImageError
 from ...graph import StageGraph
-from ...images import LoadedImage, load_image, to_rgb
+from ...images import LoadedImage, Window, check_shape, load_image, parse_window, to_rgb
 from ...stages import DetectStage, MaskStage, NmsStage, ScoreStage
 from ...stages.filtering import SIZE_RULES
 from ...types import Boxes, Masks, Result
@@ -27,12 +27,13 @@ ImageInput = str | Path | np.ndarray | Image.Image
 GRAPH_INPUTS = ("image", "prompts", "box_threshold", "text_threshold", "size_threshold", "object_tags")
 
 
-def as_rgb_array(image: ImageInput, max_pixels: int) -> np.ndarray:
+def as_rgb_array(image: ImageInput, max_pixels: int, bit_window: Window | None = None) -> np.ndarray:
     """Any supported image input as (H, W, 3) uint8."""
     if isinstance(image, (str, Path)):
-        return load_image(image, max_pixels).pixels
+        return load_image(image, max_pixels, bit_window).pixels
     if isinstance(image, Image.Image):
-        return to_rgb(image)[0]
+        check_shape(*image.size, "image")
+        return to_rgb(image, bit_window)[0]
     array = np.asarray(image)
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
@@ -40,6 +41,7 @@ def as_rgb_array(image: ImageInput, max_pixels: int) -> np.ndarray:
         raise InputImageError(f"image array must be HxW, HxWx3 or HxWx4, got shape {array.shape}")
     if array.dtype != np.uint8:
         raise InputImageError(f"image array must be uint8, got {array.dtype}")
+    check_shape(array.shape[1], array.shape[0], f"array of shape {array.shape}")
     return np.ascontiguousarray(array[:, :, :3])
 
 
@@ -113,7 +115,7 @@ class Pipeline:
         Prompts, size threshold and box/text thresholds come from the explicit arguments, else the
         calibration (P_final, S_threshold and the kind's thresholds), else the config.
         """
-        pixels = as_rgb_array(image, self.config.max_image_pixels)
+        pixels = as_rgb_array(image, self.config.max_image_pixels, parse_window(self.config.bit_window))
         detection = self.config.detection
         if calibration is not None:
             prompts = prompts or calibration.p_final
@@ -145,12 +147,20 @@ class Pipeline:
         return Result(heat, boxes, masks, used_prompts, run.timings)
 
     def segment_batch(self, images: Iterable[ImageInput], **options: Any) -> Iterator[tuple[ImageInput, Result | IapasError]]:
-        """Stream (input, Result) pairs; an input that fails yields its IapasError and the batch goes on."""
-        for image in images:
+        """Stream (input, Result) pairs; an input that fails yields its error and the batch goes on.
+
+        A user's bad input yields its own IapasError; anything unexpected yields an ImageProcessingError
+        naming the input (its path, or its position for arrays and PIL images).
+        """
+        for index, image in enumerate(images):
             try:
                 yield image, self.segment(image, **options)
             except IapasError as error:
                 yield image, error
+            except Exception as error:  # noqa: BLE001 - one input's failure must not end the stream
+                name = str(image) if isinstance(image, (str, Path)) else f"input #{index}"
+                detail = str(error).splitlines()[0] if str(error) else ""
+                yield image, ImageProcessingError(f"cannot segment {name}: {type(error).__name__}{': ' + detail if detail else ''}")
 
     def calibrate(
         self,
@@ -168,4 +178,4 @@ class Pipeline:
 
     def load(self, path: str | Path) -> LoadedImage:
         """Read an image with this pipeline's size limit (notes say what was converted)."""
-        return load_image(path, self.config.max_image_pixels)
+        return load_image(path, self.config.max_image_pixels, parse_window(self.config.bit_window))

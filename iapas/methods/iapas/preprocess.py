@@ -14,7 +14,7 @@ from ...calibration import Calibration
 from ...config import KIND_THRESHOLDS, Config, kind_of
 from ...errors import ConfigError, InputImageError
 from ...graph import StageGraph
-from ...images import find_images, load_image
+from ...images import find_images, load_image, parse_window
 from ...config import FIXED_PROMPTS
 from ...registry import Registry
 from .prompting import OfficialMessages, load_template
@@ -155,7 +155,7 @@ class Preprocessor:
         settings = self.config.calibration
         chosen = select_images(image_paths(normal), settings.n_images, settings.seed)
         sized = select_images(image_paths(anomalous), settings.n_images, settings.seed) if anomalous is not None else chosen
-        load = lambda path: load_image(path, self.config.max_image_pixels).pixels  # noqa: E731
+        load = lambda path: load_image(path, self.config.max_image_pixels, parse_window(self.config.bit_window)).pixels  # noqa: E731
         normal_pixels = [load(p) for p in chosen]
         size_pixels = normal_pixels if sized == chosen else [load(p) for p in sized]
         graph = self.graph(kind, category, ablate)
