@@ -36,7 +36,9 @@ def segment(folder: Path, out: Path, weights_dir: Path, *extra: str) -> int:
 
 
 def result_files(out: Path) -> dict[str, Path]:
-    return {path.name: path for path in sorted(out.iterdir()) if not path.name.startswith(".")}
+    """Every result file under `out` by its relative path (the run's fingerprint and hidden files left out)."""
+    return {path.relative_to(out).as_posix(): path for path in sorted(out.rglob("*"))
+            if path.is_file() and not path.name.startswith((".", "iapas-fingerprint"))}
 
 
 def test_ray_engine_matches_local_and_resumes(local_ray, synthetic_folder, weights_dir, tmp_path, capsys):
@@ -68,7 +70,7 @@ def test_ray_engine_reads_a_list_file_and_reports_failures(local_ray, synthetic_
     err = capsys.readouterr().err
     assert code == 1
     assert "iapas: error:" in err and "broken.png" in err
-    assert (tmp_path / "out" / "part_1.json").is_file() and not (tmp_path / "out" / "broken.json").exists()
+    assert (tmp_path / "out" / "part_1.png.json").is_file() and not (tmp_path / "out" / "broken.png.json").exists()
 
 
 def test_uri_inputs_need_the_ray_engine(weights_dir, tmp_path, capsys):
