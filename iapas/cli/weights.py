@@ -1,4 +1,4 @@
-"""`iapas weights list|verify|make-demo|convert-openclip`: the checkpoints a user has."""
+"""`iapas weights list|verify|make-demo|convert-openclip|convert-groundingdino`: the checkpoints a user has."""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +30,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     convert.add_argument("--head-width", type=int, default=64, help="attention head width (64 in every open_clip ViT)")
     convert.add_argument("--activation", choices=("gelu", "quick_gelu"), default="gelu", help="quick_gelu for OpenAI weights")
     convert.set_defaults(handler=run_convert_openclip)
+    gdino = weights_commands.add_parser(
+        "convert-groundingdino", help="turn an original Grounding DINO .pth into a transformers Grounding DINO directory"
+    )
+    gdino.add_argument("checkpoint", help="groundingdino_swint_ogc.pth or groundingdino_swinb_cogcoor.pth (IDEA-Research)")
+    gdino.add_argument("--bert", required=True, help="a bert-base-uncased directory (config.json, vocab.txt): the text side")
+    gdino.add_argument("-o", "--output", required=True)
+    gdino.set_defaults(handler=run_convert_groundingdino)
     demo = weights_commands.add_parser("make-demo", help="build tiny RANDOM models (meaningless output) for demos")
     demo.add_argument("dir", nargs="?", default="weights")
     demo.set_defaults(handler=run_make_demo)
@@ -92,4 +99,13 @@ def run_convert_openclip(args: argparse.Namespace) -> int:
     tokenizer = Path(args.tokenizer) if args.tokenizer else None
     out = convert_openclip_checkpoint(Path(args.checkpoint), Path(args.output), tokenizer, args.head_width, args.activation)
     print(f"wrote a transformers CLIP directory: {out}")
+    return EXIT_OK
+
+
+def run_convert_groundingdino(args: argparse.Namespace) -> int:
+    """Convert an original Grounding DINO checkpoint into a transformers Grounding DINO directory."""
+    from ..backends.groundingdino_convert import convert_groundingdino_checkpoint
+
+    out = convert_groundingdino_checkpoint(Path(args.checkpoint), Path(args.bert), Path(args.output))
+    print(f"wrote a transformers Grounding DINO directory: {out}")
     return EXIT_OK
