@@ -182,3 +182,18 @@ def test_cli_converts_to_a_directory_the_detector_loads(reference, tmp_path, cap
     assert "wrote a transformers Grounding DINO directory" in capsys.readouterr().out
     detector = load_detector("hf-grounding-dino", out, torch.device("cpu"))
     assert detector.model.config.num_queries == 30 and detector.model.config.backbone_config.depths == [1, 1, 2, 1]
+
+
+def test_pipeline_finds_and_uses_the_original_checkpoint(reference, weights, weights_dir, detector):
+    """A weights dir with only the original .pth (and BERT) as detector: the pipeline picks it up and segments."""
+    from iapas import Pipeline
+    from iapas.weights import find_weights
+
+    (weights / "demo").mkdir(exist_ok=True)
+    shutil.copy(weights_dir / "demo" / "sam_demo.pth", weights / "demo" / "sam_demo.pth")
+    assert find_weights("detector", weights)[1] == weights / "groundingdino_swint_ogc.pth"
+    assert find_weights("text-encoder", weights)[1] == weights / "bert-base-uncased"
+    pipe = Pipeline.from_pretrained(weights)
+    result = pipe.segment(reference / "image.png", prompts=PROMPTS)
+    assert result.anomaly_map.shape == (100, 1333)
+    assert len(result.boxes) > 0 and pipe.detector.model_id == "grounding-dino:groundingdino_swint_ogc.pth.hf"

@@ -26,7 +26,6 @@ from ..errors import WeightsError
 # RandomResize([800], max_size=1333) + ImageNet normalisation (groundingdino/util/inference.py load_image).
 SHORTEST_EDGE, LONGEST_EDGE = 800, 1333
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-BERT_DIR_NAME = "bert-base-uncased"  # the manifest entry's expected_path, beside the .pth in the weights dir
 
 
 @dataclass(frozen=True)
@@ -336,10 +335,18 @@ def converted_once(checkpoint: Path, convert: Callable[[Path], Path], what: str)
     return target
 
 
+def bert_dir_beside(checkpoint: Path) -> Path:
+    """Where the manifest's text encoder (bert-base-uncased) sits when the .pth is in a weights dir."""
+    from ..weights import entries_for
+
+    entries = entries_for("text-encoder")
+    return Path(checkpoint).parent / (entries[0].expected_path if entries else "bert-base-uncased")
+
+
 def converted_groundingdino_dir(checkpoint: Path, bert_dir: Path | None = None) -> Path:
     """The transformers conversion of an original .pth, with the BERT directory beside it unless one is given."""
     checkpoint = Path(checkpoint)
-    bert_dir = Path(bert_dir) if bert_dir else checkpoint.parent / BERT_DIR_NAME
+    bert_dir = Path(bert_dir) if bert_dir else bert_dir_beside(checkpoint)
     target = checkpoint.with_name(checkpoint.name + ".hf")
     if not (target / "config.json").is_file() and not (bert_dir / "config.json").is_file():
         raise WeightsError(
