@@ -28,6 +28,7 @@ from iapas.backends.groundingdino_convert import (
     convert_state,
     hf_config,
     original_config_from_state,
+    read_original_state,
 )
 from iapas.cli import main
 from iapas.errors import WeightsError
@@ -173,6 +174,17 @@ def test_wrong_checkpoints_give_one_line_errors(reference, weights_dir, tmp_path
     (shuffled / "tokenizer.json").unlink(missing_ok=True)  # the fast tokenizer is rebuilt from vocab.txt
     assert main(["weights", "convert-groundingdino", str(lonely), "--bert", str(shuffled), "-o", str(tmp_path / "x")]) == 2
     assert "expects bert-base-uncased's [101, 102, 1012, 1029]" in capsys.readouterr().err
+
+
+def test_reads_the_released_layout_with_training_arguments(tmp_path):
+    """{"model": ..., "args": Namespace} with "module." prefixes reads as the bare state dict, with no code run."""
+    import argparse
+
+    state = {name: torch.zeros(2) for name in ("backbone.0.patch_embed.proj.weight", "transformer.level_embed",
+                                                "bert.embeddings.word_embeddings.weight")}
+    torch.save({"model": {"module." + k: v for k, v in state.items()}, "args": argparse.Namespace(lr=1e-4), "epoch": 3},
+               tmp_path / "released.pth")
+    assert read_original_state(tmp_path / "released.pth").keys() == state.keys()
 
 
 def test_cli_converts_to_a_directory_the_detector_loads(reference, tmp_path, capsys):

@@ -11,6 +11,7 @@ local BERT directory (the original builds `bert-base-uncased`); its weights are 
 """
 from __future__ import annotations
 
+import argparse
 import re
 import shutil
 import sys
@@ -106,7 +107,10 @@ def hf_config(original: OriginalConfig, text_config) -> "GroundingDinoConfig":  
 def read_original_state(path: Path) -> dict[str, torch.Tensor]:
     """The state dict of an original checkpoint, "module." prefixes removed; a WeightsError for anything else."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # weights only (no code runs from the file); DINO-style training scripts also save their argparse
+        # Namespace beside the model, which is plain data
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         message = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
         raise WeightsError(f"cannot read Grounding DINO checkpoint {path}: {message}") from None
