@@ -145,8 +145,14 @@ def test_wrong_checkpoints_give_one_line_errors(reference, weights_dir, tmp_path
     bert = reference / "bert"
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes((reference / "tiny.pth").read_bytes()[:100_000])
+    released = torch.load(reference / "tiny.pth", weights_only=True)["model"]
+    incomplete, foreign = tmp_path / "incomplete.pth", tmp_path / "foreign.pth"
+    torch.save({"model": {k: v for k, v in released.items() if k != "module.transformer.tgt_embed.weight"}}, incomplete)
+    torch.save({"model": {**released, "module.transformer.extra_head.weight": torch.zeros(1)}}, foreign)
     for path, message in ((weights_dir / "demo" / "sam_demo.pth", "is not an original Grounding DINO checkpoint"),
-                          (truncated, "cannot read Grounding DINO checkpoint")):
+                          (truncated, "cannot read Grounding DINO checkpoint"),
+                          (incomplete, "is not a complete Grounding DINO checkpoint: no 'transformer.tgt_embed.weight'"),
+                          (foreign, "unknown key in the Grounding DINO checkpoint: transformer.extra_head.weight")):
         copy = tmp_path / "w" / path.name
         copy.parent.mkdir(exist_ok=True)
         shutil.copy(path, copy)

@@ -17,11 +17,14 @@ import shutil
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from ..errors import WeightsError
+
+if TYPE_CHECKING:  # transformers is imported where it is used: `iapas --help` stays fast
+    from transformers import BertConfig, GroundingDinoConfig
 
 # The tokenizer and image processor the original uses: bert-base-uncased's WordPiece (lower-cased) and
 # RandomResize([800], max_size=1333) + ImageNet normalisation (groundingdino/util/inference.py load_image).
@@ -79,7 +82,7 @@ ORIGINAL_CONFIGS: dict[str, OriginalConfig] = {
 }
 
 
-def hf_config(original: OriginalConfig, text_config) -> "GroundingDinoConfig":  # noqa: F821
+def hf_config(original: OriginalConfig, text_config: BertConfig) -> GroundingDinoConfig:
     """The transformers GroundingDinoConfig of an original configuration, with the given BERT config as text side."""
     from transformers import GroundingDinoConfig, SwinConfig
 
@@ -145,19 +148,24 @@ def original_config_from_state(state: dict[str, torch.Tensor]) -> OriginalConfig
     )
     preset = ORIGINAL_CONFIGS["GroundingDINO_SwinB_cfg" if window == 12 else "GroundingDINO_SwinT_OGC"]
     levels, hidden = (int(size) for size in state["transformer.level_embed"].shape)
-    offsets = int(state["transformer.encoder.layers.0.self_attn.sampling_offsets.weight"].shape[0])
-    points = offsets // (preset.nheads * levels * 2)  # heads x levels x points x 2 outputs; heads are not in the weights
-    if points * preset.nheads * levels * 2 != offsets:
-        raise WeightsError(f"Grounding DINO sampling offsets of size {offsets} do not fit {preset.nheads} heads and {levels} levels")
     return replace(
-        preset, backbone=swin, hidden_dim=hidden, num_feature_levels=levels, enc_n_points=points,
-        dec_n_points=int(state["transformer.decoder.layers.0.cross_attn.sampling_offsets.weight"].shape[0]) // (preset.nheads * levels * 2),
+        preset, backbone=swin, hidden_dim=hidden, num_feature_levels=levels,
+        enc_n_points=_points(state["transformer.encoder.layers.0.self_attn.sampling_offsets.weight"], preset.nheads, levels),
+        dec_n_points=_points(state["transformer.decoder.layers.0.cross_attn.sampling_offsets.weight"], preset.nheads, levels),
         enc_layers=_count(state, r"transformer\.encoder\.layers\.(\d+)\."),
         dec_layers=_count(state, r"transformer\.decoder\.layers\.(\d+)\."),
         dim_feedforward=int(state["transformer.encoder.layers.0.linear1.weight"].shape[0]),
         num_queries=int(state["transformer.tgt_embed.weight"].shape[0]),
         return_interm_indices=tuple(sorted(int(m.group(1)) for k in state if (m := re.fullmatch(r"backbone\.0\.norm(\d+)\.weight", k)))),
     )
+
+
+def _points(sampling_offsets: torch.Tensor, heads: int, levels: int) -> int:
+    """Sampling points per head and level: the offsets layer has heads x levels x points x 2 outputs."""
+    outputs = int(sampling_offsets.shape[0])
+    if outputs % (heads * levels * 2):
+        raise WeightsError(f"Grounding DINO sampling offsets of size {outputs} do not fit {heads} heads and {levels} levels")
+    return outputs // (heads * levels * 2)
 
 
 SWIN = "model.backbone.conv_encoder.model.swin."
@@ -307,7 +315,11 @@ def convert_groundingdino_checkpoint(checkpoint: Path, bert_dir: Path, out_dir: 
     if len(tokenizer) != text_config.vocab_size:
         raise WeightsError(f"the tokenizer in {bert_dir} has {len(tokenizer)} tokens, its config {text_config.vocab_size}")
     check_special_tokens(tokenizer, Path(bert_dir))
-    config = hf_config(original_config_from_state(state), text_config)
+    try:
+        original = original_config_from_state(state)
+    except KeyError as error:
+        raise WeightsError(f"{checkpoint} is not a complete Grounding DINO checkpoint: no {error}") from None
+    config = hf_config(original, text_config)
     converted = convert_state(state)
     model = GroundingDinoForObjectDetection(config)
     check_against_model(converted, model.state_dict(), checkpoint)
