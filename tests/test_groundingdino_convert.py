@@ -169,7 +169,7 @@ def test_wrong_checkpoints_give_one_line_errors(reference, weights_dir, tmp_path
     lonely = tmp_path / "alone" / "groundingdino_swint_ogc.pth"  # no BERT directory beside it
     lonely.parent.mkdir()
     shutil.copy(reference / "tiny.pth", lonely)
-    with pytest.raises(WeightsError, match="needs BERT's config and vocabulary at .*bert-base-uncased"):
+    with pytest.raises(WeightsError, match="needs BERT's config and vocabulary at .*alone/bert-base-uncased"):
         load_detector("hf-grounding-dino", lonely, torch.device("cpu"))
 
     shuffled = tmp_path / "shuffled-bert"  # "." moved off bert-base-uncased's id 1012

@@ -280,7 +280,10 @@ def load_bert_dir(bert_dir: Path):
 
     bert_dir = Path(bert_dir)
     if not (bert_dir / "config.json").is_file():
-        raise WeightsError(f"BERT directory {bert_dir} has no config.json (Grounding DINO's text encoder; manifest entry 'bert-base-uncased')")
+        raise WeightsError(
+            f"converting a Grounding DINO checkpoint needs BERT's config and vocabulary at {bert_dir} (manifest entry "
+            "'bert-base-uncased'), or run `iapas weights convert-groundingdino FILE --bert DIR -o DIR`"
+        )
     try:
         return BertConfig.from_pretrained(bert_dir, local_files_only=True), BertTokenizerFast.from_pretrained(bert_dir, local_files_only=True)
     except (OSError, ValueError, TypeError) as error:
@@ -363,10 +366,4 @@ def converted_groundingdino_dir(checkpoint: Path, bert_dir: Path | None = None) 
     """The transformers conversion of an original .pth, with the BERT directory beside it unless one is given."""
     checkpoint = Path(checkpoint)
     bert_dir = Path(bert_dir) if bert_dir else bert_dir_beside(checkpoint)
-    target = checkpoint.with_name(checkpoint.name + ".hf")
-    if not (target / "config.json").is_file() and not (bert_dir / "config.json").is_file():
-        raise WeightsError(
-            f"converting {checkpoint} needs BERT's config and vocabulary at {bert_dir} (manifest entry 'bert-base-uncased'), "
-            "or run `iapas weights convert-groundingdino FILE --bert DIR -o DIR`"
-        )
     return converted_once(checkpoint, lambda out: convert_groundingdino_checkpoint(checkpoint, bert_dir, out), "Grounding DINO")
