@@ -3,8 +3,8 @@
 Run in a subprocess with a transformers 4.x first on PYTHONPATH (groundingdino-py's BertModelWarper needs
 BertModel.get_extended_attention_mask, which transformers 5 removed). It builds a tiny model from the
 original SwinT-OGC config with random weights and a tiny local BERT, saves it as the released files are
-saved, runs the original inference on one image and caption, and lists the keys of a full-size SwinT-OGC
-model. Usage: python groundingdino_reference.py OUT_DIR
+saved, runs the original inference on one image and caption, and lists the keys of full-size SwinT-OGC
+and SwinB models. Usage: python groundingdino_reference.py OUT_DIR
 """
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ TINY = dict(hidden_dim=256, dim_feedforward=64, enc_layers=2, dec_layers=2, num_
 TINY_SWIN = dict(embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4])  # window 7, as swin_T_224_1k
 
 
-def original_args(text_encoder: str, **overrides):
-    """The released SwinT-OGC config file, with overrides."""
-    args = SLConfig.fromfile(os.path.join(os.path.dirname(groundingdino.__file__), "config", "GroundingDINO_SwinT_OGC.py"))
+def original_args(text_encoder: str, config_name: str = "GroundingDINO_SwinT_OGC", **overrides):
+    """A released config file, with overrides."""
+    args = SLConfig.fromfile(os.path.join(os.path.dirname(groundingdino.__file__), "config", f"{config_name}.py"))
     args.device, args.text_encoder_type = "cpu", text_encoder
     for key, value in overrides.items():
         setattr(args, key, value)
@@ -83,8 +83,8 @@ def tiny_model(bert_dir: Path):
     return model.eval()
 
 
-def full_swint_keys(tokenizer_dir: Path) -> dict[str, list[int]]:
-    """Key -> shape of a full-size SwinT-OGC model (bert-base-uncased built from its config, random weights).
+def full_size_keys(config_name: str, tokenizer_dir: Path) -> dict[str, list[int]]:
+    """Key -> shape of a full-size model of an original config (bert-base-uncased built from its config, random weights).
 
     The tokenizer is only asked for its special tokens' ids here, so the tiny one stands in.
     """
@@ -93,7 +93,7 @@ def full_swint_keys(tokenizer_dir: Path) -> dict[str, list[int]]:
     loader.get_tokenlizer = lambda name: BertTokenizerFast.from_pretrained(str(tokenizer_dir))
     loader.get_pretrained_language_model = lambda name: BertModel(BertConfig())  # BertConfig() is bert-base-uncased's
     try:
-        model = build_model(original_args("bert-base-uncased"))
+        model = build_model(original_args("bert-base-uncased", config_name))
     finally:
         loader.get_tokenlizer, loader.get_pretrained_language_model = saved
     return {key: list(value.shape) for key, value in model.state_dict().items()}
@@ -123,7 +123,9 @@ def main(out: Path) -> None:
         logits=outputs["pred_logits"][0, :, : len(tokens)].numpy(), boxes=outputs["pred_boxes"][0].numpy(),
         predict_boxes=boxes.numpy(), predict_scores=scores.numpy(),
     )
-    (out / "reference.json").write_text(json.dumps({"phrases": phrases, "caption": CAPTION, "full_swint_keys": full_swint_keys(out / "bert")}))
+    (out / "reference.json").write_text(json.dumps({"phrases": phrases, "caption": CAPTION, "full_size_keys": {
+        name: full_size_keys(name, out / "bert") for name in ("GroundingDINO_SwinT_OGC", "GroundingDINO_SwinB_cfg")
+    }}))
 
 
 if __name__ == "__main__":
