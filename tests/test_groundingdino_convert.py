@@ -106,6 +106,22 @@ def test_detector_boxes_match_the_original_predict(reference, detector):
     np.testing.assert_allclose(found.scores[on_words], expected["predict_scores"][on_words], atol=1e-4)
 
 
+def test_image_preprocessing_matches_the_original_resize(detector):
+    """Images of other sizes: the original's resize to 800 px (max 1333) and ours agree up to one grey level."""
+    import groundingdino.datasets.transforms as original  # plain torchvision code, imports under transformers 5
+
+    transform = original.Compose([original.RandomResize([800], max_size=1333), original.ToTensor(),
+                                  original.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    rng = np.random.default_rng(0)
+    for height, width in ((1024, 1024), (900, 1600)):  # MVTec AD's size; one capped by the long side
+        image = Image.fromarray((rng.random((height // 16, width // 16, 3)) * 255).astype(np.uint8)).resize((width, height))
+        expected, _ = transform(image, None)
+        ours = detector.processor.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+        assert ours.shape == expected.shape
+        difference = (ours - expected).abs()
+        assert difference.max() <= 1 / 255 / 0.224 + 1e-5 and difference.mean() < 1e-4
+
+
 @pytest.mark.parametrize("name, release", [("GroundingDINO_SwinT_OGC", "groundingdino-swint-ogc"),
                                            ("GroundingDINO_SwinB_cfg", "groundingdino-swinb-cogcoor")])
 def test_full_size_keys_all_map(reference, name, release):
