@@ -8,6 +8,10 @@ original config files (IDEA-Research/GroundingDINO groundingdino/config/Groundin
 GroundingDINO_SwinB_cfg.py), checked against the tensor shapes; what the weights do not show (attention
 heads, sampling points) is taken from those files. The text encoder's config and tokenizer come from a
 local BERT directory (the original builds `bert-base-uncased`); its weights are in the checkpoint.
+
+The module names on each side were read from groundingdino-py 0.4.0 (models/GroundingDINO/*.py) and
+transformers 5 (models/grounding_dino/modeling_grounding_dino.py, models/swin/modeling_swin.py); the
+pairing follows huggingface/transformers convert_grounding_dino_to_hf.py, written for transformers 4's names.
 """
 from __future__ import annotations
 
