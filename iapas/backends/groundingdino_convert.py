@@ -5,8 +5,8 @@ DistributedDataParallel wrapper (keys start with "module."). Their keys are rena
 transformers' `GroundingDinoForObjectDetection`; the fused attention projections (Swin's `qkv`, the
 text layers' `in_proj_weight`) are split into query, key and value. The architecture comes from the
 original config files (IDEA-Research/GroundingDINO groundingdino/config/GroundingDINO_SwinT_OGC.py and
-GroundingDINO_SwinB_cfg.py), checked against the tensor shapes; what the weights do not show (attention
-heads, sampling points) is taken from those files. The text encoder's config and tokenizer come from a
+GroundingDINO_SwinB_cfg.py), checked against the tensor shapes; what the weights do not show (the number of
+attention heads) is taken from those files. The text encoder's config and tokenizer come from a
 local BERT directory (the original builds `bert-base-uncased`); its weights are in the checkpoint.
 
 The module names on each side were read from groundingdino-py 0.4.0 (models/GroundingDINO/*.py) and
