@@ -20,6 +20,13 @@ $(STAMP): setup.cfg pyproject.toml
 	# open-clip-torch<2.26.1 (batch-first transformer after that), kept in its own folder for the reference side only
 	$(BIN)/pip install --quiet anomalib==2.7.0
 	$(BIN)/pip install --quiet --no-deps --target $(VENV)/open-clip-2.24 open-clip-torch==2.24.0
+	# IDEA-Research's Grounding DINO, to test the conversion of original checkpoints against it (timm, its one
+	# missing dependency, comes with open-clip-torch). --no-deps: its pins conflict. It does not build under
+	# transformers 5, so the test runs it under a transformers 4.x kept apart in $(VENV)/reference-transformers4.
+	$(BIN)/pip install --quiet --no-deps groundingdino-py==0.4.0
+	$(BIN)/pip install --quiet --no-deps --only-binary :all: --target $(VENV)/reference-transformers4 \
+		transformers==4.57.1 tokenizers==0.22.1 huggingface-hub==0.36.0 addict==2.4.0 yapf==0.40.2 \
+		importlib-metadata==8.7.0 zipp==3.23.0 pycocotools==2.0.10
 	touch $(STAMP)
 
 install: $(STAMP)

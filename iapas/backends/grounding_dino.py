@@ -1,4 +1,4 @@
-"""Grounding DINO through transformers, loaded offline from a Hugging Face-format directory.
+"""Grounding DINO through transformers, loaded offline from a Hugging Face-format directory or an original .pth.
 
 Box selection follows the reference post-processing (groundingdino `util/inference.py` predict() and
 `util/utils.py` get_phrases_from_posmap, which the official IAP-AS code calls through its
@@ -148,6 +148,11 @@ class HFGroundingDino:
     def __init__(self, path: Path, device: torch.device) -> None:
         from transformers import AutoProcessor, GroundingDinoForObjectDetection
 
+        path = Path(path)
+        if path.is_file():  # an original IDEA-Research checkpoint: converted once into <file>.hf/ beside it
+            from .groundingdino_convert import converted_groundingdino_dir
+
+            path = converted_groundingdino_dir(path)
         require_path(path, "Grounding DINO", expect_dir=True)
         try:
             self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)

@@ -1,4 +1,4 @@
-"""`iapas weights list|verify|make-demo|convert-openclip`: the checkpoints a user has."""
+"""`iapas weights list|verify|make-demo|convert-openclip|convert-groundingdino`: the checkpoints a user has."""
 from __future__ import annotations
 
 import argparse
@@ -37,6 +37,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     fetch.add_argument("--weights", dest="dir", default="weights", help="weights dir (default: weights)")
     fetch.add_argument("--cache-dir", help="huggingface_hub cache (default: its own, HF_HOME)")
     fetch.set_defaults(handler=run_download, needs_network=True)
+    gdino = weights_commands.add_parser(
+        "convert-groundingdino", help="turn an original Grounding DINO .pth into a transformers Grounding DINO directory"
+    )
+    gdino.add_argument("checkpoint", help="groundingdino_swint_ogc.pth or groundingdino_swinb_cogcoor.pth (IDEA-Research)")
+    gdino.add_argument("--bert", required=True, help="a bert-base-uncased directory (config.json, vocab.txt): the text side")
+    gdino.add_argument("-o", "--output", required=True)
+    gdino.set_defaults(handler=run_convert_groundingdino)
     demo = weights_commands.add_parser("make-demo", help="build tiny RANDOM models (meaningless output) for demos")
     demo.add_argument("dir", nargs="?", default="weights")
     demo.set_defaults(handler=run_make_demo)
@@ -137,3 +144,12 @@ def run_download(args: argparse.Namespace) -> int:
     if failed == len(outcomes):
         return EXIT_ERROR
     return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def run_convert_groundingdino(args: argparse.Namespace) -> int:
+    """Convert an original Grounding DINO checkpoint into a transformers Grounding DINO directory."""
+    from ..backends.groundingdino_convert import convert_groundingdino_checkpoint
+
+    out = convert_groundingdino_checkpoint(Path(args.checkpoint), Path(args.bert), Path(args.output))
+    print(f"wrote a transformers Grounding DINO directory: {out}")
+    return EXIT_OK
