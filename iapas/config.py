@@ -97,7 +97,7 @@ class ClipMethodsConfig:
 
     weights: str = ""  # CLIP directory; empty: the first 'clip' entry of the manifest found in the weights dir
     winclip_scales: list[int] = field(default_factory=lambda: [2, 3])  # window sizes in patches (WinCLIP paper)
-    adaclip_prompts: str = ""  # trained prompts from `iapas train adaclip`; empty: <weights_dir>/adaclip/adaclip_prompts.pt
+    adaclip_prompts: str = ""  # a checkpoint (ours or an official pretrained_*.pth) or a manifest name; empty: <weights_dir>/adaclip/adaclip_prompts.pt, else a released one found
 
 
 @dataclass

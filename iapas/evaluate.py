@@ -36,7 +36,7 @@ class EvalOptions:
     ablate: Sequence[str] = ()
     save_maps: bool = False
     bins: int = DEFAULT_BINS
-    image_score: str = "max"  # max of the map, or "method" for the method's own score
+    image_score: str = ""  # "max" of the map, "method" for the method's own score, "": the method's default rule
     progress: bool = True
     limit: int = 0  # at most this many test images per category (0: all); for smoke runs
 
@@ -78,6 +78,11 @@ def kind_for(dataset: str, category: str) -> str:
     return "texture" if dataset in TEXTURE_DATASETS else kind_of(category)
 
 
+def image_score_rule(method: Method, options: EvalOptions) -> str:
+    """The image score used: the one asked for, else the method's own default (AdaCLIP: its HSF score), else the map's max."""
+    return options.image_score or getattr(method, "default_image_score", "max")
+
+
 def evaluate_category(
     method: Method, dataset: Dataset, category: str, options: EvalOptions, run_dir: Path
 ) -> dict:
@@ -109,7 +114,7 @@ def evaluate_category(
         mask = load_mask(sample, *pixels.shape[:2])
         state.pixels.update(result.anomaly_map, mask)
         state.labels.append(sample.label)
-        score = result.image_score if options.image_score == "method" else float(result.anomaly_map.max())
+        score = result.image_score if image_score_rule(method, options) == "method" else float(result.anomaly_map.max())
         state.scores.append(score)
         state.done.append(str(sample.image_path))
         state.seconds += time.perf_counter() - start
@@ -170,7 +175,7 @@ def run_eval(options: EvalOptions, config: Config) -> Path:
         "categories": categories,
         "seed": config.calibration.seed,
         "bins": options.bins,
-        "image_score": options.image_score,
+        "image_score": image_score_rule(method, options),
         "config": config.to_dict(),
         "versions": versions(),
         "seconds": time.perf_counter() - started,
