@@ -16,7 +16,7 @@ from iapas.methods.adaclip.checkpoint import OFFICIAL_PREFIX, load_into, read_ch
 from iapas.methods.adaclip.hsf import cluster_centre, fuse
 from iapas.methods.adaclip.model import AdaClip, AdaClipPrompts, AdaClipSettings, default_layers
 from iapas.methods.adaclip.text import prompt_sentences
-from iapas.methods.adaclip.train import AdaClipArchitecture, train_adaclip
+from iapas.methods.adaclip.train import AdaClipArchitecture, reference_dice, train_adaclip
 from iapas.prompt_learning import TrainOptions, dice_loss, focal_loss, gaussian_smooth, mosaic, two_class_focal_loss
 from iapas.weights import find_weights
 
@@ -105,6 +105,15 @@ def test_losses_on_hand_cases():
     maps = torch.tensor([[[[0.2, 0.6]], [[0.8, 0.4]]]])  # (1, 2, 1, 2) map layout
     p_t = np.array([(1 - s) * 0.2 + s * 0.8 + s, (1 - s) * 0.4 + s * 0.6 + s])  # targets 0 then 1
     assert float(two_class_focal_loss(maps, torch.tensor([[[0.0, 1.0]]]))) == pytest.approx(np.mean(-(1 - p_t) ** 2 * np.log(p_t)), rel=1e-6)
+
+
+def test_dice_is_per_row_at_batch_one_as_the_reference_computes_it():
+    probability = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])  # (1, 2, 2)
+    target = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
+    # row 0: 1 - (2 + 1) / (1 + 2 + 1) = 0.25; row 1: 1 - 1 / 1 = 0; mean 0.125
+    assert float(reference_dice(probability, target)) == pytest.approx(0.125)
+    # a batch of two: per image, 1 - (2 + 1) / (1 + 2 + 1) = 0.25 each
+    assert float(reference_dice(probability.repeat(2, 1, 1), target.repeat(2, 1, 1))) == pytest.approx(0.25)
 
 
 def test_gaussian_smoothing_sigma_4_on_an_impulse():

@@ -55,9 +55,21 @@ def adaclip_loss(model: AdaClip, pixels: torch.Tensor, masks: torch.Tensor, labe
     for layer in range(output.layer_logits.shape[1]):
         logits = output.layer_logits[:, layer].float()
         probabilities = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=True).softmax(dim=1)
-        loss = loss + two_class_focal_loss(probabilities, target) + dice_loss(probabilities[:, 1], target) \
-            + dice_loss(probabilities[:, 0], 1 - target)
+        loss = loss + two_class_focal_loss(probabilities, target) + reference_dice(probabilities[:, 1], target) \
+            + reference_dice(probabilities[:, 0], 1 - target)
     return loss
+
+
+def reference_dice(probability: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Dice loss grouped as the reference groups it: per image, but per row of the map for a batch of one.
+
+    method/trainer.py squeezes the (1, 1, H, W) mask to (H, W) and loss.py `BinaryDiceLoss` takes its
+    first dimension as the batch, so at the reference's batch size 1 every row is its own Dice term.
+    Checked against the official code on a random CLIP (README, AdaCLIP section).
+    """
+    if len(target) == 1:
+        return dice_loss(probability[0], target[0])
+    return dice_loss(probability, target)
 
 
 class AdaClipBatches:
