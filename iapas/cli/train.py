@@ -23,7 +23,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                               "--dataset medical --root ClinicDB")
     adaclip.add_argument("--root", required=True, action="append", help="the root of each --dataset, in order")
     adaclip.add_argument("-o", "--output", required=True, help="checkpoint folder; an existing one is resumed")
-    adaclip.add_argument("--epochs", type=int, default=5)
+    adaclip.add_argument("--epochs", type=int, default=5, help="AdaCLIP: 5 (caoyunkang/AdaCLIP train.py)")
     adaclip.add_argument("--batch-size", type=int, default=1, help="AdaCLIP: 1")
     adaclip.add_argument("--lr", type=float, default=0.01, help="AdamW learning rate (AdaCLIP: 0.01)")
     adaclip.add_argument("--image-size", type=int, default=518, help="input size in pixels (AdaCLIP: 518)")

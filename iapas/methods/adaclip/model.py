@@ -15,6 +15,7 @@ input size, softmax, Gaussian smoothing with sigma 4; the image score is the HSF
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +28,6 @@ import torch.nn.functional as F
 from ...backends.clip import ClipBackbone
 from ...errors import WeightsError
 from ...prompt_learning import gaussian_smooth
-from ...prompt_learning.training import mixed_precision
 from ...types import Boxes, Masks, Result
 from .hsf import HSF_CLUSTERS, cluster_centre, fuse
 from .text import prompt_sentences
@@ -39,6 +39,13 @@ LOGIT_SCALE = 100.0  # method/adaclip.py `visual_text_similarity`: 100 x cosine,
 MAP_SIGMA = 4.0  # method/trainer.py `evaluation`: gaussian_filter(sigma=4)
 STATIC_STD = 0.02  # method/adaclip.py `PromptLayer`: static prompts ~ N(0, 0.02)
 DEFAULT_CLASS = "object"
+
+
+def inference_precision(device: torch.device | str):
+    """fp16 autocast on a GPU, as the reference's forward and evaluation run (method/adaclip.py, method/trainer.py); fp32 on a CPU."""
+    if torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
 
 
 def default_layers(depth: int) -> tuple[int, ...]:
@@ -226,7 +233,7 @@ class AdaClip(torch.nn.Module):
         """The smoothed map (computed at the input size, then resized to the image) and the HSF image score."""
         start = time.perf_counter()
         height, width = image.shape[:2]
-        with mixed_precision(self.backbone.device):
+        with inference_precision(self.backbone.device):
             output = self(self.backbone.preprocess_to([image], self.settings.image_size), [self.class_name])
         heat = self.anomaly_map(output.layer_logits)[0]
         forward = time.perf_counter()

@@ -22,13 +22,8 @@ from ...prompt_learning import PromptTrainer, TrainOptions, dice_loss, mosaic, t
 from .model import INPUT_SIZE, PROMPT_LENGTH, AdaClip, AdaClipSettings
 
 PROMPTS_FILE = "adaclip_prompts.pt"
-LEARNING_RATE = 0.01  # train.py --learning_rate
 BETAS = (0.5, 0.999)  # method/trainer.py: AdamW(..., betas=(0.5, 0.999))
-EPOCHS = 5  # train.py --epoch
-BATCH_SIZE = 1  # train.py --batch_size (the reference supports only 1)
 MOSAIC_RATES = {"mvtec": 0.2}  # dataset/mvtec.py aug_rate=0.2; VisA, ColonDB, ClinicDB and the rest: 0.0
-# README / train.sh: which auxiliary sets train the model that is tested on a target set
-AUXILIARY_SETS = {"visa": ("mvtec", "medical"), "mvtec": ("visa", "medical")}
 
 
 @dataclass(frozen=True)
