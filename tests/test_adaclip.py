@@ -329,3 +329,15 @@ def test_cli_trains_on_two_auxiliary_sets_and_eval_uses_the_hsf_score(capsys, we
     code = main(["train", "adaclip", "--dataset", "mvtec", "--root", str(train_root), "--dataset", "visa", "-o",
                  str(tmp_path / "x"), *common])
     assert code == 2 and "give one --root per --dataset" in capsys.readouterr().err
+
+
+def test_cli_names_the_missing_adaclip_weights(capsys, train_root, tmp_path):
+    picture = next((train_root / "washer" / "test" / "hole").glob("*.png"))
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    base = ["segment", str(picture), "--method", "adaclip", "-o", str(tmp_path / "out"), "--weights", str(empty)]
+    assert main(base) == 2
+    assert "no AdaCLIP weights in" in capsys.readouterr().err
+    assert main([*base, "--adaclip-prompts", "adaclip-pretrained-visa-clinicdb"]) == 2
+    error = capsys.readouterr().err
+    assert "adaclip/pretrained_visa_clinicdb.pth" in error and "cubert-gmbh/adaclip" in error

@@ -22,14 +22,28 @@ BACKBONE_ENTRY = "clip-vit-l-14-336"  # the CLIP every released checkpoint was t
 
 def prompts_path(config: Config) -> Path:
     """The configured checkpoint (a path or a manifest name), else our trained one, else a released one found."""
-    from ...weights import find_weights, load_manifest
+    from ...errors import WeightsError
+    from ...weights import entries_for, is_present
 
+    weights_dir = Path(config.weights_dir)
+    released = entries_for(RELEASED_ROLE)
     chosen = config.clip_methods.adaclip_prompts
     if chosen:
-        named = next((entry for entry in load_manifest() if entry.name == chosen and entry.role == RELEASED_ROLE), None)
-        return named.location(Path(config.weights_dir)) if named and not Path(chosen).exists() else Path(chosen)
-    trained = Path(config.weights_dir) / TRAINED_PROMPTS
-    return trained if trained.is_file() else find_weights(RELEASED_ROLE, config.weights_dir)[1]
+        named = next((entry for entry in released if entry.name == chosen), None)
+        path = named.location(weights_dir) if named and not Path(chosen).exists() else Path(chosen)
+        if not path.is_file():
+            source = f"; get it from {named.source}" if named else ""
+            raise WeightsError(f"AdaCLIP weights not found: {path}{source}")
+        return path
+    trained = weights_dir / TRAINED_PROMPTS
+    if trained.is_file():
+        return trained
+    present = next((entry.location(weights_dir) for entry in released if is_present(entry, weights_dir)), None)
+    if present is None:
+        raise WeightsError(f"no AdaCLIP weights in {weights_dir}/: train them (`iapas train adaclip -o {weights_dir / 'adaclip'}`) "
+                           f"or put a released one at {released[0].location(weights_dir)} (`iapas weights list`; "
+                           "source: the hub mirror cubert-gmbh/adaclip), or pass --adaclip-prompts")
+    return present
 
 
 def adaclip_backbone(config: Config) -> "ClipBackbone":
