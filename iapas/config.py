@@ -148,7 +148,7 @@ class ClipMethodsConfig:
     winclip_variant: str = "caoyunkang"  # caoyunkang (caoyunkang/WinClip, IAP-AS Table 1) | anomalib
     shots: int = 0  # WinCLIP+: K normal reference images (WinCLIP paper: 1, 2, 4); 0 is zero-shot
     reference_images: str = ""  # folder of normal images for the K shots; empty in eval: the category's normal images
-    adaclip_prompts: str = ""  # trained prompts from `iapas train adaclip`; empty: <weights_dir>/adaclip/adaclip_prompts.pt
+    adaclip_prompts: str = ""  # a checkpoint (ours or an official pretrained_*.pth) or a manifest name; empty: <weights_dir>/adaclip/adaclip_prompts.pt, else a released one found
 
 
 @dataclass

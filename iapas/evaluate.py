@@ -35,7 +35,7 @@ class EvalOptions:
     ablate: Sequence[str] = ()
     save_maps: bool = False
     bins: int = DEFAULT_BINS
-    image_score: str = "max"  # max of the map, or "method" for the method's own score
+    image_score: str = ""  # "max" of the map, "method" for the method's own score, "": the method's default rule
     progress: bool = True
     limit: int = 0  # at most this many test images per category (0: all), drawn with `seed`; for smoke runs
     seed: int = PAPER_SEED
@@ -97,6 +97,11 @@ def map_path(run_dir: Path, key: Path) -> Path:
     return run_dir / "maps" / f"{relative.as_posix()}.npy"
 
 
+def image_score_rule(method: Method, options: EvalOptions) -> str:
+    """The image score used: the one asked for, else the method's own default (AdaCLIP: its HSF score), else the map's max."""
+    return options.image_score or getattr(method, "default_image_score", "max")
+
+
 def evaluate_category(
     method: Method, dataset: Dataset, category: str, options: EvalOptions, run_dir: Path,
     fingerprint: str = "", bit_window: Window | None = None,
@@ -132,7 +137,7 @@ def evaluate_category(
         mask = load_mask(sample, *pixels.shape[:2])
         state.pixels.update(result.anomaly_map, mask, name=str(sample.image_path))
         state.labels.append(sample.label)
-        score = result.score(options.image_score)
+        score = result.score(image_score_rule(method, options))
         state.scores.append(score)
         state.done.append(key.as_posix())
         state.seconds += time.perf_counter() - start
@@ -206,7 +211,7 @@ def run_eval(options: EvalOptions, config: Config) -> Path:
         "categories": categories,
         "seed": config.calibration.seed,
         "bins": options.bins,
-        "image_score": options.image_score,
+        "image_score": image_score_rule(method, options),
         "config": config.to_dict(),
         "versions": versions(),
         "seconds": time.perf_counter() - started,

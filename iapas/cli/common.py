@@ -98,7 +98,7 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-size-filter", action="store_true", help="skip step 2-2's size filter (ablation)")
     parser.add_argument("--category", help="class name for the CLIP methods' prompts (default: object)")
     parser.add_argument("--clip", dest="clip_weights", help="CLIP directory or open_clip file for --method winclip/adaclip")
-    parser.add_argument("--adaclip-prompts", help="trained AdaCLIP prompts (from `iapas train adaclip`)")
+    parser.add_argument("--adaclip-prompts", help="AdaCLIP weights: ours (`iapas train adaclip`), an official pretrained_*.pth, or a manifest name")
     add_winclip_options(parser)
 
 

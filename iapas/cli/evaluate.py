@@ -22,14 +22,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--ablate", help="comma list of IAP-AS steps to switch off: tagging,llm,filter (Table 3)")
     evaluate.add_argument("-o", "--output", default="results")
     evaluate.add_argument("--save-maps", action="store_true", help="also keep every anomaly map (.npy)")
-    evaluate.add_argument("--image-score", choices=("max", "method"), default="max", help="image score: max of the map (default)")
+    evaluate.add_argument("--image-score", choices=("max", "method"), default="",
+                          help="image score: max of the map, or the method's own (default: the method's rule; "
+                               "AdaCLIP: its HSF score, the others: max)")
     evaluate.add_argument("--compare-paper", action="store_true", help="print the paper's Table 1 numbers beside ours")
     evaluate.add_argument("--limit", type=non_negative_int, default=0,
                           help="at most N test images per category, normal and anomalous alike, drawn with --seed (smoke runs)")
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.add_argument("--overwrite", action="store_true", help="redo finished categories (e.g. after changing settings)")
     evaluate.add_argument("--clip", dest="clip_weights", help="CLIP directory (tagger, winclip, adaclip)")
-    evaluate.add_argument("--adaclip-prompts", help="trained AdaCLIP prompts")
+    evaluate.add_argument("--adaclip-prompts", help="AdaCLIP weights: ours, an official pretrained_*.pth, or a manifest name")
     add_winclip_options(evaluate)
     add_preprocessing_options(evaluate)
     add_model_options(evaluate)

@@ -320,6 +320,32 @@ def load_folder(root: Path) -> Dataset:
     return _single_category("folder", root, samples, root.name)
 
 
+@DATASETS.register("medical")
+def load_medical(root: Path) -> Dataset:
+    """A segmentation set such as CVC-ColonDB / CVC-ClinicDB: images/ and masks/ paired by file stem; one category.
+
+    Also AdaCLIP's converted layout, <Name>/test/<kind>/ with <Name>/ground_truth/<kind>/ paired in sorted
+    order (caoyunkang/AdaCLIP data_preprocess/colondb.py); the category is then <Name> (e.g. ColonDB),
+    the class name AdaCLIP puts into its prompts. An image whose mask is empty is normal.
+    """
+    root = _require_root(root, "medical")
+    converted = sorted(p for p in root.iterdir() if p.is_dir() and (p / "test").is_dir())
+    if converted:
+        category = converted[0].name
+        pairs = []
+        for kind in sorted(p for p in (converted[0] / "test").iterdir() if p.is_dir()):
+            masks = _images_in(converted[0] / "ground_truth" / kind.name) if kind.name != GOOD else []
+            images = _images_in(kind)
+            pairs += [(image, masks[i] if i < len(masks) else None) for i, image in enumerate(images)]
+        return _single_category("medical", root, _label_paired(category, iter(pairs), "lesion"), category)
+    masks = {p.stem: p for p in _images_in(root / "masks")}
+    images = _images_in(root / "images")
+    if not images:
+        raise DatasetError(f"no medical images under {root}: expected images/ and masks/ (or <Name>/test/)")
+    pairs = [(image, masks.get(image.stem)) for image in images]
+    return _single_category("medical", root, _label_paired(root.name, iter(pairs), "lesion"), root.name)
+
+
 def load_dataset(name: str, root: str | Path) -> Dataset:
-    """The dataset `name` (mvtec, visa, mpdd, btad, ksdd1, mtd, dtd, dagm, folder) at `root`."""
+    """The dataset `name` (mvtec, visa, mpdd, btad, ksdd1, mtd, dtd, dagm, folder, medical) at `root`."""
     return DATASETS.get(name)(Path(root))

@@ -12,7 +12,11 @@ from ..types import Result
 
 
 class Method(Protocol):
-    """Prepared once per category (calibration, prompts), then run image by image."""
+    """Prepared once per category (calibration, prompts), then run image by image.
+
+    A method may name its image-score rule for `iapas eval` in `default_image_score`: "method" ranks
+    images by `Result.image_score` (AdaCLIP's HSF score); without it, the map's maximum is used.
+    """
 
     name: str
 

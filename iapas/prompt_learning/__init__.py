@@ -5,8 +5,10 @@ focal + Dice losses on anomaly maps, and all smooth their test maps with a Gauss
 written once here. The frozen CLIP itself (tokens, layer features, prompted encoders) is
 `iapas.backends.clip.ClipBackbone`.
 """
-from .losses import dice_loss, focal_loss
+from .losses import dice_loss, focal_loss, two_class_focal_loss
 from .smoothing import gaussian_smooth
-from .training import PromptTrainer, TrainOptions, training_samples
+from .mosaic import mosaic
+from .training import BatchLoader, PromptTrainer, TrainOptions, training_samples, training_samples_from
 
-__all__ = ["PromptTrainer", "TrainOptions", "dice_loss", "focal_loss", "gaussian_smooth", "training_samples"]
+__all__ = ["BatchLoader", "PromptTrainer", "TrainOptions", "dice_loss", "focal_loss", "gaussian_smooth", "mosaic", "training_samples",
+           "training_samples_from", "two_class_focal_loss"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 FOCAL_GAMMA = 2.0  # AdaCLIP's and AnomalyCLIP's focal loss exponent
 
@@ -19,3 +20,22 @@ def dice_loss(probability: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     intersection = (probability * target).sum(dims)
     total = probability.sum(dims) + target.sum(dims)
     return (1 - (2 * intersection + 1) / (total + 1)).mean()
+
+
+FOCAL_SMOOTH = 1e-5  # AdaCLIP's FocalLoss default label smoothing (caoyunkang/AdaCLIP loss.py)
+
+
+def two_class_focal_loss(probabilities: torch.Tensor, target: torch.Tensor, gamma: float = FOCAL_GAMMA,
+                         smooth: float = FOCAL_SMOOTH) -> torch.Tensor:
+    """Focal loss on (B, 2, ...) normal/anomalous probabilities against a 0/1 target (B, ...) of the same layout.
+
+    The form of caoyunkang/AdaCLIP loss.py `FocalLoss` (no alpha): the one-hot target is clamped to
+    [smooth, 1 - smooth], p_t is its dot product with the probabilities plus `smooth`, and the loss is
+    -(1 - p_t)^gamma log p_t averaged over every element.
+    """
+    classes = probabilities.shape[1]
+    flat = probabilities.movedim(1, -1).reshape(-1, classes)
+    one_hot = F.one_hot((target.reshape(-1) > 0.5).long(), classes).to(flat.dtype)
+    one_hot = one_hot.clamp(smooth / (classes - 1), 1.0 - smooth)
+    p_t = (one_hot * flat).sum(1) + smooth
+    return (-(1 - p_t) ** gamma * p_t.log()).mean()

@@ -11,7 +11,7 @@ import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -69,6 +69,16 @@ def training_samples(dataset_name: str, root: Path, limit: int = 0) -> list[Samp
     return samples
 
 
+def training_samples_from(sources: Sequence[tuple[str, Path]], limit: int = 0) -> list[Sample]:
+    """Every test sample of several auxiliary datasets, in order (AdaCLIP trains on two at once, e.g. MVTec AD + ColonDB)."""
+    samples = [sample for name, root in sources for sample in training_samples(name, root)]
+    return samples[:limit] if limit else samples
+
+
+BatchLoader = Callable[[list[Sample], np.random.Generator], tuple]
+"""Loads a batch: the positional arguments of `learner.loss`; the generator is seeded per epoch, so resumes repeat it."""
+
+
 def load_batch(samples: list[Sample], backbone: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pixels, masks resized to the CLIP input (nearest) and labels of a batch."""
     images = [load_image(sample.image_path).pixels for sample in samples]
@@ -91,9 +101,12 @@ class PromptTrainer:
     """Trains `learner.prompts` with `optimizer`, writing `<prompts_file>`, `last.pt` and `train_log.json` each epoch."""
 
     def __init__(self, learner: Learner, optimizer: torch.optim.Optimizer, options: TrainOptions, prompts_file: str,
-                 note: Callable[[str], None] = lambda message: print(message, file=sys.stderr)) -> None:
+                 note: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+                 batch_loader: BatchLoader | None = None) -> None:
         self.learner, self.optimizer, self.options = learner, optimizer, options
         self.prompts_file, self.note = prompts_file, note
+        # a method with its own inputs (class names, augmentation) brings its loader; the default reads pixels, masks, labels
+        self.batch_loader = batch_loader or (lambda batch, rng: load_batch(batch, learner.backbone))
 
     def run(self, samples: list[Sample] | None = None) -> tuple[Path, list[float]]:
         """Train (or resume); returns the prompt file and this run's per-step losses."""
@@ -106,13 +119,14 @@ class PromptTrainer:
         learner.prompts.train()
         for epoch in range(start_epoch, options.epochs):
             order = np.random.default_rng(options.seed + epoch).permutation(len(samples))  # same order when resumed
+            augment = np.random.default_rng([options.seed, epoch])  # the loader's draws, also repeated on resume
             batches = [order[i:i + options.batch_size] for i in range(0, len(order), options.batch_size)]
             bar = tqdm(batches, desc=f"{learner.name} epoch {epoch + 1}/{options.epochs}", unit="batch",
                        disable=not options.progress)
             for batch in bar:
-                pixels, masks, labels = load_batch([samples[i] for i in batch], learner.backbone)
+                inputs = self.batch_loader([samples[i] for i in batch], augment)
                 with mixed_precision(learner.backbone.device):
-                    loss = learner.loss(pixels, masks, labels)
+                    loss = learner.loss(*inputs)
                 self.optimizer.zero_grad()
                 loss.float().backward()
                 self.optimizer.step()

@@ -1,119 +1,125 @@
-"""AdaCLIP-style hybrid prompts on a frozen CLIP.
+"""AdaCLIP (Cao et al., ECCV 2024) on a frozen CLIP, rule by rule as its official code (github caoyunkang/AdaCLIP).
 
-Hybrid prompts go into both encoders, deep: each of the first `prompt_depth` layers of the text and
-the vision transformer gets its own `prompt_length` prompt tokens (AdaCLIP's defaults: depth 4,
-length 5). Every prompt is static + dynamic: a learnable token shared by all images plus a projection
-of the image's class-token embedding from the unprompted (frozen) CLIP, so every image gets its own
-prompts. The text branch has one sentence for normal and one for anomalous, each with its own
-static prompts. Patch tokens from several ViT layers (ViT-L/14: 6, 12, 18, 24) go through per-layer
-projections into the joint space, are compared with the two text embeddings, and give one softmax
-anomaly map per layer; the maps are upsampled and averaged. Hybrid semantic fusion (HSF) scores the
-image: the patch embeddings are clustered (k-means, k = 20), the centroid of the cluster with the
-highest mean anomaly score is fused with the class-token embedding, and that fused embedding is classified against the text.
+What is learned (`AdaClipPrompts`) has the official module names, so the released checkpoints load
+into it key by key (`checkpoint.py`):
+- `text_prompter` / `visual_prompter`: static prompts, one (length, width) tensor per prompted layer;
+- `dynamic_text_prompt_generator` / `dynamic_visual_prompt_generator`: one linear head per prompt token,
+  reading the frozen CLIP's (unnormalised) image embedding; the same dynamic prompts go to every layer;
+- `patch_token_layer`: one linear head per feature layer, patch hidden states -> joint space;
+- `cls_token_layer`: one linear head on the prompted image embedding.
+
+Inference (method/adaclip.py `AdaCLIP.forward` with aggregation, method/trainer.py `evaluation`): the
+image at 518 px, the 48 class-name sentences through the prompted text encoder, per feature layer the
+logits 100 x cos(patch, text), their mean over layers upsampled (bilinear, align_corners True) to the
+input size, softmax, Gaussian smoothing with sigma 4; the image score is the HSF embedding's softmax.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...errors import WeightsError
-from ...files import atomic_write
-from ...types import Boxes, Masks, Result
 from ...backends.clip import ClipBackbone
+from ...errors import WeightsError
+from ...prompt_learning import gaussian_smooth
+from ...types import Boxes, Masks, Result
+from .hsf import HSF_CLUSTERS, cluster_centre, fuse
+from .text import prompt_sentences
 
-NORMAL_SENTENCE = "flawless object."
-ANOMALOUS_SENTENCE = "damaged object."
-PROMPT_DEPTH = 4  # AdaCLIP's default: prompts in the first four layers of both encoders
-PROMPT_LENGTH = 5  # AdaCLIP's default: five prompt tokens per layer
-HSF_CLUSTERS = 20  # AdaCLIP's k for clustering the patch embeddings
-KMEANS_STEPS = 10
-CHECKPOINT_FORMAT = 2  # 2: deep hybrid prompts in both encoders
+INPUT_SIZE = 518  # caoyunkang/AdaCLIP train.py / test.py --image_size (37 x 37 patches on ViT-L-14-336)
+PROMPT_DEPTH = 4  # train.py --prompting_depth
+PROMPT_LENGTH = 5  # train.py --prompting_length
+LOGIT_SCALE = 100.0  # method/adaclip.py `visual_text_similarity`: 100 x cosine, not CLIP's learned scale
+MAP_SIGMA = 4.0  # method/trainer.py `evaluation`: gaussian_filter(sigma=4)
+STATIC_STD = 0.02  # method/adaclip.py `PromptLayer`: static prompts ~ N(0, 0.02)
+DEFAULT_CLASS = "object"
+
+
+def inference_precision(device: torch.device | str):
+    """fp16 autocast on a GPU, as the reference's forward and evaluation run (method/adaclip.py, method/trainer.py); fp32 on a CPU."""
+    if torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
 
 
 def default_layers(depth: int) -> tuple[int, ...]:
-    """Four evenly spaced layers ending at the last: 6, 12, 18, 24 for a 24-layer ViT-L/14."""
+    """Four evenly spaced feature layers ending at the last: 6, 12, 18, 24 for a 24-layer ViT (train.py `substage`)."""
     return tuple(sorted({max(1, round(depth * k / 4)) for k in (1, 2, 3, 4)}))
-
-
-def most_anomalous_centroid(points: torch.Tensor, scores: torch.Tensor, clusters: int) -> torch.Tensor:
-    """Centroid (E,) of the k-means cluster of `points` (N, E) whose mean `scores` (N,) is highest.
-
-    Deterministic: the first centre is the top-scoring point and each next one the point farthest from
-    the centres so far; assignments are made without gradients, the centroid keeps them.
-    """
-    clusters = min(clusters, len(points))
-    detached = points.detach()
-    chosen = [int(scores.argmax())]
-    distance = torch.cdist(detached, detached[chosen]).min(dim=1).values
-    while len(chosen) < clusters:
-        chosen.append(int(distance.argmax()))
-        distance = torch.minimum(distance, torch.cdist(detached, detached[chosen[-1:]])[:, 0])
-    centres = detached[chosen]
-    for _ in range(KMEANS_STEPS):
-        assignment = torch.cdist(detached, centres).argmin(dim=1)
-        centres = torch.stack([detached[assignment == k].mean(0) if (assignment == k).any() else centres[k]
-                               for k in range(clusters)])
-    assignment = torch.cdist(detached, centres).argmin(dim=1)
-    means = torch.stack([scores[assignment == k].mean() if (assignment == k).any() else scores.new_tensor(-float("inf"))
-                         for k in range(clusters)])
-    return points[assignment == means.argmax()].mean(0)
 
 
 @dataclass(frozen=True)
 class AdaClipSettings:
-    """Architecture of the learned parts; stored in every checkpoint."""
+    """Architecture of the learned parts and the input size; stored in every checkpoint of ours."""
 
     layers: tuple[int, ...]
     prompt_length: int = PROMPT_LENGTH
     prompt_depth: int = PROMPT_DEPTH
+    image_size: int = INPUT_SIZE
 
     @classmethod
     def for_backbone(cls, backbone: ClipBackbone, layers: Sequence[int] = (), prompt_length: int = PROMPT_LENGTH,
-                     prompt_depth: int = 0) -> "AdaClipSettings":
+                     prompt_depth: int = 0, image_size: int = INPUT_SIZE) -> "AdaClipSettings":
         """Settings that fit the backbone: four evenly spaced layers and AdaCLIP's depth, capped by a shallow CLIP."""
         depth = prompt_depth or min(PROMPT_DEPTH, backbone.depth, backbone.text_depth)
-        return cls(tuple(layers) or default_layers(backbone.depth), prompt_length, depth)
+        return cls(tuple(layers) or default_layers(backbone.depth), prompt_length, depth, image_size)
+
+
+class StaticPrompts(torch.nn.Module):
+    """One learnable (length, width) prompt per prompted layer (method/adaclip.py `PromptLayer.static_prompts`)."""
+
+    def __init__(self, depth: int, length: int, width: int) -> None:
+        super().__init__()
+        self.static_prompts = torch.nn.ParameterList(torch.nn.Parameter(STATIC_STD * torch.randn(length, width))
+                                                     for _ in range(depth))
+
+
+class Heads(torch.nn.Module):
+    """Parallel linear heads (method/adaclip.py `ProjectLayer`): per feature layer, or per prompt token."""
+
+    def __init__(self, width_in: int, width_out: int, count: int) -> None:
+        super().__init__()
+        self.head = torch.nn.ModuleList(torch.nn.Linear(width_in, width_out) for _ in range(count))
+
+    def per_token(self, embedding: torch.Tensor) -> torch.Tensor:
+        """(B, count, out): every head applied to the same (B, in) embedding (the dynamic prompt generators)."""
+        return torch.stack([head(embedding) for head in self.head], dim=1)
 
 
 class AdaClipPrompts(torch.nn.Module):
-    """Everything AdaCLIP learns: static and dynamic prompts for both encoders, and per-layer patch projections."""
+    """Everything AdaCLIP learns, under the official names (without the `clip_model.` prefix)."""
 
     def __init__(self, settings: AdaClipSettings, text_width: int, vision_width: int, embed_dim: int) -> None:
         super().__init__()
         self.settings = settings
         depth, length = settings.prompt_depth, settings.prompt_length
-        self.text_static = torch.nn.Parameter(0.02 * torch.randn(depth, 2, length, text_width))
-        self.visual_static = torch.nn.Parameter(0.02 * torch.randn(depth, length, vision_width))
-        self.text_dynamic = torch.nn.Linear(embed_dim, depth * text_width)
-        self.visual_dynamic = torch.nn.Linear(embed_dim, depth * vision_width)
-        for generator in (self.text_dynamic, self.visual_dynamic):  # start from the static prompts alone
-            torch.nn.init.zeros_(generator.weight)
-            torch.nn.init.zeros_(generator.bias)
-        self.patch_projections = torch.nn.ModuleList(torch.nn.Linear(vision_width, embed_dim) for _ in settings.layers)
+        self.text_prompter = StaticPrompts(depth, length, text_width)
+        self.visual_prompter = StaticPrompts(depth, length, vision_width)
+        self.patch_token_layer = Heads(vision_width, embed_dim, len(settings.layers))
+        self.cls_token_layer = Heads(embed_dim, embed_dim, 1)
+        self.dynamic_visual_prompt_generator = Heads(embed_dim, vision_width, length)
+        self.dynamic_text_prompt_generator = Heads(embed_dim, text_width, length)
 
-    def visual(self, query: torch.Tensor) -> torch.Tensor:
-        """(B, depth, length, Dv) visual prompts for unit image embeddings `query` (B, E)."""
-        depth = self.settings.prompt_depth
-        return self.visual_static[None] + self.visual_dynamic(query).view(len(query), depth, 1, -1)
 
-    def text(self, query: torch.Tensor) -> torch.Tensor:
-        """(B, depth, 2, length, Dt) normal/anomalous text prompts for unit image embeddings `query` (B, E)."""
-        depth = self.settings.prompt_depth
-        return self.text_static[None] + self.text_dynamic(query).view(len(query), depth, 1, 1, -1)
+class AdaClipOutput(NamedTuple):
+    """One batch through AdaCLIP: per-layer patch logits and the HSF image probabilities."""
+
+    layer_logits: torch.Tensor  # (B, layers, 2, g, g) normal/anomalous logits per feature layer
+    image_probabilities: torch.Tensor  # (B, 2) softmax of the HSF embedding against the two text embeddings
 
 
 class AdaClip(torch.nn.Module):
-    """Frozen CLIP + learned hybrid prompts -> anomaly maps and an HSF image score."""
+    """Frozen CLIP + AdaCLIP's learned prompts and heads -> anomaly maps and an HSF image score."""
 
     name = "adaclip"
+    default_image_score = "method"  # `iapas eval` ranks images by HSF, as the reference's test.py does
 
-    def __init__(self, backbone: ClipBackbone, settings: AdaClipSettings | None = None, prompts: AdaClipPrompts | None = None) -> None:
+    def __init__(self, backbone: ClipBackbone, settings: AdaClipSettings | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.settings = settings or AdaClipSettings.for_backbone(backbone)
@@ -123,115 +129,141 @@ class AdaClip(torch.nn.Module):
         if not 1 <= self.settings.prompt_depth <= min(backbone.depth, backbone.text_depth):
             raise WeightsError(f"AdaCLIP prompt depth {self.settings.prompt_depth} does not fit a CLIP with "
                                f"{backbone.depth} vision and {backbone.text_depth} text layers")
-        clip = backbone.clip
-        self.prompts = prompts or self._initial_prompts()
-        template = " ".join(["x"] * self.settings.prompt_length)
-        tokens = backbone.tokenizer([f"{template} {NORMAL_SENTENCE}", f"{template} {ANOMALOUS_SENTENCE}"], padding=True, return_tensors="pt")
-        self.register_buffer("sentence_ids", tokens["input_ids"], persistent=False)
-        eos = clip.text_model.eos_token_id
-        ids = tokens["input_ids"]
-        eos_positions = ids.argmax(-1) if eos == 2 else (ids == eos).int().argmax(-1)
-        self.register_buffer("eos_positions", eos_positions, persistent=False)
+        config = backbone.clip.config
+        self.prompts = AdaClipPrompts(self.settings, config.text_config.hidden_size, config.vision_config.hidden_size,
+                                      backbone.embed_dim)
+        self.class_name = DEFAULT_CLASS
+        self._sentence_ids: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
         self.to(backbone.device)
 
-    def _initial_prompts(self) -> AdaClipPrompts:
-        clip = self.backbone.clip
-        prompts = AdaClipPrompts(self.settings, clip.config.text_config.hidden_size, clip.config.vision_config.hidden_size,
-                                 self.backbone.embed_dim)
-        with torch.no_grad():  # each patch projection starts as CLIP's own visual projection
-            for projection in prompts.patch_projections:
-                projection.weight.copy_(clip.visual_projection.weight)
-                projection.bias.zero_()
-        return prompts
+    # ---- text -------------------------------------------------------------------------------------
+    def _tokens(self, class_name: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Token ids, EOS positions and the normal count of a class's 48 sentences (cached per class)."""
+        if class_name not in self._sentence_ids:
+            normal, abnormal = prompt_sentences(class_name)
+            with torch.inference_mode(False):  # cached: usable later in training as well as at test time
+                self._sentence_ids[class_name] = self._tokenise(normal, abnormal)
+        return self._sentence_ids[class_name]
 
-    def text_embeddings(self, query: torch.Tensor) -> torch.Tensor:
-        """(B, 2, E) unit normal/anomalous text embeddings under each image's hybrid text prompts."""
-        batch, length = len(query), self.settings.prompt_length
-        prompts = self.prompts.text(query)  # (B, depth, 2, length, Dt)
-        words = self.backbone.clip.text_model.embeddings.token_embedding(self.sentence_ids)[None].expand(batch, -1, -1, -1)
-        embeddings = torch.cat([words[:, :, :1], prompts[:, 0], words[:, :, 1 + length:]], dim=2).flatten(0, 1)
-        deep = prompts[:, 1:].transpose(1, 2).flatten(0, 1)  # (B*2, depth-1, length, Dt)
-        text = self.backbone.encode_text_embeddings(embeddings, self.eos_positions.repeat(batch), deep, prompt_start=1)
-        return text.view(batch, 2, -1)
+    def _tokenise(self, normal: list[str], abnormal: list[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Token ids padded to the longest sentence (the causal mask makes later padding irrelevant), EOS positions."""
+        ids = self.backbone.tokenizer(normal + abnormal, padding=True, return_tensors="pt")["input_ids"]
+        eos = (ids == self.backbone.clip.text_model.eos_token_id).int().argmax(-1)
+        return ids.to(self.backbone.device), eos.to(self.backbone.device), len(normal)
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-layer patch anomaly probabilities (B, layers, g, g) and HSF image probabilities (B,)."""
-        tokens = self.backbone.tokens(pixels)
-        with torch.no_grad():  # the dynamic prompts read the unprompted CLIP's view of the image
-            frozen_cls, _ = self.backbone.encode_tokens(tokens)
-        query = F.normalize(frozen_cls.float(), dim=-1)
-        cls_embedding, hidden = self.backbone.encode_tokens(tokens, self.settings.layers, self.prompts.visual(query))
-        text = self.text_embeddings(query)
-        scale = self.backbone.logit_scale()
-        grid = self.backbone.grid
-        maps, last_patches = [], None
-        for projection, layer_hidden in zip(self.prompts.patch_projections, hidden):
-            patches = F.normalize(projection(layer_hidden[:, 1:]).float(), dim=-1)  # (B, g*g, E)
-            probability = (scale * patches @ text.transpose(1, 2)).softmax(dim=-1)[..., 1]
-            maps.append(probability.view(-1, grid, grid))
-            last_patches = patches
-        patch_maps = torch.stack(maps, dim=1)
-        image_probability = self.hybrid_semantic_fusion(cls_embedding, last_patches, patch_maps.mean(dim=1).flatten(1), text, scale)
-        return patch_maps, image_probability
+    def text_embeddings(self, class_name: str, dynamic: torch.Tensor) -> torch.Tensor:
+        """(2, E) unit normal/abnormal class embeddings under one image's text prompts.
 
-    @staticmethod
-    def hybrid_semantic_fusion(cls_embedding, patches, scores, text, scale) -> torch.Tensor:
-        """Image probability from the class token fused with the centroid of the most anomalous patch cluster."""
-        fused = []
-        for image_patches, image_scores, cls in zip(patches, scores, F.normalize(cls_embedding.float(), dim=-1)):
-            centroid = most_anomalous_centroid(image_patches, image_scores, HSF_CLUSTERS)
-            fused.append(F.normalize(cls + F.normalize(centroid, dim=-1), dim=-1))
-        fused = torch.stack(fused)
-        return (scale * (fused[:, None] * text).sum(-1)).softmax(dim=-1)[:, 1]
+        method/adaclip.py `PromptLayer.forward_text`: layer 0 reads the sentence as tokenised; before layers
+        1 .. depth-1 positions 1 .. length are overwritten by static[i] + dynamic, the same prompts for
+        normal and abnormal sentences. `TextEmbebddingLayer.encode_text`: each sentence normalised, averaged
+        per state, normalised again.
+        """
+        ids, eos, normal_count = self._tokens(class_name)
+        statics = self.prompts.text_prompter.static_prompts
+        deep = torch.stack([statics[i] + dynamic for i in range(1, self.settings.prompt_depth)]) if len(statics) > 1 else None
+        words = self.backbone.clip.text_model.embeddings.token_embedding(ids)
+        if deep is not None:
+            deep = deep[None].expand(len(ids), -1, -1, -1)
+        sentences = self.backbone.encode_text_embeddings(words, eos, deep, prompt_start=1)  # unit (N, E)
+        states = [sentences[:normal_count].mean(0), sentences[normal_count:].mean(0)]
+        return F.normalize(torch.stack(states), dim=-1)
+
+    # ---- vision -----------------------------------------------------------------------------------
+    def encode_image(self, tokens: torch.Tensor, dynamic: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Prompted image embedding (B, E) and the feature layers' hidden states (B, 1 + g*g, D).
+
+        method/adaclip.py `PromptLayer.forward_visual`: before layer 0 the prompts static[0] + dynamic are
+        appended to the sequence; before layers 1 .. depth-1 they are replaced by that layer's; after that
+        they stay in the sequence to the last layer. Feature layers leave them out.
+        """
+        vision = self.backbone.clip.vision_model
+        hidden = vision.pre_layrnorm(tokens)
+        count = tokens.shape[1]
+        statics = self.prompts.visual_prompter.static_prompts
+        collected = []
+        for index, layer in enumerate(vision.encoder.layers):
+            if index < self.settings.prompt_depth:
+                hidden = torch.cat([hidden[:, :count], (statics[index] + dynamic).to(hidden.dtype)], dim=1)
+            output = layer(hidden, None)
+            hidden = output[0] if isinstance(output, tuple) else output
+            if index + 1 in self.settings.layers:
+                collected.append(hidden[:, :count])
+        return self.backbone.project(hidden[:, 0]), collected
+
+    def forward(self, pixels: torch.Tensor, class_names: Sequence[str]) -> AdaClipOutput:
+        """Per-layer patch logits and HSF image probabilities for a batch of images and their class names."""
+        tokens = self.backbone.tokens_at_size(pixels)
+        with torch.no_grad():  # method/adaclip.py `generate_and_set_dynamic_promtps`: the unprompted CLIP's embedding
+            frozen, _ = self.backbone.encode_tokens(tokens)
+        prompts = self.prompts
+        visual_dynamic = prompts.dynamic_visual_prompt_generator.per_token(frozen)  # (B, length, Dv)
+        text_dynamic = prompts.dynamic_text_prompt_generator.per_token(frozen)  # (B, length, Dt)
+        image_embedding, hidden = self.encode_image(tokens, visual_dynamic)
+        cls = F.normalize(prompts.cls_token_layer.head[0](image_embedding).float(), dim=-1)
+        patches = [F.normalize(head(h[:, 1:]).float(), dim=-1) for head, h in zip(prompts.patch_token_layer.head, hidden)]
+        grid = int(round(patches[0].shape[1] ** 0.5))
+        layer_logits, image_probabilities = [], []
+        for b, class_name in enumerate(class_names):  # the reference runs batch 1: text prompts are per image
+            text = self.text_embeddings(class_name, text_dynamic[b]).float()  # (2, E)
+            logits = [LOGIT_SCALE * layer[b] @ text.T for layer in patches]  # per layer (g*g, 2)
+            anomaly = torch.stack(logits).mean(0).softmax(-1)[:, 1]
+            centre = cluster_centre([layer[b] for layer in patches], anomaly.detach(), HSF_CLUSTERS)
+            image_probabilities.append((LOGIT_SCALE * fuse(centre, cls[b]) @ text.T).softmax(-1))
+            layer_logits.append(torch.stack([l.T.reshape(2, grid, grid) for l in logits]))
+        return AdaClipOutput(torch.stack(layer_logits), torch.stack(image_probabilities))
+
+    def anomaly_map(self, layer_logits: torch.Tensor) -> torch.Tensor:
+        """(B, S, S) test-time map: layers' logits averaged, upsampled to the input size, softmax (before smoothing).
+
+        The reference upsamples each layer and then averages; bilinear upsampling is linear, so averaging
+        first gives the same map with a quarter of the work.
+        """
+        mean = layer_logits.float().mean(dim=1)
+        size = self.settings.image_size
+        return F.interpolate(mean, size=(size, size), mode="bilinear", align_corners=True).softmax(dim=1)[:, 1]
+
+    # ---- the Method protocol ----------------------------------------------------------------------
+    def prepare(self, category: str, normal_images: Sequence[Path], kind: str, out_dir: Path) -> None:
+        """The category's name goes into the text prompts; nothing else is per category."""
+        self.class_name = category or DEFAULT_CLASS
 
     @torch.inference_mode()
     def segment(self, image: np.ndarray) -> Result:
-        """Mean of the upsampled per-layer maps at the image's resolution, and the HSF image score."""
+        """The smoothed map (computed at the input size, then resized to the image) and the HSF image score."""
         start = time.perf_counter()
         height, width = image.shape[:2]
-        patch_maps, image_probability = self(self.backbone.preprocess([image]))
+        with inference_precision(self.backbone.device):
+            output = self(self.backbone.preprocess_to([image], self.settings.image_size), [self.class_name])
+        heat = self.anomaly_map(output.layer_logits)[0]
         forward = time.perf_counter()
-        upsampled = F.interpolate(patch_maps.float(), size=(height, width), mode="bilinear", align_corners=False).mean(dim=1)[0]
-        heat = upsampled.clamp(0, 1).cpu().numpy().astype(np.float32)
-        return Result(heat, Boxes.empty(), Masks.empty(height, width), (NORMAL_SENTENCE, ANOMALOUS_SENTENCE),
-                      {"prompted_clip": forward - start, "upsampling": time.perf_counter() - forward}, self.name,
-                      float(image_probability[0]))
+        smoothed = torch.from_numpy(gaussian_smooth(heat, MAP_SIGMA))[None, None]
+        resized = F.interpolate(smoothed, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+        sentences = prompt_sentences(self.class_name)
+        return Result(resized.numpy().astype(np.float32), Boxes.empty(), Masks.empty(height, width),
+                      (sentences[0][0], sentences[1][0]),
+                      {"prompted_clip": forward - start, "smoothing": time.perf_counter() - forward}, self.name,
+                      float(output.image_probabilities[0, 1]))
 
-    def prepare(self, category: str, normal_images: Sequence[Path], kind: str, out_dir: Path) -> None:
-        """Nothing per category: AdaCLIP's prompts are class-agnostic."""
-
-    def loss(self, pixels: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, pixels: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> torch.Tensor:
         """The training loss of one batch (see `train.adaclip_loss`)."""
         from .train import adaclip_loss
 
-        return adaclip_loss(self, pixels, masks, labels)
+        return adaclip_loss(self, pixels, masks, labels, class_names)
 
     def settings_record(self) -> dict:
         """The architecture settings as plain data, stored with every checkpoint and compared on resume."""
         return {**asdict(self.settings), "layers": list(self.settings.layers)}
 
     def save(self, path: str | Path, extra: dict | None = None) -> Path:
-        """Only the learned prompts and their settings: the CLIP stays where the user keeps it."""
-        payload = {"format": CHECKPOINT_FORMAT, "settings": asdict(self.settings), "clip": self.backbone.name,
-                   "prompts": self.prompts.state_dict(), **(extra or {})}
-        return atomic_write(path, lambda temporary: torch.save(payload, temporary))
+        """Only the learned tensors and their settings: the CLIP stays where the user keeps it."""
+        from .checkpoint import save_prompts
+
+        return save_prompts(self, path, extra)
 
     @classmethod
     def load(cls, path: str | Path, backbone: ClipBackbone) -> "AdaClip":
-        """Trained prompts from `save` on top of a frozen CLIP; a one-line WeightsError when they do not fit."""
-        path = Path(path)
-        if not path.is_file():
-            raise WeightsError(f"AdaCLIP prompt weights not found: {path} (train them with `iapas train adaclip`)")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            if payload.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError(f"format {payload.get('format')}, this iapas reads format {CHECKPOINT_FORMAT}; retrain")
-            settings = AdaClipSettings(**{**payload["settings"], "layers": tuple(payload["settings"]["layers"])})
-        except Exception as error:
-            raise WeightsError(f"not an AdaCLIP prompt checkpoint: {path} ({str(error).splitlines()[0][:120]})") from None
-        model = cls(backbone, settings)
-        try:
-            model.prompts.load_state_dict(payload["prompts"])
-        except RuntimeError:
-            raise WeightsError(f"{path} was trained on CLIP {payload.get('clip')!r} and does not fit CLIP {backbone.name!r}") from None
-        return model.eval()
+        """Our checkpoint or an official released one (`pretrained_*.pth`) on top of a frozen CLIP."""
+        from .checkpoint import load_prompts
+
+        return load_prompts(cls, path, backbone)
