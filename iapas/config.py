@@ -98,6 +98,7 @@ class ClipMethodsConfig:
     weights: str = ""  # CLIP directory; empty: the first 'clip' entry of the manifest found in the weights dir
     winclip_scales: list[int] = field(default_factory=lambda: [2, 3])  # window sizes in patches (WinCLIP paper)
     adaclip_prompts: str = ""  # trained prompts from `iapas train adaclip`; empty: <weights_dir>/adaclip/adaclip_prompts.pt
+    prompts: str = ""  # trained prompts of the chosen learned method (--prompts); empty: <weights_dir>/<method>/<method>_prompts.pt
 
 
 @dataclass

@@ -69,15 +69,15 @@ def training_samples(dataset_name: str, root: Path, limit: int = 0) -> list[Samp
     return samples
 
 
-def load_batch(samples: list[Sample], backbone: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pixels, masks resized to the CLIP input (nearest) and labels of a batch."""
+def load_batch(samples: list[Sample], backbone: Any, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pixels, masks resized to the input size (nearest) and labels of a batch; the size is the CLIP's unless given."""
     images = [load_image(sample.image_path).pixels for sample in samples]
-    size = backbone.image_size
+    size = size or backbone.image_size
     masks = [torch.from_numpy(load_mask(s, *im.shape[:2]).astype(np.float32))[None, None] for s, im in zip(samples, images)]
     masks = torch.cat([F.interpolate(m, size=(size, size), mode="nearest") for m in masks])[:, 0]
     labels = torch.tensor([float(sample.label) for sample in samples])
     device = backbone.device
-    return backbone.preprocess(images), masks.to(device), labels.to(device)
+    return backbone.preprocess(images, size), masks.to(device), labels.to(device)
 
 
 def mixed_precision(device: torch.device | str):
@@ -110,7 +110,9 @@ class PromptTrainer:
             bar = tqdm(batches, desc=f"{learner.name} epoch {epoch + 1}/{options.epochs}", unit="batch",
                        disable=not options.progress)
             for batch in bar:
-                pixels, masks, labels = load_batch([samples[i] for i in batch], learner.backbone)
+                # a learner may train at its own input size (AnomalyCLIP, FAPrompt: 518 px on a 336 px CLIP)
+                pixels, masks, labels = load_batch([samples[i] for i in batch], learner.backbone,
+                                                   getattr(learner, "input_size", None))
                 with mixed_precision(learner.backbone.device):
                     loss = learner.loss(pixels, masks, labels)
                 self.optimizer.zero_grad()

@@ -1,0 +1,199 @@
+"""AnomalyCLIP and the shared V-V attention on a tiny random CLIP loaded through the real loader."""
+import dataclasses
+import json
+import math
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+
+from iapas.backends.clip import ClipBackbone
+from iapas.cli import main
+from iapas.data.synth import SynthSpec, write_synth_dataset
+from iapas.errors import WeightsError
+from iapas.methods.anomalyclip.model import AnomalyClip, AnomalyClipSettings
+from iapas.methods.anomalyclip.train import AnomalyClipArchitecture, train_anomalyclip
+from iapas.prompt_learning import TrainOptions
+from iapas.prompt_learning.vision import encode_dual_path, input_size_for, tokens_at, vv_attention, vv_start_for
+from iapas.weights import find_weights
+
+
+@pytest.fixture(scope="module")
+def clip_dir(weights_dir):
+    return find_weights("clip", weights_dir)[1]
+
+
+@pytest.fixture(scope="module")
+def backbone(clip_dir):
+    return ClipBackbone(clip_dir)
+
+
+@pytest.fixture(scope="module")
+def train_root(tmp_path_factory):
+    spec = SynthSpec(categories=("washer",), defects=("hole",), train_good=1, test_good=2, per_defect=4, size=48)
+    return write_synth_dataset(tmp_path_factory.mktemp("aux"), spec)
+
+
+def image(seed=0, shape=(50, 60, 3)):
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def attention_block(width, heads):
+    from transformers import CLIPVisionConfig
+    from transformers.models.clip.modeling_clip import CLIPAttention
+
+    return CLIPAttention(CLIPVisionConfig(hidden_size=width, num_attention_heads=heads, intermediate_size=4))
+
+
+def test_vv_attention_on_a_hand_case():
+    block = attention_block(2, 1)
+    with torch.no_grad():  # identity value and output projections: the values are the tokens themselves
+        for projection in (block.v_proj, block.out_proj, block.q_proj, block.k_proj):
+            projection.weight.copy_(torch.eye(2))
+            projection.bias.zero_()
+        block.q_proj.weight.mul_(5)  # queries and keys must play no part
+    tokens = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])
+    scale = 2 ** -0.5
+    # token i attends to j with weight exp(v_i . v_j * scale) / sum_j, v = the tokens
+    dots = [[1, 0, 1], [0, 1, 1], [1, 1, 2]]
+    expected = []
+    for row in dots:
+        weights = [math.exp(d * scale) for d in row]
+        total = sum(weights)
+        expected.append([sum(w / total * t[c] for w, t in zip(weights, [[1, 0], [0, 1], [1, 1]])) for c in range(2)])
+    torch.testing.assert_close(vv_attention(block, tokens), torch.tensor([expected]))
+
+
+def test_vv_attention_splits_heads_like_a_per_head_computation():
+    torch.manual_seed(0)
+    block = attention_block(4, 2)
+    tokens = torch.randn(1, 5, 4)
+    values = block.v_proj(tokens)[0]
+    heads = []
+    for head in range(2):
+        v = values[:, 2 * head:2 * head + 2]
+        heads.append(torch.softmax(v @ v.t() / math.sqrt(2), dim=-1) @ v)
+    expected = block.out_proj(torch.cat(heads, dim=-1))[None]
+    torch.testing.assert_close(vv_attention(block, tokens), expected)
+
+
+def test_dual_path_keeps_clip_and_adds_vv_from_its_layer(backbone):
+    pixels = backbone.preprocess([image()])
+    tokens = backbone.tokens(pixels)
+    torch.testing.assert_close(tokens_at(backbone, pixels), tokens)  # the model's own size: no interpolation
+    layers = backbone.clip.vision_model.encoder.layers
+    last, (first, second) = encode_dual_path(backbone, tokens, 2, (1, 2))
+    plain = backbone.clip.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(last, plain[2])  # the class token's path is CLIP's own
+    torch.testing.assert_close(first, plain[1])  # before the V-V layer: ordinary tokens
+    expected = plain[1] + vv_attention(layers[1].self_attn, layers[1].layer_norm1(plain[1]))  # input + V-V, no MLP
+    torch.testing.assert_close(second, expected)
+    bigger = tokens_at(backbone, backbone.preprocess([image()], 48))
+    assert bigger.shape == (1, 1 + 36, tokens.shape[-1])
+    assert input_size_for(336, 14) == 518 and vv_start_for(24) == 6 and vv_start_for(12) == 3
+
+
+def released_state(settings: AnomalyClipSettings, width: int, seed: int = 0) -> OrderedDict:
+    """A state dict with the keys, shapes and dtypes of zqhang/AnomalyCLIP's AnomalyCLIP_PromptLearner (random values)."""
+    generator = torch.Generator().manual_seed(seed)
+    n, context = settings.prompt_length, 77
+    state = OrderedDict()
+    state["ctx_pos"] = torch.randn(1, 1, n, width, generator=generator).half()  # built in CLIP's fp16 dtype
+    state["ctx_neg"] = torch.randn(1, 1, n, width, generator=generator).half()
+    for i in range(settings.text_depth - 1):
+        state[f"compound_prompts_text.{i}"] = torch.randn(settings.text_length, width, generator=generator)
+    for i in range(settings.text_depth - 1):  # defined but never called by the reference's forward
+        state[f"compound_prompt_projections.{i}.weight"] = torch.randn(896, width, generator=generator)
+        state[f"compound_prompt_projections.{i}.bias"] = torch.randn(896, generator=generator)
+    for sign, words in (("pos", 2), ("neg", 3)):  # frozen word embeddings and token ids, recomputed by iapas
+        state[f"token_prefix_{sign}"] = torch.randn(1, 1, 1, width, generator=generator).half()
+        state[f"token_suffix_{sign}"] = torch.randn(1, 1, context - 1 - n, width, generator=generator).half()
+        state[f"tokenized_prompts_{sign}"] = torch.zeros(1, 1, context, dtype=torch.int32)
+    return state
+
+
+def test_released_checkpoint_format_loads_and_round_trips(backbone, weights_dir, tmp_path, capsys):
+    settings = AnomalyClipSettings.for_backbone(backbone)
+    width = backbone.clip.config.text_config.hidden_size
+    state = released_state(settings, width)
+    released = tmp_path / "epoch_15.pth"
+    torch.save({"prompt_learner": state}, released)  # as zqhang/AnomalyCLIP train.py saves it
+    model = AnomalyClip.load(released, backbone)
+    assert model.settings == settings  # shapes read off the tensors, test-time choices the reference's
+    torch.testing.assert_close(model.prompts.ctx_neg, state["ctx_neg"].float())
+    torch.testing.assert_close(model.prompts.compound_prompts_text[0], state["compound_prompts_text.0"])
+    before = model.segment(image(1))
+    assert before.anomaly_map.shape == (50, 60) and 0 <= before.image_score <= 1
+    again = AnomalyClip.load(model.save(tmp_path / "ours.pt"), backbone)
+    after = again.segment(image(1))
+    np.testing.assert_array_equal(after.anomaly_map, before.anomaly_map)
+    assert after.image_score == before.image_score
+    saved = torch.load(tmp_path / "ours.pt", weights_only=True)
+    assert set(saved["prompt_learner"]) == {"ctx_pos", "ctx_neg", "compound_prompts_text.0"}  # the reference's names
+    picture = tmp_path / "part.png"
+    from PIL import Image
+    Image.fromarray(image(2)).save(picture)
+    code = main(["segment", str(picture), "--method", "anomalyclip", "--prompts", str(released), "-o", str(tmp_path / "out"),
+                 "--weights", str(weights_dir), "--no-progress"])
+    assert code == 0 and json.loads((tmp_path / "out" / "part.json").read_text())["method"] == "anomalyclip"
+    capsys.readouterr()
+    deep = released_state(AnomalyClipSettings((1, 2), 48, 1, text_depth=9), width)  # ViT-L's depth 9 on a 2-layer text CLIP
+    torch.save({"prompt_learner": deep}, tmp_path / "deep.pth")
+    with pytest.raises(WeightsError, match="text prompt depth 9 does not fit"):
+        AnomalyClip.load(tmp_path / "deep.pth", backbone)
+    wide = released_state(settings, width * 2)
+    torch.save({"prompt_learner": wide}, tmp_path / "wide.pth")
+    with pytest.raises(WeightsError, match="trained on another CLIP"):
+        AnomalyClip.load(tmp_path / "wide.pth", backbone)
+    code = main(["segment", str(picture), "--method", "anomalyclip", "--prompts", str(tmp_path / "none.pth"),
+                 "-o", str(tmp_path / "x"), "--weights", str(weights_dir)])
+    assert code == 2 and "anomalyclip prompt weights not found" in capsys.readouterr().err
+
+
+def test_map_and_image_score_follow_the_reference(backbone):
+    torch.manual_seed(1)
+    unsmoothed = dataclasses.replace(AnomalyClipSettings.for_backbone(backbone), sigma=0.0)
+    model = AnomalyClip(backbone, unsmoothed).eval()
+    picture = image(4, (48, 48, 3))  # already the input size: no resizing around the map
+    result = model.segment(picture)
+    with torch.no_grad():
+        text = model.text_features()
+        image_embedding, patches = model.encode_image(backbone.preprocess([picture], 48))
+    # the class-token score: softmax(cos / 0.07) of the abnormal text
+    expected_score = torch.softmax(image_embedding @ text.t() / 0.07, -1)[0, 1]
+    assert result.image_score == pytest.approx(float(expected_score), abs=1e-6)
+    # the top-left patch's abnormal softmax, averaged over the layers, is the map on pixels 0-3 (bilinear, clamped there)
+    first = torch.softmax(patches[0][0] @ text.t() / 0.07, -1)[:, 1].reshape(6, 6)
+    second = torch.softmax(patches[1][0] @ text.t() / 0.07, -1)[:, 1].reshape(6, 6)
+    assert result.anomaly_map[0:4, 0:4] == pytest.approx(float((first[0, 0] + second[0, 0]) / 2), abs=1e-5)
+
+
+def test_training_lowers_the_loss_and_resumes(clip_dir, train_root, tmp_path):
+    def options(folder, epochs):
+        return TrainOptions("mvtec", train_root, tmp_path / folder, clip_dir, epochs=epochs, batch_size=4,
+                            learning_rate=1e-2, limit=4, progress=False)
+
+    _, losses = train_anomalyclip(options("full", 8))
+    assert len(losses) == 8 and np.mean(losses[-2:]) < 0.9 * np.mean(losses[:2])
+    train_anomalyclip(options("cut", 3))
+    path, resumed = train_anomalyclip(options("cut", 8))
+    assert len(resumed) == 5 and resumed == pytest.approx(losses[3:], rel=1e-4)  # same run as without the stop
+    log = json.loads((tmp_path / "cut" / "train_log.json").read_text())
+    assert log["epoch"] == 8 and log["losses"] == pytest.approx(losses, rel=1e-4)
+    assert torch.load(path, weights_only=True)["iapas"]["epochs_done"] == 8
+
+
+def test_cli_train_and_eval(capsys, weights_dir, train_root, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    assert main(["train", "anomalyclip", "--dataset", "mvtec", "--root", str(train_root), "-o", str(ckpt), "--epochs", "1",
+                 "--limit", "2", "--layers", "2", "--weights", str(weights_dir), "--no-progress"]) == 0
+    assert "AnomalyCLIP prompts: " in capsys.readouterr().err
+    prompts = ckpt / "anomalyclip_prompts.pt"
+    assert torch.load(prompts, weights_only=True)["iapas"]["settings"]["layers"] == [2]
+    code = main(["eval", "--dataset", "mvtec", "--root", str(train_root), "--method", "anomalyclip", "--prompts",
+                 str(prompts), "-o", str(tmp_path / "res"), "--weights", str(weights_dir), "--no-progress", "--limit", "3"])
+    assert code == 0 and "| **mean** |" in capsys.readouterr().out
+    code = main(["train", "anomalyclip", "--dataset", "mvtec", "--root", str(train_root), "-o", str(tmp_path / "bad"),
+                 "--layers", "7", "--weights", str(weights_dir), "--no-progress"])
+    assert code == 2 and "ViT layer 7 does not exist" in capsys.readouterr().err
