@@ -197,3 +197,27 @@ def test_cli_train_and_eval(capsys, weights_dir, train_root, tmp_path):
     code = main(["train", "anomalyclip", "--dataset", "mvtec", "--root", str(train_root), "-o", str(tmp_path / "bad"),
                  "--layers", "7", "--weights", str(weights_dir), "--no-progress"])
     assert code == 2 and "ViT layer 7 does not exist" in capsys.readouterr().err
+
+
+def test_reference_defaults_on_a_vit_l_14_336_shape():
+    from types import SimpleNamespace
+
+    from iapas.methods.faprompt.model import FAPromptSettings
+
+    vit_l = SimpleNamespace(depth=24, image_size=336, patch_size=14, text_depth=12)
+    assert AnomalyClipSettings.for_backbone(vit_l) == AnomalyClipSettings((6, 12, 18, 24), 518, 6, 12, 9, 4, 4.0)
+    assert FAPromptSettings.for_backbone(vit_l) == FAPromptSettings(518, 6, 24, 5, 2, 10, 10, 9, 4, 10.0)
+
+
+def test_generic_prompts_option_reaches_adaclip(backbone, weights_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from iapas.methods.adaclip.model import AdaClip
+
+    prompts = AdaClip(backbone).save(tmp_path / "ada.pt")
+    picture = tmp_path / "part.png"
+    Image.fromarray(image(5)).save(picture)
+    code = main(["segment", str(picture), "--method", "adaclip", "--prompts", str(prompts), "-o", str(tmp_path / "out"),
+                 "--weights", str(weights_dir), "--no-progress"])
+    capsys.readouterr()
+    assert code == 0 and json.loads((tmp_path / "out" / "part.json").read_text())["method"] == "adaclip"
