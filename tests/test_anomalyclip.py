@@ -221,3 +221,81 @@ def test_generic_prompts_option_reaches_adaclip(backbone, weights_dir, tmp_path,
                  "--weights", str(weights_dir), "--no-progress"])
     capsys.readouterr()
     assert code == 0 and json.loads((tmp_path / "out" / "part.json").read_text())["method"] == "adaclip"
+
+
+def reference_dual_path(visual, pixels, vv_from, layers):
+    """AnomalyCLIP's image side written out on open_clip's own modules (AnomalyCLIP_lib/AnomalyCLIP.py, DPAM, ffn False)."""
+    import torch.nn.functional as F
+
+    x = visual.conv1(pixels).flatten(2).transpose(1, 2)
+    grid = int(x.shape[1] ** 0.5)
+    trained = int((visual.positional_embedding.shape[0] - 1) ** 0.5)
+    square = visual.positional_embedding[1:].reshape(1, trained, trained, -1).permute(0, 3, 1, 2)
+    square = F.interpolate(square, (grid, grid), mode="bilinear").reshape(1, -1, grid * grid).transpose(1, 2)[0]
+    x = torch.cat([visual.class_embedding.expand(len(x), 1, -1), x], dim=1)
+    x = visual.ln_pre(x + torch.cat([visual.positional_embedding[:1], square]))
+    original, vv, collected = x, None, []
+    for index, block in enumerate(visual.transformer.resblocks, start=1):
+        if index < vv_from:
+            original = block(original)
+        else:
+            attention = block.attn
+            heads, width = attention.num_heads, original.shape[-1]
+            q, k, v = F.linear(block.ln_1(original), attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
+            q, k, v = (t.reshape(len(t), -1, heads, width // heads).transpose(1, 2) for t in (q, k, v))
+            scale = (width // heads) ** -0.5
+
+            def mix(a, b, values):
+                out = ((a @ b.transpose(-2, -1)) * scale).softmax(-1) @ values
+                return attention.out_proj(out.transpose(1, 2).reshape(len(out), -1, width))
+
+            vv = (original if vv is None else vv) + mix(v, v, v)
+            original = original + mix(q, k, v)
+            original = original + block.mlp(block.ln_2(original))
+        if index in layers:
+            collected.append(original if vv is None else vv)
+    image = original[:, 0] @ visual.proj  # x_ori[0] @ proj: no ln_post on the class token
+    return image, [visual.ln_post(tokens) @ visual.proj for tokens in collected]
+
+
+def test_image_and_text_sides_equal_the_reference_written_on_open_clip(tmp_path):
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    torch.manual_seed(0)
+    model = CLIP(embed_dim=16, vision_cfg=CLIPVisionCfg(layers=3, width=128, head_width=64, patch_size=8, image_size=32),
+                 text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=2)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    torch.save(model.state_dict(), tmp_path / "ViT-tiny.pt")
+    backbone = ClipBackbone(tmp_path / "ViT-tiny.pt")  # converted exactly into transformers' CLIP
+    ours = AnomalyClip(backbone, AnomalyClipSettings((1, 2, 3), 48, 2, text_depth=2))
+    pixels = torch.randn(2, 3, 48, 48)  # 6 x 6 patches on a model trained at 4 x 4
+    image_embedding, patches = ours.encode_image(pixels)
+    with torch.no_grad():
+        expected_image, expected_patches = reference_dual_path(model.visual, pixels, 2, (1, 2, 3))
+    unit = torch.nn.functional.normalize
+    torch.testing.assert_close(image_embedding, unit(expected_image, dim=-1), atol=1e-5, rtol=1e-4)
+    for got, expected in zip(patches, expected_patches):
+        torch.testing.assert_close(got, unit(expected[:, 1:], dim=-1), atol=1e-5, rtol=1e-4)
+    # the text side: AnomalyCLIP's encode_text_learn on open_clip's text transformer, learned tokens inserted by hand
+    import open_clip
+
+    with torch.no_grad():
+        ours.prompts.ctx_pos.normal_()
+        ours.prompts.ctx_neg.normal_()
+        ours.prompts.compound_prompts_text[0].normal_()
+        got = ours.text_features()
+        length = ours.settings.prompt_length
+        ids = open_clip.tokenize([" ".join(["X"] * length) + " object.", " ".join(["X"] * length) + " damaged object."])
+        x = model.token_embedding(ids)
+        x = torch.cat([x[:, :1], torch.cat([ours.prompts.ctx_pos[0], ours.prompts.ctx_neg[0]]), x[:, 1 + length:]], dim=1)
+        x = x + model.positional_embedding
+        for index, block in enumerate(model.transformer.resblocks):
+            if index == 1:  # layer 2 gets the deep tokens at positions 1..4
+                deep = ours.prompts.compound_prompts_text[0].expand(2, -1, -1)
+                x = torch.cat([x[:, :1], deep, x[:, 1 + deep.shape[1]:]], dim=1)
+            x = block(x, attn_mask=model.attn_mask)
+        x = model.ln_final(x)
+        expected = x[torch.arange(2), ids.argmax(dim=-1)] @ model.text_projection
+    torch.testing.assert_close(got, unit(expected, dim=-1), atol=1e-5, rtol=1e-4)
