@@ -299,3 +299,17 @@ def test_image_and_text_sides_equal_the_reference_written_on_open_clip(tmp_path)
         x = model.ln_final(x)
         expected = x[torch.arange(2), ids.argmax(dim=-1)] @ model.text_projection
     torch.testing.assert_close(got, unit(expected, dim=-1), atol=1e-5, rtol=1e-4)
+
+
+def test_resizing_matches_the_references_pil_bicubic():
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from iapas.prompt_learning.vision import reference_pixels
+
+    identity = SimpleNamespace(device="cpu", mean=torch.zeros(1, 3, 1, 1), std=torch.ones(1, 3, 1, 1))
+    picture = image(6, (96, 128, 3))  # noise: the worst case for a resize that does not filter when it shrinks
+    ours = reference_pixels(identity, [picture], 48)[0].permute(1, 2, 0).numpy() * 255
+    pil = np.asarray(Image.fromarray(picture).resize((48, 48), Image.BICUBIC)).astype(np.float64)
+    assert np.abs(ours - pil).max() < 1.0  # PIL rounds to whole grey levels

@@ -69,15 +69,21 @@ def training_samples(dataset_name: str, root: Path, limit: int = 0) -> list[Samp
     return samples
 
 
-def load_batch(samples: list[Sample], backbone: Any, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pixels, masks resized to the input size (nearest) and labels of a batch; the size is the CLIP's unless given."""
+def load_batch(samples: list[Sample], backbone: Any, size: int | None = None,
+               preprocess: Callable[[list[np.ndarray]], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pixels, masks resized to the input size (nearest) and labels of a batch.
+
+    The size is the CLIP's unless given, and the pixels come from the CLIP's own preprocessing unless
+    the method brings its own (at that size).
+    """
     images = [load_image(sample.image_path).pixels for sample in samples]
     size = size or backbone.image_size
     masks = [torch.from_numpy(load_mask(s, *im.shape[:2]).astype(np.float32))[None, None] for s, im in zip(samples, images)]
     masks = torch.cat([F.interpolate(m, size=(size, size), mode="nearest") for m in masks])[:, 0]
     labels = torch.tensor([float(sample.label) for sample in samples])
     device = backbone.device
-    return backbone.preprocess(images, size), masks.to(device), labels.to(device)
+    pixels = preprocess(images) if preprocess is not None else backbone.preprocess(images, size)
+    return pixels, masks.to(device), labels.to(device)
 
 
 def mixed_precision(device: torch.device | str):
@@ -110,9 +116,9 @@ class PromptTrainer:
             bar = tqdm(batches, desc=f"{learner.name} epoch {epoch + 1}/{options.epochs}", unit="batch",
                        disable=not options.progress)
             for batch in bar:
-                # a learner may train at its own input size (AnomalyCLIP, FAPrompt: 518 px on a 336 px CLIP)
+                # a learner may train at its own input size with its own resizing (AnomalyCLIP, FAPrompt: 518 px)
                 pixels, masks, labels = load_batch([samples[i] for i in batch], learner.backbone,
-                                                   getattr(learner, "input_size", None))
+                                                   getattr(learner, "input_size", None), getattr(learner, "preprocess", None))
                 with mixed_precision(learner.backbone.device):
                     loss = learner.loss(pixels, masks, labels)
                 self.optimizer.zero_grad()

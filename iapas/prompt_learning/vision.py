@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -33,6 +34,17 @@ def vv_start_for(depth: int) -> int:
 def evenly_spaced_layers(depth: int) -> tuple[int, ...]:
     """Four evenly spaced layers ending at the last: 6, 12, 18, 24 for a 24-layer ViT-L/14."""
     return tuple(sorted({max(1, round(depth * k / 4)) for k in (1, 2, 3, 4)}))
+
+
+def reference_pixels(backbone, images: Sequence[np.ndarray], size: int) -> torch.Tensor:
+    """(B, 3, size, size) normalised pixels, resized as AnomalyCLIP and FAPrompt do: the whole image, bicubic, antialiased.
+
+    zqhang/AnomalyCLIP utils.py get_transform: torchvision Resize((518, 518), BICUBIC) on the PIL image
+    (PIL filters when it shrinks), a centre crop that crops nothing, then CLIP's mean and std.
+    """
+    batch = torch.stack([torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1) for image in images]).float() / 255
+    batch = F.interpolate(batch.to(backbone.device), size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    return (batch.clamp(0, 1) - backbone.mean) / backbone.std
 
 
 def tokens_at(backbone, pixels: torch.Tensor) -> torch.Tensor:

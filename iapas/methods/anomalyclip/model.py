@@ -24,7 +24,8 @@ from ...prompt_learning import gaussian_smooth
 from ...prompt_learning.checkpoints import load_learned, load_prompt_learner, save_prompt_learner
 from ...prompt_learning.text_prompts import deep_prompts, encode_prompted, fill_slots, learned_tokens, slot_sentences
 from ...prompt_learning.vision import (SIMILARITY_TEMPERATURE, encode_dual_path, evenly_spaced_layers, input_size_for,
-                                       tokens_at, two_class_probabilities, upsample_patches, vv_start_for)
+                                       reference_pixels, tokens_at, two_class_probabilities, upsample_patches,
+                                       vv_start_for)
 from ...types import Boxes, Masks, Result
 
 NORMAL_WORDS = "object."  # zqhang/AnomalyCLIP prompt_ensemble.py: state "{}" with the class name "object"
@@ -110,6 +111,10 @@ class AnomalyClip(torch.nn.Module):
     def input_size(self) -> int:
         return self.settings.image_size
 
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Pixels at the input size, resized as the reference's PIL bicubic resize does (antialiased)."""
+        return reference_pixels(self.backbone, images, self.settings.image_size)
+
     def text_features(self) -> torch.Tensor:
         """(2, E) unit embeddings of the normal and the abnormal prompt."""
         slots = torch.cat([self.prompts.ctx_pos[0], self.prompts.ctx_neg[0]])  # (2, length, width)
@@ -141,7 +146,7 @@ class AnomalyClip(torch.nn.Module):
         start = time.perf_counter()
         height, width = image.shape[:2]
         size = self.settings.image_size
-        probabilities, logits = self(self.backbone.preprocess([image], size))
+        probabilities, logits = self(self.preprocess([image]))
         # test.py sums (p_abnormal + 1 - p_normal) / 2 = p_abnormal over the layers; the mean keeps the map in [0, 1]
         maps = torch.stack([upsample_patches(probabilities[:, i], size)[:, 1] for i in range(probabilities.shape[1])])
         forward = time.perf_counter()

@@ -24,8 +24,8 @@ from ...errors import WeightsError
 from ...prompt_learning import gaussian_smooth
 from ...prompt_learning.checkpoints import load_learned, load_prompt_learner, save_prompt_learner
 from ...prompt_learning.text_prompts import deep_prompts, encode_prompted, fill_slots, learned_tokens, slot_sentences
-from ...prompt_learning.vision import (SIMILARITY_TEMPERATURE, encode_dual_path, input_size_for, tokens_at,
-                                       two_class_probabilities, upsample_patches, vv_start_for)
+from ...prompt_learning.vision import (SIMILARITY_TEMPERATURE, encode_dual_path, input_size_for, reference_pixels,
+                                       tokens_at, two_class_probabilities, upsample_patches, vv_start_for)
 from ...types import Boxes, Masks, Result
 
 NORMAL_WORDS = "object."  # mala-lab/FAPrompt FAPrompt.py: "N N N N N object."
@@ -138,6 +138,10 @@ class FAPrompt(torch.nn.Module):
     def input_size(self) -> int:
         return self.settings.image_size
 
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Pixels at the input size, resized as the reference's PIL bicubic resize does (antialiased)."""
+        return reference_pixels(self.backbone, images, self.settings.image_size)
+
     def _encode(self, abnormal_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unnormalised normal (E,) and abnormality (G, P, E) embeddings for abnormal tokens (G, P, A, D)."""
         prompts, settings = self.prompts, self.settings
@@ -184,7 +188,7 @@ class FAPrompt(torch.nn.Module):
         start = time.perf_counter()
         height, width = image.shape[:2]
         size = self.settings.image_size
-        outputs = self(self.backbone.preprocess([image], size))
+        outputs = self(self.preprocess([image]))
         # test.py: (p1 + 1 - p0 + p1' + 1 - p0') / 4, which for two-class softmaxes is the mean of the abnormal maps
         heat = 0.5 * (upsample_patches(outputs.static, size)[0, 1] + upsample_patches(outputs.prior, size)[0, 1])
         forward = time.perf_counter()
