@@ -139,3 +139,29 @@ def test_cli_train_segment_and_bench(capsys, weights_dir, train_root, tmp_path):
                  "--weights", str(weights_dir)]) == 2
     err = capsys.readouterr().err
     assert "iapas: error: mvtec root not found" in err and "Traceback" not in err
+
+
+def test_a_checkpoint_written_by_the_reference_train_py_loads(backbone, tmp_path):
+    """Keys and shapes of mala-lab/FAPrompt FAPrompt.py's state dict (random values), saved as its train.py saves it."""
+    model = FAPrompt(backbone)
+    settings, width, embed = model.settings, backbone.clip.config.text_config.hidden_size, backbone.embed_dim
+    generator = torch.Generator().manual_seed(0)
+    state = {"ctx_pos": torch.randn(1, 1, 5, width, generator=generator).half(),
+             "ctx_neg": torch.randn(1, 10, 2, width, generator=generator).half(),
+             "patch_meta_net.linear1.weight": torch.randn(embed * 10 // 16, embed * 10, generator=generator),
+             "patch_meta_net.linear1.bias": torch.randn(embed * 10 // 16, generator=generator),
+             "patch_meta_net.linear2.weight": torch.randn(width, embed * 10 // 16, generator=generator),
+             "patch_meta_net.linear2.bias": torch.randn(width, generator=generator),
+             "token_prefix_pos": torch.zeros(1, 1, 1, width), "token_suffix_pos": torch.zeros(1, 1, 71, width),
+             "token_prefix_neg": torch.zeros(1, 10, 1, width), "token_suffix_neg": torch.zeros(1, 10, 69, width),
+             "tokenized_prompts_pos": torch.zeros(1, 1, 77, dtype=torch.int32),
+             "tokenized_prompts_neg": torch.zeros(1, 10, 77, dtype=torch.int32)}
+    for i in range(settings.text_depth - 1):
+        state[f"compound_prompts_text.{i}"] = torch.randn(4, width, generator=generator)
+        state[f"compound_prompt_projections.{i}.weight"] = torch.randn(896, width, generator=generator)
+        state[f"compound_prompt_projections.{i}.bias"] = torch.randn(896, generator=generator)
+    torch.save({"prompt_learner": state}, tmp_path / "epoch_7.pth")
+    loaded = FAPrompt.load(tmp_path / "epoch_7.pth", backbone)
+    torch.testing.assert_close(loaded.prompts.ctx_neg, state["ctx_neg"].float())
+    torch.testing.assert_close(loaded.prompts.patch_meta_net.linear2.bias, state["patch_meta_net.linear2.bias"])
+    assert 0 <= loaded.segment(image(7)).image_score <= 1

@@ -175,15 +175,14 @@ class AnomalyClip(torch.nn.Module):
         return save_prompt_learner(path, self.prompts.state_dict(), record)
 
     @classmethod
-    def load(cls, path: str | Path, backbone: ClipBackbone, **chosen) -> "AnomalyClip":
+    def load(cls, path: str | Path, backbone: ClipBackbone) -> "AnomalyClip":
         """Prompts from `save` or from AnomalyCLIP's own train.py (its released epoch_15.pth) on a frozen CLIP."""
         state, record = load_prompt_learner(path, cls.name, RELEASED_HINT)
         try:
             if record:
-                settings = replace(AnomalyClipSettings.from_record(record["settings"]),
-                                   **{key: value for key, value in chosen.items() if value})
-            else:
-                settings = AnomalyClipSettings.for_backbone(backbone, **AnomalyClipPrompts.shapes_of(state), **chosen)
+                settings = AnomalyClipSettings.from_record(record["settings"])
+            else:  # a released file: the shapes from its tensors, the test-time choices the reference's
+                settings = AnomalyClipSettings.for_backbone(backbone, **AnomalyClipPrompts.shapes_of(state))
         except (KeyError, TypeError, IndexError) as error:
             raise WeightsError(f"not an anomalyclip prompt checkpoint: {path} (no {error})") from None
         model = cls(backbone, settings)
