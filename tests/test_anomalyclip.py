@@ -13,7 +13,7 @@ from iapas.cli import main
 from iapas.data.synth import SynthSpec, write_synth_dataset
 from iapas.errors import WeightsError
 from iapas.methods.anomalyclip.model import AnomalyClip, AnomalyClipSettings
-from iapas.methods.anomalyclip.train import AnomalyClipArchitecture, train_anomalyclip
+from iapas.methods.anomalyclip.train import train_anomalyclip
 from iapas.prompt_learning import TrainOptions
 from iapas.prompt_learning.vision import encode_dual_path, input_size_for, tokens_at, vv_attention, vv_start_for
 from iapas.weights import find_weights
