@@ -68,11 +68,12 @@ class ClipBackbone(torch.nn.Module):
     def embed_dim(self) -> int:
         return int(self.clip.config.projection_dim)
 
-    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """(B, 3, S, S) normalised pixels: the whole image resized to the model's size (no crop, so no border is lost)."""
+    def preprocess(self, images: Sequence[np.ndarray], size: int | None = None) -> torch.Tensor:
+        """(B, 3, S, S) normalised pixels: the whole image resized to `size` (default the model's; no crop, so no border is lost)."""
+        size = size or self.image_size
         batch = torch.stack([torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1) for image in images]).float() / 255
         batch = batch.to(self.device)
-        batch = F.interpolate(batch, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False).clamp(0, 1)
+        batch = F.interpolate(batch, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
         return (batch - self.mean) / self.std
 
     def tokens(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -115,12 +116,14 @@ class ClipBackbone(torch.nn.Module):
         return F.normalize(getattr(features, "pooler_output", features).float(), dim=-1)
 
     def encode_text_embeddings(
-        self, embeddings: torch.Tensor, eos_positions: torch.Tensor, deep_prompts: torch.Tensor | None = None, prompt_start: int = 1
+        self, embeddings: torch.Tensor, eos_positions: torch.Tensor, deep_prompts: torch.Tensor | None = None, prompt_start: int = 1,
+        normalize: bool = True,
     ) -> torch.Tensor:
         """(N, E) unit text embeddings from word embeddings (N, L, D), for learned prompt tokens.
 
         `deep_prompts` (N, P, K, D) replace the K tokens from `prompt_start` before layers 2 .. P + 1
-        (layer 1's prompts are already in `embeddings`).
+        (layer 1's prompts are already in `embeddings`). `normalize=False` keeps the projected length,
+        for methods that average embeddings before normalising (FAPrompt).
         """
         text = self.clip.text_model
         length = embeddings.shape[1]
@@ -135,7 +138,8 @@ class ClipBackbone(torch.nn.Module):
             hidden = output[0] if isinstance(output, tuple) else output
         hidden = text.final_layer_norm(hidden)
         pooled = hidden[torch.arange(len(hidden), device=hidden.device), eos_positions]
-        return F.normalize(self.clip.text_projection(pooled).float(), dim=-1)
+        projected = self.clip.text_projection(pooled).float()
+        return F.normalize(projected, dim=-1) if normalize else projected
 
     def text_features(self, sentences: Sequence[str]) -> torch.Tensor:
         """(N, E) projected text embeddings, not normalised (WinCLIP averages them before normalising)."""

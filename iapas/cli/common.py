@@ -36,6 +36,7 @@ CONFIG_OPTIONS = {
     "shots": "clip_methods.shots",
     "reference_images": "clip_methods.reference_images",
     "bit_window": "bit_window",
+    "prompts": "clip_methods.prompts",
 }
 
 
@@ -43,7 +44,10 @@ def base_config(args: argparse.Namespace) -> Config:
     """The config file (or defaults) with the command-line options laid over it."""
     data = read_config_data(args.config) if getattr(args, "config", None) else {}
     config = build_config(getattr(args, "recipe", None), data)
-    return config.updated({key: getattr(args, attribute, None) for attribute, key in CONFIG_OPTIONS.items()})
+    overrides = {key: getattr(args, attribute, None) for attribute, key in CONFIG_OPTIONS.items()}
+    if getattr(args, "method", None) == "adaclip" and getattr(args, "prompts", None) and not getattr(args, "adaclip_prompts", None):
+        overrides["clip_methods.adaclip_prompts"] = args.prompts  # --prompts is generic; AdaCLIP reads its own key
+    return config.updated(overrides)
 
 
 def _argument_type(check, what: str):
@@ -92,13 +96,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def add_method_options(parser: argparse.ArgumentParser) -> None:
     """Options choosing the method and what it is prompted with (segment and bench)."""
-    parser.add_argument("--method", default="iapas", help="iapas (default), winclip or adaclip")
+    parser.add_argument("--method", default="iapas", help="iapas (default), winclip, adaclip, anomalyclip or faprompt")
     parser.add_argument("--prompt", action="append", help="text prompt; repeat for several (default: abnormal, defect)")
     parser.add_argument("--calibration", help="calibration file from `iapas calibrate` (P_final, S_threshold, thresholds)")
     parser.add_argument("--no-size-filter", action="store_true", help="skip step 2-2's size filter (ablation)")
     parser.add_argument("--category", help="class name for the CLIP methods' prompts (default: object)")
     parser.add_argument("--clip", dest="clip_weights", help="CLIP directory or open_clip file for --method winclip/adaclip")
     parser.add_argument("--adaclip-prompts", help="AdaCLIP weights: ours (`iapas train adaclip`), an official pretrained_*.pth, or a manifest name")
+    parser.add_argument("--prompts", help="trained prompts of a learned method (`iapas train METHOD`, or AnomalyCLIP's released epoch_15.pth)")
     add_winclip_options(parser)
 
 

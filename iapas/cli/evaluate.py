@@ -32,6 +32,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--overwrite", action="store_true", help="redo finished categories (e.g. after changing settings)")
     evaluate.add_argument("--clip", dest="clip_weights", help="CLIP directory (tagger, winclip, adaclip)")
     evaluate.add_argument("--adaclip-prompts", help="AdaCLIP weights: ours, an official pretrained_*.pth, or a manifest name")
+    evaluate.add_argument("--prompts", help="trained prompts of a learned method (anomalyclip, faprompt, adaclip)")
     add_winclip_options(evaluate)
     add_preprocessing_options(evaluate)
     add_model_options(evaluate)

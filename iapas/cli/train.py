@@ -1,43 +1,37 @@
-"""`iapas train`: train a learned comparison method (AdaCLIP-style prompts)."""
+"""`iapas train <method>`: train a learned comparison method (AdaCLIP, AnomalyCLIP, FAPrompt) on an auxiliary dataset.
+
+Every learned method gets the same options (dataset, output folder that is resumed, epochs, batch,
+learning rate, seed, limit, CLIP) with its paper's defaults, plus its own; the methods are a
+registry of trainers, so a new one is one entry here and one train function in its folder.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from ..errors import IapasError
+from ..registry import Registry
 from .common import EXIT_OK, add_model_options, base_config, comma_list
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    """Register `iapas train adaclip`."""
-    from ..data.datasets import DATASETS
+@dataclass(frozen=True)
+class Trainer:
+    """How `iapas train <name>` runs one method: its defaults, its own options and its train function."""
 
-    train = commands.add_parser("train", help="train a learned comparison method")
-    train_commands = train.add_subparsers(dest="train_command", required=True)
-    adaclip = train_commands.add_parser(
-        "adaclip", help="train AdaCLIP on auxiliary datasets (the reference: VisA + ClinicDB to test on MVTec AD, "
-                        "MVTec AD + ColonDB to test on VisA and the others)")
-    adaclip.add_argument("--dataset", required=True, action="append", choices=DATASETS.names(),
-                         help="an auxiliary dataset; repeat with --root for several, e.g. --dataset visa --root V "
-                              "--dataset medical --root ClinicDB")
-    adaclip.add_argument("--root", required=True, action="append", help="the root of each --dataset, in order")
-    adaclip.add_argument("-o", "--output", required=True, help="checkpoint folder; an existing one is resumed")
-    adaclip.add_argument("--epochs", type=int, default=5, help="AdaCLIP: 5 (caoyunkang/AdaCLIP train.py)")
-    adaclip.add_argument("--batch-size", type=int, default=1, help="AdaCLIP: 1")
-    adaclip.add_argument("--lr", type=float, default=0.01, help="AdamW learning rate (AdaCLIP: 0.01)")
-    adaclip.add_argument("--image-size", type=int, default=518, help="input size in pixels (AdaCLIP: 518)")
-    adaclip.add_argument("--seed", type=int, default=111)
-    adaclip.add_argument("--layers", type=layer_list, default=(),
-                         help="comma list of ViT layers, e.g. 6,12,18,24 (default: four evenly spaced)")
-    adaclip.add_argument("--prompt-length", type=int, default=5, help="prompt tokens per layer (AdaCLIP: 5)")
-    adaclip.add_argument("--prompt-depth", type=int, default=0,
-                         help="layers of each encoder that get prompts (default: AdaCLIP's 4, fewer for a shallower CLIP)")
-    adaclip.add_argument("--limit", type=int, default=0, help="at most N training images")
-    adaclip.add_argument("--clip", dest="clip_weights", help="CLIP directory (default: the weights dir's)")
-    adaclip.add_argument("--no-progress", action="store_true")
-    add_model_options(adaclip)
-    adaclip.set_defaults(handler=run_adaclip)
+    title: str
+    help: str
+    train: str  # "module:function" taking (TrainOptions, architecture) -> (prompt file, losses)
+    architecture: str  # "module:Class" built from the method's own options
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    add_options: Callable[[argparse.ArgumentParser], None]
+    architecture_options: Callable[[argparse.Namespace], dict[str, Any]]
+    several_datasets: bool = False  # the train function takes `sources`: several auxiliary sets at once
 
 
 def layer_list(text: str) -> tuple[int, ...]:
@@ -48,16 +42,92 @@ def layer_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated layer numbers such as 6,12,18,24, got {text!r}") from None
 
 
-def run_adaclip(args: argparse.Namespace) -> int:
-    """Train (or resume) AdaCLIP prompts and report the last loss."""
-    from ..methods.adaclip.train import AdaClipArchitecture, train_adaclip
-    from ..prompt_learning import TrainOptions
+def adaclip_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--layers", type=layer_list, default=(),
+                        help="comma list of ViT layers, e.g. 6,12,18,24 (default: four evenly spaced)")
+    parser.add_argument("--prompt-length", type=int, default=5, help="prompt tokens per layer (AdaCLIP: 5)")
+    parser.add_argument("--prompt-depth", type=int, default=0,
+                        help="layers of each encoder that get prompts (default: AdaCLIP's 4, fewer for a shallower CLIP)")
+    parser.add_argument("--image-size", type=int, default=518, help="input size in pixels (AdaCLIP: 518)")
+
+
+def image_size_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image-size", type=int, default=0,
+                        help="input size in pixels (default: 518 for ViT-L/14-336, the same grid ratio for other CLIPs)")
+
+
+def anomalyclip_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--layers", type=layer_list, default=(),
+                        help="ViT layers whose patch tokens make maps (default 6,12,18,24, or evenly spaced)")
+    image_size_option(parser)
+
+
+TRAINERS: Registry[Trainer] = Registry("trainable method")
+TRAINERS.register("adaclip")(Trainer(
+    "AdaCLIP", "train AdaCLIP on auxiliary datasets (the reference: VisA + ClinicDB to test on MVTec AD, "
+               "MVTec AD + ColonDB to test on VisA and the others)",
+    "iapas.methods.adaclip.train:train_adaclip", "iapas.methods.adaclip.train:AdaClipArchitecture",
+    epochs=5, batch_size=1, learning_rate=0.01, add_options=adaclip_options,  # caoyunkang/AdaCLIP train.py
+    architecture_options=lambda a: {"layers": a.layers, "prompt_length": a.prompt_length, "prompt_depth": a.prompt_depth,
+                                    "image_size": a.image_size},
+    several_datasets=True))
+TRAINERS.register("anomalyclip")(Trainer(
+    "AnomalyCLIP", "train AnomalyCLIP's object-agnostic prompts (zqhang/AnomalyCLIP train.py defaults)",
+    "iapas.methods.anomalyclip.train:train_anomalyclip", "iapas.methods.anomalyclip.train:AnomalyClipArchitecture",
+    epochs=15, batch_size=8, learning_rate=1e-3, add_options=anomalyclip_options,
+    architecture_options=lambda a: {"layers": a.layers, "image_size": a.image_size}))
+TRAINERS.register("faprompt")(Trainer(
+    "FAPrompt", "train FAPrompt's fine-grained abnormality prompts and prior network (paper App. B defaults)",
+    "iapas.methods.faprompt.train:train_faprompt", "iapas.methods.faprompt.train:FAPromptArchitecture",
+    epochs=7, batch_size=8, learning_rate=1e-3, add_options=image_size_option,
+    architecture_options=lambda a: {"image_size": a.image_size}))
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register `iapas train <method>` for every trainable method."""
+    from ..data.datasets import DATASETS
+
+    train = commands.add_parser("train", help="train a learned comparison method")
+    train_commands = train.add_subparsers(dest="train_command", required=True)
+    for name in TRAINERS.names():
+        trainer = TRAINERS.get(name)
+        parser = train_commands.add_parser(name, help=trainer.help)
+        parser.add_argument("--dataset", required=True, action="append", choices=DATASETS.names(),
+                            help="an auxiliary dataset" + ("; repeat with --root for several, e.g. --dataset visa --root V "
+                                                          "--dataset medical --root ClinicDB" if trainer.several_datasets else ""))
+        parser.add_argument("--root", required=True, action="append", help="the root of each --dataset, in order")
+        parser.add_argument("-o", "--output", required=True, help="checkpoint folder; an existing one is resumed")
+        parser.add_argument("--epochs", type=int, default=trainer.epochs)
+        parser.add_argument("--batch-size", type=int, default=trainer.batch_size)
+        parser.add_argument("--lr", type=float, default=trainer.learning_rate)
+        parser.add_argument("--seed", type=int, default=111)
+        parser.add_argument("--limit", type=int, default=0, help="at most N training images")
+        parser.add_argument("--clip", dest="clip_weights", help="CLIP directory or open_clip file (default: the weights dir's)")
+        parser.add_argument("--no-progress", action="store_true")
+        trainer.add_options(parser)
+        add_model_options(parser)
+        parser.set_defaults(handler=run, trainer=name)
+
+
+def imported(target: str) -> Any:
+    """The attribute a "module:attribute" string names."""
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train (or resume) the chosen method and report the prompt file and the last loss."""
     from ..device import resolve_device
+    from ..prompt_learning import TrainOptions
     from ..weights import chosen_or_found
-    if len(args.dataset) != len(args.root):
-        raise IapasError(f"give one --root per --dataset ({len(args.dataset)} datasets, {len(args.root)} roots)")
+
     from ..files import check_writable_folder
 
+    trainer = TRAINERS.get(args.trainer)
+    if len(args.dataset) != len(args.root):
+        raise IapasError(f"give one --root per --dataset ({len(args.dataset)} datasets, {len(args.root)} roots)")
+    if len(args.dataset) > 1 and not trainer.several_datasets:
+        raise IapasError(f"{trainer.title} trains on one auxiliary dataset; got {len(args.dataset)}")
     check_writable_folder(args.output, "checkpoint folder")  # before any model loads
     config = base_config(args)
     clip = chosen_or_found("clip", args.clip_weights, config.weights_dir)
@@ -67,9 +137,9 @@ def run_adaclip(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, limit=args.limit,
         device=str(resolve_device(config.device)), progress=not args.no_progress,
     )
-    architecture = AdaClipArchitecture(layers=args.layers, prompt_length=args.prompt_length, prompt_depth=args.prompt_depth,
-                                       image_size=args.image_size)
-    path, losses = train_adaclip(options, architecture, sources=sources)
+    architecture = imported(trainer.architecture)(**trainer.architecture_options(args))
+    extra = {"sources": sources} if trainer.several_datasets else {}
+    path, losses = imported(trainer.train)(options, architecture, **extra)
     tail = f"; last loss {losses[-1]:.4f}" if losses else " (already trained)"
-    print(f"AdaCLIP prompts: {path}{tail}", file=sys.stderr)
+    print(f"{trainer.title} prompts: {path}{tail}", file=sys.stderr)
     return EXIT_OK

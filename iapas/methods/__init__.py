@@ -10,5 +10,7 @@ from .base import METHODS, Method, MethodBuilder
 METHODS.register_lazy("iapas", "iapas.methods.iapas:build")
 METHODS.register_lazy("winclip", "iapas.methods.winclip:build")
 METHODS.register_lazy("adaclip", "iapas.methods.adaclip:build")
+METHODS.register_lazy("anomalyclip", "iapas.methods.anomalyclip:build")
+METHODS.register_lazy("faprompt", "iapas.methods.faprompt:build")
 
 __all__ = ["METHODS", "Method", "MethodBuilder"]

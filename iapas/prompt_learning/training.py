@@ -79,15 +79,21 @@ BatchLoader = Callable[[list[Sample], np.random.Generator], tuple]
 """Loads a batch: the positional arguments of `learner.loss`; the generator is seeded per epoch, so resumes repeat it."""
 
 
-def load_batch(samples: list[Sample], backbone: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pixels, masks resized to the CLIP input (nearest) and labels of a batch."""
+def load_batch(samples: list[Sample], backbone: Any, size: int | None = None,
+               preprocess: Callable[[list[np.ndarray]], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pixels, masks resized to the input size (nearest) and labels of a batch.
+
+    The size is the CLIP's unless given, and the pixels come from the CLIP's own preprocessing unless
+    the method brings its own (at that size).
+    """
     images = [load_image(sample.image_path).pixels for sample in samples]
-    size = backbone.image_size
+    size = size or backbone.image_size
     masks = [torch.from_numpy(load_mask(s, *im.shape[:2]).astype(np.float32))[None, None] for s, im in zip(samples, images)]
     masks = torch.cat([F.interpolate(m, size=(size, size), mode="nearest") for m in masks])[:, 0]
     labels = torch.tensor([float(sample.label) for sample in samples])
     device = backbone.device
-    return backbone.preprocess(images), masks.to(device), labels.to(device)
+    pixels = preprocess(images) if preprocess is not None else backbone.preprocess(images, size)
+    return pixels, masks.to(device), labels.to(device)
 
 
 def mixed_precision(device: torch.device | str):
@@ -106,7 +112,9 @@ class PromptTrainer:
         self.learner, self.optimizer, self.options = learner, optimizer, options
         self.prompts_file, self.note = prompts_file, note
         # a method with its own inputs (class names, augmentation) brings its loader; the default reads pixels, masks, labels
-        self.batch_loader = batch_loader or (lambda batch, rng: load_batch(batch, learner.backbone))
+        # a learner may train at its own input size with its own resizing (AnomalyCLIP, FAPrompt: 518 px)
+        self.batch_loader = batch_loader or (lambda batch, rng: load_batch(
+            batch, learner.backbone, getattr(learner, "input_size", None), getattr(learner, "preprocess", None)))
 
     def run(self, samples: list[Sample] | None = None) -> tuple[Path, list[float]]:
         """Train (or resume); returns the prompt file and this run's per-step losses."""

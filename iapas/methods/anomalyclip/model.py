@@ -1,0 +1,190 @@
+"""AnomalyCLIP: object-agnostic learned prompts, deep text prompt tuning and V-V attention on a frozen CLIP.
+
+Two sentences, "[12 learned tokens] object." and "[12 learned tokens] damaged object.", are encoded
+with 4 further learned tokens replacing positions 1-4 in text layers 2-9. Images go in at 518 px;
+patch tokens from layers 6, 12, 18 and 24 of the V-V path (from layer 6 on) are compared with the
+two text embeddings (cosine / 0.07, softmax), one map per layer, upsampled and averaged, then
+smoothed with a Gaussian of sigma 4. The image score is the abnormal softmax of the class token
+(from the unchanged path) against the two texts.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...backends.clip import ClipBackbone
+from ...errors import WeightsError
+from ...prompt_learning import gaussian_smooth
+from ...prompt_learning.checkpoints import load_learned, load_prompt_learner, save_prompt_learner
+from ...prompt_learning.text_prompts import deep_prompts, encode_prompted, fill_slots, learned_tokens, slot_sentences
+from ...prompt_learning.vision import (SIMILARITY_TEMPERATURE, encode_dual_path, evenly_spaced_layers, input_size_for,
+                                       reference_pixels, tokens_at, two_class_probabilities, upsample_patches,
+                                       vv_start_for)
+from ...types import Boxes, Masks, Result
+
+NORMAL_WORDS = "object."  # zqhang/AnomalyCLIP prompt_ensemble.py: state "{}" with the class name "object"
+ABNORMAL_WORDS = "damaged object."  # ... and state "damaged {}"
+PROMPT_LENGTH = 12  # train.py --n_ctx 12: learned tokens before the words
+TEXT_DEPTH = 9  # train.py --depth 9: learned tokens in text layers 1-9 (2-9 beyond the sentence's own)
+TEXT_LENGTH = 4  # train.py --t_n_ctx 4: learned tokens per deeper layer
+SMOOTHING_SIGMA = 4.0  # test.py --sigma 4
+PROMPTS_FILE = "anomalyclip_prompts.pt"
+RELEASED_HINT = ("train them with `iapas train anomalyclip`, or pass AnomalyCLIP's released "
+                 "checkpoints/9_12_4_multiscale_visa/epoch_15.pth with --prompts")
+
+
+@dataclass(frozen=True)
+class AnomalyClipSettings:
+    """Shapes of the learned prompts and the test-time choices; stored in every iapas checkpoint."""
+
+    layers: tuple[int, ...]  # ViT layers whose patch tokens make maps (test.py --features_list 6 12 18 24)
+    image_size: int  # input size (518 for ViT-L/14-336)
+    vv_from: int  # first layer of the V-V path (6 of 24)
+    prompt_length: int = PROMPT_LENGTH
+    text_depth: int = TEXT_DEPTH
+    text_length: int = TEXT_LENGTH
+    sigma: float = SMOOTHING_SIGMA
+
+    @classmethod
+    def for_backbone(cls, backbone: ClipBackbone, **chosen) -> "AnomalyClipSettings":
+        """The reference's settings, scaled to a smaller CLIP where they would not fit; `chosen` (non-empty values) wins."""
+        defaults = cls(evenly_spaced_layers(backbone.depth), input_size_for(backbone.image_size, backbone.patch_size),
+                       vv_start_for(backbone.depth), text_depth=min(TEXT_DEPTH, backbone.text_depth))
+        return replace(defaults, **{key: value for key, value in chosen.items() if value})
+
+    def record(self) -> dict:
+        return {**asdict(self), "layers": list(self.layers)}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "AnomalyClipSettings":
+        return cls(**{**record, "layers": tuple(record["layers"])})
+
+
+class AnomalyClipPrompts(torch.nn.Module):
+    """The learned tensors, named as zqhang/AnomalyCLIP prompt_ensemble.py AnomalyCLIP_PromptLearner names them."""
+
+    def __init__(self, settings: AnomalyClipSettings, text_width: int) -> None:
+        super().__init__()
+        self.ctx_pos = learned_tokens(1, 1, settings.prompt_length, text_width)  # (classes, states, length, width)
+        self.ctx_neg = learned_tokens(1, 1, settings.prompt_length, text_width)
+        self.compound_prompts_text = deep_prompts(settings.text_depth, settings.text_length, text_width)
+
+    @staticmethod
+    def shapes_of(state: dict[str, torch.Tensor]) -> dict:
+        """Prompt length, text depth and deep length read off a checkpoint's tensors (a released file has no record)."""
+        deep = sorted(name for name in state if name.startswith("compound_prompts_text."))
+        shapes = {"prompt_length": int(state["ctx_pos"].shape[-2]), "text_depth": len(deep) + 1}
+        if deep:
+            shapes["text_length"] = int(state[deep[0]].shape[0])
+        return shapes
+
+
+class AnomalyClip(torch.nn.Module):
+    """Frozen CLIP + AnomalyCLIP's learned prompts -> per-layer two-class patch probabilities and an image score."""
+
+    name = "anomalyclip"
+
+    def __init__(self, backbone: ClipBackbone, settings: AnomalyClipSettings | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.settings = settings = settings or AnomalyClipSettings.for_backbone(backbone)
+        bad = [layer for layer in (*settings.layers, settings.vv_from) if not 1 <= layer <= backbone.depth]
+        if bad:
+            raise WeightsError(f"ViT layer {bad[0]} does not exist: CLIP {backbone.name!r} has {backbone.depth} layers")
+        if not 1 <= settings.text_depth <= backbone.text_depth:
+            raise WeightsError(f"text prompt depth {settings.text_depth} does not fit CLIP {backbone.name!r} "
+                               f"({backbone.text_depth} text layers)")
+        width = int(backbone.clip.config.text_config.hidden_size)
+        self.prompts = AnomalyClipPrompts(settings, width).to(backbone.device)
+        embeddings, eos = slot_sentences(backbone, [(settings.prompt_length, NORMAL_WORDS),
+                                                    (settings.prompt_length, ABNORMAL_WORDS)])
+        self.register_buffer("sentences", embeddings, persistent=False)
+        self.register_buffer("eos", eos, persistent=False)
+
+    @property
+    def input_size(self) -> int:
+        return self.settings.image_size
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Pixels at the input size, resized as the reference's PIL bicubic resize does (antialiased)."""
+        return reference_pixels(self.backbone, images, self.settings.image_size)
+
+    def text_features(self) -> torch.Tensor:
+        """(2, E) unit embeddings of the normal and the abnormal prompt."""
+        slots = torch.cat([self.prompts.ctx_pos[0], self.prompts.ctx_neg[0]])  # (2, length, width)
+        filled = fill_slots(self.sentences, slots)
+        return encode_prompted(self.backbone, filled, self.eos, self.prompts.compound_prompts_text)
+
+    def encode_image(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Unit class embedding (B, E) and unit patch embeddings (B, g*g, E) of each map layer (frozen CLIP, no gradient)."""
+        backbone = self.backbone
+        with torch.no_grad():
+            hidden, collected = encode_dual_path(backbone, tokens_at(backbone, pixels), self.settings.vv_from,
+                                                 self.settings.layers)
+            # AnomalyCLIP_lib/AnomalyCLIP.py VisionTransformer.forward returns x_ori[0] @ proj: the class token
+            # is projected without the post-layernorm, unlike CLIP's own image embedding
+            image = F.normalize(backbone.clip.visual_projection(hidden[:, 0]).float(), dim=-1)
+            patches = [F.normalize(backbone.project(tokens[:, 1:]).float(), dim=-1) for tokens in collected]
+        return image, patches
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, layers, g*g, 2) normal/abnormal patch probabilities and (B, 2) image logits."""
+        text = self.text_features()
+        image, patches = self.encode_image(pixels)
+        probabilities = torch.stack([two_class_probabilities(layer, text) for layer in patches], dim=1)
+        return probabilities, image @ text.t() / SIMILARITY_TEMPERATURE
+
+    @torch.no_grad()
+    def segment(self, image: np.ndarray) -> Result:
+        """Map at the input size, smoothed (sigma 4 px there, test.py), then resized to the image; image score from the class token."""
+        start = time.perf_counter()
+        height, width = image.shape[:2]
+        size = self.settings.image_size
+        probabilities, logits = self(self.preprocess([image]))
+        # test.py sums (p_abnormal + 1 - p_normal) / 2 = p_abnormal over the layers; the mean keeps the map in [0, 1]
+        maps = torch.stack([upsample_patches(probabilities[:, i], size)[:, 1] for i in range(probabilities.shape[1])])
+        forward = time.perf_counter()
+        smoothed = torch.from_numpy(gaussian_smooth(maps.mean(0)[0], self.settings.sigma))[None, None]
+        heat = F.interpolate(smoothed, size=(height, width), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
+        score = float(logits.softmax(-1)[0, 1])
+        return Result(heat.numpy().astype(np.float32), Boxes.empty(), Masks.empty(height, width),
+                      (NORMAL_WORDS, ABNORMAL_WORDS), {"prompted_clip": forward - start,
+                                                       "smoothing": time.perf_counter() - forward}, self.name, score)
+
+    def prepare(self, category: str, normal_images: Sequence[Path], kind: str, out_dir: Path) -> None:
+        """Nothing per category: the prompts are object-agnostic."""
+
+    def loss(self, pixels: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss of one batch (see `train.anomalyclip_loss`)."""
+        from .train import anomalyclip_loss
+
+        return anomalyclip_loss(self, pixels, masks, labels)
+
+    def settings_record(self) -> dict:
+        return self.settings.record()
+
+    def save(self, path: str | Path, extra: dict | None = None) -> Path:
+        """The learned prompts in AnomalyCLIP's checkpoint layout, with iapas's settings beside them."""
+        record = {"method": self.name, "settings": self.settings.record(), "clip": self.backbone.name, **(extra or {})}
+        return save_prompt_learner(path, self.prompts.state_dict(), record)
+
+    @classmethod
+    def load(cls, path: str | Path, backbone: ClipBackbone) -> "AnomalyClip":
+        """Prompts from `save` or from AnomalyCLIP's own train.py (its released epoch_15.pth) on a frozen CLIP."""
+        state, record = load_prompt_learner(path, cls.name, RELEASED_HINT)
+        try:
+            if record:
+                settings = AnomalyClipSettings.from_record(record["settings"])
+            else:  # a released file: the shapes from its tensors, the test-time choices the reference's
+                settings = AnomalyClipSettings.for_backbone(backbone, **AnomalyClipPrompts.shapes_of(state))
+        except (KeyError, TypeError, IndexError) as error:
+            raise WeightsError(f"not an anomalyclip prompt checkpoint: {path} (no {error})") from None
+        model = cls(backbone, settings)
+        load_learned(model.prompts, state, path, backbone.name)
+        return model.eval()
