@@ -1,8 +1,11 @@
-"""`iapas eval`: run a method over a dataset's categories, stream the metrics, resume after interruption."""
+"""`iapas eval`: run a method (or read saved maps) over a dataset's categories, measure them under a
+protocol (`iapas/protocols.py`), resume after interruption."""
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +22,9 @@ from .images import load_image
 from .methods import METHODS, Method
 from .methods.iapas import IAPAS_ABLATIONS
 from .metrics import DEFAULT_BINS, PixelMetrics, image_metrics
+from .protocols import PROTOCOLS, EvalProtocol, Scorer
 from .reports import write_pr_curve, write_tables
+from .saved_maps import SavedMaps, save_map
 
 TEXTURE_DATASETS = frozenset({"ksdd1", "mtd", "dtd", "dagm"})
 
@@ -39,18 +44,28 @@ class EvalOptions:
     image_score: str = "max"  # max of the map, or "method" for the method's own score
     progress: bool = True
     limit: int = 0  # at most this many test images per category (0: all); for smoke runs
+    protocol: str = "full"  # a name in iapas.protocols.PROTOCOLS
+    from_maps: Path | None = None  # evaluate these saved maps instead of running the method
 
     @property
     def run_name(self) -> str:
-        """Folder of this (method, ablation): separate runs never resume into each other."""
+        """Folder of this (method, ablation) or maps folder: separate runs never resume into each other."""
+        if self.from_maps is not None:
+            digest = hashlib.sha1(str(Path(self.from_maps).resolve()).encode()).hexdigest()[:8]
+            return f"maps-{Path(self.from_maps).resolve().name}-{digest}"
         return self.method + ("-no-" + "-".join(sorted(self.ablate)) if self.ablate else "")
+
+    @property
+    def run_dir(self) -> Path:
+        """out_dir/<run_name>, under the protocol's own sub-folder for a protocol other than the default."""
+        return Path(self.out_dir) / PROTOCOLS.get(self.protocol).folder / self.run_name
 
 
 @dataclass
 class CategoryState:
     """Running metrics of one category, saved after every image so a re-run continues."""
 
-    pixels: PixelMetrics
+    pixels: Scorer
     done: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
@@ -62,8 +77,8 @@ class CategoryState:
         atomic_write(path, lambda temporary: np.savez(temporary, **arrays))
 
     @classmethod
-    def load_or_new(cls, path: Path, bins: int) -> "CategoryState":
-        state = cls(PixelMetrics(bins=bins))
+    def load_or_new(cls, path: Path, bins: int, pixels: Scorer | None = None) -> "CategoryState":
+        state = cls(pixels if pixels is not None else PixelMetrics(bins=bins))
         if path.is_file():
             with np.load(path) as data:
                 state.pixels.restore(dict(data))
@@ -78,45 +93,68 @@ def kind_for(dataset: str, category: str) -> str:
     return "texture" if dataset in TEXTURE_DATASETS else kind_of(category)
 
 
+@dataclass
+class MethodMaps:
+    """A method as a source of maps: calibrates per category, segments each test image."""
+
+    method: Method
+    dataset: str
+
+    def prepare(self, category: str, normal_images: list[Path], kind: str, out_dir: Path) -> None:
+        if not normal_images:
+            raise DatasetError(f"{self.dataset}/{category} has no normal images to calibrate from")
+        self.method.prepare(category, normal_images, kind, out_dir)
+
+    def map_for(self, sample: Sample) -> tuple[np.ndarray, float, tuple[int, int]]:
+        """(map, the method's image score, (H, W)) of one test image."""
+        pixels = load_image(sample.image_path).pixels
+        result = self.method.segment(pixels)
+        return result.anomaly_map, result.image_score, pixels.shape[:2]
+
+
+def counted_samples(dataset: Dataset, category: str, options: EvalOptions) -> list[Sample]:
+    """The test images of `category` that the protocol evaluates, cut to `options.limit`."""
+    protocol = PROTOCOLS.get(options.protocol)
+    samples = [s for s in dataset.samples(category) if protocol.counts(dataset.name, s)]
+    if options.limit:
+        samples = samples[: options.limit]
+    if not samples:
+        raise DatasetError(f"{dataset.name}/{category} has no test images that the {protocol.name} protocol evaluates")
+    return samples
+
+
 def evaluate_category(
-    method: Method, dataset: Dataset, category: str, options: EvalOptions, run_dir: Path
+    method: MethodMaps | SavedMaps, dataset: Dataset, category: str, options: EvalOptions, run_dir: Path
 ) -> dict:
     """Metrics of one category; reads a finished result, or continues an interrupted one."""
     result_path = run_dir / "categories" / f"{category}.json"
     if result_path.is_file():
         return json.loads(result_path.read_text(encoding="utf-8"))
-    samples: list[Sample] = dataset.samples(category)
-    if options.limit:
-        samples = samples[: options.limit]
-    if not samples:
-        raise DatasetError(f"{dataset.name}/{category} has no test images")
-    normal = dataset.normal.get(category) or [s.image_path for s in samples if s.label == 0]
-    if not normal:
-        raise DatasetError(f"{dataset.name}/{category} has no normal images to calibrate from")
+    protocol: EvalProtocol = PROTOCOLS.get(options.protocol)
+    samples = counted_samples(dataset, category, options)
+    normal = dataset.normal.get(category) or [s.image_path for s in dataset.samples(category) if s.label == 0]
     kind = kind_for(dataset.name, category)
     prepare_start = time.perf_counter()
     method.prepare(category, normal, kind, run_dir)
     prepare_seconds = time.perf_counter() - prepare_start
     state_path = run_dir / "partial" / f"{category}.npz"
-    state = CategoryState.load_or_new(state_path, options.bins)
+    held_maps = state_path.with_suffix(".maps")  # the paper protocol's per-image maps until the category ends
+    state = CategoryState.load_or_new(state_path, options.bins, protocol.scorer(options.bins, held_maps))
     finished = set(state.done)
     todo = [s for s in samples if str(s.image_path) not in finished]
     bar = tqdm(todo, desc=f"{dataset.name}/{category}", unit="img", disable=not options.progress, dynamic_ncols=True)
     for sample in bar:
         start = time.perf_counter()
-        pixels = load_image(sample.image_path).pixels
-        result = method.segment(pixels)
-        mask = load_mask(sample, *pixels.shape[:2])
-        state.pixels.update(result.anomaly_map, mask)
+        anomaly_map, method_score, size = method.map_for(sample)
+        mask = load_mask(sample, *size, threshold=protocol.mask_threshold)
+        state.pixels.update(anomaly_map, mask)
         state.labels.append(sample.label)
-        score = result.image_score if options.image_score == "method" else float(result.anomaly_map.max())
+        score = method_score if options.image_score == "method" else protocol.max_score(anomaly_map)
         state.scores.append(score)
         state.done.append(str(sample.image_path))
         state.seconds += time.perf_counter() - start
         if options.save_maps:
-            maps = run_dir / "maps" / category
-            maps.mkdir(parents=True, exist_ok=True)
-            np.save(maps / f"{sample.defect_type}__{sample.image_path.stem}.npy", result.anomaly_map)
+            save_map(run_dir / "maps", dataset, sample, anomaly_map)
         state.save(state_path)  # a few KB of histograms: after every image, so an interrupt loses nothing finished
     metrics = {**state.pixels.summary(), **image_metrics(np.array(state.labels), np.array(state.scores))}
     record = {
@@ -131,6 +169,7 @@ def evaluate_category(
     write_pr_curve(state.pixels, run_dir / "pr_curves" / f"{category}.png", f"{dataset.name} / {category} ({options.run_name})")
     atomic_write_text(result_path, json.dumps(record, indent=2) + "\n")  # marks the category finished
     state_path.unlink(missing_ok=True)
+    shutil.rmtree(held_maps, ignore_errors=True)
     return record
 
 
@@ -145,6 +184,18 @@ def versions() -> dict[str, str]:
             "transformers": transformers.__version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__}
 
 
+def check_maps_options(options: EvalOptions) -> None:
+    """Options that make no sense with `from_maps` are one-line errors, before anything runs."""
+    if options.from_maps is None:
+        return
+    if options.save_maps:
+        raise IapasError("--save-maps and --from-maps exclude each other: the maps are already saved")
+    if options.ablate:
+        raise IapasError("--ablate needs a method to run, not --from-maps")
+    if options.image_score == "method":
+        raise IapasError("--image-score method needs a method to run; saved maps give the max of the map")
+
+
 def run_eval(options: EvalOptions, config: Config) -> Path:
     """Evaluate every chosen category; write per-category JSON, PR curves, tables and run.json."""
     unknown = sorted(set(options.ablate) - set(IAPAS_ABLATIONS))
@@ -152,20 +203,27 @@ def run_eval(options: EvalOptions, config: Config) -> Path:
         raise IapasError(f"cannot ablate {unknown[0]!r} (choose from {', '.join(IAPAS_ABLATIONS)})")
     if options.ablate and options.method != "iapas":
         raise IapasError("--ablate applies to --method iapas only")
+    protocol = PROTOCOLS.get(options.protocol)
+    check_maps_options(options)
     dataset = load_dataset(options.dataset, options.root)
     categories = list(options.categories) or dataset.categories
-    for category in categories:
-        dataset.samples(category)  # unknown categories fail before any model loads
-    run_dir = Path(options.out_dir) / options.run_name
+    required = {category: counted_samples(dataset, category, options) for category in categories}  # fails before any model loads
+    run_dir = options.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    method = METHODS.get(options.method)(config, options.ablate)
-    records = [evaluate_category(method, dataset, category, options, run_dir) for category in categories]
-    write_tables(records, run_dir, options.dataset, options.run_name)
+    if options.from_maps is not None:
+        source: MethodMaps | SavedMaps = SavedMaps(Path(options.from_maps), dataset, required)
+    else:
+        source = MethodMaps(METHODS.get(options.method)(config, options.ablate), dataset.name)
+    records = [evaluate_category(source, dataset, category, options, run_dir) for category in categories]
+    write_tables(records, run_dir, options.dataset, options.run_name, protocol)
     run_info = {
         "dataset": options.dataset,
         "root": str(options.root),
-        "method": options.method,
+        "protocol": protocol.name,
+        "protocol_summary": protocol.summary,
+        "from_maps": str(options.from_maps) if options.from_maps is not None else None,
+        "method": options.method if options.from_maps is None else None,
         "ablate": sorted(options.ablate),
         "categories": categories,
         "seed": config.calibration.seed,

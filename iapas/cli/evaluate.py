@@ -12,6 +12,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register `iapas eval`."""
     from ..data.datasets import DATASETS
     from ..methods import METHODS
+    from ..protocols import PROTOCOLS
 
     evaluate = commands.add_parser("eval", help="evaluate a method on a dataset: metrics, tables, PR curves")
     evaluate.add_argument("--dataset", required=True, choices=DATASETS.names())
@@ -20,9 +21,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--method", default="iapas", choices=METHODS.names())
     evaluate.add_argument("--ablate", help="comma list of IAP-AS steps to switch off: tagging,llm,filter (Table 3)")
     evaluate.add_argument("-o", "--output", default="results")
-    evaluate.add_argument("--save-maps", action="store_true", help="also keep every anomaly map (.npy)")
+    evaluate.add_argument("--protocol", default="full", choices=PROTOCOLS.names(),
+                          help="full (default): every test image at its own size; paper: how Table 1 was measured (400x400, category min-max)")
+    evaluate.add_argument("--from-maps", help="evaluate saved maps (DIR/<image path relative to the root>.npy) instead of running a method")
+    evaluate.add_argument("--save-maps", action="store_true", help="also keep every anomaly map as <run>/maps/<image path>.npy")
     evaluate.add_argument("--image-score", choices=("max", "method"), default="max", help="image score: max of the map (default)")
-    evaluate.add_argument("--compare-paper", action="store_true", help="print the paper's Table 1 numbers beside ours")
+    evaluate.add_argument("--compare-paper", action="store_true", help="print the paper's Table 1 numbers beside ours (needs --protocol paper)")
     evaluate.add_argument("--limit", type=int, default=0, help="at most N test images per category (smoke runs)")
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.add_argument("--clip", dest="clip_weights", help="CLIP directory (tagger, winclip, adaclip)")
@@ -34,13 +38,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table (and the paper's numbers when asked) and name the run folder."""
+    from ..errors import ConfigError
     from ..evaluate import EvalOptions, run_eval
     from ..reports import paper_comparison
 
+    if args.compare_paper and args.protocol != "paper":
+        raise ConfigError(f"--compare-paper needs --protocol paper: Table 1 was measured at 400x400 with per-category "
+                          f"normalisation, not as --protocol {args.protocol} measures")
     options = EvalOptions(
         dataset=args.dataset, root=Path(args.root), out_dir=Path(args.output), method=args.method,
         categories=args.categories or (), ablate=comma_list(args.ablate),
         save_maps=args.save_maps, image_score=args.image_score, progress=not args.no_progress, limit=args.limit,
+        protocol=args.protocol, from_maps=Path(args.from_maps) if args.from_maps else None,
     )
     run_dir = run_eval(options, base_config(args))
     print((run_dir / "table.md").read_text(encoding="utf-8"))
