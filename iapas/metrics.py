@@ -200,7 +200,8 @@ def _first_at_or_above(ordered: np.ndarray, threshold: float, low: float, span: 
     def score(i: int) -> float:
         return (float(ordered[i]) - low) / span
 
-    index = int(np.searchsorted(ordered, low + threshold * span, side="left"))
+    # a first guess in the array's own dtype (a float64 key would make numpy cast the whole array per call)
+    index = int(np.searchsorted(ordered, np.asarray(low + threshold * span, ordered.dtype), side="left"))
     while index > 0 and score(index - 1) >= threshold:  # jump back over whole runs of tied values
         index = int(np.searchsorted(ordered, ordered[index - 1], side="left"))
     while index < len(ordered) and score(index) < threshold:
