@@ -208,13 +208,13 @@ def run_eval(options: EvalOptions, config: Config) -> Path:
     dataset = load_dataset(options.dataset, options.root)
     categories = list(options.categories) or dataset.categories
     required = {category: counted_samples(dataset, category, options) for category in categories}  # fails before any model loads
-    run_dir = options.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    if options.from_maps is not None:
+    if options.from_maps is not None:  # checked against the dataset before any output is written
         source: MethodMaps | SavedMaps = SavedMaps(Path(options.from_maps), dataset, required)
     else:
         source = MethodMaps(METHODS.get(options.method)(config, options.ablate), dataset.name)
+    run_dir = options.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
     records = [evaluate_category(source, dataset, category, options, run_dir) for category in categories]
     write_tables(records, run_dir, options.dataset, options.run_name, protocol)
     run_info = {

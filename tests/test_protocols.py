@@ -230,3 +230,46 @@ def test_from_maps_errors_name_the_map(tiny, tmp_path, capsys):
     assert error() == f"iapas: error: maps folder not found: {tmp_path / 'nowhere'}"
     assert main(argv) == 0  # everything in place again: the full protocol measures the same folder
     assert "protocol full" in capsys.readouterr().out
+
+
+# one normal and one defective test image per layout: (normal image, defect image, its mask, extra files)
+LAYOUTS = {
+    "mvtec": ("c/test/good/0.png", "c/test/hole/0.png", "c/ground_truth/hole/0_mask.png", ["c/train/good/0.png"]),
+    "mpdd": ("c/test/good/0.png", "c/test/hole/0.png", "c/ground_truth/hole/0_mask.png", ["c/train/good/0.png"]),
+    "dtd": ("c/test/good/0.png", "c/test/hole/0.png", "c/ground_truth/hole/0_mask.png", ["c/train/good/0.png"]),
+    "btad": ("01/test/ok/0.bmp", "01/test/ko/1.bmp", "01/ground_truth/ko/1.png", ["01/train/ok/0.bmp"]),
+    "mtd": ("MT_Free/Imgs/a.jpg", "MT_Blowhole/Imgs/b.jpg", "MT_Blowhole/Imgs/b.png", []),
+    "ksdd1": ("kos01/Part0.jpg", "kos01/Part1.jpg", "kos01/Part1_label.bmp", []),
+    "dagm": ("Class1/Test/0003.PNG", "Class1/Test/0004.PNG", "Class1/Test/Label/0004_label.PNG", ["Class1/Train/0001.PNG"]),
+    "visa": ("v/Data/Images/Normal/0.JPG", "v/Data/Images/Anomaly/1.JPG", "v/Data/Masks/Anomaly/1.png", ["v/Data/Images/Normal/2.JPG"]),
+    "folder": ("good/a.png", "dent/b.png", "ground_truth/dent/b_mask.png", []),
+}
+PAPER_KEEPS_NORMAL = {"mvtec", "visa", "mtd", "ksdd1"}  # test_zsas.py's skip rule read per layout
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_paper_protocol_on_every_layout(name, tmp_path):
+    normal, defect, mask_path, extra = LAYOUTS[name]
+    root = tmp_path / "data"
+    for path in (normal, defect, *extra):
+        write_png(root / path, np.full((6, 8, 3), 120))
+    truth = np.zeros((6, 8))
+    truth[1:3, 2:5] = 255
+    write_png(root / mask_path, truth)
+    if name == "ksdd1":
+        write_png(root / "kos01/Part0_label.bmp", np.zeros((6, 8)))
+    if name == "visa":
+        (root / "split_csv").mkdir()
+        (root / "split_csv/1cls.csv").write_text(
+            "object,split,label,image,mask\n" f"v,train,normal,{extra[0]},\n" f"v,test,normal,{normal},\n"
+            f"v,test,anomaly,{defect},{mask_path}\n")
+    rng = np.random.default_rng(0)
+    for path in (normal, defect):
+        target = tmp_path / "maps" / Path(path).with_suffix(".npy")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        np.save(target, (rng.random((6, 8)) + truth / 255).astype(np.float32))
+    options = EvalOptions(name, root, tmp_path / "out", progress=False, protocol="paper", from_maps=tmp_path / "maps")
+    run_dir = run_eval(options, Config())
+    (record,) = [json.loads(p.read_text()) for p in (run_dir / "categories").glob("*.json")]
+    assert (record["images"], record["anomalous"]) == (2 if name in PAPER_KEEPS_NORMAL else 1, 1)
+    assert 0 < record["metrics"]["pixel_ap"] <= 1
