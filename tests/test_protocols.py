@@ -273,3 +273,12 @@ def test_paper_protocol_on_every_layout(name, tmp_path):
     (record,) = [json.loads(p.read_text()) for p in (run_dir / "categories").glob("*.json")]
     assert (record["images"], record["anomalous"]) == (2 if name in PAPER_KEEPS_NORMAL else 1, 1)
     assert 0 < record["metrics"]["pixel_ap"] <= 1
+
+
+def test_paper_mean_is_over_rounded_category_values():
+    from iapas.reports import mean_row
+
+    records = [{"metrics": {"pixel_ap": 0.123456}}, {"metrics": {"pixel_ap": 0.2}}]
+    assert mean_row(records)["pixel_ap"] == pytest.approx((0.123456 + 0.2) / 2)
+    # test_zsas.py: round(12.3456, 2) = 12.35 per category, then the mean
+    assert mean_row(records, PROTOCOLS.get("paper").mean_rounding)["pixel_ap"] == pytest.approx((0.1235 + 0.2) / 2, abs=1e-15)

@@ -23,7 +23,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("-o", "--output", default="results")
     evaluate.add_argument("--protocol", default="full", choices=PROTOCOLS.names(),
                           help="full (default): every test image at its own size; paper: how Table 1 was measured (400x400, category min-max)")
-    evaluate.add_argument("--from-maps", help="evaluate saved maps (DIR/<image path relative to the root>.npy) instead of running a method")
+    evaluate.add_argument("--from-maps", metavar="DIR", help="evaluate saved maps (DIR/<image path relative to the root>.npy) instead of running a method")
     evaluate.add_argument("--save-maps", action="store_true", help="also keep every anomaly map as <run>/maps/<image path>.npy")
     evaluate.add_argument("--image-score", choices=("max", "method"), default="max", help="image score: max of the map (default)")
     evaluate.add_argument("--compare-paper", action="store_true", help="print the paper's Table 1 numbers beside ours (needs --protocol paper)")
