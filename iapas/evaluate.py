@@ -1,8 +1,11 @@
-"""`iapas eval`: run a method over a dataset's categories, stream the metrics, resume after interruption."""
+"""`iapas eval`: run a method (or read saved maps) over a dataset's categories, measure them under a
+protocol (`iapas/protocols.py`), resume after interruption."""
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,14 +16,16 @@ from tqdm import tqdm
 
 from .config import PAPER_SEED, Config, kind_of
 from .data.datasets import Dataset, Sample, limited_samples, load_dataset, load_mask
-from .errors import IapasError
+from .errors import DatasetError, IapasError
 from .files import atomic_write, atomic_write_text, check_writable_folder, remove_stale_temporaries
 from .fingerprint import EVAL_FIELDS, RunSpec, build_fingerprint, check_fingerprint, record_fingerprint
 from .images import Window, load_image, parse_window
 from .methods import METHODS, Method
 from .methods.iapas import IAPAS_ABLATIONS
 from .metrics import DEFAULT_BINS, PixelMetrics, image_metrics
+from .protocols import PROTOCOLS, EvalProtocol, Scorer
 from .reports import write_pr_curve, write_tables
+from .saved_maps import SavedMaps, save_map
 
 
 @dataclass
@@ -42,19 +47,29 @@ class EvalOptions:
     recipe: str = "iapas"  # config.recipe; a run of another recipe than the default gets its own folder
     normal_split: str = "train"  # config.calibration.normal_split: where calibration draws its normal images
     overwrite: bool = False  # redo finished categories (needed when the fingerprint changed)
+    protocol: str = "full"  # a name in iapas.protocols.PROTOCOLS
+    from_maps: Path | None = None  # evaluate these saved maps instead of running the method
 
     @property
     def run_name(self) -> str:
-        """Folder of this (method, recipe, ablation): separate runs never resume into each other."""
+        """Folder of this (method, recipe, ablation) or maps folder: separate runs never resume into each other."""
+        if self.from_maps is not None:
+            digest = hashlib.sha1(str(Path(self.from_maps).resolve()).encode()).hexdigest()[:8]
+            return f"maps-{Path(self.from_maps).resolve().name}-{digest}"
         recipe = f"-{self.recipe}" if self.method == "iapas" and self.recipe != "iapas" else ""
         return self.method + recipe + ("-no-" + "-".join(sorted(self.ablate)) if self.ablate else "")
+
+    @property
+    def run_dir(self) -> Path:
+        """out_dir/<run_name>, under the protocol's own sub-folder for a protocol other than the default."""
+        return Path(self.out_dir) / PROTOCOLS.get(self.protocol).folder / self.run_name
 
 
 @dataclass
 class CategoryState:
     """Running metrics of one category, saved after every image so a re-run continues."""
 
-    pixels: PixelMetrics
+    pixels: Scorer
     fingerprint: str = ""  # the run's digest: a state saved under other settings is not continued
     done: list[str] = field(default_factory=list)  # dataset-relative image paths
     labels: list[int] = field(default_factory=list)
@@ -68,8 +83,8 @@ class CategoryState:
         atomic_write(path, lambda temporary: np.savez(temporary, **arrays))
 
     @classmethod
-    def load_or_new(cls, path: Path, bins: int, fingerprint: str = "") -> "CategoryState":
-        state = cls(PixelMetrics(bins=bins), fingerprint)
+    def load_or_new(cls, path: Path, pixels: Scorer, fingerprint: str = "") -> "CategoryState":
+        state = cls(pixels, fingerprint)
         if path.is_file():
             with np.load(path) as data:
                 saved = str(data["fingerprint"]) if "fingerprint" in data.files else ""
@@ -91,20 +106,58 @@ def dataset_key(image: Path, root: Path) -> Path:
         return Path(image).resolve()
 
 
-def map_path(run_dir: Path, key: Path) -> Path:
-    """Where --save-maps puts an image's map: its dataset-relative path, suffix kept (KSDD1's kosNN/PartK stay apart)."""
-    relative = key.relative_to(key.anchor) if key.is_absolute() else key
-    return run_dir / "maps" / f"{relative.as_posix()}.npy"
+@dataclass
+class MethodMaps:
+    """A method as a source of maps: calibrates per category, segments each test image."""
+
+    method: Method
+    dataset: str
+    bit_window: Window | None = None
+
+    @property
+    def default_image_score(self) -> str:
+        """The method's own image-score rule (AdaCLIP: its HSF score), else the map's maximum."""
+        return getattr(self.method, "default_image_score", "max")
+
+    def prepare(self, category: str, normal_images: list[Path], kind: str, out_dir: Path) -> None:
+        if not normal_images:
+            raise DatasetError(f"{self.dataset}/{category} has no normal images to calibrate from")
+        self.method.prepare(category, normal_images, kind, out_dir)
+
+    def map_for(self, sample: Sample) -> tuple[np.ndarray, float, tuple[int, int]]:
+        """(map, the method's image score, (H, W)) of one test image."""
+        pixels = load_image(sample.image_path, bit_window=self.bit_window).pixels
+        result = self.method.segment(pixels)
+        return result.anomaly_map, result.image_score, pixels.shape[:2]
 
 
-def image_score_rule(method: Method, options: EvalOptions) -> str:
-    """The image score used: the one asked for, else the method's own default (AdaCLIP: its HSF score), else the map's max."""
-    return options.image_score or getattr(method, "default_image_score", "max")
+def image_score_rule(source: MethodMaps | SavedMaps, options: EvalOptions) -> str:
+    """The image score used: the one asked for, else the method's own default, else the map's max."""
+    return options.image_score or getattr(source, "default_image_score", "max")
+
+
+def counted_samples(dataset: Dataset, category: str, options: EvalOptions) -> list[Sample]:
+    """The test images of `category` that the protocol evaluates, `options.limit` of them drawn with the seed."""
+    protocol = PROTOCOLS.get(options.protocol)
+    samples = [s for s in dataset.samples(category) if protocol.counts(dataset.name, s)]
+    samples = limited_samples(samples, options.limit, options.seed)
+    if not samples:
+        raise DatasetError(f"{dataset.name}/{category} has no test images that the {protocol.name} protocol evaluates")
+    return samples
+
+
+def calibration_images(dataset: Dataset, category: str, options: EvalOptions) -> list[Path]:
+    """The normal images a category is calibrated from: its training split's, or (official recipe) its test split's."""
+    if options.normal_split == "test":  # as the official code does (MVTec test/good)
+        test_normal = [s.image_path for s in dataset.samples(category) if s.label == 0]
+        if test_normal:
+            return test_normal
+    return dataset.calibration_images(category)
 
 
 def evaluate_category(
-    method: Method, dataset: Dataset, category: str, options: EvalOptions, run_dir: Path,
-    fingerprint: str = "", bit_window: Window | None = None,
+    source: MethodMaps | SavedMaps, dataset: Dataset, category: str, options: EvalOptions, run_dir: Path,
+    fingerprint: str = "",
 ) -> dict:
     """Metrics of one category; reads a finished result made under this fingerprint, or continues an interrupted one."""
     result_path = run_dir / "categories" / f"{category}.json"
@@ -112,37 +165,34 @@ def evaluate_category(
         record = json.loads(result_path.read_text(encoding="utf-8"))
         if record.get("fingerprint", "") == fingerprint:
             return record
-    samples: list[Sample] = dataset.samples(category)
-    samples = limited_samples(samples, options.limit, options.seed)
-    dataset.check(category)
-    # the official recipe draws from the test split's normal images, as the official code does (MVTec test/good)
-    test_normal = [s.image_path for s in dataset.samples(category) if s.label == 0]
-    normal = (test_normal or dataset.calibration_images(category)) if options.normal_split == "test" \
-        else dataset.calibration_images(category)
+    protocol: EvalProtocol = PROTOCOLS.get(options.protocol)
+    samples = counted_samples(dataset, category, options)
+    normal = calibration_images(dataset, category, options) if options.from_maps is None else []
     kind = kind_of(category, dataset.name)
     prepare_start = time.perf_counter()
-    method.prepare(category, normal, kind, run_dir)
+    source.prepare(category, normal, kind, run_dir)
     prepare_seconds = time.perf_counter() - prepare_start
     state_path = run_dir / "partial" / f"{category}.npz"
-    state = CategoryState(PixelMetrics(bins=options.bins), fingerprint) if options.overwrite else \
-        CategoryState.load_or_new(state_path, options.bins, fingerprint)
+    held_maps = state_path.with_suffix(".maps")  # the paper protocol's per-image maps until the category ends
+    if options.overwrite:
+        state_path.unlink(missing_ok=True)
+        shutil.rmtree(held_maps, ignore_errors=True)
+    state = CategoryState.load_or_new(state_path, protocol.scorer(options.bins, held_maps), fingerprint)
     finished = set(state.done)
     todo = [s for s in samples if dataset_key(s.image_path, options.root).as_posix() not in finished]
+    rule = image_score_rule(source, options)
     bar = tqdm(todo, desc=f"{dataset.name}/{category}", unit="img", disable=not options.progress, dynamic_ncols=True)
     for sample in bar:
         start = time.perf_counter()
-        key = dataset_key(sample.image_path, options.root)
-        pixels = load_image(sample.image_path, bit_window=bit_window).pixels
-        result = method.segment(pixels)
-        mask = load_mask(sample, *pixels.shape[:2])
-        state.pixels.update(result.anomaly_map, mask, name=str(sample.image_path))
+        anomaly_map, method_score, size = source.map_for(sample)
+        mask = load_mask(sample, *size, threshold=protocol.mask_threshold)
+        state.pixels.update(anomaly_map, mask, name=str(sample.image_path))
         state.labels.append(sample.label)
-        score = result.score(image_score_rule(method, options))
-        state.scores.append(score)
-        state.done.append(key.as_posix())
+        state.scores.append(method_score if rule == "method" else protocol.max_score(anomaly_map))
+        state.done.append(dataset_key(sample.image_path, options.root).as_posix())
         state.seconds += time.perf_counter() - start
         if options.save_maps:
-            atomic_write(map_path(run_dir, key), lambda temporary: np.save(temporary, result.anomaly_map))
+            save_map(run_dir / "maps", dataset, sample, anomaly_map)
         state.save(state_path)  # a few KB of histograms: after every image, so an interrupt loses nothing finished
     metrics = {**state.pixels.summary(), **image_metrics(np.array(state.labels), np.array(state.scores))}
     record = {
@@ -158,6 +208,7 @@ def evaluate_category(
     write_pr_curve(state.pixels, run_dir / "pr_curves" / f"{category}.png", f"{dataset.name} / {category} ({options.run_name})")
     atomic_write_text(result_path, json.dumps(record, indent=2) + "\n")  # marks the category finished
     state_path.unlink(missing_ok=True)
+    shutil.rmtree(held_maps, ignore_errors=True)
     return record
 
 
@@ -165,7 +216,8 @@ def eval_fingerprint(options: EvalOptions, config: Config) -> dict:
     """What defines an evaluation's results (iapas/fingerprint.py's EVAL_FIELDS); eval calibrates, so its models count."""
     spec = RunSpec(config, options.method, {
         "dataset": options.dataset, "root": options.root, "ablate": options.ablate, "image_score": options.image_score,
-        "limit": options.limit, "bins": options.bins, "calibrates": True,
+        "limit": options.limit, "bins": options.bins, "calibrates": options.from_maps is None,
+        "protocol": options.protocol, "from_maps": options.from_maps,
     })
     return build_fingerprint(spec, EVAL_FIELDS)
 
@@ -181,6 +233,18 @@ def versions() -> dict[str, str]:
             "transformers": transformers.__version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__}
 
 
+def check_maps_options(options: EvalOptions) -> None:
+    """Options that make no sense with `from_maps` are one-line errors, before anything runs."""
+    if options.from_maps is None:
+        return
+    if options.save_maps:
+        raise IapasError("--save-maps and --from-maps exclude each other: the maps are already saved")
+    if options.ablate:
+        raise IapasError("--ablate needs a method to run, not --from-maps")
+    if options.image_score == "method":
+        raise IapasError("--image-score method needs a method to run; saved maps give the max of the map")
+
+
 def run_eval(options: EvalOptions, config: Config) -> Path:
     """Evaluate every chosen category; write per-category JSON, PR curves, tables and run.json."""
     check_writable_folder(options.out_dir)  # a file or a read-only folder: one line, before anything loads
@@ -189,29 +253,39 @@ def run_eval(options: EvalOptions, config: Config) -> Path:
         raise IapasError(f"cannot ablate {unknown[0]!r} (choose from {', '.join(IAPAS_ABLATIONS)})")
     if options.ablate and options.method != "iapas":
         raise IapasError("--ablate applies to --method iapas only")
+    protocol = PROTOCOLS.get(options.protocol)
+    check_maps_options(options)
     dataset = load_dataset(options.dataset, options.root)
     categories = list(options.categories) or dataset.categories
-    for category in categories:
-        dataset.check(category)  # unknown or empty categories, or no calibration images, fail before any model loads
-    run_dir = Path(options.out_dir) / options.run_name
-    window = parse_window(config.bit_window)
+    if options.from_maps is None:
+        for category in categories:
+            dataset.check(category)  # unknown or empty categories, or no calibration images, fail before any model loads
+    required = {category: counted_samples(dataset, category, options) for category in categories}
+    run_dir = options.run_dir
     fingerprint = eval_fingerprint(options, config)
     digest = check_fingerprint(run_dir, fingerprint, options.overwrite)  # before any model loads
     started = time.perf_counter()
-    method = METHODS.get(options.method)(config, options.ablate)
+    if options.from_maps is not None:  # checked against the dataset before any output is written
+        source: MethodMaps | SavedMaps = SavedMaps(Path(options.from_maps), dataset, required)
+    else:
+        source = MethodMaps(METHODS.get(options.method)(config, options.ablate), dataset.name,
+                            parse_window(config.bit_window))
     record_fingerprint(run_dir, fingerprint)
     remove_stale_temporaries(run_dir)
-    records = [evaluate_category(method, dataset, category, options, run_dir, digest, window) for category in categories]
-    write_tables(records, run_dir, options.dataset, options.run_name)
+    records = [evaluate_category(source, dataset, category, options, run_dir, digest) for category in categories]
+    write_tables(records, run_dir, options.dataset, options.run_name, protocol)
     run_info = {
         "dataset": options.dataset,
         "root": str(Path(options.root).resolve()),
-        "method": options.method,
+        "protocol": protocol.name,
+        "protocol_summary": protocol.summary,
+        "from_maps": str(options.from_maps) if options.from_maps is not None else None,
+        "method": options.method if options.from_maps is None else None,
         "ablate": sorted(options.ablate),
         "categories": categories,
         "seed": config.calibration.seed,
         "bins": options.bins,
-        "image_score": image_score_rule(method, options),
+        "image_score": image_score_rule(source, options),
         "config": config.to_dict(),
         "versions": versions(),
         "seconds": time.perf_counter() - started,

@@ -139,6 +139,8 @@ EVAL_FIELDS: dict[str, Field] = {
     "image_score": lambda run: run.options.get("image_score", "max"),
     "limit": lambda run: int(run.options.get("limit") or 0),
     "bins": lambda run: run.options.get("bins"),
+    "protocol": lambda run: run.options.get("protocol", "full"),
+    "from_maps": lambda run: str(Path(run.options["from_maps"]).resolve()) if run.options.get("from_maps") else None,
 }
 
 

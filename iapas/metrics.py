@@ -6,7 +6,11 @@ edges, so AP, F1-max and AUROC are exact (equal to sklearn's) whenever no two di
 a bin, and otherwise differ by at most the effect of merging scores within 1/bins of each other
 (tests check |binned - sklearn| < 2e-3 for 4096 bins on a million continuous scores). AUPRO keeps one
 histogram per ground-truth region summed over regions, so memory is O(bins) whatever the dataset.
-Image-level metrics use sklearn on the (few) image scores.
+Ground-truth regions are 8-connected (pixels touching at a corner are one defect), as in MVTec AD's
+own evaluation, anomalib and AnomalyCLIP. Image-level metrics use sklearn on the (few) image scores.
+
+`exact_pixel_metrics` is the paper protocol's exact counterpart for a whole category held at once:
+AP and AUROC over every distinct score (equal to sklearn's) and F1-max over a fixed list of thresholds.
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ from .errors import MetricsInputError
 
 DEFAULT_BINS = 4096
 PRO_FPR_LIMIT = 0.3  # AUPRO integrates PRO over FPR in [0, 0.3], normalised by 0.3
+# 8-connected regions: MVTec AD's evaluation code, anomalib's AUPRO and AnomalyCLIP's metrics all label so
+REGION_CONNECTIVITY = np.ones((3, 3), bool)
 
 
 def check_binnable(scores: np.ndarray, low: float, high: float, name: str = "") -> None:
@@ -114,7 +120,7 @@ class PixelMetrics:
         self.positive += np.bincount(indices[flat_mask], minlength=self.bins)
         self.negative += np.bincount(indices[~flat_mask], minlength=self.bins)
         if self.with_pro and flat_mask.any():
-            labels, count = ndimage.label(mask)
+            labels, count = ndimage.label(mask, structure=REGION_CONNECTIVITY)
             region_labels, region_indices = labels.ravel()[flat_mask], indices[flat_mask]  # region pixels only
             for region in range(1, count + 1):
                 in_region = region_labels == region
@@ -195,3 +201,58 @@ def image_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
         "image_ap": float(average_precision_score(labels, scores)),
         "image_f1_max": float(f1.max()),
     }
+
+
+def _first_at_or_above(ordered: np.ndarray, threshold: float, low: float, span: float) -> int:
+    """Index of the first value of the ascending `ordered` whose min-max normalised score is >= threshold.
+
+    The normalised score (x - low) / span is computed in float64 exactly as a normalised array would
+    be, so pixels sitting on a threshold fall on the same side as in the official code.
+    """
+    if span == 0:  # a constant category normalises to zeros (utils/function.py normalize)
+        return 0 if threshold <= 0 else len(ordered)
+
+    def score(i: int) -> float:
+        return (float(ordered[i]) - low) / span
+
+    # a first guess in the array's own dtype (a float64 key would make numpy cast the whole array per call)
+    index = int(np.searchsorted(ordered, np.asarray(low + threshold * span, ordered.dtype), side="left"))
+    while index > 0 and score(index - 1) >= threshold:  # jump back over whole runs of tied values
+        index = int(np.searchsorted(ordered, ordered[index - 1], side="left"))
+    while index < len(ordered) and score(index) < threshold:
+        index = int(np.searchsorted(ordered, ordered[index], side="right"))
+    return index
+
+
+def exact_pixel_metrics(positives: np.ndarray, negatives: np.ndarray, thresholds: np.ndarray) -> dict[str, float]:
+    """Exact AP, AUROC and F1-max of a category from its anomalous and normal pixel scores (any order).
+
+    AP and AUROC depend only on the order of the scores, so they are computed on the scores as given
+    (a min-max normalisation with positive span keeps order and ties). F1-max is the best F1 over
+    `thresholds` applied to the scores min-max normalised over both sets with `score >= t`.
+    `negatives` is sorted in place to save a copy of the largest array.
+    """
+    if len(positives) == 0:
+        return {"pixel_ap": float("nan"), "pixel_f1_max": float("nan"), "pixel_auroc": float("nan")}
+    negatives.sort()
+    values, counts = np.unique(positives, return_counts=True)
+    total_positive, total_negative = float(len(positives)), float(len(negatives))
+    tp = total_positive - (np.cumsum(counts) - counts)  # positives >= each distinct positive score
+    negatives_below = np.searchsorted(negatives, values, side="left")
+    fp = total_negative - negatives_below  # normal pixels >= each distinct positive score
+    # sklearn's AP: recall steps only at distinct positive scores, precision there counts every tie
+    ap = float(np.sum(counts / total_positive * tp / (tp + fp)))
+    ties = np.searchsorted(negatives, values, side="right") - negatives_below
+    auroc = float(np.sum(counts * (negatives_below + 0.5 * ties)) / (total_positive * total_negative)) if total_negative else float("nan")
+    ordered_positive = np.sort(positives)
+    low = float(min(ordered_positive[0], negatives[0] if len(negatives) else np.inf))
+    high = float(max(ordered_positive[-1], negatives[-1] if len(negatives) else -np.inf))
+    span = high - low
+    best = 0.0
+    for threshold in thresholds:
+        hits = len(ordered_positive) - _first_at_or_above(ordered_positive, float(threshold), low, span)
+        false = len(negatives) - _first_at_or_above(negatives, float(threshold), low, span)
+        if hits:  # F1 is 0 without a true positive (utils/function.py calculate_max_f1)
+            precision, recall = hits / (hits + false), hits / total_positive
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return {"pixel_ap": ap, "pixel_f1_max": best, "pixel_auroc": auroc}

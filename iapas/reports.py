@@ -5,12 +5,15 @@ import csv
 import math
 import tomllib
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from .methods.iapas import IAPAS_ABLATIONS
-from .metrics import PixelMetrics, f1_scores
+from .metrics import f1_scores
+
+if TYPE_CHECKING:
+    from .protocols import EvalProtocol, Scorer
 
 PAPER_TABLE = Path(__file__).parent / "resources" / "paper_table1.toml"
 METRIC_COLUMNS = ("pixel_ap", "pixel_f1_max", "pixel_auroc", "pixel_aupro", "image_auroc", "image_ap", "image_f1_max")
@@ -20,26 +23,37 @@ def percent(value: float) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
 
 
-def mean_row(records: Sequence[dict]) -> dict[str, float]:
-    """Mean of each metric over categories, NaNs (e.g. no anomalous pixel) skipped."""
+def mean_row(records: Sequence[dict], rounding: int | None = None) -> dict[str, float]:
+    """Mean of each metric over categories, NaNs (e.g. no anomalous pixel) skipped.
+
+    With `rounding`, each category's value in % is first rounded to that many decimals, as the paper's
+    code builds its mean from its rounded per-category csv (sybeam27/IAP-ZSAS test_zsas.py).
+    """
     means = {}
     for column in METRIC_COLUMNS:
         values = [r["metrics"].get(column, float("nan")) for r in records]
+        if rounding is not None:
+            values = [v if math.isnan(v) else round(100 * v, rounding) / 100 for v in values]
         finite = [v for v in values if not math.isnan(v)]
         means[column] = float(np.mean(finite)) if finite else float("nan")
     return means
 
 
-def write_tables(records: Sequence[dict], run_dir: Path, dataset: str, run_name: str) -> None:
-    """table.md (Table 1 columns AP, F1-max first, then the rest) and table.csv, categories and mean."""
-    rows = [(r["category"], r["metrics"]) for r in records] + [("mean", mean_row(records))]
+def write_tables(records: Sequence[dict], run_dir: Path, dataset: str, run_name: str, protocol: "EvalProtocol | None" = None) -> None:
+    """table.md (Table 1 columns AP, F1-max first, then the rest) and table.csv, categories and mean.
+
+    The markdown header names the protocol the numbers were measured under.
+    """
+    rounding = protocol.mean_rounding if protocol is not None else None
+    rows = [(r["category"], r["metrics"]) for r in records] + [("mean", mean_row(records, rounding))]
     with open(run_dir / "table.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["category", *METRIC_COLUMNS])
         for name, metrics in rows:
             writer.writerow([name, *(f"{100 * metrics.get(c, float('nan')):.4f}" for c in METRIC_COLUMNS)])
     header = "| category | AP | F1-max | pixel AUROC | AUPRO | image AUROC | image AP | image F1-max |"
-    lines = [f"# {dataset}: {run_name} (%)", "", header, "|" + "---|" * 8]
+    title = f"# {dataset}: {run_name} (%), protocol {protocol.name}" if protocol is not None else f"# {dataset}: {run_name} (%)"
+    lines = [title, ""] + ([f"Protocol {protocol.name}: {protocol.summary}.", ""] if protocol is not None else []) + [header, "|" + "---|" * 8]
     for name, metrics in rows:
         cells = " | ".join(percent(metrics.get(c, float("nan"))) for c in METRIC_COLUMNS)
         lines.append(f"| {'**mean**' if name == 'mean' else name} | {cells} |")
@@ -64,7 +78,7 @@ def write_ablation_table(out_dir: Path, dataset: str) -> None:
     (out_dir / "table3.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def write_pr_curve(pixels: PixelMetrics, path: Path, title: str) -> None:
+def write_pr_curve(pixels: "Scorer", path: Path, title: str) -> None:
     """The pixel precision-recall curve with its AP and the F1-max point, as a PNG."""
     # a Figure of its own, drawn by Agg directly: no pyplot state and no process-wide backend switch,
     # so a caller's interactive matplotlib session is left as it was

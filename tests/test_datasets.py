@@ -146,3 +146,14 @@ def test_unknown_category(tmp_path):
     img(tmp_path / "bottle/test/good/000.png")
     with pytest.raises(DatasetError, match="has no category 'cable'"):
         load_dataset("mvtec", tmp_path).samples("cable")
+
+
+def test_mtd_masks_are_binarised_at_128(tmp_path):
+    # MTD's masks ring each defect with compression noise (grey 1-128): only grey > 128 is a defect
+    img(tmp_path / "MT_Crack/Imgs/exp1_num_3.jpg")
+    noisy = np.zeros((6, 8), np.uint8)
+    noisy[1:3, 2:5] = 255
+    noisy[4, :] = 100
+    Image.fromarray(noisy).save(tmp_path / "MT_Crack/Imgs/exp1_num_3.png")
+    (sample,) = load_dataset("mtd", tmp_path).samples("mtd")
+    assert load_mask(sample, 6, 8).sum() == 6

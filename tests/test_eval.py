@@ -96,15 +96,18 @@ def test_eval_iapas_writes_tables_curves_and_ablation(capsys, synth_root, weight
     out = tmp_path / "results"
     argv = ["eval", "--dataset", "mvtec", "--root", str(synth_root), "-o", str(out), "--weights", str(weights_dir),
             "--no-progress", "--cache-dir", str(tmp_path / "c"), "--limit", "4"]
-    assert main(argv + ["--compare-paper", "--save-maps"]) == 0
+    assert main(argv + ["--save-maps"]) == 0
     printed = capsys.readouterr().out
-    assert "| **mean** |" in printed and "| IAP-AS (paper) | 31.43 | 40.13 |" in printed
+    assert "| **mean** |" in printed and "protocol full" in printed
     run_dir = out / "iapas"
     for name in ("table.md", "table.csv", "run.json", "pr_curves/tile.png", "pr_curves/washer.png", "calibrations/tile.json"):
         assert (run_dir / name).is_file(), name
-    assert len(list((run_dir / "maps" / "washer").rglob("*.png.npy"))) == 4  # maps/washer/test/<defect>/<name>.png.npy
+    # maps are named by the image's path relative to the dataset root
+    assert sorted(p.relative_to(run_dir / "maps").as_posix() for p in (run_dir / "maps" / "washer").rglob("*.npy")) == [
+        "washer/test/good/000.npy", "washer/test/good/001.npy", "washer/test/good/002.npy", "washer/test/hole/000.npy"]
     info = json.loads((run_dir / "run.json").read_text())
     assert info["seed"] == 111 and "torch" in info["versions"] and info["categories"] == ["tile", "washer"]
+    assert info["protocol"] == "full"
     record = json.loads((run_dir / "categories" / "tile.json").read_text())
     assert record["kind"] == "texture" and record["images"] == 4
     assert all(0 <= v <= 1 for v in record["metrics"].values() if not np.isnan(v))
@@ -114,6 +117,15 @@ def test_eval_iapas_writes_tables_curves_and_ablation(capsys, synth_root, weight
     table3 = (out / "table3.md").read_text()
     assert "| O | O | O |" in table3 and "| O | X | X |" in table3
     assert json.loads((out / "iapas-no-filter-llm" / "calibrations" / "tile.json").read_text())["p_adj"] == []
+
+    assert main(argv + ["--compare-paper"]) == 2  # Table 1 was not measured under the full protocol
+    assert capsys.readouterr().err.strip().startswith("iapas: error: --compare-paper needs --protocol paper")
+    assert main(argv + ["--compare-paper", "--protocol", "paper"]) == 0
+    printed = capsys.readouterr().out
+    assert "protocol paper" in printed and "| IAP-AS (paper) | 31.43 | 40.13 |" in printed
+    paper_dir = out / "protocol-paper" / "iapas"  # its own folder: never resumes a full-protocol run
+    assert json.loads((paper_dir / "run.json").read_text())["protocol"] == "paper"
+    assert "Protocol paper:" in (paper_dir / "table.md").read_text()
 
 
 def test_eval_errors(capsys, synth_root, tmp_path):

@@ -59,7 +59,7 @@ def brute_force_aupro(maps, masks, limit=0.3):
 
     regions = []
     for m, g in zip(maps, masks):
-        labels, count = ndimage.label(g)
+        labels, count = ndimage.label(g, structure=np.ones((3, 3)))  # 8-connected regions
         regions += [(m, labels == k) for k in range(1, count + 1)]
     normal = np.concatenate([m[~g] for m, g in zip(maps, masks)])
     points = [(0.0, 0.0)]

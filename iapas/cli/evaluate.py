@@ -13,6 +13,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register `iapas eval`."""
     from ..data.datasets import DATASETS
     from ..methods import METHODS
+    from ..protocols import PROTOCOLS
 
     evaluate = commands.add_parser("eval", help="evaluate a method on a dataset: metrics, tables, PR curves")
     evaluate.add_argument("--dataset", required=True, choices=DATASETS.names())
@@ -21,11 +22,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--method", default="iapas", choices=METHODS.names())
     evaluate.add_argument("--ablate", help="comma list of IAP-AS steps to switch off: tagging,llm,filter (Table 3)")
     evaluate.add_argument("-o", "--output", default="results")
-    evaluate.add_argument("--save-maps", action="store_true", help="also keep every anomaly map (.npy)")
+    evaluate.add_argument("--protocol", default="full", choices=PROTOCOLS.names(),
+                          help="full (default): every test image at its own size; paper: how Table 1 was measured (400x400, category min-max)")
+    evaluate.add_argument("--from-maps", metavar="DIR", help="evaluate saved maps (DIR/<image path relative to the root>.npy) instead of running a method")
+    evaluate.add_argument("--save-maps", action="store_true", help="also keep every anomaly map as <run>/maps/<image path>.npy")
     evaluate.add_argument("--image-score", choices=("max", "method"), default="",
                           help="image score: max of the map, or the method's own (default: the method's rule; "
                                "AdaCLIP: its HSF score, the others: max)")
-    evaluate.add_argument("--compare-paper", action="store_true", help="print the paper's Table 1 numbers beside ours")
+    evaluate.add_argument("--compare-paper", action="store_true", help="print the paper's Table 1 numbers beside ours (needs --protocol paper)")
     evaluate.add_argument("--limit", type=non_negative_int, default=0,
                           help="at most N test images per category, normal and anomalous alike, drawn with --seed (smoke runs)")
     evaluate.add_argument("--no-progress", action="store_true")
@@ -41,9 +45,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table (and the paper's numbers when asked) and name the run folder."""
+    from ..errors import ConfigError
     from ..evaluate import EvalOptions, run_eval
     from ..reports import paper_comparison
 
+    if args.compare_paper and args.protocol != "paper":
+        raise ConfigError(f"--compare-paper needs --protocol paper: Table 1 was measured at 400x400 with per-category "
+                          f"normalisation, not as --protocol {args.protocol} measures")
     config = base_config(args)
     options = EvalOptions(
         dataset=args.dataset, root=Path(args.root), out_dir=Path(args.output), method=args.method,
@@ -52,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         seed=config.calibration.seed,
         recipe=config.recipe, normal_split=config.calibration.normal_split,
         overwrite=args.overwrite,
+        protocol=args.protocol, from_maps=Path(args.from_maps) if args.from_maps else None,
     )
     run_dir = run_eval(options, config)
     print((run_dir / "table.md").read_text(encoding="utf-8"))
