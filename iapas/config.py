@@ -101,6 +101,7 @@ class ClipMethodsConfig:
     shots: int = 0  # WinCLIP+: K normal reference images (WinCLIP paper: 1, 2, 4); 0 is zero-shot
     reference_images: str = ""  # folder of normal images for the K shots; empty in eval: the category's normal images
     adaclip_prompts: str = ""  # trained prompts from `iapas train adaclip`; empty: <weights_dir>/adaclip/adaclip_prompts.pt
+    genclip_prompts: str = ""  # trained prompts from `iapas train genclip`; empty: <weights_dir>/genclip/genclip_prompts.pt
 
 
 @dataclass

@@ -30,6 +30,7 @@ CONFIG_OPTIONS = {
     "cache_dir": "calibration.cache_dir",
     "clip_weights": "clip_methods.weights",
     "adaclip_prompts": "clip_methods.adaclip_prompts",
+    "genclip_prompts": "clip_methods.genclip_prompts",
     "winclip_variant": "clip_methods.winclip_variant",
     "shots": "clip_methods.shots",
     "reference_images": "clip_methods.reference_images",
@@ -53,13 +54,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def add_method_options(parser: argparse.ArgumentParser) -> None:
     """Options choosing the method and what it is prompted with (segment and bench)."""
-    parser.add_argument("--method", default="iapas", help="iapas (default), winclip or adaclip")
+    parser.add_argument("--method", default="iapas", help="iapas (default), winclip, adaclip or genclip")
     parser.add_argument("--prompt", action="append", help="text prompt; repeat for several (default: abnormal, defect)")
     parser.add_argument("--calibration", help="calibration file from `iapas calibrate` (P_final, S_threshold, thresholds)")
     parser.add_argument("--no-size-filter", action="store_true", help="skip step 2-2's size filter (ablation)")
     parser.add_argument("--category", help="class name for the CLIP methods' prompts (default: object)")
     parser.add_argument("--clip", dest="clip_weights", help="CLIP directory or open_clip file for --method winclip/adaclip")
     parser.add_argument("--adaclip-prompts", help="trained AdaCLIP prompts (from `iapas train adaclip`)")
+    parser.add_argument("--genclip-prompts", help="trained GenCLIP prompts (from `iapas train genclip`)")
     add_winclip_options(parser)
 
 

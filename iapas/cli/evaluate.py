@@ -27,6 +27,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.add_argument("--clip", dest="clip_weights", help="CLIP directory (tagger, winclip, adaclip)")
     evaluate.add_argument("--adaclip-prompts", help="trained AdaCLIP prompts")
+    evaluate.add_argument("--genclip-prompts", help="trained GenCLIP prompts")
     add_winclip_options(evaluate)
     add_preprocessing_options(evaluate)
     add_model_options(evaluate)

@@ -9,7 +9,7 @@ from .common import EXIT_OK, add_model_options, base_config, comma_list
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    """Register `iapas train adaclip`."""
+    """Register `iapas train adaclip` and `iapas train genclip`."""
     from ..data.datasets import DATASETS
 
     train = commands.add_parser("train", help="train a learned comparison method")
@@ -32,6 +32,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     adaclip.add_argument("--no-progress", action="store_true")
     add_model_options(adaclip)
     adaclip.set_defaults(handler=run_adaclip)
+    add_genclip_parser(train_commands)
 
 
 def layer_list(text: str) -> tuple[int, ...]:
@@ -59,4 +60,50 @@ def run_adaclip(args: argparse.Namespace) -> int:
     path, losses = train_adaclip(options, architecture)
     tail = f"; last loss {losses[-1]:.4f}" if losses else " (already trained)"
     print(f"AdaCLIP prompts: {path}{tail}", file=sys.stderr)
+    return EXIT_OK
+
+
+def add_genclip_parser(train_commands: argparse._SubParsersAction) -> None:
+    """`iapas train genclip`, with the GenCLIP paper's training settings as defaults (B.4, §4.1)."""
+    from ..data.datasets import DATASETS
+    from ..methods.genclip.model import INPUT_SIZE
+    from ..methods.genclip.train import BATCH_SIZE, EPOCHS, LEARNING_RATE
+
+    genclip = train_commands.add_parser("genclip", help="train GenCLIP prompts on an auxiliary dataset (MVTec AD, or VisA to test on MVTec AD)")
+    genclip.add_argument("--dataset", required=True, choices=DATASETS.names())
+    genclip.add_argument("--root", required=True)
+    genclip.add_argument("-o", "--output", required=True, help="checkpoint folder; an existing one is resumed")
+    genclip.add_argument("--epochs", type=int, default=EPOCHS, help=f"default {EPOCHS} (paper)")
+    genclip.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    genclip.add_argument("--lr", type=float, default=LEARNING_RATE, help=f"Adam learning rate, default {LEARNING_RATE} (paper)")
+    genclip.add_argument("--seed", type=int, default=111)
+    genclip.add_argument("--layers", type=layer_list, default=(), help="comma list of ViT layers (default: 6,12,18,24 for ViT-L/14)")
+    genclip.add_argument("--input-size", type=int, default=INPUT_SIZE, help=f"input pixels, default {INPUT_SIZE} (paper)")
+    genclip.add_argument("--limit", type=int, default=0, help="at most N training images")
+    genclip.add_argument("--clip", dest="clip_weights", help="CLIP directory (default: ViT-L-14-336 from the weights dir, else the first CLIP)")
+    genclip.add_argument("--no-progress", action="store_true")
+    add_model_options(genclip)
+    genclip.set_defaults(handler=run_genclip)
+
+
+def run_genclip(args: argparse.Namespace) -> int:
+    """Train (or resume) GenCLIP prompts and report the last loss."""
+    from ..device import resolve_device
+    from ..methods.genclip import PREFERRED_CLIPS
+    from ..methods.genclip.train import GenClipArchitecture, train
+    from ..prompt_learning import TrainOptions
+    from ..weights import chosen_or_found, is_present, load_manifest
+
+    config = base_config(args)
+    preferred = [entry.location(Path(config.weights_dir)) for entry in load_manifest()
+                 if entry.name in PREFERRED_CLIPS and is_present(entry, Path(config.weights_dir))]
+    clip = chosen_or_found("clip", args.clip_weights, config.weights_dir) if args.clip_weights or not preferred else preferred[0]
+    options = TrainOptions(
+        dataset=args.dataset, root=Path(args.root), out_dir=Path(args.output), clip=clip, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, limit=args.limit,
+        device=str(resolve_device(config.device)), progress=not args.no_progress,
+    )
+    path, losses = train(options, GenClipArchitecture(layers=args.layers, input_size=args.input_size))
+    tail = f"; last loss {losses[-1]:.4f}" if losses else " (already trained)"
+    print(f"GenCLIP prompts: {path}{tail}", file=sys.stderr)
     return EXIT_OK

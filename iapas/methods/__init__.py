@@ -10,5 +10,6 @@ from .base import METHODS, Method, MethodBuilder
 METHODS.register_lazy("iapas", "iapas.methods.iapas:build")
 METHODS.register_lazy("winclip", "iapas.methods.winclip:build")
 METHODS.register_lazy("adaclip", "iapas.methods.adaclip:build")
+METHODS.register_lazy("genclip", "iapas.methods.genclip:build")
 
 __all__ = ["METHODS", "Method", "MethodBuilder"]

@@ -110,9 +110,12 @@ class PromptTrainer:
             bar = tqdm(batches, desc=f"{learner.name} epoch {epoch + 1}/{options.epochs}", unit="batch",
                        disable=not options.progress)
             for batch in bar:
-                pixels, masks, labels = load_batch([samples[i] for i in batch], learner.backbone)
+                chosen = [samples[i] for i in batch]
+                pixels, masks, labels = load_batch(chosen, learner.backbone)
+                # a learner whose prompts name the object (GenCLIP: "a photo of a good [cls]") asks for the class names
+                named = {"class_names": [sample.category for sample in chosen]} if getattr(learner, "needs_class_names", False) else {}
                 with mixed_precision(learner.backbone.device):
-                    loss = learner.loss(pixels, masks, labels)
+                    loss = learner.loss(pixels, masks, labels, **named)
                 self.optimizer.zero_grad()
                 loss.float().backward()
                 self.optimizer.step()
