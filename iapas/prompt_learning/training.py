@@ -51,6 +51,7 @@ class Learner(Protocol):
     prompts: torch.nn.Module
     backbone: Any
 
+    # a learner with `needs_class_names = True` gets `class_names=[sample.category, ...]` as a keyword of `loss`
     def loss(self, pixels: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
 
     def save(self, path: str | Path, extra: dict | None = None) -> Path: ...

@@ -5,7 +5,8 @@ import numpy as np
 import torch
 
 ALPHA = 0.8  # B.4: weight of the vision-enhanced branch in Eq. 8
-SIGMA = 9.0  # B.4: Gaussian smoothing G(.) of Eq. 8, in pixels of the 518 px map
+SIGMA = 9.0  # B.4: Gaussian smoothing G(.) of Eq. 8, in pixels of the 518 px map (zqhang/AnomalyCLIP test.py also
+# smooths its layer-summed map at its input size, before any resizing)
 TOP_N1 = 500  # B.4: N1 of Eq. 9-10
 TOP_N2 = 2500  # B.4: N2 of Eq. 9
 
