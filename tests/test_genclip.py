@@ -180,3 +180,23 @@ def test_cli_train_segment_and_eval_genclip(capsys, weights_dir, train_root, tmp
     code = main(["segment", str(picture), "--method", "genclip", "--genclip-prompts", str(tmp_path / "missing.pt"),
                  "-o", str(tmp_path / "x"), "--weights", str(weights_dir)])
     assert code == 2 and "GenCLIP prompt weights not found" in capsys.readouterr().err
+
+
+def test_prompt_layout_equals_clip_on_the_equivalent_sentence(backbone):
+    """With learned tokens set to word embeddings, our assembled text path is CLIP's own on the sentence they spell."""
+    model = model_at(backbone)
+    words = backbone.clip.text_model.embeddings.token_embedding
+
+    def embedding(word):
+        return words(torch.tensor(backbone.tokenizer(word, add_special_tokens=False)["input_ids"][:1]))[0]
+
+    with torch.no_grad():
+        model.prompts.modified = torch.nn.Parameter(embedding("x")[None, None])  # layer 1 only: no deep replacement
+        model.prompts.state.copy_(torch.stack([embedding("a"), embedding("a")]))  # N_P, A_P where "A" stands
+        model.prompts.query.copy_(torch.stack([embedding("x"), embedding("x")]))
+        addition = (embedding("y") - embedding("x"))[None, None]  # Eq. 2: V_Q = Q_P + V_P turns each "x" into "y"
+        text = model.text_embeddings(["washer"], torch.stack([torch.zeros_like(addition[0]), addition[0]], dim=1))
+    expected = backbone.encode_text(["x a photo of a good washer x x object.", "x a photo of a damaged washer x x object.",
+                                     "x a photo of a good washer y y object.", "x a photo of a damaged washer y y object."])
+    assert text.shape == (1, 2, 2, backbone.embed_dim)  # (images, layers, normal/abnormal, E)
+    torch.testing.assert_close(text[0].reshape(4, -1), expected, atol=1e-5, rtol=1e-5)
