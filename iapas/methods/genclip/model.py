@@ -31,6 +31,7 @@ INPUT_SIZE = 518  # §4.1: images resized to 518 x 518
 QUERY_LENGTH = 2  # §4.1: two instances of Q_P
 MODIFIED_LENGTH = 1  # B.4: one prompt token modified for text prompt tuning
 TOKEN_INIT_STD = 0.02  # (our choice) CoOp's initialisation of learnable word tokens
+TEMPERATURE = 0.07  # (our choice) softmax temperature of Eq. 4, as zqhang/AnomalyCLIP's code divides its cosines
 CHECKPOINT_FORMAT = 1
 
 
@@ -150,11 +151,13 @@ class GenClip(torch.nn.Module):
     def score_maps(self, patches: torch.Tensor, text: torch.Tensor, size: int) -> torch.Tensor:
         """Eq. 4/6/7: Softmax(Up(cos(F_I, F_T))) -> (B, S, S) abnormal probability; patches (B, g*g, E), text (B, 2, E).
 
-        (our choice) the cosines are scaled by CLIP's logit scale (100) before the softmax, as CLIP and the
-        other CLIP methods do; softmax of raw cosines could never leave [0.12, 0.88].
+        (our choice) the cosines are divided by a temperature of 0.07 before the softmax: a softmax of raw
+        cosines could never leave [0.12, 0.88], and zqhang/AnomalyCLIP (AnomalyCLIP_lib compute_similarity),
+        whose 518 px, layers 6-12-18-24, 15 epochs and sigma-smoothed layer sum GenCLIP's settings mirror,
+        uses 0.07.
         """
         grid = round(patches.shape[1] ** 0.5)
-        logits = self.backbone.logit_scale() * patches.float() @ text.float().transpose(1, 2)  # (B, g*g, 2)
+        logits = patches.float() @ text.float().transpose(1, 2) / TEMPERATURE  # (B, g*g, 2)
         logits = logits.transpose(1, 2).reshape(len(patches), 2, grid, grid)
         return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False).softmax(dim=1)[:, 1]
 
