@@ -150,6 +150,7 @@ class ClipMethodsConfig:
     reference_images: str = ""  # folder of normal images for the K shots; empty in eval: the category's normal images
     adaclip_prompts: str = ""  # a checkpoint (ours or an official pretrained_*.pth) or a manifest name; empty: <weights_dir>/adaclip/adaclip_prompts.pt, else a released one found
     prompts: str = ""  # trained prompts of the chosen learned method (--prompts); empty: <weights_dir>/<method>/<method>_prompts.pt
+    genclip_prompts: str = ""  # trained prompts from `iapas train genclip`; empty: <weights_dir>/genclip/genclip_prompts.pt
 
 
 @dataclass

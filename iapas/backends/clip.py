@@ -52,6 +52,7 @@ class ClipBackbone(torch.nn.Module):
         vision = self.clip.config.vision_config
         self.image_size, self.patch_size = int(vision.image_size), int(vision.patch_size)
         self.depth = int(vision.num_hidden_layers)
+        self.native_size = self.image_size  # the size CLIP was trained at; `use_input_size` may change image_size
         self.register_buffer("mean", torch.tensor(self.image_processor.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.image_processor.image_std).view(1, 3, 1, 1), persistent=False)
         self.to(device)
@@ -81,7 +82,28 @@ class ClipBackbone(torch.nn.Module):
         embeddings = self.clip.vision_model.embeddings
         patches = embeddings.patch_embedding(pixels.to(embeddings.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
         cls = embeddings.class_embedding.expand(len(pixels), 1, -1)
-        return torch.cat([cls, patches], dim=1) + embeddings.position_embedding.weight[None]
+        return torch.cat([cls, patches], dim=1) + self.position_embeddings(patches.shape[1])[None].to(patches.dtype)
+
+    def position_embeddings(self, patch_count: int) -> torch.Tensor:
+        """(1 + patch_count, D) position embeddings; a grid other than CLIP's own is interpolated bicubically.
+
+        GenCLIP and AnomalyCLIP run ViT-L/14-336 at 518 px (a 37 x 37 grid instead of 24 x 24); the
+        class position stays as it is and the grid positions are resized as an image.
+        """
+        weight = self.clip.vision_model.embeddings.position_embedding.weight
+        if patch_count == weight.shape[0] - 1:
+            return weight
+        native, grid = round((weight.shape[0] - 1) ** 0.5), round(patch_count ** 0.5)
+        positions = weight[1:].T.reshape(1, -1, native, native).float()
+        positions = F.interpolate(positions, size=(grid, grid), mode="bicubic", align_corners=False)
+        return torch.cat([weight[:1], positions.reshape(-1, grid * grid).T.to(weight.dtype)])
+
+    def use_input_size(self, size: int) -> "ClipBackbone":
+        """Run the vision tower at `size` px from now on (`preprocess`, `grid`, training batches); returns self."""
+        if size % self.patch_size:
+            raise WeightsError(f"input size {size} is not a multiple of the CLIP's patch size {self.patch_size}")
+        self.image_size = int(size)
+        return self
 
     def encode_tokens(
         self, tokens: torch.Tensor, layers: Sequence[int] = (), prompts: torch.Tensor | None = None

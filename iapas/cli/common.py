@@ -32,6 +32,7 @@ CONFIG_OPTIONS = {
     "cache_dir": "calibration.cache_dir",
     "clip_weights": "clip_methods.weights",
     "adaclip_prompts": "clip_methods.adaclip_prompts",
+    "genclip_prompts": "clip_methods.genclip_prompts",
     "winclip_variant": "clip_methods.winclip_variant",
     "shots": "clip_methods.shots",
     "reference_images": "clip_methods.reference_images",
@@ -40,13 +41,18 @@ CONFIG_OPTIONS = {
 }
 
 
+# methods whose trained prompts have a config key of their own (the others read clip_methods.prompts)
+METHOD_PROMPT_KEYS = {"adaclip": "clip_methods.adaclip_prompts", "genclip": "clip_methods.genclip_prompts"}
+
+
 def base_config(args: argparse.Namespace) -> Config:
     """The config file (or defaults) with the command-line options laid over it."""
     data = read_config_data(args.config) if getattr(args, "config", None) else {}
     config = build_config(getattr(args, "recipe", None), data)
     overrides = {key: getattr(args, attribute, None) for attribute, key in CONFIG_OPTIONS.items()}
-    if getattr(args, "method", None) == "adaclip" and getattr(args, "prompts", None) and not getattr(args, "adaclip_prompts", None):
-        overrides["clip_methods.adaclip_prompts"] = args.prompts  # --prompts is generic; AdaCLIP reads its own key
+    own_key = METHOD_PROMPT_KEYS.get(getattr(args, "method", None) or "")
+    if own_key and getattr(args, "prompts", None) and not overrides.get(own_key):
+        overrides[own_key] = args.prompts  # --prompts is generic; AdaCLIP and GenCLIP read their own keys
     return config.updated(overrides)
 
 
@@ -96,7 +102,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def add_method_options(parser: argparse.ArgumentParser) -> None:
     """Options choosing the method and what it is prompted with (segment and bench)."""
-    parser.add_argument("--method", default="iapas", help="iapas (default), winclip, adaclip, anomalyclip or faprompt")
+    parser.add_argument("--method", default="iapas", help="iapas (default), winclip, adaclip, anomalyclip, faprompt or genclip")
     parser.add_argument("--prompt", action="append", help="text prompt; repeat for several (default: abnormal, defect)")
     parser.add_argument("--calibration", help="calibration file from `iapas calibrate` (P_final, S_threshold, thresholds)")
     parser.add_argument("--no-size-filter", action="store_true", help="skip step 2-2's size filter (ablation)")
@@ -104,6 +110,7 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip", dest="clip_weights", help="CLIP directory or open_clip file for --method winclip/adaclip")
     parser.add_argument("--adaclip-prompts", help="AdaCLIP weights: ours (`iapas train adaclip`), an official pretrained_*.pth, or a manifest name")
     parser.add_argument("--prompts", help="trained prompts of a learned method (`iapas train METHOD`, or AnomalyCLIP's released epoch_15.pth)")
+    parser.add_argument("--genclip-prompts", help="trained GenCLIP prompts (from `iapas train genclip`; --prompts works too)")
     add_winclip_options(parser)
 
 

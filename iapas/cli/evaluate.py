@@ -37,6 +37,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--clip", dest="clip_weights", help="CLIP directory (tagger, winclip, adaclip)")
     evaluate.add_argument("--adaclip-prompts", help="AdaCLIP weights: ours, an official pretrained_*.pth, or a manifest name")
     evaluate.add_argument("--prompts", help="trained prompts of a learned method (anomalyclip, faprompt, adaclip)")
+    evaluate.add_argument("--genclip-prompts", help="trained GenCLIP prompts")
     add_winclip_options(evaluate)
     add_preprocessing_options(evaluate)
     add_model_options(evaluate)

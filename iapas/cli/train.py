@@ -62,6 +62,11 @@ def anomalyclip_options(parser: argparse.ArgumentParser) -> None:
     image_size_option(parser)
 
 
+def genclip_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--layers", type=layer_list, default=(), help="comma list of ViT layers (default: 6,12,18,24 for ViT-L/14)")
+    parser.add_argument("--input-size", type=int, default=518, help="input pixels (GenCLIP §4.1: 518)")
+
+
 TRAINERS: Registry[Trainer] = Registry("trainable method")
 TRAINERS.register("adaclip")(Trainer(
     "AdaCLIP", "train AdaCLIP on auxiliary datasets (the reference: VisA + ClinicDB to test on MVTec AD, "
@@ -76,6 +81,11 @@ TRAINERS.register("anomalyclip")(Trainer(
     "iapas.methods.anomalyclip.train:train_anomalyclip", "iapas.methods.anomalyclip.train:AnomalyClipArchitecture",
     epochs=15, batch_size=8, learning_rate=1e-3, add_options=anomalyclip_options,
     architecture_options=lambda a: {"layers": a.layers, "image_size": a.image_size}))
+TRAINERS.register("genclip")(Trainer(
+    "GenCLIP", "train GenCLIP's general query prompts and multi-layer vision prompts (paper B.4, §4.1 defaults)",
+    "iapas.methods.genclip.train:train", "iapas.methods.genclip.train:GenClipArchitecture",
+    epochs=15, batch_size=8, learning_rate=4e-5, add_options=genclip_options,
+    architecture_options=lambda a: {"layers": a.layers, "input_size": a.input_size}))
 TRAINERS.register("faprompt")(Trainer(
     "FAPrompt", "train FAPrompt's fine-grained abnormality prompts and prior network (paper App. B defaults)",
     "iapas.methods.faprompt.train:train_faprompt", "iapas.methods.faprompt.train:FAPromptArchitecture",
@@ -143,3 +153,5 @@ def run(args: argparse.Namespace) -> int:
     tail = f"; last loss {losses[-1]:.4f}" if losses else " (already trained)"
     print(f"{trainer.title} prompts: {path}{tail}", file=sys.stderr)
     return EXIT_OK
+
+

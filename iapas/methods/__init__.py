@@ -12,5 +12,6 @@ METHODS.register_lazy("winclip", "iapas.methods.winclip:build")
 METHODS.register_lazy("adaclip", "iapas.methods.adaclip:build")
 METHODS.register_lazy("anomalyclip", "iapas.methods.anomalyclip:build")
 METHODS.register_lazy("faprompt", "iapas.methods.faprompt:build")
+METHODS.register_lazy("genclip", "iapas.methods.genclip:build")
 
 __all__ = ["METHODS", "Method", "MethodBuilder"]

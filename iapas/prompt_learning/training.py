@@ -51,6 +51,7 @@ class Learner(Protocol):
     prompts: torch.nn.Module
     backbone: Any
 
+    # a learner with `needs_class_names = True` gets `class_names=[sample.category, ...]` as a keyword of `loss`
     def loss(self, pixels: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
 
     def save(self, path: str | Path, extra: dict | None = None) -> Path: ...
@@ -96,6 +97,16 @@ def load_batch(samples: list[Sample], backbone: Any, size: int | None = None,
     return pixels, masks.to(device), labels.to(device)
 
 
+def default_batch(samples: list[Sample], learner: Any) -> tuple:
+    """`learner.loss`'s arguments: pixels, masks, labels, and the class names when the learner's prompts name the
+    object (GenCLIP: "a photo of a good [cls]"); at the learner's own input size and resizing when it has them."""
+    pixels, masks, labels = load_batch(samples, learner.backbone, getattr(learner, "input_size", None),
+                                       getattr(learner, "preprocess", None))
+    if getattr(learner, "needs_class_names", False):
+        return pixels, masks, labels, [sample.category for sample in samples]
+    return pixels, masks, labels
+
+
 def mixed_precision(device: torch.device | str):
     """bf16 autocast on a GPU (AdaCLIP and AnomalyCLIP train in half precision there); full precision on the CPU."""
     if torch.device(device).type == "cuda":
@@ -113,8 +124,7 @@ class PromptTrainer:
         self.prompts_file, self.note = prompts_file, note
         # a method with its own inputs (class names, augmentation) brings its loader; the default reads pixels, masks, labels
         # a learner may train at its own input size with its own resizing (AnomalyCLIP, FAPrompt: 518 px)
-        self.batch_loader = batch_loader or (lambda batch, rng: load_batch(
-            batch, learner.backbone, getattr(learner, "input_size", None), getattr(learner, "preprocess", None)))
+        self.batch_loader = batch_loader or (lambda batch, rng: default_batch(batch, learner))
 
     def run(self, samples: list[Sample] | None = None) -> tuple[Path, list[float]]:
         """Train (or resume); returns the prompt file and this run's per-step losses."""

@@ -1,0 +1,259 @@
+"""GenCLIP (Kim et al., 2025): general query prompts augmented by multi-layer vision prompts, dual-branch inference.
+
+No public code exists; each rule below cites the paper's section or equation. Where the paper is silent
+the choice is marked "(our choice)" and listed in the README's GenCLIP table.
+
+Learned (`GenClipPrompts`): the state tokens N_P, A_P and the two shared query tokens Q_P (§3.2, §4.1),
+one text-layer prompt-tuning token per text layer (§3.2, B.4), and per vision layer i a linear MLP_T^i
+making the vision prompt V_P^i (Eq. 1) and a linear MLP_I^i projecting patch features (Eq. 3).
+Everything of CLIP stays frozen.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...backends.clip import ClipBackbone
+from ...errors import WeightsError
+from ...files import atomic_write
+from ...prompt_learning import dice_loss, focal_loss, gaussian_smooth
+from ...types import Boxes, Masks, Result
+from .prompts import GENERIC_WORD, STATES, filter_class_name, prompt_layout, readable_class_name
+from .scoring import ALPHA, SIGMA, TOP_N1, TOP_N2, combine_branches, top_n_image_score
+
+INPUT_SIZE = 518  # §4.1: images resized to 518 x 518
+QUERY_LENGTH = 2  # §4.1: two instances of Q_P
+MODIFIED_LENGTH = 1  # B.4: one prompt token modified for text prompt tuning
+TOKEN_INIT_STD = 0.02  # (our choice) CoOp's initialisation of learnable word tokens
+TEMPERATURE = 0.07  # (our choice) softmax temperature of Eq. 4, as zqhang/AnomalyCLIP's code divides its cosines
+CHECKPOINT_FORMAT = 1
+
+
+def default_layers(depth: int) -> tuple[int, ...]:
+    """§4.1: four evenly spaced layers, 6, 12, 18, 24 of ViT-L/14's 24 (fewer for a shallower test CLIP)."""
+    return tuple(sorted({max(1, round(depth * k / 4)) for k in (1, 2, 3, 4)}))
+
+
+@dataclass(frozen=True)
+class GenClipSettings:
+    """Architecture of the learned parts; stored in every checkpoint."""
+
+    layers: tuple[int, ...]
+    input_size: int = INPUT_SIZE
+    query_length: int = QUERY_LENGTH
+    modified_length: int = MODIFIED_LENGTH
+
+    @classmethod
+    def for_backbone(cls, backbone: ClipBackbone, layers: Sequence[int] = (), input_size: int = INPUT_SIZE) -> "GenClipSettings":
+        return cls(tuple(layers) or default_layers(backbone.depth), input_size)
+
+
+class GenClipPrompts(torch.nn.Module):
+    """Everything GenCLIP learns."""
+
+    def __init__(self, settings: GenClipSettings, text_depth: int, text_width: int, vision_width: int, embed_dim: int) -> None:
+        super().__init__()
+        self.state = torch.nn.Parameter(TOKEN_INIT_STD * torch.randn(2, text_width))  # N_P, A_P (§3.2)
+        self.query = torch.nn.Parameter(TOKEN_INIT_STD * torch.randn(settings.query_length, text_width))  # Q_P (§3.2, §4.1)
+        # §3.2 "inserts learnable tokens before each Transformer layer's text embeddings": one per text layer
+        self.modified = torch.nn.Parameter(TOKEN_INIT_STD * torch.randn(text_depth, settings.modified_length, text_width))
+        # Eq. 1: MLP_T^i, a single linear layer per vision layer; zero at first (our choice), so training
+        # starts from the general query prompts alone and V_P^i grows from there
+        self.vision_prompt = torch.nn.ModuleList(torch.nn.Linear(vision_width, text_width) for _ in settings.layers)
+        for linear in self.vision_prompt:
+            torch.nn.init.zeros_(linear.weight)
+            torch.nn.init.zeros_(linear.bias)
+        # Eq. 3: MLP_I^i, a single linear layer per vision layer into the joint space
+        self.patch_projection = torch.nn.ModuleList(torch.nn.Linear(vision_width, embed_dim) for _ in settings.layers)
+
+
+class GenClip(torch.nn.Module):
+    """Frozen CLIP + GenCLIP's learned prompts -> anomaly map and image score."""
+
+    name = "genclip"
+    needs_class_names = True  # the training loop passes each sample's class name to `loss`
+
+    def __init__(self, backbone: ClipBackbone, settings: GenClipSettings | None = None, *, alpha: float = ALPHA,
+                 sigma: float = SIGMA, top_n1: int = TOP_N1, top_n2: int = TOP_N2, class_name_filter: bool = True) -> None:
+        super().__init__()
+        self.settings = settings or GenClipSettings.for_backbone(backbone)
+        bad = [layer for layer in self.settings.layers if not 1 <= layer <= backbone.depth]
+        if bad:
+            raise WeightsError(f"GenCLIP layers {bad} do not exist in a {backbone.depth}-layer CLIP")
+        self.backbone = backbone.use_input_size(self.settings.input_size)
+        self.alpha, self.sigma, self.top_n1, self.top_n2 = alpha, sigma, top_n1, top_n2
+        self.class_name_filter = class_name_filter
+        self.class_name = GENERIC_WORD
+        self._cnf_cache: dict[str, torch.Tensor] = {}
+        self.prompts = self._initial_prompts()
+        self.to(backbone.device)
+
+    def _initial_prompts(self) -> GenClipPrompts:
+        clip = self.backbone.clip
+        text = clip.config.text_config
+        prompts = GenClipPrompts(self.settings, int(text.num_hidden_layers), int(text.hidden_size),
+                                 int(clip.config.vision_config.hidden_size), self.backbone.embed_dim)
+        with torch.no_grad():  # (our choice) each MLP_I^i starts as CLIP's own visual projection
+            for projection in prompts.patch_projection:
+                projection.weight.copy_(clip.visual_projection.weight)
+                projection.bias.zero_()
+        return prompts
+
+    # ---- vision side -------------------------------------------------------------------------------
+    def layer_features(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """Post-normed (B, 1 + g*g, Dv) tokens of each chosen layer of the frozen vision encoder (no V-V attention, §2.1).
+
+        (our choice) CLIP's frozen post-LayerNorm comes before MLP_T^i and MLP_I^i, as CLIP's own last
+        layer passes it before its projection; the paper names only the linear layers.
+        """
+        with torch.no_grad():  # CLIP is frozen and no prompt enters the vision encoder
+            _, hidden = self.backbone.encode_tokens(self.backbone.tokens(pixels), self.settings.layers)
+            return [self.backbone.clip.vision_model.post_layernorm(layer) for layer in hidden]
+
+    # ---- text side ---------------------------------------------------------------------------------
+    def text_embeddings(self, class_words: Sequence[str], additions: torch.Tensor) -> torch.Tensor:
+        """(B, K, 2, E) unit normal/abnormal embeddings; image b's K prompts get Q_P + additions[b, k] (Eq. 2)."""
+        backbone, settings = self.backbone, self.settings
+        width = backbone.clip.text_model.embeddings.token_embedding.weight.shape[1]
+        max_length = int(backbone.clip.config.text_config.max_position_embeddings)
+        layouts = [[prompt_layout(backbone.tokenizer, state, word, settings.query_length, max_length,
+                                  settings.modified_length) for state in STATES]
+                   for word in class_words]
+        length = max(len(layout.ids) for pair in layouts for layout in pair)
+        pad = backbone.tokenizer.eos_token_id
+        ids = torch.tensor([[list(l.ids) + [pad] * (length - len(l.ids)) for l in pair] for pair in layouts], device=backbone.device)
+        words = backbone.clip.text_model.embeddings.token_embedding(ids)  # (B, 2, T, Dt)
+        count = additions.shape[1]
+        queries = self.prompts.query[None, None] + additions[:, :, None].to(self.prompts.query.dtype)  # (B, K, Q, Dt): V_Q^i
+        first = self.prompts.modified[0]
+        sentences, eos = [], []
+        for b, pair in enumerate(layouts):
+            for s, layout in enumerate(pair):
+                row = words[b, s][None].expand(count, -1, -1)
+                q, m = layout.query_position, layout.modified_position
+                pieces = [row[:, :m], first[None].expand(count, -1, -1), self.prompts.state[s][None, None].expand(count, 1, width),
+                          row[:, layout.state_position + 1:q], queries[b], row[:, q + settings.query_length:]]
+                sentences.append(torch.cat(pieces, dim=1))
+                eos.append(layout.eos_position)
+        embeddings = torch.cat(sentences)  # (B * 2 * K, T, Dt) in (image, state, layer) order
+        eos_positions = torch.tensor(eos, device=backbone.device).repeat_interleave(count)
+        deep = self.prompts.modified[1:][None].expand(len(embeddings), -1, -1, -1) if len(self.prompts.modified) > 1 else None
+        text = backbone.encode_text_embeddings(embeddings, eos_positions, deep, prompt_start=1)
+        return text.view(len(class_words), 2, count, -1).transpose(1, 2)
+
+    # ---- maps --------------------------------------------------------------------------------------
+    def score_maps(self, patches: torch.Tensor, text: torch.Tensor, size: int) -> torch.Tensor:
+        """Eq. 4/6/7: Softmax(Up(cos(F_I, F_T))) -> (B, S, S) abnormal probability; patches (B, g*g, E), text (B, 2, E).
+
+        (our choice) the cosines are divided by a temperature of 0.07 before the softmax: a softmax of raw
+        cosines could never leave [0.12, 0.88], and zqhang/AnomalyCLIP (AnomalyCLIP_lib compute_similarity),
+        whose 518 px, layers 6-12-18-24, 15 epochs and sigma-smoothed layer sum GenCLIP's settings mirror,
+        uses 0.07.
+        """
+        grid = round(patches.shape[1] ** 0.5)
+        logits = patches.float() @ text.float().transpose(1, 2) / TEMPERATURE  # (B, g*g, 2)
+        logits = logits.transpose(1, 2).reshape(len(patches), 2, grid, grid)
+        return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False).softmax(dim=1)[:, 1]
+
+    def forward(self, pixels: torch.Tensor, class_words: Sequence[str], query_branch: bool = True):
+        """Per-layer maps of the vision-enhanced branch S_V (B, L, S, S) and of the query-only branch S_Q (or None)."""
+        size = pixels.shape[-1]
+        features = self.layer_features(pixels)
+        # Eq. 1: V_P^i from the mean over all (1 + H*W) tokens of layer i
+        vision_prompts = torch.stack([mlp(layer.mean(dim=1)) for mlp, layer in zip(self.prompts.vision_prompt, features)], dim=1)
+        # Eq. 3: F_I^i, patch tokens only (the class token excluded)
+        patches = [F.normalize(mlp(layer[:, 1:]).float(), dim=-1) for mlp, layer in zip(self.prompts.patch_projection, features)]
+        text = self.text_embeddings(class_words, vision_prompts)  # (B, L, 2, E): F_T^i
+        vision_maps = torch.stack([self.score_maps(p, text[:, i], size) for i, p in enumerate(patches)], dim=1)
+        if not query_branch:
+            return vision_maps, None
+        # §3.5 query-only branch: T_Q with the universal word "object" and Q_P alone (no V_P, no CNF)
+        general = self.text_embeddings([GENERIC_WORD], vision_prompts.new_zeros(1, 1, vision_prompts.shape[-1]))[:, 0]
+        general = general.expand(len(pixels), -1, -1)
+        query_maps = torch.stack([self.score_maps(p, general, size) for p in patches], dim=1)
+        return vision_maps, query_maps
+
+    # ---- class-name filtering ----------------------------------------------------------------------
+    def filtered_class_word(self, image: np.ndarray) -> str:
+        """§3.4 CNF for this image, with the frozen CLIP at its own resolution (our choice: where CLIP was trained)."""
+        if not self.class_name_filter:
+            return readable_class_name(self.class_name)
+        backbone = self.backbone
+        pixels = backbone.preprocess([image], backbone.native_size)
+        embedding, _ = backbone.encode_tokens(backbone.tokens(pixels))
+        return filter_class_name(self.class_name, embedding[0], self._cached_text)
+
+    def _cached_text(self, sentences: Sequence[str]) -> torch.Tensor:
+        key = "\n".join(sentences)
+        if key not in self._cnf_cache:
+            self._cnf_cache[key] = self.backbone.encode_text(sentences)
+        return self._cnf_cache[key]
+
+    # ---- the Method protocol -----------------------------------------------------------------------
+    def prepare(self, category: str, normal_images: Sequence[Path], kind: str, out_dir: Path) -> None:
+        """Remember the class name: the vision-enhanced branch names the object (after CNF)."""
+        self.class_name = category or GENERIC_WORD
+
+    @torch.inference_mode()
+    def segment(self, image: np.ndarray) -> Result:
+        """Eq. 8 map (divided by L into [0, 1]) at the image's resolution, and the Eq. 9-10 image score."""
+        start = time.perf_counter()
+        height, width = image.shape[:2]
+        word = self.filtered_class_word(image)
+        filtered = time.perf_counter()
+        vision_maps, query_maps = self(self.backbone.preprocess([image]), [word])
+        forward = time.perf_counter()
+        seg = gaussian_smooth(combine_branches(vision_maps[0].float(), query_maps[0].float(), self.alpha), self.sigma)
+        score = top_n_image_score(seg, self.top_n1, self.top_n2)  # on the 518 px S_seg, as the paper defines it
+        layers = len(self.settings.layers)
+        heat = F.interpolate(torch.from_numpy(seg / layers)[None, None], size=(height, width), mode="bilinear", align_corners=False)
+        heat = heat[0, 0].clamp(0, 1).numpy().astype(np.float32)
+        prompts = tuple(f"[{s}] photo of a {state} {word} [Q][Q] object." for s, state in zip(("N_P", "A_P"), STATES))
+        return Result(heat, Boxes.empty(), Masks.empty(height, width), prompts,
+                      {"class_name_filter": filtered - start, "prompted_clip": forward - filtered,
+                       "smoothing_and_score": time.perf_counter() - forward}, self.name, score)
+
+    # ---- training and checkpoints ------------------------------------------------------------------
+    def loss(self, pixels: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
+             class_names: Sequence[str] | None = None) -> torch.Tensor:
+        """Eq. 5: sum over layers of focal + Dice between S_V^i and the mask (no CNF and no query branch in training, Fig. 2)."""
+        words = [readable_class_name(name) for name in class_names] if class_names else [GENERIC_WORD] * len(pixels)
+        vision_maps, _ = self(pixels, words, query_branch=False)
+        vision_maps = vision_maps.float()
+        return sum(focal_loss(vision_maps[:, i], masks) + dice_loss(vision_maps[:, i], masks) for i in range(vision_maps.shape[1]))
+
+    def settings_record(self) -> dict:
+        """The architecture settings as plain data, stored with every checkpoint and compared on resume."""
+        return {**asdict(self.settings), "layers": list(self.settings.layers)}
+
+    def save(self, path: str | Path, extra: dict | None = None) -> Path:
+        """Only the learned prompts and their settings: the CLIP stays where the user keeps it."""
+        payload = {"format": CHECKPOINT_FORMAT, "method": self.name, "settings": self.settings_record(),
+                   "clip": self.backbone.name, "prompts": self.prompts.state_dict(), **(extra or {})}
+        return atomic_write(path, lambda temporary: torch.save(payload, temporary))
+
+    @classmethod
+    def load(cls, path: str | Path, backbone: ClipBackbone, **options) -> "GenClip":
+        """Trained prompts from `save` on a frozen CLIP; a one-line WeightsError when they do not fit."""
+        path = Path(path)
+        if not path.is_file():
+            raise WeightsError(f"GenCLIP prompt weights not found: {path} (train them with `iapas train genclip`)")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            if payload.get("method") != cls.name or payload.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError(f"method {payload.get('method')!r}, format {payload.get('format')}")
+            settings = GenClipSettings(**{**payload["settings"], "layers": tuple(payload["settings"]["layers"])})
+        except Exception as error:
+            raise WeightsError(f"not a GenCLIP prompt checkpoint: {path} ({str(error).splitlines()[0][:120]})") from None
+        model = cls(backbone, settings, **options)
+        try:
+            model.prompts.load_state_dict(payload["prompts"])
+        except RuntimeError:
+            raise WeightsError(f"{path} was trained on CLIP {payload.get('clip')!r} and does not fit CLIP {backbone.name!r}") from None
+        return model.eval()
