@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import load_error, quiet_loading, require_path, warn_if_demo
+from ..errors import WeightsError
 
 
 def converted_openclip_dir(checkpoint: Path) -> Path:
