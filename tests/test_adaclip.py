@@ -318,7 +318,7 @@ def test_cli_trains_on_two_auxiliary_sets_and_eval_uses_the_hsf_score(capsys, we
     picture = next((train_root / "washer" / "test" / "hole").glob("*.png"))
     assert main(["segment", str(picture), "--method", "adaclip", "--category", "washer", "-o", str(tmp_path / "seg"),
                  "--adaclip-prompts", prompts, *common]) == 0
-    assert np.load(tmp_path / "seg" / f"{picture.stem}.npy").shape == (64, 64)
+    assert np.load(tmp_path / "seg" / f"{picture.name}.npy").shape == (64, 64)
     capsys.readouterr()
     for rule, expected in (([], "method"), (["--image-score", "max"], "max")):
         out = tmp_path / f"res-{expected}"

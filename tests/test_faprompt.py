@@ -130,8 +130,8 @@ def test_cli_train_segment_and_bench(capsys, weights_dir, train_root, tmp_path):
     picture = next((train_root / "washer" / "test" / "hole").glob("*.png"))
     code = main(["segment", str(picture), "--method", "faprompt", "--prompts", prompts, "-o", str(tmp_path / "out"),
                  "--weights", str(weights_dir), "--no-progress"])
-    record = json.loads((tmp_path / "out" / f"{picture.stem}.json").read_text())
-    assert code == 0 and record["method"] == "faprompt" and np.load(tmp_path / "out" / f"{picture.stem}.npy").shape == (48, 48)
+    record = json.loads((tmp_path / "out" / f"{picture.name}.json").read_text())
+    assert code == 0 and record["method"] == "faprompt" and np.load(tmp_path / "out" / f"{picture.name}.npy").shape == (48, 48)
     assert main(["bench", str(picture), "--method", "faprompt", "--prompts", prompts, "--repeat", "1",
                  "--weights", str(weights_dir)]) == 0
     capsys.readouterr()

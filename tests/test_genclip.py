@@ -171,8 +171,8 @@ def test_cli_train_segment_and_eval_genclip(capsys, weights_dir, train_root, tmp
     code = main(["segment", str(picture), "--method", "genclip", "--category", "washer", "-o", str(out),
                  "--weights", str(weights_dir), "--no-progress", *prompts])
     capsys.readouterr()
-    record = json.loads((out / f"{picture.stem}.json").read_text())
-    heat = np.load(out / f"{picture.stem}.npy")
+    record = json.loads((out / f"{picture.name}.json").read_text())
+    heat = np.load(out / f"{picture.name}.npy")
     assert code == 0 and record["method"] == "genclip" and heat.shape == (64, 64) and 0 <= heat.min() <= heat.max() <= 1
     code = main(["eval", "--dataset", "mvtec", "--root", str(train_root), "--categories", "washer", "--limit", "3",
                  "--method", "genclip", *prompts, "-o", str(tmp_path / "res"), "--weights", str(weights_dir), "--no-progress"])

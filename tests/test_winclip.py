@@ -311,7 +311,7 @@ def test_cli_few_shot_segment_and_eval(capsys, weights_dir, tmp_path):
     code = main(["segment", str(picture), "--method", "winclip", "--shots", "2", "--reference-images", str(normal),
                  "--winclip-variant", "anomalib", "-o", str(out), "--weights", str(weights_dir), "--no-progress"])
     capsys.readouterr()
-    assert code == 0 and json.loads((out / f"{picture.stem}.json").read_text())["method"] == "winclip"
+    assert code == 0 and json.loads((out / f"{picture.name}.json").read_text())["method"] == "winclip"
     code = main(["segment", str(picture), "--method", "winclip", "--shots", "1", "-o", str(tmp_path / "x"),
                  "--weights", str(weights_dir), "--no-progress"])
     assert code == 2 and "--shots 1 needs --reference-images DIR" in capsys.readouterr().err
