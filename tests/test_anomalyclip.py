@@ -136,7 +136,7 @@ def test_released_checkpoint_format_loads_and_round_trips(backbone, weights_dir,
     Image.fromarray(image(2)).save(picture)
     code = main(["segment", str(picture), "--method", "anomalyclip", "--prompts", str(released), "-o", str(tmp_path / "out"),
                  "--weights", str(weights_dir), "--no-progress"])
-    assert code == 0 and json.loads((tmp_path / "out" / "part.json").read_text())["method"] == "anomalyclip"
+    assert code == 0 and json.loads((tmp_path / "out" / "part.png.json").read_text())["method"] == "anomalyclip"
     capsys.readouterr()
     deep = released_state(AnomalyClipSettings((1, 2), 48, 1, text_depth=9), width)  # ViT-L's depth 9 on a 2-layer text CLIP
     torch.save({"prompt_learner": deep}, tmp_path / "deep.pth")
@@ -220,7 +220,7 @@ def test_generic_prompts_option_reaches_adaclip(backbone, weights_dir, tmp_path,
     code = main(["segment", str(picture), "--method", "adaclip", "--prompts", str(prompts), "-o", str(tmp_path / "out"),
                  "--weights", str(weights_dir), "--no-progress"])
     capsys.readouterr()
-    assert code == 0 and json.loads((tmp_path / "out" / "part.json").read_text())["method"] == "adaclip"
+    assert code == 0 and json.loads((tmp_path / "out" / "part.png.json").read_text())["method"] == "adaclip"
 
 
 def reference_dual_path(visual, pixels, vv_from, layers):

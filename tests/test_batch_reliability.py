@@ -133,9 +133,9 @@ def test_eval_resume_and_saved_maps_by_dataset_relative_path(ksdd1_root, tmp_pat
     assert CountingMethod.calls == 2 and record["images"] == 4  # the relative root continued the absolute one
     maps = sorted(p.relative_to(tmp_path / "res/test-counting/maps").as_posix()
                   for p in (tmp_path / "res/test-counting/maps").rglob("*.npy"))
-    assert maps == ["kos01/Part0.jpg.npy", "kos01/Part1.jpg.npy", "kos02/Part0.jpg.npy", "kos02/Part1.jpg.npy"]
+    assert maps == ["kos01/Part0.npy", "kos01/Part1.npy", "kos02/Part0.npy", "kos02/Part1.npy"]
     for name in maps:
-        pixels = np.asarray(Image.open(ksdd1_root / name[:-4]).convert("RGB"))
+        pixels = np.asarray(Image.open(ksdd1_root / (name[:-4] + ".jpg")).convert("RGB"))
         assert np.array_equal(np.load(tmp_path / "res/test-counting/maps" / name), mean_map(pixels).anomaly_map)
 
 

@@ -98,7 +98,7 @@ def test_limit_draws_normal_and_anomalous_alike_with_the_seed():
 
 
 def test_eval_limit_keeps_both_labels(synth_root_small, tmp_path):
-    from iapas.evaluate import EvalOptions, evaluate_category
+    from iapas.evaluate import EvalOptions, MethodMaps, evaluate_category
     from iapas.types import Boxes, Masks, Result
 
     class Dark:
@@ -109,7 +109,8 @@ def test_eval_limit_keeps_both_labels(synth_root_small, tmp_path):
             return Result(1 - pixels.mean(2).astype(np.float32) / 255, Boxes.empty(), Masks.empty(*pixels.shape[:2]), ())
 
     options = EvalOptions("mvtec", synth_root_small, tmp_path, progress=False, limit=3)
-    record = evaluate_category(Dark(), load_dataset("mvtec", synth_root_small), "washer", options, tmp_path)
+    dataset = load_dataset("mvtec", synth_root_small)
+    record = evaluate_category(MethodMaps(Dark(), dataset.name), dataset, "washer", options, tmp_path)
     assert record["images"] == 3 and 1 <= record["anomalous"] <= 2  # a prefix would be three "good" images
 
 

@@ -103,8 +103,12 @@ def test_eval_iapas_writes_tables_curves_and_ablation(capsys, synth_root, weight
     for name in ("table.md", "table.csv", "run.json", "pr_curves/tile.png", "pr_curves/washer.png", "calibrations/tile.json"):
         assert (run_dir / name).is_file(), name
     # maps are named by the image's path relative to the dataset root
-    assert sorted(p.relative_to(run_dir / "maps").as_posix() for p in (run_dir / "maps" / "washer").rglob("*.npy")) == [
-        "washer/test/good/000.npy", "washer/test/good/001.npy", "washer/test/good/002.npy", "washer/test/hole/000.npy"]
+    from iapas.data.datasets import limited_samples, load_dataset
+
+    drawn = limited_samples(load_dataset("mvtec", synth_root).samples("washer"), 4, 111)  # --limit draws with the seed
+    assert {s.label for s in drawn} == {0, 1}
+    assert sorted(p.relative_to(run_dir / "maps").as_posix() for p in (run_dir / "maps" / "washer").rglob("*.npy")) == sorted(
+        s.image_path.relative_to(synth_root).with_suffix(".npy").as_posix() for s in drawn)
     info = json.loads((run_dir / "run.json").read_text())
     assert info["seed"] == 111 and "torch" in info["versions"] and info["categories"] == ["tile", "washer"]
     assert info["protocol"] == "full"

@@ -258,6 +258,8 @@ def test_paper_protocol_on_every_layout(name, tmp_path):
     write_png(root / mask_path, truth)
     if name == "ksdd1":
         write_png(root / "kos01/Part0_label.bmp", np.zeros((6, 8)))
+    if name == "dagm":  # DAGM's Train has its Label/ folder too (a layout without one is refused)
+        (root / "Class1/Train/Label").mkdir(parents=True)
     if name == "visa":
         (root / "split_csv").mkdir()
         (root / "split_csv/1cls.csv").write_text(
@@ -282,3 +284,34 @@ def test_paper_mean_is_over_rounded_category_values():
     assert mean_row(records)["pixel_ap"] == pytest.approx((0.123456 + 0.2) / 2)
     # test_zsas.py: round(12.3456, 2) = 12.35 per category, then the mean
     assert mean_row(records, PROTOCOLS.get("paper").mean_rounding)["pixel_ap"] == pytest.approx((0.1235 + 0.2) / 2, abs=1e-15)
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_official_recipe_under_the_paper_protocol_on_every_layout(name, tmp_path, weights_dir, capsys):
+    """Issue 10's done-when: `eval --recipe official --protocol paper --compare-paper` runs on every layout."""
+    from iapas.cli import main
+
+    normal, defect, mask_path, extra = LAYOUTS[name]
+    root = tmp_path / "data"
+    for index, path in enumerate((normal, defect, *extra)):
+        write_png(root / path, np.random.default_rng(index).integers(0, 255, (40, 48, 3)))
+    truth = np.zeros((40, 48))
+    truth[10:20, 12:30] = 255
+    write_png(root / mask_path, truth)
+    if name == "ksdd1":
+        write_png(root / "kos01/Part0_label.bmp", np.zeros((40, 48)))
+    if name == "dagm":
+        (root / "Class1/Train/Label").mkdir(parents=True)
+    if name == "visa":
+        (root / "split_csv").mkdir()
+        (root / "split_csv/1cls.csv").write_text(
+            "object,split,label,image,mask\n" f"v,train,normal,{extra[0]},\n" f"v,test,normal,{normal},\n"
+            f"v,test,anomaly,{defect},{mask_path}\n")
+    code = main(["eval", "--dataset", name, "--root", str(root), "-o", str(tmp_path / "out"), "--recipe", "official",
+                 "--protocol", "paper", "--compare-paper", "--weights", str(weights_dir), "--no-progress",
+                 "--cache-dir", str(tmp_path / "llm")])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "protocol paper" in printed.out and "| **mean** |" in printed.out
+    run = json.loads(next((tmp_path / "out").rglob("run.json")).read_text())
+    assert run["protocol"] == "paper" and run["config"]["recipe"] == "official"

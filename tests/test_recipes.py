@@ -310,5 +310,5 @@ def test_cli_calibrate_and_segment_with_the_official_recipe(capsys, weights_dir,
     assert "official" in shown and "official-messages-v1" in shown
     assert main(["segment", str(normal / "0.png"), "--calibration", str(tmp_path / "calib.json"), "-o", str(tmp_path / "out"),
                  "--no-progress", *common]) == 0
-    record = json.loads((tmp_path / "out" / "0.json").read_text())
+    record = json.loads((tmp_path / "out" / "0.png.json").read_text())
     assert record["prompts"][-1] == json.loads((tmp_path / "calib.json").read_text())["tags"][0].lower()

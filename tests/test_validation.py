@@ -300,7 +300,7 @@ def test_metrics_refuse_nan_and_out_of_range_maps_naming_the_image():
 
 def test_eval_stops_with_one_line_naming_the_image_whose_map_is_nan(tmp_path):
     from iapas.data.synth import SynthSpec, write_synth_dataset
-    from iapas.evaluate import EvalOptions, evaluate_category
+    from iapas.evaluate import EvalOptions, MethodMaps, evaluate_category
     from iapas.data.datasets import load_dataset
     from iapas.types import Boxes, Masks, Result
 
@@ -319,7 +319,7 @@ def test_eval_stops_with_one_line_naming_the_image_whose_map_is_nan(tmp_path):
     dataset = load_dataset("mvtec", root)
     options = EvalOptions("mvtec", root, tmp_path / "r", progress=False)
     with pytest.raises(MetricsInputError, match=r"anomaly map of .*washer/test/.*\.png holds NaN"):
-        evaluate_category(NanMethod(), dataset, "washer", options, tmp_path / "r")
+        evaluate_category(MethodMaps(NanMethod(), dataset.name), dataset, "washer", options, tmp_path / "r")
 
 
 # ---- one rule, written once ------------------------------------------------------------------------------------
