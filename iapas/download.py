@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import WeightsError
-from .files import atomic_write_text
+from .files import atomic_directory, atomic_write_text
 from .weights import WeightEntry, load_manifest, sha256_of
 
 DOWNLOADS_PATH = Path(__file__).parent / "resources" / "downloads.toml"
@@ -215,10 +215,8 @@ def download_entry(source: DownloadSource, entry: WeightEntry, weights_dir: Path
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging, target)
         return target
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
+
+    def fill(partial: Path) -> None:
         for filename in source.files:
             cached, published = fetch_hub_file(source, filename, cache_dir)
             key = f"{entry.name}/{filename}"
@@ -227,12 +225,8 @@ def download_entry(source: DownloadSource, entry: WeightEntry, weights_dir: Path
             shutil.copyfile(cached, partial / filename)
             if not source.sha256.get(filename):
                 lock.record(key, actual)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
-    return target
+
+    return atomic_directory(target, fill)
 
 
 def download(names: list[str], profile: str | None, weights_dir: Path, cache_dir: str | None = None,

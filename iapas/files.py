@@ -134,3 +134,25 @@ DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFB
 def is_disk_full(error: OSError) -> bool:
     """Whether a write failed because of the target's storage (full, over quota, read-only), not the data."""
     return error.errno in DISK_FULL_ERRNOS
+
+
+def atomic_directory(target: str | Path, fill: Callable[[Path], object]) -> Path:
+    """Build a directory whole or not at all: `fill` writes into `<target>.partial/`, renamed to `target` when done.
+
+    An interrupted build leaves only the `.partial` folder, which the next call removes and redoes; a reader
+    never sees a half-written directory under the final name.
+    """
+    import shutil
+
+    target = Path(target)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        fill(partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target

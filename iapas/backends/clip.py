@@ -1,8 +1,6 @@
 """CLIP from a transformers directory (or an open_clip file, converted once), opened up for tokens, layer features and prompt embeddings."""
 from __future__ import annotations
 
-import shutil
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -18,15 +16,9 @@ def converted_openclip_dir(checkpoint: Path) -> Path:
     """The transformers conversion of an open_clip file, made on first use as <file>.hf/ and reused after."""
     from .openclip_convert import convert_openclip_checkpoint
 
-    target = checkpoint.with_name(checkpoint.name + ".hf")
-    if not (target / "config.json").is_file():
-        print(f"note: converting open_clip checkpoint {checkpoint} to {target}/ (once)", file=sys.stderr)
-        partial = checkpoint.with_name(checkpoint.name + ".hf.partial")  # renamed when complete: never a half directory
-        shutil.rmtree(partial, ignore_errors=True)
-        convert_openclip_checkpoint(checkpoint, partial)
-        shutil.rmtree(target, ignore_errors=True)
-        partial.rename(target)
-    return target
+    from .groundingdino_convert import converted_once
+
+    return converted_once(checkpoint, lambda partial: convert_openclip_checkpoint(checkpoint, partial), "open_clip")
 
 
 class ClipBackbone(torch.nn.Module):

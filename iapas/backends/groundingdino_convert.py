@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from ..files import atomic_directory
 from ..errors import WeightsError
 
 if TYPE_CHECKING:  # transformers is imported where it is used: `iapas --help` stays fast
@@ -346,15 +346,7 @@ def converted_once(checkpoint: Path, convert: Callable[[Path], Path], what: str)
     target = checkpoint.with_name(checkpoint.name + ".hf")
     if not (target / "config.json").is_file():
         print(f"note: converting {what} checkpoint {checkpoint} to {target}/ (once)", file=sys.stderr)
-        partial = checkpoint.with_name(checkpoint.name + ".hf.partial")  # never a half-written directory under the final name
-        shutil.rmtree(partial, ignore_errors=True)
-        try:
-            convert(partial)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-        shutil.rmtree(target, ignore_errors=True)
-        partial.rename(target)
+        atomic_directory(target, convert)
     return target
 
 
