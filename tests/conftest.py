@@ -50,3 +50,28 @@ def image_folder(tmp_path) -> Path:
     write_rgb(folder / "b.jpg", seed=2)
     write_rgb(folder / "sub" / "c.bmp", seed=3)
     return folder
+
+
+@pytest.fixture(scope="module")
+def clip_dir(weights_dir) -> Path:
+    """The tiny demo CLIP directory of the demo weights."""
+    from iapas.weights import find_weights
+
+    return find_weights("clip", weights_dir)[1]
+
+
+@pytest.fixture(scope="module")
+def backbone(clip_dir):
+    """The tiny demo CLIP loaded through the real loader (a test module may define its own)."""
+    from iapas.backends.clip import ClipBackbone
+
+    return ClipBackbone(clip_dir)
+
+
+@pytest.fixture(scope="module")
+def washer_hole_root(tmp_path_factory) -> Path:
+    """A small MVTec-layout auxiliary dataset (one category, one defect) for training tests."""
+    from iapas.data.synth import SynthSpec, write_synth_dataset
+
+    spec = SynthSpec(categories=("washer",), defects=("hole",), train_good=1, test_good=2, per_defect=4, size=48)
+    return write_synth_dataset(tmp_path_factory.mktemp("aux"), spec)

@@ -10,29 +10,11 @@ import torch
 
 from iapas.backends.clip import ClipBackbone
 from iapas.cli import main
-from iapas.data.synth import SynthSpec, write_synth_dataset
 from iapas.errors import WeightsError
 from iapas.methods.anomalyclip.model import AnomalyClip, AnomalyClipSettings
 from iapas.methods.anomalyclip.train import train_anomalyclip
 from iapas.prompt_learning import TrainOptions
 from iapas.prompt_learning.vision import encode_dual_path, input_size_for, tokens_at, vv_attention, vv_start_for
-from iapas.weights import find_weights
-
-
-@pytest.fixture(scope="module")
-def clip_dir(weights_dir):
-    return find_weights("clip", weights_dir)[1]
-
-
-@pytest.fixture(scope="module")
-def backbone(clip_dir):
-    return ClipBackbone(clip_dir)
-
-
-@pytest.fixture(scope="module")
-def train_root(tmp_path_factory):
-    spec = SynthSpec(categories=("washer",), defects=("hole",), train_good=1, test_good=2, per_defect=4, size=48)
-    return write_synth_dataset(tmp_path_factory.mktemp("aux"), spec)
 
 
 def image(seed=0, shape=(50, 60, 3)):
@@ -169,9 +151,9 @@ def test_map_and_image_score_follow_the_reference(backbone):
     assert result.anomaly_map[0:4, 0:4] == pytest.approx(float((first[0, 0] + second[0, 0]) / 2), abs=1e-5)
 
 
-def test_training_lowers_the_loss_and_resumes(clip_dir, train_root, tmp_path):
+def test_training_lowers_the_loss_and_resumes(clip_dir, washer_hole_root, tmp_path):
     def options(folder, epochs):
-        return TrainOptions("mvtec", train_root, tmp_path / folder, clip_dir, epochs=epochs, batch_size=4,
+        return TrainOptions("mvtec", washer_hole_root, tmp_path / folder, clip_dir, epochs=epochs, batch_size=4,
                             learning_rate=1e-2, limit=4, progress=False)
 
     _, losses = train_anomalyclip(options("full", 8))
@@ -184,17 +166,17 @@ def test_training_lowers_the_loss_and_resumes(clip_dir, train_root, tmp_path):
     assert torch.load(path, weights_only=True)["iapas"]["epochs_done"] == 8
 
 
-def test_cli_train_and_eval(capsys, weights_dir, train_root, tmp_path):
+def test_cli_train_and_eval(capsys, weights_dir, washer_hole_root, tmp_path):
     ckpt = tmp_path / "ckpt"
-    assert main(["train", "anomalyclip", "--dataset", "mvtec", "--root", str(train_root), "-o", str(ckpt), "--epochs", "1",
+    assert main(["train", "anomalyclip", "--dataset", "mvtec", "--root", str(washer_hole_root), "-o", str(ckpt), "--epochs", "1",
                  "--limit", "2", "--layers", "2", "--weights", str(weights_dir), "--no-progress"]) == 0
     assert "AnomalyCLIP prompts: " in capsys.readouterr().err
     prompts = ckpt / "anomalyclip_prompts.pt"
     assert torch.load(prompts, weights_only=True)["iapas"]["settings"]["layers"] == [2]
-    code = main(["eval", "--dataset", "mvtec", "--root", str(train_root), "--method", "anomalyclip", "--prompts",
+    code = main(["eval", "--dataset", "mvtec", "--root", str(washer_hole_root), "--method", "anomalyclip", "--prompts",
                  str(prompts), "-o", str(tmp_path / "res"), "--weights", str(weights_dir), "--no-progress", "--limit", "3"])
     assert code == 0 and "| **mean** |" in capsys.readouterr().out
-    code = main(["train", "anomalyclip", "--dataset", "mvtec", "--root", str(train_root), "-o", str(tmp_path / "bad"),
+    code = main(["train", "anomalyclip", "--dataset", "mvtec", "--root", str(washer_hole_root), "-o", str(tmp_path / "bad"),
                  "--layers", "7", "--weights", str(weights_dir), "--no-progress"])
     assert code == 2 and "ViT layer 7 does not exist" in capsys.readouterr().err
 

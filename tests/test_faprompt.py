@@ -5,30 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from iapas.backends.clip import ClipBackbone
 from iapas.cli import main
-from iapas.data.synth import SynthSpec, write_synth_dataset
 from iapas.errors import WeightsError
 from iapas.methods.faprompt.model import FAPrompt, image_score, orthogonality_loss, top_patch_tokens
 from iapas.methods.faprompt.train import faprompt_loss, image_focal_loss, prior_loss, train_faprompt
 from iapas.prompt_learning import TrainOptions
-from iapas.weights import find_weights
-
-
-@pytest.fixture(scope="module")
-def clip_dir(weights_dir):
-    return find_weights("clip", weights_dir)[1]
-
-
-@pytest.fixture(scope="module")
-def backbone(clip_dir):
-    return ClipBackbone(clip_dir)
-
-
-@pytest.fixture(scope="module")
-def train_root(tmp_path_factory):
-    spec = SynthSpec(categories=("washer",), defects=("hole",), train_good=1, test_good=2, per_defect=4, size=48)
-    return write_synth_dataset(tmp_path_factory.mktemp("aux"), spec)
 
 
 def image(seed=0, shape=(50, 60, 3)):
@@ -108,9 +89,9 @@ def test_save_load_round_trip(backbone, tmp_path):
         FAPrompt.load(tmp_path / "other.pt", backbone)
 
 
-def test_training_lowers_the_loss_and_resumes(clip_dir, train_root, tmp_path):
+def test_training_lowers_the_loss_and_resumes(clip_dir, washer_hole_root, tmp_path):
     def options(folder, epochs):
-        return TrainOptions("mvtec", train_root, tmp_path / folder, clip_dir, epochs=epochs, batch_size=4,
+        return TrainOptions("mvtec", washer_hole_root, tmp_path / folder, clip_dir, epochs=epochs, batch_size=4,
                             learning_rate=1e-2, limit=4, progress=False)
 
     _, losses = train_faprompt(options("full", 8))
@@ -121,13 +102,13 @@ def test_training_lowers_the_loss_and_resumes(clip_dir, train_root, tmp_path):
     assert json.loads((tmp_path / "cut" / "train_log.json").read_text())["losses"] == pytest.approx(losses, rel=1e-4)
 
 
-def test_cli_train_segment_and_bench(capsys, weights_dir, train_root, tmp_path):
+def test_cli_train_segment_and_bench(capsys, weights_dir, washer_hole_root, tmp_path):
     ckpt = tmp_path / "ckpt"
-    assert main(["train", "faprompt", "--dataset", "mvtec", "--root", str(train_root), "-o", str(ckpt), "--epochs", "1",
+    assert main(["train", "faprompt", "--dataset", "mvtec", "--root", str(washer_hole_root), "-o", str(ckpt), "--epochs", "1",
                  "--limit", "2", "--weights", str(weights_dir), "--no-progress"]) == 0
     assert "FAPrompt prompts: " in capsys.readouterr().err
     prompts = str(ckpt / "faprompt_prompts.pt")
-    picture = next((train_root / "washer" / "test" / "hole").glob("*.png"))
+    picture = next((washer_hole_root / "washer" / "test" / "hole").glob("*.png"))
     code = main(["segment", str(picture), "--method", "faprompt", "--prompts", prompts, "-o", str(tmp_path / "out"),
                  "--weights", str(weights_dir), "--no-progress"])
     record = json.loads((tmp_path / "out" / f"{picture.name}.json").read_text())

@@ -247,17 +247,14 @@ LAYOUTS = {
 PAPER_KEEPS_NORMAL = {"mvtec", "visa", "mtd", "ksdd1"}  # test_zsas.py's skip rule read per layout
 
 
-@pytest.mark.parametrize("name", sorted(LAYOUTS))
-def test_paper_protocol_on_every_layout(name, tmp_path):
+def write_layout(name: str, root: Path, images: list[np.ndarray], truth: np.ndarray) -> None:
+    """One normal and one defective test image (and the layout's extra files) of dataset layout `name` under root."""
     normal, defect, mask_path, extra = LAYOUTS[name]
-    root = tmp_path / "data"
-    for path in (normal, defect, *extra):
-        write_png(root / path, np.full((6, 8, 3), 120))
-    truth = np.zeros((6, 8))
-    truth[1:3, 2:5] = 255
+    for path, pixels in zip((normal, defect, *extra), images):
+        write_png(root / path, pixels)
     write_png(root / mask_path, truth)
     if name == "ksdd1":
-        write_png(root / "kos01/Part0_label.bmp", np.zeros((6, 8)))
+        write_png(root / "kos01/Part0_label.bmp", np.zeros(truth.shape))
     if name == "dagm":  # DAGM's Train has its Label/ folder too (a layout without one is refused)
         (root / "Class1/Train/Label").mkdir(parents=True)
     if name == "visa":
@@ -265,6 +262,15 @@ def test_paper_protocol_on_every_layout(name, tmp_path):
         (root / "split_csv/1cls.csv").write_text(
             "object,split,label,image,mask\n" f"v,train,normal,{extra[0]},\n" f"v,test,normal,{normal},\n"
             f"v,test,anomaly,{defect},{mask_path}\n")
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_paper_protocol_on_every_layout(name, tmp_path):
+    normal, defect, _, _ = LAYOUTS[name]
+    root = tmp_path / "data"
+    truth = np.zeros((6, 8))
+    truth[1:3, 2:5] = 255
+    write_layout(name, root, [np.full((6, 8, 3), 120)] * 3, truth)
     rng = np.random.default_rng(0)
     for path in (normal, defect):
         target = tmp_path / "maps" / Path(path).with_suffix(".npy")
@@ -291,22 +297,10 @@ def test_official_recipe_under_the_paper_protocol_on_every_layout(name, tmp_path
     """Issue 10's done-when: `eval --recipe official --protocol paper --compare-paper` runs on every layout."""
     from iapas.cli import main
 
-    normal, defect, mask_path, extra = LAYOUTS[name]
-    root = tmp_path / "data"
-    for index, path in enumerate((normal, defect, *extra)):
-        write_png(root / path, np.random.default_rng(index).integers(0, 255, (40, 48, 3)))
     truth = np.zeros((40, 48))
     truth[10:20, 12:30] = 255
-    write_png(root / mask_path, truth)
-    if name == "ksdd1":
-        write_png(root / "kos01/Part0_label.bmp", np.zeros((40, 48)))
-    if name == "dagm":
-        (root / "Class1/Train/Label").mkdir(parents=True)
-    if name == "visa":
-        (root / "split_csv").mkdir()
-        (root / "split_csv/1cls.csv").write_text(
-            "object,split,label,image,mask\n" f"v,train,normal,{extra[0]},\n" f"v,test,normal,{normal},\n"
-            f"v,test,anomaly,{defect},{mask_path}\n")
+    root = tmp_path / "data"
+    write_layout(name, root, [np.random.default_rng(i).integers(0, 255, (40, 48, 3)) for i in range(3)], truth)
     code = main(["eval", "--dataset", name, "--root", str(root), "-o", str(tmp_path / "out"), "--recipe", "official",
                  "--protocol", "paper", "--compare-paper", "--weights", str(weights_dir), "--no-progress",
                  "--cache-dir", str(tmp_path / "llm")])
