@@ -119,3 +119,22 @@ def upsample_patches(probabilities: torch.Tensor, size: int) -> torch.Tensor:
     grid = int(round(count ** 0.5))
     square = probabilities.transpose(1, 2).reshape(batch, classes, grid, grid).float()
     return F.interpolate(square, size=(size, size), mode="bilinear", align_corners=False)
+
+
+class ReferenceInput:
+    """For models that read images as AnomalyCLIP's code does: `settings.image_size` px, `reference_pixels` resizing.
+
+    The training loop and inference ask a learner for `input_size` and `preprocess`; AnomalyCLIP and FAPrompt
+    (built on it) answer the same way.
+    """
+
+    backbone: object
+    settings: object
+
+    @property
+    def input_size(self) -> int:
+        return self.settings.image_size
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Pixels at the input size, resized as the reference's PIL bicubic resize does (antialiased)."""
+        return reference_pixels(self.backbone, images, self.settings.image_size)

@@ -23,8 +23,8 @@ from ...errors import WeightsError
 from ...prompt_learning import gaussian_smooth
 from ...prompt_learning.checkpoints import load_learned, load_prompt_learner, save_prompt_learner
 from ...prompt_learning.text_prompts import deep_prompts, encode_prompted, fill_slots, learned_tokens, slot_sentences
-from ...prompt_learning.vision import (SIMILARITY_TEMPERATURE, encode_dual_path, evenly_spaced_layers, input_size_for,
-                                       reference_pixels, tokens_at, two_class_probabilities, upsample_patches,
+from ...prompt_learning.vision import (SIMILARITY_TEMPERATURE, ReferenceInput, encode_dual_path, evenly_spaced_layers, input_size_for,
+                                       tokens_at, two_class_probabilities, upsample_patches,
                                        vv_start_for)
 from ...types import Boxes, Masks, Result
 
@@ -85,7 +85,7 @@ class AnomalyClipPrompts(torch.nn.Module):
         return shapes
 
 
-class AnomalyClip(torch.nn.Module):
+class AnomalyClip(ReferenceInput, torch.nn.Module):
     """Frozen CLIP + AnomalyCLIP's learned prompts -> per-layer two-class patch probabilities and an image score."""
 
     name = "anomalyclip"
@@ -106,14 +106,6 @@ class AnomalyClip(torch.nn.Module):
                                                     (settings.prompt_length, ABNORMAL_WORDS)])
         self.register_buffer("sentences", embeddings, persistent=False)
         self.register_buffer("eos", eos, persistent=False)
-
-    @property
-    def input_size(self) -> int:
-        return self.settings.image_size
-
-    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Pixels at the input size, resized as the reference's PIL bicubic resize does (antialiased)."""
-        return reference_pixels(self.backbone, images, self.settings.image_size)
 
     def text_features(self) -> torch.Tensor:
         """(2, E) unit embeddings of the normal and the abnormal prompt."""

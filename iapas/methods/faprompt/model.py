@@ -24,7 +24,7 @@ from ...errors import WeightsError
 from ...prompt_learning import gaussian_smooth
 from ...prompt_learning.checkpoints import load_learned, load_prompt_learner, save_prompt_learner
 from ...prompt_learning.text_prompts import deep_prompts, encode_prompted, fill_slots, learned_tokens, slot_sentences
-from ...prompt_learning.vision import (SIMILARITY_TEMPERATURE, encode_dual_path, input_size_for, reference_pixels,
+from ...prompt_learning.vision import (SIMILARITY_TEMPERATURE, ReferenceInput, encode_dual_path, input_size_for,
                                        tokens_at, two_class_probabilities, upsample_patches, vv_start_for)
 from ...types import Boxes, Masks, Result
 
@@ -109,7 +109,7 @@ def image_score(text_probability: torch.Tensor, static_max: torch.Tensor, prior_
     return 0.5 * (text_probability + (2 * static_max + prior_max) / 3)
 
 
-class FAPrompt(torch.nn.Module):
+class FAPrompt(ReferenceInput, torch.nn.Module):
     """Frozen CLIP + FAPrompt's learned prompts and prior network."""
 
     name = "faprompt"
@@ -133,14 +133,6 @@ class FAPrompt(torch.nn.Module):
                                          + [(abnormal_slots, ABNORMAL_WORDS)] * settings.prompt_count)
         self.register_buffer("sentences", embeddings, persistent=False)
         self.register_buffer("eos", eos, persistent=False)
-
-    @property
-    def input_size(self) -> int:
-        return self.settings.image_size
-
-    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Pixels at the input size, resized as the reference's PIL bicubic resize does (antialiased)."""
-        return reference_pixels(self.backbone, images, self.settings.image_size)
 
     def _encode(self, abnormal_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unnormalised normal (E,) and abnormality (G, P, E) embeddings for abnormal tokens (G, P, A, D)."""
