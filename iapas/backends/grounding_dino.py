@@ -167,6 +167,10 @@ class HFGroundingDino:
         # image digest -> (pixel inputs, backbone output) of the images of the last backbone pass (one, or a batch's)
         self._recent: dict[str, tuple[dict, object]] = {}
 
+    def forget_features(self) -> None:
+        """Drop the kept image features: the next image is encoded afresh, even when it is the same one."""
+        self._recent = {}
+
     def count_tokens(self, caption: str) -> int:
         """Tokens of a caption with [CLS] and [SEP]: what must fit in the model's text length."""
         return len(self.processor.tokenizer(caption)["input_ids"])
