@@ -43,6 +43,7 @@ class BenchOptions:
     vs_naive: bool = False
     object_tag: str = "object"  # the naive loop's object pass
     json_path: Path | None = None
+    batch_size: int = 1  # images per forward in throughput mode (through the segment's `many`)
 
 
 @dataclass
@@ -54,6 +55,9 @@ class PipelineSegment:
 
     def __call__(self, pixels: np.ndarray):
         return self.pipeline.segment(pixels, prompts=self.prompts)
+
+    def many(self, images: list[np.ndarray]) -> list:
+        return self.pipeline.segment_outcomes(images, len(images), prompts=self.prompts)
 
 
 def synchronize() -> None:
@@ -165,18 +169,27 @@ def bench_images(options: BenchOptions, max_pixels: int) -> list[np.ndarray]:
     return images
 
 
-def timed_pass(images: list[np.ndarray], run: Callable[[np.ndarray], dict[str, float]]) -> dict[str, Any]:
-    """Run every image once; wall time, images per second, per-stage medians and peak memory."""
+def timed_pass(images: list[np.ndarray], run: Callable[[np.ndarray], dict[str, float]],
+               run_many: Callable[[list[np.ndarray]], list[dict[str, float]]] | None = None,
+               batch_size: int = 1) -> dict[str, Any]:
+    """Run every image once (`batch_size` at a time through `run_many`); wall time, images/s, per-stage medians, peak memory.
+
+    In batches, an image's time is its batch's time shared equally, as its batched stages' times are.
+    """
     stages: dict[str, list[float]] = {}
     per_image = []
+    step = batch_size if run_many is not None else 1
     with PeakMemory() as memory:
         start = time.perf_counter()
-        for pixels in images:
+        for first in range(0, len(images), step):
+            chunk = images[first : first + step]
             began = time.perf_counter()
-            for name, seconds in run(pixels).items():
-                stages.setdefault(name, []).append(seconds)
+            timings = run_many(chunk) if run_many is not None and len(chunk) > 1 else [run(pixels) for pixels in chunk]
+            for timing in timings:
+                for name, seconds in timing.items():
+                    stages.setdefault(name, []).append(seconds)
             synchronize()
-            per_image.append(time.perf_counter() - began)
+            per_image.extend([(time.perf_counter() - began) / len(chunk)] * len(chunk))
         wall = time.perf_counter() - start
     return {"images": len(images), "wall_s": wall, "images_per_s": len(images) / wall if wall else 0.0,
             "per_image_ms": median_ms(per_image), "stages_ms": {name: median_ms(v) for name, v in stages.items()},
@@ -192,9 +205,24 @@ def run_throughput(options: BenchOptions, config: Config, build: Callable[[], Se
     for _ in range(max(0, options.warmup)):
         segment(images[0])
     synchronize()
-    report: dict[str, Any] = {"mode": "throughput", "load_s": load_seconds,
+    many = getattr(segment, "many", None)
+    run_many = None
+    if options.batch_size > 1 and many is not None:
+        for _ in range(max(0, options.warmup)):
+            many(images[: options.batch_size])  # the batched path warms up too (its own shapes)
+
+        def run_many(chunk: list[np.ndarray]) -> list[dict[str, float]]:
+            outcomes = many(chunk)
+            for outcome in outcomes:
+                if isinstance(outcome, Exception):
+                    raise outcome
+            return [outcome.timings for outcome in outcomes]
+
+    report: dict[str, Any] = {"mode": "throughput", "load_s": load_seconds, "batch_size": options.batch_size,
+                              "batched": run_many is not None,
                               "image_size": [int(images[0].shape[1]), int(images[0].shape[0])],
-                              "iapas": timed_pass(images, lambda pixels: segment(pixels).timings)}
+                              "iapas": timed_pass(images, lambda pixels: segment(pixels).timings, run_many,
+                                                  options.batch_size)}
     if options.vs_naive:
         report["naive"] = naive_pass(options, config, segment, images)
         report["speedup_vs_naive"] = report["iapas"]["images_per_s"] / max(report["naive"]["images_per_s"], 1e-12)
@@ -227,7 +255,7 @@ def print_throughput(options: BenchOptions, config: Config, report: dict[str, An
     contenders = [name for name in ("iapas", "naive") if name in report]
     width, height = report["image_size"]
     table = Table(title=f"iapas bench {options.method}: {report['iapas']['images']} images of {width}x{height}, "
-                        f"device {resolve_device(config.device)}")
+                        f"device {resolve_device(config.device)}, batch size {report.get('batch_size', 1)}")
     table.add_column("")
     for name in contenders:
         table.add_column(name, justify="right")

@@ -163,6 +163,8 @@ class Config:
     device: str = "auto"
     max_image_pixels: int = 80_000_000  # larger images are refused rather than exhausting memory
     bit_window: list[float] = field(default_factory=list)  # [LOW, HIGH] for 16-bit/float images; empty: iapas/images.py's rule
+    batch_size: int = 1  # images per detector/encoder forward (--batch-size); results equal one-by-one (Pipeline.segment_many)
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast for the models (iapas/precision.py); fp32 keeps the reference numbers
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     filtering: FilteringConfig = field(default_factory=FilteringConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
@@ -235,7 +237,8 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
 # settings that are fractions (thresholds, IoU, area ratios) and settings that count something
 UNIT_INTERVAL_SETTINGS = ("detection.box_threshold", "detection.text_threshold", "filtering.nms_iou",
                           "filtering.size_threshold", "calibration.size_cap")
-COUNT_SETTINGS = ("calibration.n_images", "calibration.top_k", "detection.max_text_tokens", "max_image_pixels")
+PRECISIONS = ("fp32", "bf16", "fp16")  # model arithmetic; iapas/precision.py maps each to its autocast dtype
+COUNT_SETTINGS = ("calibration.n_images", "calibration.top_k", "detection.max_text_tokens", "max_image_pixels", "batch_size")
 
 
 def _setting(config: Config, dotted: str) -> Any:
@@ -251,6 +254,8 @@ def validate_config(config: Config) -> Config:
         unit_interval(_setting(config, dotted), dotted)
     for dotted in COUNT_SETTINGS:
         at_least_one(_setting(config, dotted), dotted)
+    if config.precision not in PRECISIONS:
+        raise ValueRangeError(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     timeout = config.calibration.llm_timeout
     if not timeout > 0 or timeout == float("inf"):
         raise ValueRangeError(f"calibration.llm_timeout must be a positive number of seconds, got {timeout!r}")

@@ -24,6 +24,7 @@ FINGERPRINT_VERSION = 1  # bump when the meaning of a field changes: old folders
 NOT_DEFINING = frozenset({
     "weights_dir", "device", "max_image_pixels", "calibration.cache_dir", "detection.weights", "masking.weights",
     "calibration.tagger_weights", "clip_methods.weights", "clip_methods.adaclip_prompts",
+    "batch_size",  # batched results equal one-by-one ones (tests/test_batching.py)
 })
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
+from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 from .errors import ConfigError
 
@@ -90,7 +90,58 @@ class StageGraph:
             start = time.perf_counter()
             produced = stage.run(**{key: state[key] for key in stage.inputs})
             timings[stage.name] = time.perf_counter() - start
-            if set(produced) != set(stage.outputs):
-                raise RuntimeError(f"stage {stage.name!r} returned {sorted(produced)}, declared {list(stage.outputs)}")
+            _check_outputs(stage, produced)
             state.update(produced)
         return GraphRun(state, timings)
+
+    def run_batch(self, contexts: Sequence[Mapping[str, Any]]) -> list[GraphRun | Exception]:
+        """`run` on several contexts at once: a stage with `run_batch` gets them together, the others one by one.
+
+        Each entry is what `run` on that context gives, or the exception it raised: one context's
+        failure never ends the others. When a batched stage raises, its contexts are run through its
+        one-by-one `run` instead, so the failure lands on the context that caused it. A batched
+        stage's seconds are shared equally among the contexts it ran together.
+        """
+        states: list[dict[str, Any] | Exception] = []
+        for context in contexts:
+            missing = [key for key in self.provided if key not in context]
+            states.append(ConfigError(f"graph run is missing inputs {missing}") if missing else dict(context))
+        timings: list[dict[str, float]] = [{} for _ in contexts]
+        for stage in self.stages:
+            alive = [index for index, state in enumerate(states) if not isinstance(state, Exception)]
+            batched = getattr(stage, "run_batch", None)
+            produced: list[dict[str, Any] | Exception] | None = None
+            if batched is not None and len(alive) > 1:
+                start = time.perf_counter()
+                try:
+                    produced = list(batched([{key: states[i][key] for key in stage.inputs} for i in alive]))
+                    if len(produced) != len(alive):
+                        raise RuntimeError(f"stage {stage.name!r} returned {len(produced)} results for {len(alive)} inputs")
+                    for output in produced:
+                        _check_outputs(stage, output)
+                except Exception:  # noqa: BLE001 - retried one by one below, where the failure gets its own context
+                    produced = None
+                share = (time.perf_counter() - start) / len(alive)
+            if produced is not None:
+                for index, output in zip(alive, produced):
+                    timings[index][stage.name] = share
+                    states[index].update(output)
+                continue
+            for index in alive:
+                start = time.perf_counter()
+                try:
+                    output = stage.run(**{key: states[index][key] for key in stage.inputs})
+                    _check_outputs(stage, output)
+                except Exception as error:  # noqa: BLE001 - this context's failure, handed back in its place
+                    states[index] = error
+                    continue
+                timings[index][stage.name] = time.perf_counter() - start
+                states[index].update(output)
+        return [state if isinstance(state, Exception) else GraphRun(state, timing)
+                for state, timing in zip(states, timings)]
+
+
+def _check_outputs(stage: Stage, produced: Mapping[str, Any]) -> None:
+    """A stage must return exactly the keys it declares."""
+    if set(produced) != set(stage.outputs):
+        raise RuntimeError(f"stage {stage.name!r} returned {sorted(produced)}, declared {list(stage.outputs)}")

@@ -97,11 +97,11 @@ def test_grounding_dino_splits_long_prompt_lists(weights_dir):
     assert len(boxes) == len(captions) * detector.model.config.num_queries
     assert detector.backbone_runs - before == 1  # the image is encoded once for all captions
     # and reusing the features changes nothing: each caption alone gives the same boxes
-    detector._last = None  # forget the kept features: each caption below is encoded afresh
+    detector.forget_features()  # each caption below is encoded afresh
     alone = []
     for caption in captions:
         alone.append(detector.detect_captions(image, [caption], 0.0, 0.0))
-        detector._last = None
+        detector.forget_features()
     assert detector.backbone_runs - before == 1 + len(captions)
     np.testing.assert_allclose(boxes.xyxy, np.concatenate([b.xyxy for b in alone]), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(boxes.scores, np.concatenate([b.scores for b in alone]), rtol=1e-5, atol=1e-6)

@@ -164,7 +164,12 @@ class HFGroundingDino:
         self.model_id = f"grounding-dino:{Path(path).name}"
         self.max_text_len = int(getattr(self.model.config, "max_text_len", GROUNDING_DINO_MAX_TEXT_TOKENS))
         self.backbone_runs = 0  # vision backbone passes, for tests and timing
-        self._last: tuple[str, dict, object] | None = None  # (image digest, pixel inputs, backbone output) of the last image
+        # image digest -> (pixel inputs, backbone output) of the images of the last backbone pass (one, or a batch's)
+        self._recent: dict[str, tuple[dict, object]] = {}
+
+    def forget_features(self) -> None:
+        """Drop the kept image features: the next image is encoded afresh, even when it is the same one."""
+        self._recent = {}
 
     def count_tokens(self, caption: str) -> int:
         """Tokens of a caption with [CLS] and [SEP]: what must fit in the model's text length."""
@@ -193,29 +198,99 @@ class HFGroundingDino:
         phrase_rule: str = "words",
     ) -> Boxes:
         """Boxes for each caption on one image, the image encoded once for all of them."""
-        height, width = image.shape[:2]
-        # the last image's features are kept: the official size rule asks again about the same test image
-        digest = hashlib.sha1(np.ascontiguousarray(image).data, usedforsecurity=False).hexdigest() + str(image.shape)
-        if self._last is not None and self._last[0] == digest:
-            _, pixels, features = self._last
+        # the last images' features are kept: the official size rule asks again about the same test image
+        digest = image_digest(image)
+        if digest in self._recent:
+            pixels, features = self._recent[digest]
         else:
-            pixels = self.processor.image_processor(images=Image.fromarray(image), return_tensors="pt")
-            pixels, features = {key: value.to(self.device) for key, value in pixels.items()}, None
-        parts = []
+            pixels, features = self._pixel_inputs(image), None
+        [boxes] = self._detect_stacked([image], pixels, features, captions, box_threshold, text_threshold, phrase_rule)
+        return boxes
+
+    def _pixel_inputs(self, image: np.ndarray) -> dict[str, torch.Tensor]:
+        """The processor's pixel_values (1, 3, h, w) and pixel_mask (1, h, w) of one image, on the model's device."""
+        pixels = self.processor.image_processor(images=Image.fromarray(image), return_tensors="pt")
+        return {key: value.to(self.device) for key, value in pixels.items()}
+
+    def _detect_stacked(
+        self, images: Sequence[np.ndarray], pixels: dict[str, torch.Tensor], features: object,
+        captions: Sequence[str], box_threshold: float, text_threshold: float, phrase_rule: str,
+    ) -> list[Boxes]:
+        """Boxes of every caption on each of the stacked images, one backbone pass (or `features`) for all."""
+        count = len(images)
+        parts: list[list[Boxes]] = [[] for _ in images]
         with vision_features_reused(self.model, features) as replay:
             for caption in captions:
                 text = self.processor.tokenizer(caption, return_tensors="pt")
                 ids = text["input_ids"][0, : self.max_text_len].tolist()
-                outputs = self.model(**pixels, **{key: value.to(self.device) for key, value in text.items()})
-                probabilities = outputs.logits[0].sigmoid().float().cpu()  # (queries, max_text_len)
-                parts.append(
-                    boxes_from_logits(probabilities, outputs.pred_boxes[0].cpu(), self._tokens(ids), box_threshold,
-                                      text_threshold, height, width, phrase_rule)
-                )
+                # one caption for every image of the stack: its token rows repeated
+                text = {key: value.to(self.device).repeat(count, 1) for key, value in text.items()}
+                outputs = self.model(**pixels, **text)
+                probabilities = outputs.logits.sigmoid().float().cpu()  # (images, queries, max_text_len)
+                pred_boxes = outputs.pred_boxes.float().cpu()
+                for index, image in enumerate(images):
+                    height, width = image.shape[:2]
+                    parts[index].append(
+                        boxes_from_logits(probabilities[index], pred_boxes[index], self._tokens(ids), box_threshold,
+                                          text_threshold, height, width, phrase_rule)
+                    )
         self.backbone_runs += replay.calls
-        if replay.output is not None:
-            self._last = (digest, pixels, replay.output)
-        return concatenate(parts)
+        if replay.calls:  # a new pass: its features replace the kept ones, one entry per image
+            self._recent = {
+                image_digest(image): ({key: value[index : index + 1] for key, value in pixels.items()},
+                                      sliced(replay.output, index))
+                for index, image in enumerate(images)
+            }
+        return [concatenate(part) for part in parts]
+
+    def detect_batch(self, images: Sequence[np.ndarray], prompts: Sequence[str], box_threshold: float,
+                     text_threshold: float) -> list[Boxes]:
+        """`detect` on several images at once: one vision backbone pass per group of equal-size images."""
+        from ..stages.detection import captions_for
+
+        return self.detect_captions_batch(images, captions_for(prompts, "dots", self.fits), box_threshold, text_threshold)
+
+    @torch.inference_mode()
+    def detect_captions_batch(
+        self, images: Sequence[np.ndarray], captions: Sequence[str], box_threshold: float, text_threshold: float,
+        phrase_rule: str = "words",
+    ) -> list[Boxes]:
+        """`detect_captions` for each image, the images stacked into one forward per group of equal processed size.
+
+        Images are stacked only with images the processor resized to the same shape, so no image is
+        padded and each sees exactly the input it gets alone (transformers' processor pads mixed sizes
+        with a pixel_mask, but the Swin backbone's windows still see the zeros, which moves the boxes).
+        """
+        inputs = [self._pixel_inputs(image) for image in images]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, pixels in enumerate(inputs):
+            groups.setdefault(tuple(pixels["pixel_values"].shape), []).append(index)
+        results: list[Boxes] = [Boxes.empty()] * len(images)
+        kept: dict[str, tuple[dict, object]] = {}
+        for members in groups.values():
+            stacked = {key: torch.cat([inputs[i][key] for i in members]) for key in inputs[members[0]]}
+            found = self._detect_stacked([images[i] for i in members], stacked, None, captions, box_threshold,
+                                         text_threshold, phrase_rule)
+            kept.update(self._recent)
+            for index, boxes in zip(members, found):
+                results[index] = boxes
+        if kept:
+            self._recent = kept  # the whole batch's features, for the size rule's second question
+        return results
+
+
+def image_digest(image: np.ndarray) -> str:
+    """A key for an image's pixels: the features kept for it are reused only for the very same pixels."""
+    return hashlib.sha1(np.ascontiguousarray(image).data, usedforsecurity=False).hexdigest() + str(image.shape)
+
+
+def sliced(tree: object, index: int) -> object:
+    """Row `index` (kept as a batch of one) of every tensor in a nest of tuples and lists (the backbone's output)."""
+    if isinstance(tree, torch.Tensor):
+        return tree[index : index + 1]
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(sliced(item, index) for item in tree)
+    return tree
 
 
 @DETECTORS.register("hf-grounding-dino")

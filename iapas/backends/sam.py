@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -127,7 +129,71 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-class OriginalSam:
+@dataclass(frozen=True)
+class Encoding:
+    """One image's image-encoder input (as the backend prepares it) and the embedding a batched pass gave it."""
+
+    inputs: torch.Tensor  # (1, 3, S, S): exactly what the backend's own path feeds its image encoder
+    embedding: object  # the encoder's output for that row (a tensor, or transformers' output with batch 1)
+
+
+def _row(output: object, index: int) -> object:
+    """Row `index` of an encoder output, kept as a batch of one (a tensor, or a ModelOutput of tensors)."""
+    if isinstance(output, torch.Tensor):
+        return output[index : index + 1]
+    fields = {key: value[index : index + 1] for key, value in output.items() if isinstance(value, torch.Tensor)}
+    return type(output)(**fields)
+
+
+@contextmanager
+def encoder_reused(encoder: torch.nn.Module, encoding: Encoding) -> Iterator[None]:
+    """Within the block, the image encoder returns the batched pass's embedding when fed that very image.
+
+    The backends' own `segment_boxes` (their preprocessing, decoding and mask post-processing, left as
+    they are) run unchanged; only the encoder forward, the costly part, is answered from the batch. An
+    input that is not exactly the encoded one runs the real encoder, so the shortcut can never give a
+    wrong image's embedding. The instance's forward is shadowed for the block only.
+    """
+    real = encoder.forward
+
+    def forward(pixels: torch.Tensor, *args: object, **kwargs: object) -> object:
+        if pixels.shape == encoding.inputs.shape and torch.equal(pixels, encoding.inputs):
+            return encoding.embedding
+        return real(pixels, *args, **kwargs)
+
+    encoder.forward = forward
+    try:
+        yield
+    finally:
+        del encoder.forward  # the class's forward again
+
+
+class BatchEncoding:
+    """Batched image encoding shared by the SAM backends: encode a batch in one forward, decode each image alone."""
+
+    def encoder(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def encoder_inputs(self, image: np.ndarray) -> torch.Tensor:
+        """(1, 3, S, S): what this backend's segment_boxes feeds its image encoder for `image`."""
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def encode_batch(self, images: list[np.ndarray]) -> list[Encoding]:
+        """Each image's embedding from one image-encoder forward over the stacked (B, 3, S, S) inputs."""
+        inputs = [self.encoder_inputs(image) for image in images]
+        if not inputs:
+            return []
+        output = self.encoder()(torch.cat(inputs))
+        return [Encoding(row, _row(output, index)) for index, row in enumerate(inputs)]
+
+    def segment_boxes_encoded(self, image: np.ndarray, encoding: Encoding, xyxy: np.ndarray) -> np.ndarray:
+        """`segment_boxes` on an image whose embedding `encode_batch` already computed."""
+        with encoder_reused(self.encoder(), encoding):
+            return self.segment_boxes(image, xyxy)  # type: ignore[attr-defined]
+
+
+class OriginalSam(BatchEncoding):
     """segment_anything's SamPredictor: one image encoding, then every box decoded in one batch."""
 
     def __init__(self, path: Path, device: torch.device) -> None:
@@ -144,6 +210,15 @@ class OriginalSam:
         self.predictor = SamPredictor(model.to(device).eval())
         self.device = device
 
+    def encoder(self) -> torch.nn.Module:
+        return self.predictor.model.image_encoder
+
+    def encoder_inputs(self, image: np.ndarray) -> torch.Tensor:
+        # segment_anything predictor.py set_image + set_torch_image: longest side resized, then Sam.preprocess
+        # (normalised, zero-padded to the square), which is what the encoder is called with
+        resized = torch.as_tensor(self.predictor.transform.apply_image(image), device=self.device)
+        return self.predictor.model.preprocess(resized.permute(2, 0, 1).contiguous()[None])
+
     @torch.inference_mode()
     def segment_boxes(self, image: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
         height, width = image.shape[:2]
@@ -155,7 +230,7 @@ class OriginalSam:
         return masks[:, 0].cpu().numpy().astype(bool)
 
 
-class HFSam:
+class HFSam(BatchEncoding):
     """transformers' SamModel: image embeddings computed once, all boxes decoded together."""
 
     def __init__(self, path: Path, device: torch.device) -> None:
@@ -169,6 +244,12 @@ class HFSam:
             raise load_error("SAM", path, error) from None
         self.model.to(device).eval()
         self.device = device
+
+    def encoder(self) -> torch.nn.Module:
+        return self.model.vision_encoder  # SamModel.get_image_embeddings runs it on pixel_values
+
+    def encoder_inputs(self, image: np.ndarray) -> torch.Tensor:
+        return self.processor(images=image, return_tensors="pt")["pixel_values"].to(self.device)
 
     @torch.inference_mode()
     def segment_boxes(self, image: np.ndarray, xyxy: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import Config, at_least_one, build_config, read_config_data, recipe_names, unit_interval
+from ..config import PRECISIONS, Config, at_least_one, build_config, read_config_data, recipe_names, unit_interval
 from ..errors import ValueRangeError
 from ..device import DEVICE_CHOICES
 
@@ -37,6 +37,8 @@ CONFIG_OPTIONS = {
     "shots": "clip_methods.shots",
     "reference_images": "clip_methods.reference_images",
     "bit_window": "bit_window",
+    "batch_size": "batch_size",
+    "precision": "precision",
     "prompts": "clip_methods.prompts",
 }
 
@@ -98,6 +100,13 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector", help="Grounding DINO directory (overrides the weights dir)")
     parser.add_argument("--segmenter", help="SAM .pth file or SamModel directory (overrides the weights dir)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, help="default: auto (GPU when there is one)")
+
+
+def add_speed_options(parser: argparse.ArgumentParser) -> None:
+    """Batching and mixed precision of the IAP-AS models (segment and bench)."""
+    parser.add_argument("--batch-size", type=positive_int, help="images per detector / SAM encoder forward (default 1); "
+                                                                "results equal one-by-one")
+    parser.add_argument("--precision", choices=PRECISIONS, help="fp32 (default), bf16 or fp16 autocast (fp16: CUDA only)")
 
 
 def add_method_options(parser: argparse.ArgumentParser) -> None:

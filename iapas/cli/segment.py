@@ -11,7 +11,8 @@ from ..batch import Segment
 from ..calibration import Calibration
 from ..config import Config
 from ..errors import IapasError
-from .common import EXIT_OK, EXIT_PARTIAL, add_method_options, add_model_options, add_threshold_options, base_config
+from .common import (EXIT_OK, EXIT_PARTIAL, add_method_options, add_model_options, add_speed_options, add_threshold_options,
+                     base_config)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -30,6 +31,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     segment.add_argument("--bit-window", type=window_option, metavar="LOW,HIGH",
                          help="16-bit/float images: map raw values LOW..HIGH to 0..255 (default: value/257, floats 0..1)")
     add_model_options(segment)
+    add_speed_options(segment)
     segment.set_defaults(handler=run)
 
 
@@ -71,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     record_fingerprint(out_dir, fingerprint)
     summary = engine(functools.partial(segmenter_only, args, config), inputs, out_dir, overwrite=args.overwrite,
                      max_pixels=config.max_image_pixels, progress=not args.no_progress, extra_record=extra_record(args),
-                     fingerprint=digest, bit_window=window, address=args.address, workers=args.workers, uris=uris)
+                     fingerprint=digest, bit_window=window, address=args.address, workers=args.workers, uris=uris,
+                     batch_size=config.batch_size)
     print(summary.line(), file=sys.stderr)
     return EXIT_OK if summary.complete else EXIT_PARTIAL
 
@@ -104,6 +107,19 @@ def build_segmenter(args: argparse.Namespace, config: Config) -> tuple[Segment, 
     return iapas_segmenter(args, config) if args.method == "iapas" else clip_segmenter(args, config)
 
 
+class PipelineCall:
+    """The IAP-AS pipeline with fixed options as a Segment: one image by `__call__`, a batch by `many`."""
+
+    def __init__(self, pipeline, options: dict) -> None:
+        self.pipeline, self.options = pipeline, options
+
+    def __call__(self, pixels):
+        return self.pipeline.segment(pixels, **self.options)
+
+    def many(self, images: list) -> list:
+        return self.pipeline.segment_outcomes(images, len(images), **self.options)
+
+
 def iapas_segmenter(args: argparse.Namespace, config: Config) -> tuple[Segment, dict | None]:
     """The IAP-AS pipeline as a pixels -> Result callable, with its prompts or calibration."""
     from ..methods.iapas.pipeline import Pipeline
@@ -117,7 +133,7 @@ def iapas_segmenter(args: argparse.Namespace, config: Config) -> tuple[Segment, 
     if args.no_size_filter:
         pipeline.graph = pipeline.graph.without("size_filter")
     extra = {"calibration": str(args.calibration)} if args.calibration else None
-    return (lambda pixels: pipeline.segment(pixels, **options)), extra
+    return PipelineCall(pipeline, options), extra
 
 
 def clip_segmenter(args: argparse.Namespace, config: Config) -> tuple[Segment, dict | None]:

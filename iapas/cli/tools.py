@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import EXIT_OK, add_method_options, add_model_options, add_threshold_options, base_config
+from .common import EXIT_OK, add_method_options, add_model_options, add_speed_options, add_threshold_options, base_config
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -30,6 +30,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_method_options(bench)
     add_threshold_options(bench)
     add_model_options(bench)
+    add_speed_options(bench)
     bench.set_defaults(handler=run_bench)
 
 
@@ -57,7 +58,7 @@ def run_bench(args: argparse.Namespace) -> int:
         config = config.updated({"detection.weights": str(detector), "masking.weights": str(segmenter)})
     options = BenchOptions(Path(args.image) if args.image else None, args.method, args.repeat, args.warmup,
                            args.images, args.size, args.vs_naive, args.object_tag,
-                           Path(args.json_path) if args.json_path else None)
+                           Path(args.json_path) if args.json_path else None, config.batch_size)
     if args.vs_naive:
         if args.method != "iapas":
             raise ConfigError("--vs-naive compares the IAP-AS pipeline with the official loop: use --method iapas")

@@ -6,7 +6,7 @@ text length is split into several captions, and the detector encodes the image o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -82,3 +82,25 @@ class DetectStage:
     def run(self, image: np.ndarray, prompts: tuple[str, ...], box_threshold: float, text_threshold: float) -> dict[str, Boxes]:
         captions = captions_for(prompts, self.caption_format, self.detector.fits)
         return {"boxes": self.detector.detect_captions(image, captions, box_threshold, text_threshold, self.phrase_rule)}
+
+    def run_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Boxes]]:
+        """`run` on several images: those sharing prompts and thresholds go through the detector together.
+
+        A detector without `detect_captions_batch` gets the images one by one, with the same results.
+        """
+        results: list[dict[str, Boxes]] = [{}] * len(items)
+        batched = getattr(self.detector, "detect_captions_batch", None)
+        groups: dict[tuple, list[int]] = {}
+        for index, item in enumerate(items):
+            key = (tuple(item["prompts"]), item["box_threshold"], item["text_threshold"])
+            groups.setdefault(key, []).append(index)
+        for (prompts, box_threshold, text_threshold), members in groups.items():
+            if batched is None:
+                for index in members:
+                    results[index] = self.run(**items[index])
+                continue
+            captions = captions_for(prompts, self.caption_format, self.detector.fits)
+            found = batched([items[i]["image"] for i in members], captions, box_threshold, text_threshold, self.phrase_rule)
+            for index, boxes in zip(members, found):
+                results[index] = {"boxes": boxes}
+        return results

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -23,3 +24,22 @@ class MaskStage:
         if len(boxes) == 0:
             return {"masks": Masks.empty(height, width)}
         return {"masks": Masks(self.segmenter.segment_boxes(image, boxes.xyxy))}
+
+    def run_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Masks]]:
+        """`run` on several images: the images with boxes are encoded in one forward, then each decodes its own boxes.
+
+        A segmenter without `encode_batch` gets the images one by one, with the same results.
+        """
+        encode = getattr(self.segmenter, "encode_batch", None)
+        busy = [index for index, item in enumerate(items) if len(item["boxes"])]
+        if encode is None or len(busy) < 2:
+            return [self.run(**item) for item in items]
+        encodings = dict(zip(busy, encode([items[i]["image"] for i in busy])))
+        results = []
+        for index, item in enumerate(items):
+            if index not in encodings:
+                results.append(self.run(**item))
+                continue
+            masks = self.segmenter.segment_boxes_encoded(item["image"], encodings[index], item["boxes"].xyxy)
+            results.append({"masks": Masks(masks)})
+        return results

@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ContextManager, Iterable, Iterator, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ...backends import Detector, Segmenter, load_detector, load_segmenter
 from ...calibration import Calibration
-from ...config import Config, unit_interval
+from ...config import Config, at_least_one, unit_interval
 from ...device import resolve_device
 from ...errors import IapasError, ImageProcessingError, InputImageError
-from ...graph import StageGraph
+from ...graph import GraphRun, StageGraph
 from ...images import LoadedImage, Window, check_shape, load_image, parse_window, to_rgb
+from ...precision import autocast, check_precision
 from ...stages import DetectStage, MaskStage, NmsStage, ScoreStage
 from ...stages.filtering import SIZE_RULES
 from ...types import Boxes, Masks, Result
@@ -53,6 +55,7 @@ class Pipeline:
         self.detector = detector
         self.segmenter = segmenter
         self.graph = graph or self.default_graph()
+        check_precision(config.precision, self._device())  # fp16 on a CPU is refused here, before any image
 
     @classmethod
     def from_config(cls, config: Config | None = None) -> "Pipeline":
@@ -115,6 +118,73 @@ class Pipeline:
         Prompts, size threshold and box/text thresholds come from the explicit arguments, else the
         calibration (P_final, S_threshold and the kind's thresholds), else the config.
         """
+        context = self._context(image, prompts, size_threshold, calibration)
+        with self._precision():
+            run = self.graph.run(context)
+        return self._result(context, run)
+
+    def segment_many(
+        self,
+        images: Sequence[ImageInput],
+        batch_size: int | None = None,
+        prompts: Sequence[str] | None = None,
+        size_threshold: float | None = None,
+        calibration: Calibration | None = None,
+    ) -> list[Result]:
+        """`segment` on every image, `batch_size` (default: the config's) at a time; raises the first failure.
+
+        Detection and masking run on each batch together (one vision backbone pass per group of
+        equal-size images, one SAM encoder forward); the other stages run per image. The results
+        are those `segment` gives one by one (tests/test_batching.py states the tolerance).
+        """
+        outcomes = self.segment_outcomes(images, batch_size, prompts, size_threshold, calibration)
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise outcome
+        return outcomes  # type: ignore[return-value]
+
+    def segment_outcomes(
+        self,
+        images: Sequence[ImageInput],
+        batch_size: int | None = None,
+        prompts: Sequence[str] | None = None,
+        size_threshold: float | None = None,
+        calibration: Calibration | None = None,
+    ) -> list[Result | Exception]:
+        """`segment_many` that hands back each image's exception in its place instead of raising it."""
+        size = at_least_one(self.config.batch_size if batch_size is None else batch_size, "batch_size")
+        outcomes: list[Result | Exception] = []
+        for start in range(0, len(images), size):
+            contexts: list[dict[str, Any] | Exception] = []
+            for image in images[start : start + size]:
+                try:
+                    contexts.append(self._context(image, prompts, size_threshold, calibration))
+                except Exception as error:  # noqa: BLE001 - this image's, handed back in its place
+                    contexts.append(error)
+            ready = [context for context in contexts if not isinstance(context, Exception)]
+            with self._precision():
+                runs = iter(self.graph.run_batch(ready))
+            for context in contexts:
+                if isinstance(context, Exception):
+                    outcomes.append(context)
+                    continue
+                run = next(runs)
+                outcomes.append(run if isinstance(run, Exception) else self._result(context, run))
+        return outcomes
+
+    def _device(self) -> torch.device:
+        """Where the models run: the detector's device (the config's when the detector does not say)."""
+        return torch.device(getattr(self.detector, "device", None) or resolve_device(self.config.device))
+
+    def _precision(self) -> ContextManager:
+        """The models' autocast for the config's precision (nothing for the default fp32)."""
+        return autocast(self.config.precision, self._device())
+
+    def _context(
+        self, image: ImageInput, prompts: Sequence[str] | None, size_threshold: float | None,
+        calibration: Calibration | None,
+    ) -> dict[str, Any]:
+        """The graph's inputs for one image: its pixels, the prompts and the thresholds in force."""
         pixels = as_rgb_array(image, self.config.max_image_pixels, parse_window(self.config.bit_window))
         detection = self.config.detection
         if calibration is not None:
@@ -130,21 +200,23 @@ class Pipeline:
             raise IapasError("no text prompts: give --prompt or a calibration")
         threshold = unit_interval(self.config.filtering.size_threshold if size_threshold is None else size_threshold,
                                   "size_threshold")  # the Python API gets the CLI's range check
-        run = self.graph.run(
-            {
-                "image": pixels,
-                "prompts": used_prompts,
-                "box_threshold": box_threshold,
-                "text_threshold": text_threshold,
-                "size_threshold": threshold,
-                "object_tags": tuple(object_tags),
-            }
-        )
-        height, width = pixels.shape[:2]
+        return {
+            "image": pixels,
+            "prompts": used_prompts,
+            "box_threshold": box_threshold,
+            "text_threshold": text_threshold,
+            "size_threshold": threshold,
+            "object_tags": tuple(object_tags),
+        }
+
+    @staticmethod
+    def _result(context: dict[str, Any], run: GraphRun) -> Result:
+        """The Result of one graph run: boxes, masks and map (empty when an ablation removed their stage)."""
+        height, width = context["image"].shape[:2]
         boxes: Boxes = run.context["boxes"]
         masks: Masks = run.context.get("masks", Masks.empty(height, width))
         heat = run.context.get("anomaly_map", np.zeros((height, width), np.float32))
-        return Result(heat, boxes, masks, used_prompts, run.timings)
+        return Result(heat, boxes, masks, context["prompts"], run.timings)
 
     def segment_batch(self, images: Iterable[ImageInput], **options: Any) -> Iterator[tuple[ImageInput, Result | IapasError]]:
         """Stream (input, Result) pairs; an input that fails yields its error and the batch goes on.

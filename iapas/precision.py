@@ -1,0 +1,37 @@
+"""Mixed precision for the models: an autocast context per `precision` setting (fp32 | bf16 | fp16).
+
+fp32 is the default everywhere and runs no autocast, so its numbers are the reference ones. bf16 and
+fp16 wrap the detector and the segmenter in `torch.autocast`: matmuls and convolutions run in the
+lower precision, reductions and the post-processing stay in float32 (torch's autocast op lists).
+On the CPU only bf16 is offered, and only when asked for (CPU autocast has no fast fp16 kernels);
+the maps stay within the tolerance tests/test_batching.py states of the fp32 ones.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager
+
+import torch
+
+from .config import PRECISIONS
+from .errors import ConfigError
+
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CPU_PRECISIONS = ("fp32", "bf16")  # fp16 autocast on the CPU is slow and not what anyone wants there
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse (one line) a precision the device cannot run."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r} (choose one of {', '.join(PRECISIONS)})")
+    if device.type != "cuda" and precision not in CPU_PRECISIONS:
+        raise ConfigError(f"--precision {precision} needs a CUDA GPU; on {device.type} use fp32 (default) or bf16")
+
+
+def autocast(precision: str, device: torch.device) -> ContextManager:
+    """The context that runs the models' forwards at `precision` on `device` (nothing for fp32)."""
+    check_precision(precision, device)
+    dtype = AUTOCAST_DTYPES[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
