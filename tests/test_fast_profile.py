@@ -18,7 +18,9 @@ IMAGE = np.random.default_rng(3).integers(0, 256, (96, 128, 3), dtype=np.uint8)
 
 @pytest.mark.parametrize("entry, backend, model_class", [
     ("sam2-demo", "hf-sam2", "Sam2Model"), ("edgetam-demo", "hf-edgetam", "EdgeTamModel")])
-def test_sam2_family_masks_every_box_at_full_resolution(weights_dir, entry, backend, model_class):
+def test_sam2_family_masks_every_box_at_full_resolution(weights_dir, entry, backend, model_class, monkeypatch):
+    import iapas.backends.sam2 as sam2_module
+
     found, path = find_weights("segmenter", weights_dir, weights_family(backend))
     assert found.name == entry
     assert segmenter_backend_for(path) == backend  # picked from config.json's model_type
@@ -29,6 +31,8 @@ def test_sam2_family_masks_every_box_at_full_resolution(weights_dir, entry, back
     assert masks.shape == (3, 96, 128) and masks.dtype == bool
     alone = segmenter.segment_boxes(IMAGE, boxes[1:2])
     np.testing.assert_array_equal(alone[0], masks[1])  # batching does not change a box's mask
+    monkeypatch.setattr(sam2_module, "BOX_CHUNK", 2)
+    np.testing.assert_array_equal(segmenter.segment_boxes(IMAGE, boxes), masks)  # nor does decoding in chunks
 
 
 def test_backend_is_read_from_the_directory(weights_dir, hf_sam_dir):
@@ -143,3 +147,14 @@ def test_cli_segment_with_fast_profile(capsys, weights_dir, tmp_path):
                  "--profile", "fast-omdet", "--detector-input-size", "96", "--no-progress"])
     assert code == 0, capsys.readouterr().err
     assert any((tmp_path / "out").rglob("*.png"))
+
+
+def test_fast_download_profile_lists_each_family():
+    from iapas.download import load_sources, select_sources
+    from iapas.weights import load_manifest
+
+    manifest = {entry.name: entry for entry in load_manifest()}
+    fast = select_sources([], "fast", load_sources())
+    assert {source.hub for source in fast} == {"facebook/sam2.1-hiera-tiny", "yonigozlan/EdgeTAM-hf", "omlab/omdet-turbo-swin-tiny-hf"}
+    assert {manifest[source.entry].family for source in fast} == {"sam2", "edgetam", "omdet-turbo"}
+    assert all("config.json" in source.files and "model.safetensors" in source.files for source in fast)

@@ -3,7 +3,8 @@
 Both share SAM 2's prompt encoder, mask decoder and processor (transformers' Sam2Processor; EdgeTAM's
 auto processor is Sam2Processor too, transformers models/auto/processing_auto.py) and differ only in
 the image encoder: Hiera (SAM 2.1 Hiera-T, facebook/sam2.1-hiera-tiny) or RepViT-M1 (EdgeTAM,
-yonigozlan/EdgeTAM-hf). As with SAM, the image is encoded once and every box decoded in one batch;
+yonigozlan/EdgeTAM-hf). As with SAM, the image is encoded once and the boxes decoded together (in
+chunks of BOX_CHUNK, which bounds memory and leaves each box's mask as it is);
 one mask per box (multimask_output=False), up-sampled to the full image by the processor and
 binarised at logit 0 (transformers Sam2Processor.post_process_masks, mask_threshold=0.0).
 """
@@ -17,7 +18,7 @@ import torch
 from .base import SEGMENTERS, load_error, register_model_type, require_path
 
 
-POSTPROCESS_CHUNK = 16  # masks up-sampled to full resolution together
+BOX_CHUNK = 16  # boxes decoded and up-sampled to full resolution together
 
 
 class HFSam2Family:
@@ -42,16 +43,16 @@ class HFSam2Family:
         image = image if image.flags.writeable else image.copy()  # torch warns on read-only arrays (results are frozen)
         inputs = self.processor(images=image, input_boxes=[boxes.tolist()], return_tensors="pt")
         embeddings = self.model.get_image_embeddings(inputs["pixel_values"].to(self.device))
-        outputs = self.model(
-            image_embeddings=embeddings, input_boxes=inputs["input_boxes"].to(self.device), multimask_output=False
-        )
-        low_res = outputs.pred_masks.cpu()  # (1, N, 1, 256, 256) logits
-        # up-sampled a chunk at a time: N float masks at full resolution at once can exhaust memory
-        # (a random-weight detector keeps hundreds of boxes), while the kept masks are bool
-        chunks = [
-            self.processor.post_process_masks(low_res[:, start:start + POSTPROCESS_CHUNK], inputs["original_sizes"])[0][:, 0]
-            for start in range(0, low_res.shape[1], POSTPROCESS_CHUNK)
-        ]
+        input_boxes = inputs["input_boxes"].to(self.device)
+        chunks = []
+        # boxes decoded and up-sampled a chunk at a time: the decoder's per-box feature maps and N float masks at
+        # full resolution at once can exhaust memory (a random-weight detector keeps hundreds of boxes); a box's
+        # mask does not depend on the other boxes of its chunk
+        for start in range(0, input_boxes.shape[1], BOX_CHUNK):
+            outputs = self.model(image_embeddings=embeddings, input_boxes=input_boxes[:, start:start + BOX_CHUNK],
+                                 multimask_output=False)
+            masks = self.processor.post_process_masks(outputs.pred_masks.cpu(), inputs["original_sizes"])[0]
+            chunks.append(masks[:, 0])
         return torch.cat(chunks).numpy().astype(bool)
 
 
