@@ -87,11 +87,15 @@ def build_random_sam2_hiera_tiny(directory: Path, seed: int = 0) -> Path:
 
 
 def build_random_edgetam(directory: Path, seed: int = 0) -> Path:
-    """EdgeTAM with random weights: transformers' default EdgeTamConfig (timm RepViT-M1, yonigozlan/EdgeTAM-hf)."""
-    from transformers import EdgeTamConfig, EdgeTamModel, Sam2ImageProcessor, Sam2Processor
+    """EdgeTAM with random weights: transformers' EdgeTamConfig (timm RepViT-M1, yonigozlan/EdgeTAM-hf)."""
+    from transformers import EdgeTamConfig, EdgeTamModel, Sam2ImageProcessor, Sam2Processor, TimmWrapperConfig
 
+    # the image encoder named explicitly: transformers 5.23's EdgeTamVisionConfig default spells its timm
+    # architecture key "archirecture", so a bare EdgeTamConfig() gets timm_wrapper's resnet50 instead of RepViT-M1
+    backbone = TimmWrapperConfig(architecture="repvit_m1",
+                                 model_args={"in_chans": 3, "features_only": True, "out_indices": [0, 1, 2, 3]})
     torch.manual_seed(seed)
-    model = EdgeTamModel(EdgeTamConfig()).eval()
+    model = EdgeTamModel(EdgeTamConfig(vision_config={"backbone_config": backbone})).eval()
     return _save_random_hf(model, Sam2Processor(image_processor=Sam2ImageProcessor()), directory)
 
 
