@@ -158,3 +158,27 @@ def test_fast_download_profile_lists_each_family():
     assert {source.hub for source in fast} == {"facebook/sam2.1-hiera-tiny", "yonigozlan/EdgeTAM-hf", "omlab/omdet-turbo-swin-tiny-hf"}
     assert {manifest[source.entry].family for source in fast} == {"sam2", "edgetam", "omdet-turbo"}
     assert all("config.json" in source.files and "model.safetensors" in source.files for source in fast)
+
+
+def test_random_full_builds_the_configured_families(tmp_path, monkeypatch):
+    import iapas.random_full as random_full
+
+    built = []
+
+    def fake(name):
+        def build(path, seed=0):
+            built.append(name)
+            path.mkdir(parents=True)
+            (path / "config.json").write_text("{}")
+            return path
+        return build
+
+    monkeypatch.setitem(random_full.RANDOM_DETECTORS, "omdet-turbo", ("omdet", fake("omdet")))
+    monkeypatch.setitem(random_full.RANDOM_SEGMENTERS, "hf-sam2", ("sam2", fake("sam2")))
+    assert random_full.random_full_models(tmp_path, "omdet-turbo", "hf-sam2") == (tmp_path / "omdet", tmp_path / "sam2")
+    assert random_full.random_full_models(tmp_path, "omdet-turbo", "hf-sam2") == (tmp_path / "omdet", tmp_path / "sam2")
+    assert built == ["omdet", "sam2"]  # built once, then found in the cache
+    monkeypatch.setattr(random_full, "build_random_grounding_dino_tiny", fake("gdino"))
+    monkeypatch.setattr(random_full, "build_random_sam_vit_b", lambda path: built.append("sam") or path)
+    random_full.random_full_models(tmp_path, "auto", "auto")
+    assert built[2:] == ["gdino", "sam"]  # the default families for every other backend
