@@ -27,6 +27,7 @@ FIXED_PROMPTS = ("abnormal", "defect")  # the fixed prompts P_final always holds
 KIND_THRESHOLDS = {"object": PAPER_OBJECT_THRESHOLD, "texture": PAPER_TEXTURE_THRESHOLD}
 DEFAULT_RECIPE = "iapas"
 RECIPES_DIR = Path(__file__).parent / "resources" / "recipes"
+PROFILES_DIR = Path(__file__).parent / "resources" / "profiles"  # speed presets laid over a recipe (--profile)
 # Categories the paper's datasets treat as textures (MVTec AD textures, KSDD1, MTD, DTD-Synthetic, DAGM2007).
 TEXTURE_CATEGORIES = frozenset(
     "carpet grid leather tile wood ksdd1 kolektorsdd kolektor mtd magnetic_tile magnetic-tile dtd dtd-synthetic dagm "
@@ -68,8 +69,9 @@ def at_least_one(value: Any, name: str) -> int:
 class DetectionConfig:
     """Grounding DINO (step 2-1)."""
 
-    backend: str = "hf-grounding-dino"
-    weights: str = ""  # empty: the first detector of the weights manifest found in the weights dir
+    backend: str = "auto"  # auto: by the directory's model_type (hf-grounding-dino, omdet-turbo); a .pth is Grounding DINO
+    weights: str = ""  # empty: the first detector of the weights manifest found in the weights dir (of the backend's family)
+    input_size: int = 0  # the processor's shortest edge in pixels (Grounding DINO: 800); 0: the model's own
     box_threshold: float = PAPER_OBJECT_THRESHOLD
     text_threshold: float = PAPER_OBJECT_THRESHOLD
     max_text_tokens: int = GROUNDING_DINO_MAX_TEXT_TOKENS  # longer prompt lists are split
@@ -98,7 +100,7 @@ class ScoringConfig:
 class MaskingConfig:
     """SAM (step 2-3)."""
 
-    backend: str = "auto"  # auto: "sam" for a .pth file, "hf-sam" for a directory
+    backend: str = "auto"  # auto: "sam" for a .pth file, a directory by its model_type (hf-sam, hf-sam2, hf-edgetam)
     weights: str = ""
 
 
@@ -159,6 +161,7 @@ class Config:
 
     recipe: str = DEFAULT_RECIPE  # the named preset of rules this config started from (resources/recipes/)
     recipe_version: int = 1
+    profile: str = ""  # the speed preset laid over the recipe (resources/profiles/), "" for none
     weights_dir: str = "weights"
     device: str = "auto"
     max_image_pixels: int = 80_000_000  # larger images are refused rather than exhausting memory
@@ -256,6 +259,8 @@ def validate_config(config: Config) -> Config:
         at_least_one(_setting(config, dotted), dotted)
     if config.precision not in PRECISIONS:
         raise ValueRangeError(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
+    if config.detection.input_size < 0:
+        raise ValueRangeError(f"detection.input_size must be 0 (the model's own) or a size in pixels, got {config.detection.input_size}")
     timeout = config.calibration.llm_timeout
     if not timeout > 0 or timeout == float("inf"):
         raise ValueRangeError(f"calibration.llm_timeout must be a positive number of seconds, got {timeout!r}")
@@ -283,6 +288,21 @@ def recipe_settings(name: str) -> dict[str, Any]:
     return data
 
 
+def profile_names() -> list[str]:
+    """The shipped speed profiles: one TOML file each in resources/profiles."""
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
+
+
+def profile_settings(name: str) -> dict[str, Any]:
+    """A profile's settings as nested data (its `[profile]` header becomes `profile`)."""
+    path = PROFILES_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"unknown profile {name!r} (shipped: {', '.join(profile_names())})")
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    data["profile"] = data.pop("profile", {}).get("name", name)
+    return data
+
+
 def _merged(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in layer.items():
@@ -290,15 +310,24 @@ def _merged(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def build_config(recipe: str | None = None, data: dict[str, Any] | None = None) -> Config:
-    """Defaults, then the recipe (or the one `data` names), then `data`: a config file's settings win over its recipe."""
+def build_config(recipe: str | None = None, data: dict[str, Any] | None = None, profile: str | None = None) -> Config:
+    """Defaults, then the recipe (or the one `data` names), then the profile (or the one `data` names), then `data`.
+
+    A config file's settings win over its recipe and profile; a profile only swaps models and sizes, so it
+    lays over any recipe.
+    """
     data = dict(data or {})
     name = recipe or data.get("recipe") or DEFAULT_RECIPE
     if recipe and data.get("recipe") not in (None, recipe):
         raise ConfigError(f"the config file names recipe {data['recipe']!r} but --recipe is {recipe!r}")
+    if profile and data.get("profile") not in (None, "", profile):
+        raise ConfigError(f"the config file names profile {data['profile']!r} but --profile is {profile!r}")
     layered = _merged(Config().to_dict(), recipe_settings(name))
-    data.pop("recipe", None)
-    data.pop("recipe_version", None)
+    speed = profile or data.get("profile")
+    if speed:
+        layered = _merged(layered, profile_settings(speed))
+    for key in ("recipe", "recipe_version", "profile"):
+        data.pop(key, None)
     return config_from_dict(_merged(layered, data))
 
 
@@ -328,6 +357,6 @@ def read_config_data(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path, recipe: str | None = None) -> Config:
-    """Read a Config from a .yaml/.yml, .toml or .json file, over its recipe (the one it names, or `recipe`)."""
-    return build_config(recipe, read_config_data(path))
+def load_config(path: str | Path, recipe: str | None = None, profile: str | None = None) -> Config:
+    """Read a Config from a .yaml/.yml, .toml or .json file, over its recipe and profile (the ones it names, or those given)."""
+    return build_config(recipe, read_config_data(path), profile)

@@ -169,11 +169,131 @@ def build_demo_clip(directory: Path, seed: int = 0, image_size: int = 32) -> Pat
     return directory
 
 
+DEMO_FAST_IMAGE_SIZE = 128  # the fast families' demo input side: feature maps of 32, 16 and 8 cells (strides 4, 8, 16)
+
+
+def _tiny_sam2_parts(image_size: int = DEMO_FAST_IMAGE_SIZE) -> tuple[dict, dict, list[list[int]]]:
+    """Prompt encoder and mask decoder settings shared by the tiny SAM 2 and EdgeTAM, and their feature sizes."""
+    grid = image_size // 4
+    prompt = dict(hidden_size=32, image_size=image_size, patch_size=16)
+    decoder = dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32)
+    return prompt, decoder, [[grid, grid], [grid // 2, grid // 2], [grid // 4, grid // 4]]
+
+
+def _save_sam2_family(model: torch.nn.Module, directory: Path, image_size: int) -> Path:
+    from transformers import Sam2ImageProcessor, Sam2Processor
+
+    directory = Path(directory)
+    with quiet_loading():
+        model.save_pretrained(directory)
+        Sam2Processor(image_processor=Sam2ImageProcessor(size={"height": image_size, "width": image_size})).save_pretrained(directory)
+    (directory / "DEMO_WEIGHTS").write_text(DEMO_NOTE, encoding="utf-8")
+    return directory
+
+
+def build_demo_sam2(directory: Path, seed: int = 0, image_size: int = DEMO_FAST_IMAGE_SIZE) -> Path:
+    """Save a tiny transformers Sam2Model (a 4-stage Hiera of 5 blocks) with its processor to `directory`."""
+    from transformers import Sam2Config, Sam2Model
+
+    prompt, decoder, feature_sizes = _tiny_sam2_parts(image_size)
+    config = Sam2Config(
+        vision_config=dict(
+            # a global-attention block may not open a query-pooling stage (its window would pool to 0): block 3 is
+            # the second of stage 3
+            backbone_config=dict(
+                model_type="sam2_hiera_det_model", hidden_size=12, num_attention_heads=1, image_size=[image_size, image_size],
+                blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[12, 24, 48, 96], num_attention_heads_per_stage=[1, 1, 1, 1],
+                window_size_per_stage=[4, 4, 2, 2], global_attention_blocks=[3], window_positional_embedding_background_size=[2, 2],
+            ),
+            backbone_channel_list=[96, 48, 24, 12], backbone_feature_sizes=feature_sizes, fpn_hidden_size=32,
+        ),
+        prompt_encoder_config=prompt, mask_decoder_config=decoder,
+    )
+    with torch.random.fork_rng(devices=[]):  # the caller's global seed is left as it was
+        torch.manual_seed(seed)
+        model = Sam2Model(config).eval()
+    return _save_sam2_family(model, directory, image_size)
+
+
+def build_demo_edgetam(directory: Path, seed: int = 0, image_size: int = DEMO_FAST_IMAGE_SIZE) -> Path:
+    """Save a tiny transformers EdgeTamModel (timm RepViT narrowed to 4 one-block stages) with its processor."""
+    from transformers import EdgeTamConfig, EdgeTamModel, TimmWrapperConfig
+
+    prompt, decoder, feature_sizes = _tiny_sam2_parts(image_size)
+    # EdgeTAM's image encoder is timm's repvit_m1 (transformers EdgeTamVisionConfig); timm's builder takes
+    # embed_dim and depth overrides, which keep the architecture and shrink it
+    backbone = TimmWrapperConfig(architecture="repvit_m1", model_args={
+        "in_chans": 3, "features_only": True, "out_indices": [0, 1, 2, 3], "embed_dim": [8, 16, 32, 64], "depth": [1, 1, 1, 1]})
+    config = EdgeTamConfig(
+        vision_config=dict(backbone_config=backbone, backbone_channel_list=[64, 32, 16, 8], backbone_feature_sizes=feature_sizes,
+                           fpn_hidden_size=32),
+        prompt_encoder_config=prompt, mask_decoder_config=decoder,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = EdgeTamModel(config).eval()
+    return _save_sam2_family(model, directory, image_size)
+
+
+def write_char_clip_tokenizer(directory: Path):
+    """A character-level CLIP BPE tokenizer (vocab.json and merges.txt) in `directory`, returned loaded."""
+    import json
+
+    from transformers import CLIPTokenizer
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    characters = list(string.ascii_lowercase + string.digits + ".,'-/()")
+    vocab = {token: index for index, token in enumerate(characters + [f"{c}</w>" for c in characters])}
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
+    (directory / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (directory / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    return CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))
+
+
+def build_demo_omdet_turbo(directory: Path, seed: int = 0, image_size: int = DEMO_FAST_IMAGE_SIZE) -> Path:
+    """Save a tiny transformers OmDetTurboForObjectDetection with its processor (CLIP tokenizer, DETR image processor)."""
+    from transformers import (CLIPTextConfig, DetrImageProcessor, OmDetTurboConfig, OmDetTurboForObjectDetection,
+                              OmDetTurboProcessor, SwinConfig)
+
+    directory = Path(directory)
+    tokenizer = write_char_clip_tokenizer(directory)
+    vocab = tokenizer.get_vocab()
+    config = OmDetTurboConfig(
+        # transformers' Swin backbone instead of the released timm Swin-T: it returns channels-first maps,
+        # so the layer norms meant for timm's channels-last maps are off
+        backbone_config=SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4,
+                                   image_size=image_size, out_indices=[2, 3, 4]),
+        use_timm_backbone=False, apply_layernorm_after_vision_backbone=False,
+        text_config=CLIPTextConfig(
+            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+            max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+            pad_token_id=vocab["<|endoftext|>"],
+        ),
+        # class_embed_dim must differ from decoder_hidden_dim: transformers only builds the task projection then
+        text_projection_in_dim=32, text_projection_out_dim=32, task_encoder_hidden_dim=64, class_embed_dim=32,
+        num_queries=20, encoder_hidden_dim=64, vision_features_channels=[64, 64, 64], encoder_in_channels=[32, 64, 128],
+        encoder_attention_heads=2, encoder_dim_feedforward=64, decoder_hidden_dim=64, decoder_num_heads=2,
+        decoder_num_layers=2, decoder_dim_feedforward=64, decoder_num_points=2, image_size=image_size,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = OmDetTurboForObjectDetection(config).eval()
+    processor = OmDetTurboProcessor(
+        image_processor=DetrImageProcessor(size={"height": image_size, "width": image_size}, do_pad=False), tokenizer=tokenizer)
+    with quiet_loading():
+        model.save_pretrained(directory)
+        processor.save_pretrained(directory)
+    (directory / "DEMO_WEIGHTS").write_text(DEMO_NOTE, encoding="utf-8")
+    return directory
+
+
 def make_demo_weights(weights_dir: Path) -> list[Path]:
     """Write the demo detector, segmenter and CLIP where the manifest's demo entries expect them."""
     from .weights import load_manifest
 
-    builders = {"grounding-dino-demo": build_demo_grounding_dino, "sam-demo": build_demo_sam_checkpoint, "clip-demo": build_demo_clip}
+    builders = {"grounding-dino-demo": build_demo_grounding_dino, "sam-demo": build_demo_sam_checkpoint, "clip-demo": build_demo_clip,
+                "sam2-demo": build_demo_sam2, "edgetam-demo": build_demo_edgetam, "omdet-turbo-demo": build_demo_omdet_turbo}
     written = []
     for entry in load_manifest():
         if entry.demo and entry.name in builders:

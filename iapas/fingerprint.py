@@ -63,20 +63,21 @@ def content_hash(path: str | Path | None) -> str | None:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _found(role: str, chosen: str, weights_dir: str) -> Path | None:
+def _found(role: str, chosen: str, weights_dir: str, backend: str = "auto") -> Path | None:
+    from .backends.base import weights_family
     from .errors import IapasError
     from .weights import chosen_or_found
 
     try:
-        return chosen_or_found(role, chosen, weights_dir)
+        return chosen_or_found(role, chosen, weights_dir, weights_family(backend))
     except IapasError:  # missing weights fail later with their own message, when the model loads
         return None
 
 
 # model role -> where the run's config says its file is
 MODEL_PATHS: dict[str, Callable[["Config"], Path | str | None]] = {
-    "detector": lambda c: _found("detector", c.detection.weights, c.weights_dir),
-    "segmenter": lambda c: _found("segmenter", c.masking.weights, c.weights_dir),
+    "detector": lambda c: _found("detector", c.detection.weights, c.weights_dir, c.detection.backend),
+    "segmenter": lambda c: _found("segmenter", c.masking.weights, c.weights_dir, c.masking.backend),
     "clip": lambda c: _found("clip", c.clip_methods.weights, c.weights_dir),
     "adaclip_prompts": lambda c: c.clip_methods.adaclip_prompts or Path(c.weights_dir) / "adaclip" / "adaclip_prompts.pt",
     "tagger": lambda c: c.calibration.tagger_weights or (_found("clip", c.clip_methods.weights, c.weights_dir)

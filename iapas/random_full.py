@@ -3,7 +3,9 @@
 Compute does not depend on weight values, so Grounding DINO-T (Swin-T, BERT-base, 900 queries, 6+6
 layers: transformers' default GroundingDinoConfig, the architecture of IDEA-Research/grounding-dino-tiny)
 and SAM ViT-B built with random weights take the real time. They are written once into a cache folder
-and loaded through the same loaders as real weights; their outputs are meaningless and say so.
+and loaded through the same loaders as real weights; their outputs are meaningless and say so. With
+the fast profile (`--profile fast --random-full`) SAM 2.1 Hiera-T, EdgeTAM or OmDet-Turbo are built
+instead, from transformers' default configs (the released architectures).
 """
 from __future__ import annotations
 
@@ -60,12 +62,88 @@ def build_random_sam_vit_b(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def random_full_models(cache: Path | None = None) -> tuple[Path, Path]:
-    """(detector dir, segmenter file) of the full-size random models, built on first use."""
+def _save_random_hf(model: torch.nn.Module, processor: object, directory: Path) -> Path:
+    """Save a model and its processor into `directory` through a .partial folder (complete or absent)."""
+    from transformers.utils import logging as transformers_logging
+
+    directory = Path(directory)
+    partial = directory.with_name(directory.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    transformers_logging.disable_progress_bar()
+    model.save_pretrained(partial)
+    processor.save_pretrained(partial)
+    (partial / "DEMO_WEIGHTS").write_text(RANDOM_NOTE, encoding="utf-8")
+    partial.rename(directory)
+    return directory
+
+
+def build_random_sam2_hiera_tiny(directory: Path, seed: int = 0) -> Path:
+    """SAM 2.1 Hiera-T with random weights: transformers' default Sam2Config is facebook/sam2.1-hiera-tiny's architecture."""
+    from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
+
+    torch.manual_seed(seed)
+    model = Sam2Model(Sam2Config()).eval()  # Hiera blocks [1, 2, 7, 2], widths 96..768, 1024 px input
+    return _save_random_hf(model, Sam2Processor(image_processor=Sam2ImageProcessor()), directory)
+
+
+def build_random_edgetam(directory: Path, seed: int = 0) -> Path:
+    """EdgeTAM with random weights: transformers' EdgeTamConfig (timm RepViT-M1, yonigozlan/EdgeTAM-hf)."""
+    from transformers import EdgeTamConfig, EdgeTamModel, Sam2ImageProcessor, Sam2Processor, TimmWrapperConfig
+
+    # the image encoder named explicitly: transformers 5.23's EdgeTamVisionConfig default spells its timm
+    # architecture key "archirecture", so a bare EdgeTamConfig() gets timm_wrapper's resnet50 instead of RepViT-M1
+    backbone = TimmWrapperConfig(architecture="repvit_m1",
+                                 model_args={"in_chans": 3, "features_only": True, "out_indices": [0, 1, 2, 3]})
+    torch.manual_seed(seed)
+    model = EdgeTamModel(EdgeTamConfig(vision_config={"backbone_config": backbone})).eval()
+    return _save_random_hf(model, Sam2Processor(image_processor=Sam2ImageProcessor()), directory)
+
+
+def build_random_omdet_turbo(directory: Path, seed: int = 0) -> Path:
+    """OmDet-Turbo with random weights: transformers' default OmDetTurboConfig (timm Swin-T, omlab/omdet-turbo-swin-tiny-hf), 640 px."""
+    from transformers import DetrImageProcessor, OmDetTurboConfig, OmDetTurboForObjectDetection, OmDetTurboProcessor
+
+    from .demo_weights import write_char_clip_tokenizer
+
+    directory = Path(directory)
+    tokenizer = write_char_clip_tokenizer(directory.with_name(directory.name + ".tokenizer"))
+    torch.manual_seed(seed)
+    model = OmDetTurboForObjectDetection(OmDetTurboConfig()).eval()
+    processor = OmDetTurboProcessor(image_processor=DetrImageProcessor(size={"height": 640, "width": 640}, do_pad=False),
+                                    tokenizer=tokenizer)
+    return _save_random_hf(model, processor, directory)
+
+
+# backend -> (folder name in the cache, builder) for the fast profile's families; others get GDINO-T / SAM ViT-B
+RANDOM_DETECTORS = {"omdet-turbo": ("omdet-turbo-swin-tiny-random", build_random_omdet_turbo)}
+RANDOM_SEGMENTERS = {"hf-sam2": ("sam2.1-hiera-tiny-random", build_random_sam2_hiera_tiny),
+                     "hf-edgetam": ("edgetam-random", build_random_edgetam)}
+
+
+def random_full_models(cache: Path | None = None, detector_backend: str = "auto",
+                       segmenter_backend: str = "auto") -> tuple[Path, Path]:
+    """(detector, segmenter) paths of the full-size random models for these backends, built on first use.
+
+    The fast profile's backends (hf-sam2, hf-edgetam, omdet-turbo) get their own families at real size;
+    any other backend gets Grounding DINO-T and SAM ViT-B.
+    """
     cache = Path(cache) if cache else default_cache()
-    detector, segmenter = cache / DETECTOR_DIR, cache / SEGMENTER_FILE
-    if not (detector / "config.json").is_file():
-        build_random_grounding_dino_tiny(detector)
-    if not segmenter.is_file():
-        build_random_sam_vit_b(segmenter)
+    if detector_backend in RANDOM_DETECTORS:
+        name, build = RANDOM_DETECTORS[detector_backend]
+        detector = cache / name
+        if not (detector / "config.json").is_file():
+            build(detector)
+    else:
+        detector = cache / DETECTOR_DIR
+        if not (detector / "config.json").is_file():
+            build_random_grounding_dino_tiny(detector)
+    if segmenter_backend in RANDOM_SEGMENTERS:
+        name, build = RANDOM_SEGMENTERS[segmenter_backend]
+        segmenter = cache / name
+        if not (segmenter / "config.json").is_file():
+            build(segmenter)
+    else:
+        segmenter = cache / SEGMENTER_FILE
+        if not segmenter.is_file():
+            build_random_sam_vit_b(segmenter)
     return detector, segmenter

@@ -58,10 +58,12 @@ def is_present(entry: WeightEntry, weights_dir: Path) -> bool:
     return location.is_file()
 
 
-def find_weights(role: str, weights_dir: str | Path) -> tuple[WeightEntry, Path]:
-    """The first manifest entry of `role` present under weights_dir, or a WeightsError naming what to get."""
+def find_weights(role: str, weights_dir: str | Path, family: str = "") -> tuple[WeightEntry, Path]:
+    """The first manifest entry of `role` (and `family`, when given) present under weights_dir, or a WeightsError naming what to get."""
     weights_dir = Path(weights_dir)
-    candidates = entries_for(role)
+    candidates = [entry for entry in entries_for(role) if not family or entry.family == family]
+    if not candidates:
+        raise WeightsError(f"no {family} {role} is listed in the weights manifest (iapas/resources/manifest.toml)")
     for entry in candidates:
         if is_present(entry, weights_dir):
             return entry, entry.location(weights_dir)
@@ -72,9 +74,9 @@ def find_weights(role: str, weights_dir: str | Path) -> tuple[WeightEntry, Path]
     )
 
 
-def chosen_or_found(role: str, chosen: str | Path | None, weights_dir: str | Path) -> Path:
-    """The path the user chose for `role`, else the first manifest entry of that role present in weights_dir."""
-    return Path(chosen) if chosen else find_weights(role, weights_dir)[1]
+def chosen_or_found(role: str, chosen: str | Path | None, weights_dir: str | Path, family: str = "") -> Path:
+    """The path the user chose for `role`, else the first manifest entry of that role (and family) present in weights_dir."""
+    return Path(chosen) if chosen else find_weights(role, weights_dir, family)[1]
 
 
 def entry_for_path(path: Path) -> WeightEntry | None:

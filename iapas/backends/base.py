@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from pathlib import Path
 from typing import Callable, Iterator, Protocol, Sequence
@@ -43,10 +44,36 @@ class Segmenter(Protocol):
         ...
 
 
-DetectorLoader = Callable[[Path, torch.device], Detector]
+DetectorLoader = Callable[..., Detector]  # (path, device, input_size=0): 0 keeps the processor's own image size
 SegmenterLoader = Callable[[Path, torch.device], Segmenter]
 DETECTORS: Registry[DetectorLoader] = Registry("detector backend")
 SEGMENTERS: Registry[SegmenterLoader] = Registry("segmenter backend")
+
+# role -> transformers `model_type` (a directory's config.json) -> the backend that loads it; filled by the
+# backend modules, so that backend "auto" picks the loader from the directory itself
+MODEL_TYPE_BACKENDS: dict[str, dict[str, str]] = {"detector": {}, "segmenter": {}}
+# backend -> the manifest `family` it loads: an explicit backend only finds its own family in the weights dir
+BACKEND_FAMILIES: dict[str, str] = {"sam": "sam"}
+
+
+def register_model_type(role: str, model_type: str, backend: str, family: str) -> None:
+    """Say which backend loads a transformers model_type, and which manifest family that backend's weights are."""
+    MODEL_TYPE_BACKENDS[role][model_type] = backend
+    BACKEND_FAMILIES[backend] = family
+
+
+def model_type_of(path: Path) -> str:
+    """The `model_type` of a Hugging Face-format directory's config.json, "" when there is none to read."""
+    config = Path(path) / "config.json"
+    try:
+        return str(json.loads(config.read_text(encoding="utf-8")).get("model_type", ""))
+    except (OSError, ValueError, AttributeError):  # absent, unreadable or not a JSON object: the loader says why
+        return ""
+
+
+def weights_family(backend: str) -> str:
+    """The manifest family an explicit backend loads; "" for auto (any family of the role)."""
+    return BACKEND_FAMILIES.get(backend, "")
 
 
 def warn_if_demo(path: Path) -> None:
@@ -105,16 +132,30 @@ def load_error(what: str, path: Path, error: BaseException) -> WeightsError:
     return WeightsError(f"cannot load {what} from {path}: {first_line}")
 
 
-def load_detector(backend: str, path: Path, device: torch.device) -> Detector:
+def detector_backend_for(path: Path) -> str:
+    """The detector backend a path implies: a directory's model_type (Grounding DINO when unknown), a file is Grounding DINO's .pth."""
     path = Path(path)
+    found = MODEL_TYPE_BACKENDS["detector"].get(model_type_of(path)) if path.is_dir() else None
+    return found or "hf-grounding-dino"
+
+
+def load_detector(backend: str, path: Path, device: torch.device, input_size: int = 0) -> Detector:
+    """Load a detector; `input_size` > 0 sets the processor's image size (shortest edge), 0 keeps the model's own."""
+    path = Path(path)
+    if backend == "auto":
+        backend = detector_backend_for(path)
+    loader = DETECTORS.get(backend)
     warn_if_demo(path)
     with quiet_loading():
-        return DETECTORS.get(backend)(path, device)
+        return loader(path, device, input_size=input_size) if input_size else loader(path, device)
 
 
 def segmenter_backend_for(path: Path) -> str:
-    """The segmenter backend a path implies: a directory is transformers' SamModel, a file is Meta's .pth."""
-    return "hf-sam" if Path(path).is_dir() else "sam"
+    """The segmenter backend a path implies: a directory by its model_type (SamModel when unknown), a file is Meta's .pth."""
+    path = Path(path)
+    if not path.is_dir():
+        return "sam"
+    return MODEL_TYPE_BACKENDS["segmenter"].get(model_type_of(path)) or "hf-sam"
 
 
 def load_segmenter(backend: str, path: Path, device: torch.device) -> Segmenter:

@@ -22,7 +22,7 @@ from PIL import Image
 from ..config import GROUNDING_DINO_MAX_TEXT_TOKENS
 from ..registry import Registry
 from ..types import Boxes
-from .base import DETECTORS, load_error, require_path
+from .base import DETECTORS, load_error, register_model_type, require_path
 
 PUNCTUATION = frozenset(".,")
 
@@ -142,10 +142,24 @@ def vision_features_reused(model: torch.nn.Module, features: object = None) -> I
         del backbone.forward  # the class's forward again
 
 
+def shortest_edge_size(image_processor: object, input_size: int) -> dict:
+    """Processor keywords resizing the shortest edge to `input_size` (the longest edge cap scaled alike); {} for 0.
+
+    Grounding DINO's processor resizes the shortest edge to 800 px with the longest capped at 1333
+    (transformers GroundingDinoImageProcessor defaults, groundingdino util/inference.py load_image's
+    RandomResize([800], max_size=1333)); the fast profile asks for a smaller shortest edge, e.g. 512.
+    """
+    if not input_size:
+        return {}
+    size = dict(getattr(image_processor, "size", None) or {})
+    shortest, longest = size.get("shortest_edge") or 800, size.get("longest_edge") or 1333
+    return {"size": {"shortest_edge": int(input_size), "longest_edge": max(int(input_size), round(longest * input_size / shortest))}}
+
+
 class HFGroundingDino:
     """Grounding DINO with the reference box selection; several captions share one image encoding."""
 
-    def __init__(self, path: Path, device: torch.device) -> None:
+    def __init__(self, path: Path, device: torch.device, input_size: int = 0) -> None:
         from transformers import AutoProcessor, GroundingDinoForObjectDetection
 
         path = Path(path)
@@ -161,6 +175,7 @@ class HFGroundingDino:
             raise load_error("Grounding DINO", path, error) from None
         self.model.to(device).eval()
         self.device = device
+        self.pixel_options = shortest_edge_size(self.processor.image_processor, input_size)
         self.model_id = f"grounding-dino:{Path(path).name}"
         self.max_text_len = int(getattr(self.model.config, "max_text_len", GROUNDING_DINO_MAX_TEXT_TOKENS))
         self.backbone_runs = 0  # vision backbone passes, for tests and timing
@@ -209,7 +224,7 @@ class HFGroundingDino:
 
     def _pixel_inputs(self, image: np.ndarray) -> dict[str, torch.Tensor]:
         """The processor's pixel_values (1, 3, h, w) and pixel_mask (1, h, w) of one image, on the model's device."""
-        pixels = self.processor.image_processor(images=Image.fromarray(image), return_tensors="pt")
+        pixels = self.processor.image_processor(images=Image.fromarray(image), return_tensors="pt", **self.pixel_options)
         return {key: value.to(self.device) for key, value in pixels.items()}
 
     def _detect_stacked(
@@ -294,5 +309,8 @@ def sliced(tree: object, index: int) -> object:
 
 
 @DETECTORS.register("hf-grounding-dino")
-def load_hf_grounding_dino(path: Path, device: torch.device) -> HFGroundingDino:
-    return HFGroundingDino(path, device)
+def load_hf_grounding_dino(path: Path, device: torch.device, input_size: int = 0) -> HFGroundingDino:
+    return HFGroundingDino(path, device, input_size)
+
+
+register_model_type("detector", "grounding-dino", "hf-grounding-dino", family="grounding-dino")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import CorruptWeightsError, WeightsError
-from .base import SEGMENTERS, load_error, require_path
+from .base import SEGMENTERS, load_error, register_model_type, require_path
 
 SAM_DECODER_HEADS = 8  # fixed in every released SAM; attention heads leave no trace in the weights
 KNOWN_VARIANTS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
@@ -272,3 +272,6 @@ def load_original_sam(path: Path, device: torch.device) -> OriginalSam:
 @SEGMENTERS.register("hf-sam")
 def load_hf_sam(path: Path, device: torch.device) -> HFSam:
     return HFSam(path, device)
+
+
+register_model_type("segmenter", "sam", "hf-sam", family="sam")

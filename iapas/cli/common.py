@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import PRECISIONS, Config, at_least_one, build_config, read_config_data, recipe_names, unit_interval
+from ..config import PRECISIONS, Config, at_least_one, build_config, profile_names, read_config_data, recipe_names, unit_interval
 from ..errors import ValueRangeError
 from ..device import DEVICE_CHOICES
 
@@ -14,6 +14,9 @@ CONFIG_OPTIONS = {
     "weights": "weights_dir",
     "device": "device",
     "detector": "detection.weights",
+    "detector_backend": "detection.backend",
+    "segmenter_backend": "masking.backend",
+    "detector_input_size": "detection.input_size",
     "segmenter": "masking.weights",
     "box_threshold": "detection.box_threshold",
     "text_threshold": "detection.text_threshold",
@@ -50,7 +53,7 @@ METHOD_PROMPT_KEYS = {"adaclip": "clip_methods.adaclip_prompts", "genclip": "cli
 def base_config(args: argparse.Namespace) -> Config:
     """The config file (or defaults) with the command-line options laid over it."""
     data = read_config_data(args.config) if getattr(args, "config", None) else {}
-    config = build_config(getattr(args, "recipe", None), data)
+    config = build_config(getattr(args, "recipe", None), data, getattr(args, "profile", None))
     overrides = {key: getattr(args, attribute, None) for attribute, key in CONFIG_OPTIONS.items()}
     own_key = METHOD_PROMPT_KEYS.get(getattr(args, "method", None) or "")
     if own_key and getattr(args, "prompts", None) and not overrides.get(own_key):
@@ -95,10 +98,17 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     """Options naming the recipe, the config file, the weights and the device."""
     parser.add_argument("--recipe", choices=recipe_names(),
                         help="named preset of every rule: iapas (default) or official (the authors' code); see README")
+    parser.add_argument("--profile", choices=profile_names(),
+                        help="speed preset over the recipe: fast (SAM 2.1 Hiera-T, 512 px detector input), fast-edgetam, "
+                             "fast-omdet (OmDet-Turbo detector); see README 'Fast profile'")
     parser.add_argument("--config", help="YAML, TOML or JSON config file over the recipe (see `iapas config show`)")
     parser.add_argument("--weights", help="weights dir laid out as `iapas weights list` shows (iapas/resources/manifest.toml; default: weights)")
     parser.add_argument("--detector", help="Grounding DINO directory (overrides the weights dir)")
-    parser.add_argument("--segmenter", help="SAM .pth file or SamModel directory (overrides the weights dir)")
+    parser.add_argument("--segmenter", help="SAM .pth file or SamModel/Sam2Model/EdgeTamModel directory (overrides the weights dir)")
+    parser.add_argument("--detector-backend", help="auto (default: by the directory's model_type), hf-grounding-dino or omdet-turbo")
+    parser.add_argument("--segmenter-backend", help="auto (default), sam, hf-sam, hf-sam2 or hf-edgetam")
+    parser.add_argument("--detector-input-size", type=non_negative_int,
+                        help="detector input size in px (Grounding DINO's shortest edge; 0: the model's own, 800)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, help="default: auto (GPU when there is one)")
 
 

@@ -23,7 +23,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                                                               "at --size when no folder is given)")
     bench.add_argument("--size", type=int, default=1024, help="side of the procedural images (default 1024)")
     bench.add_argument("--random-full", action="store_true",
-                       help="time Grounding DINO-T + SAM ViT-B at their real sizes with random weights (no weights needed)")
+                       help="time Grounding DINO-T + SAM ViT-B at their real sizes with random weights (no weights needed); "
+                            "with --profile fast*: SAM 2.1 Hiera-T, EdgeTAM or OmDet-Turbo")
     bench.add_argument("--vs-naive", action="store_true", help="also run the official code's per-image loop and report the ratio")
     bench.add_argument("--object-tag", default="object", help="the naive loop's object prompt (default: object)")
     bench.add_argument("--json", dest="json_path", help="write the numbers to this JSON file")
@@ -54,7 +55,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.random_full:
         from ..random_full import random_full_models
 
-        detector, segmenter = random_full_models()
+        detector, segmenter = random_full_models(None, config.detection.backend, config.masking.backend)
         config = config.updated({"detection.weights": str(detector), "masking.weights": str(segmenter)})
     options = BenchOptions(Path(args.image) if args.image else None, args.method, args.repeat, args.warmup,
                            args.images, args.size, args.vs_naive, args.object_tag,

@@ -62,9 +62,14 @@ class Pipeline:
         """Load the models the config names (or the first found in its weights dir)."""
         config = config or Config()
         device = resolve_device(config.device)
-        detector_path = chosen_or_found("detector", config.detection.weights, config.weights_dir)
-        segmenter_path = chosen_or_found("segmenter", config.masking.weights, config.weights_dir)
-        detector = load_detector(config.detection.backend, detector_path, device)
+        from ...backends.base import weights_family
+
+        # an explicit backend (a profile's) only finds weights of its own family in the weights dir
+        detector_path = chosen_or_found("detector", config.detection.weights, config.weights_dir,
+                                        weights_family(config.detection.backend))
+        segmenter_path = chosen_or_found("segmenter", config.masking.weights, config.weights_dir,
+                                         weights_family(config.masking.backend))
+        detector = load_detector(config.detection.backend, detector_path, device, config.detection.input_size)
         segmenter = load_segmenter(config.masking.backend, segmenter_path, device)
         return cls(config, detector, segmenter)
 
