@@ -15,6 +15,8 @@ CONFIG_OPTIONS = {
     "device": "device",
     "detector": "detection.weights",
     "segmenter": "masking.weights",
+    "runtime": "masking.runtime",
+    "detector_runtime": "detection.runtime",
     "box_threshold": "detection.box_threshold",
     "text_threshold": "detection.text_threshold",
     "nms_iou": "filtering.nms_iou",

@@ -12,6 +12,7 @@ from ..calibration import Calibration
 from ..config import Config
 from ..errors import IapasError
 from .common import EXIT_OK, EXIT_PARTIAL, add_method_options, add_model_options, add_threshold_options, base_config
+from .export import add_runtime_options
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -30,6 +31,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     segment.add_argument("--bit-window", type=window_option, metavar="LOW,HIGH",
                          help="16-bit/float images: map raw values LOW..HIGH to 0..255 (default: value/257, floats 0..1)")
     add_model_options(segment)
+    add_runtime_options(segment)
     segment.set_defaults(handler=run)
 
 

@@ -57,12 +57,17 @@ class Pipeline:
     @classmethod
     def from_config(cls, config: Config | None = None) -> "Pipeline":
         """Load the models the config names (or the first found in its weights dir)."""
+        from ...runtimes import RUNTIMES, use_runtime  # exported encoders in place of torch's (iapas/runtimes)
+
         config = config or Config()
+        RUNTIMES.get(config.detection.runtime), RUNTIMES.get(config.masking.runtime)  # a misspelt runtime fails before loading
         device = resolve_device(config.device)
         detector_path = chosen_or_found("detector", config.detection.weights, config.weights_dir)
         segmenter_path = chosen_or_found("segmenter", config.masking.weights, config.weights_dir)
         detector = load_detector(config.detection.backend, detector_path, device)
         segmenter = load_segmenter(config.masking.backend, segmenter_path, device)
+        use_runtime(detector, config.detection.runtime, detector_path, device)
+        use_runtime(segmenter, config.masking.runtime, segmenter_path, device)
         return cls(config, detector, segmenter)
 
     @classmethod
