@@ -143,12 +143,13 @@ class Format:
     export: Callable[[torch.nn.Module, Sequence[torch.Tensor], Signature, Path], Path]
     load: Callable[[Path, Signature, torch.device], Runner]
     package: str  # the Python package its runtime needs
+    companions: tuple[str, ...] = ()  # suffixes of the files written beside the main one (OpenVINO's weights .bin)
 
     def files(self, path: Path) -> list[Path]:
         """Every file the export at `path` consists of."""
-        return [path, path.with_suffix(".bin")] if self.name == "openvino" else [path]
+        return [path, *[path.with_suffix(suffix) for suffix in self.companions]]
 
 
 FORMATS: Registry[Format] = Registry("export format")
 FORMATS.register("onnx")(Format("onnx", ".onnx", export_onnx, load_onnx, "onnxruntime"))
-FORMATS.register("openvino")(Format("openvino", ".xml", export_openvino, load_openvino, "openvino"))
+FORMATS.register("openvino")(Format("openvino", ".xml", export_openvino, load_openvino, "openvino", (".bin",)))
