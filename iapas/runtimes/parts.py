@@ -1,7 +1,7 @@
 """The exportable encoders of each backend: which torch module, its fixed input shapes, and how a Runner replaces it.
 
-Only the image encoders are exported: they are most of the compute (SAM ViT-B's encoder is about 12 s of
-a 1024x1024 image on 2 CPU cores, Grounding DINO-T's Swin about half its 9 s), take nothing but the image,
+Only the image encoders are exported: they are much of the compute (SAM ViT-B's encoder takes about 12 s
+of a 1024x1024 image on 2 CPU cores, issue 13), take nothing but the image,
 and hand the rest of the model one tensor structure that a Runner's outputs rebuild exactly. The prompt
 encoders, SAM's mask decoder and Grounding DINO's text and fusion layers stay in torch: they depend on the
 boxes and captions, which vary in number and length per image.
@@ -13,7 +13,7 @@ forward and its feature replay) runs unchanged around it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
