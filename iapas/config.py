@@ -77,6 +77,7 @@ class DetectionConfig:
     max_text_tokens: int = GROUNDING_DINO_MAX_TEXT_TOKENS  # longer prompt lists are split
     caption_format: str = "dots"  # dots: "a . b ." | official: " . n1. n2, tag." (stages/detection.py CAPTION_FORMATS)
     phrase_rule: str = "words"  # words: caption tokens above text threshold, punctuation dropped | tokens: as decoded
+    runtime: str = "torch"  # torch | onnx | openvino: what runs the vision backbone (iapas/runtimes)
 
 
 @dataclass
@@ -102,6 +103,7 @@ class MaskingConfig:
 
     backend: str = "auto"  # auto: "sam" for a .pth file, a directory by its model_type (hf-sam, hf-sam2, hf-edgetam)
     weights: str = ""
+    runtime: str = "torch"  # torch | onnx | openvino: what runs the image encoder (iapas/runtimes)
 
 
 @dataclass

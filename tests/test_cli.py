@@ -137,7 +137,7 @@ def test_bad_config_is_one_line(capsys, tmp_path):
     code, _, err = run(capsys, "config", "show", "--config", config)
     assert code == 2 and err.strip() == (
         "iapas: error: unknown setting detection.box_treshold (known: backend, box_threshold, caption_format, input_size, max_text_tokens, "
-        "phrase_rule, text_threshold, weights)"
+        "phrase_rule, runtime, text_threshold, weights)"
     )
 
 

@@ -18,6 +18,8 @@ CONFIG_OPTIONS = {
     "segmenter_backend": "masking.backend",
     "detector_input_size": "detection.input_size",
     "segmenter": "masking.weights",
+    "runtime": "masking.runtime",
+    "detector_runtime": "detection.runtime",
     "box_threshold": "detection.box_threshold",
     "text_threshold": "detection.text_threshold",
     "nms_iou": "filtering.nms_iou",

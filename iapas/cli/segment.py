@@ -13,6 +13,7 @@ from ..config import Config
 from ..errors import IapasError
 from .common import (EXIT_OK, EXIT_PARTIAL, add_method_options, add_model_options, add_speed_options, add_threshold_options,
                      base_config)
+from .export import add_runtime_options
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -32,6 +33,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                          help="16-bit/float images: map raw values LOW..HIGH to 0..255 (default: value/257, floats 0..1)")
     add_model_options(segment)
     add_speed_options(segment)
+    add_runtime_options(segment)
     segment.set_defaults(handler=run)
 
 

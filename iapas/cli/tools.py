@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from .common import EXIT_OK, add_method_options, add_model_options, add_speed_options, add_threshold_options, base_config
+from .export import add_runtime_options
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -32,6 +33,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_threshold_options(bench)
     add_model_options(bench)
     add_speed_options(bench)
+    add_runtime_options(bench)
     bench.set_defaults(handler=run_bench)
 
 

@@ -60,7 +60,10 @@ class Pipeline:
     @classmethod
     def from_config(cls, config: Config | None = None) -> "Pipeline":
         """Load the models the config names (or the first found in its weights dir)."""
+        from ...runtimes import RUNTIMES, use_runtime  # exported encoders in place of torch's (iapas/runtimes)
+
         config = config or Config()
+        RUNTIMES.get(config.detection.runtime), RUNTIMES.get(config.masking.runtime)  # a misspelt runtime fails before loading
         device = resolve_device(config.device)
         from ...backends.base import weights_family
 
@@ -71,6 +74,8 @@ class Pipeline:
                                          weights_family(config.masking.backend))
         detector = load_detector(config.detection.backend, detector_path, device, config.detection.input_size)
         segmenter = load_segmenter(config.masking.backend, segmenter_path, device)
+        use_runtime(detector, config.detection.runtime, detector_path, device)
+        use_runtime(segmenter, config.masking.runtime, segmenter_path, device)
         return cls(config, detector, segmenter)
 
     @classmethod
