@@ -75,6 +75,7 @@ class DetectionConfig:
     max_text_tokens: int = GROUNDING_DINO_MAX_TEXT_TOKENS  # longer prompt lists are split
     caption_format: str = "dots"  # dots: "a . b ." | official: " . n1. n2, tag." (stages/detection.py CAPTION_FORMATS)
     phrase_rule: str = "words"  # words: caption tokens above text threshold, punctuation dropped | tokens: as decoded
+    int8: bool = False  # CPU only: int8 dynamic quantisation of the linear layers (iapas/quantisation.py; --int8)
 
 
 @dataclass
@@ -100,6 +101,7 @@ class MaskingConfig:
 
     backend: str = "auto"  # auto: "sam" for a .pth file, "hf-sam" for a directory
     weights: str = ""
+    int8: bool = False  # CPU only: int8 dynamic quantisation of the image encoder's linear layers (--int8)
 
 
 @dataclass
@@ -161,6 +163,7 @@ class Config:
     recipe_version: int = 1
     weights_dir: str = "weights"
     device: str = "auto"
+    threads: int = 0  # torch CPU threads; 0: the CPUs this process may use, unless OMP_NUM_THREADS is set (iapas/threads.py)
     max_image_pixels: int = 80_000_000  # larger images are refused rather than exhausting memory
     bit_window: list[float] = field(default_factory=list)  # [LOW, HIGH] for 16-bit/float images; empty: iapas/images.py's rule
     detection: DetectionConfig = field(default_factory=DetectionConfig)
@@ -251,6 +254,8 @@ def validate_config(config: Config) -> Config:
         unit_interval(_setting(config, dotted), dotted)
     for dotted in COUNT_SETTINGS:
         at_least_one(_setting(config, dotted), dotted)
+    if isinstance(config.threads, bool) or config.threads < 0:
+        raise ValueRangeError(f"threads must be 0 (auto) or more, got {config.threads!r}")
     timeout = config.calibration.llm_timeout
     if not timeout > 0 or timeout == float("inf"):
         raise ValueRangeError(f"calibration.llm_timeout must be a positive number of seconds, got {timeout!r}")

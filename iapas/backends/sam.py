@@ -181,6 +181,10 @@ class OriginalSam:
         self.predictor.reset_image()
         return masks[:, 0].cpu().numpy().astype(bool)
 
+    def int8_modules(self) -> list[torch.nn.Module]:
+        """The image encoder: nearly all of SAM's time; the small mask decoder stays float32 (iapas/quantisation.py)."""
+        return [self.predictor.model.image_encoder]
+
     def _boxes(self, xyxy: np.ndarray) -> torch.Tensor:
         return torch.tensor(np.array(xyxy, np.float32), device=self.device)
 
@@ -199,6 +203,10 @@ class HFSam:
             raise load_error("SAM", path, error) from None
         self.model.to(device).eval()
         self.device = device
+
+    def int8_modules(self) -> list[torch.nn.Module]:
+        """The vision encoder: nearly all of SAM's time; the small mask decoder stays float32 (iapas/quantisation.py)."""
+        return [self.model.vision_encoder]
 
     @torch.inference_mode()
     def _decode(self, image: np.ndarray, xyxy: np.ndarray) -> tuple[torch.Tensor, dict]:

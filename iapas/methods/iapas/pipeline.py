@@ -57,12 +57,21 @@ class Pipeline:
     @classmethod
     def from_config(cls, config: Config | None = None) -> "Pipeline":
         """Load the models the config names (or the first found in its weights dir)."""
+        from ...quantisation import quantise_backend
+        from ...threads import configure_threads
+
         config = config or Config()
+        if config.threads > 0:  # auto (0) is the CLI's to apply: a library import changes no process-wide setting
+            configure_threads(config.threads)
         device = resolve_device(config.device)
         detector_path = chosen_or_found("detector", config.detection.weights, config.weights_dir)
         segmenter_path = chosen_or_found("segmenter", config.masking.weights, config.weights_dir)
         detector = load_detector(config.detection.backend, detector_path, device)
         segmenter = load_segmenter(config.masking.backend, segmenter_path, device)
+        if config.detection.int8:
+            quantise_backend(detector, "detection", device)
+        if config.masking.int8:
+            quantise_backend(segmenter, "masking", device)
         return cls(config, detector, segmenter)
 
     @classmethod
