@@ -144,6 +144,7 @@ def upsample_positive(logits: torch.Tensor, steps: Sequence[ResizeStep]) -> Mask
         row_lo, row_hi, col_lo, col_hi = row_start, row_stop - 1, col_start, col_stop - 1
     final = torch.stack(forward[-1], 1).cpu().numpy() if forward else None
     present_host = present.cpu().numpy()
+    whole = []  # masks whose region is most of the image: resized together by F.interpolate
     for index in range(count):
         if not present_host[index]:
             continue
@@ -152,25 +153,28 @@ def upsample_positive(logits: torch.Tensor, steps: Sequence[ResizeStep]) -> Mask
             region = (box[0], box[1] + 1, box[2], box[3] + 1)
         else:
             region = tuple(int(v) for v in final[index])
-        if region[1] <= region[0] or region[3] <= region[2]:
-            continue
         top, bottom, left, right = region
-        if (bottom - top) * (right - left) >= WHOLE_IMAGE_SHARE * height * width:
-            values = _whole_values(logits[index], steps)[top:bottom, left:right]
-        else:
-            values = _region_values(logits[index], plans, region)
-        data[index, top:bottom, left:right] = (values > 0).cpu().numpy()
+        if bottom <= top or right <= left:
+            continue
         regions[index] = (left, top, right, bottom)
+        if (bottom - top) * (right - left) >= WHOLE_IMAGE_SHARE * height * width:
+            whole.append(index)
+            continue
+        values = _region_values(logits[index], plans, region)
+        data[index, top:bottom, left:right] = (values > 0).cpu().numpy()
+    if whole:
+        # outside its region a mask's values are <= 0 (the module docstring), so whole masks equal region-only ones
+        data[whole] = (_whole_values(logits[whole], steps) > 0).cpu().numpy()
     return Masks(data, regions)
 
 
 def _whole_values(source: torch.Tensor, steps: Sequence[ResizeStep]) -> torch.Tensor:
-    """The final step's values everywhere: the F.interpolate chain SAM's post-processing runs."""
-    values = source[None, None]
+    """(M, H, W) final values everywhere for (M, h, w) logits: the F.interpolate chain SAM's post-processing runs."""
+    values = source[:, None]
     for step in steps:
         values = F.interpolate(values, step.size, mode="bilinear", align_corners=False)
         values = values[..., : step.kept[0], : step.kept[1]]
-    return values[0, 0]
+    return values[:, 0]
 
 
 def _region_values(source: torch.Tensor, plans: list[tuple[AxisPlan, AxisPlan]], region: tuple[int, ...]) -> torch.Tensor:
