@@ -78,6 +78,7 @@ class DetectionConfig:
     caption_format: str = "dots"  # dots: "a . b ." | official: " . n1. n2, tag." (stages/detection.py CAPTION_FORMATS)
     phrase_rule: str = "words"  # words: caption tokens above text threshold, punctuation dropped | tokens: as decoded
     runtime: str = "torch"  # torch | onnx | openvino: what runs the vision backbone (iapas/runtimes)
+    int8: bool = False  # CPU only: int8 dynamic quantisation of the linear layers (iapas/quantisation.py; --int8)
 
 
 @dataclass
@@ -104,6 +105,7 @@ class MaskingConfig:
     backend: str = "auto"  # auto: "sam" for a .pth file, a directory by its model_type (hf-sam, hf-sam2, hf-edgetam)
     weights: str = ""
     runtime: str = "torch"  # torch | onnx | openvino: what runs the image encoder (iapas/runtimes)
+    int8: bool = False  # CPU only: int8 dynamic quantisation of the image encoder's linear layers (--int8)
 
 
 @dataclass
@@ -166,6 +168,7 @@ class Config:
     profile: str = ""  # the speed preset laid over the recipe (resources/profiles/), "" for none
     weights_dir: str = "weights"
     device: str = "auto"
+    threads: int = 0  # torch CPU threads; 0: the CPUs this process may use, unless OMP_NUM_THREADS is set (iapas/threads.py)
     max_image_pixels: int = 80_000_000  # larger images are refused rather than exhausting memory
     bit_window: list[float] = field(default_factory=list)  # [LOW, HIGH] for 16-bit/float images; empty: iapas/images.py's rule
     batch_size: int = 1  # images per detector/encoder forward (--batch-size); results equal one-by-one (Pipeline.segment_many)
@@ -263,6 +266,8 @@ def validate_config(config: Config) -> Config:
         raise ValueRangeError(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     if config.detection.input_size < 0:
         raise ValueRangeError(f"detection.input_size must be 0 (the model's own) or a size in pixels, got {config.detection.input_size}")
+    if isinstance(config.threads, bool) or config.threads < 0:
+        raise ValueRangeError(f"threads must be 0 (auto) or more, got {config.threads!r}")
     timeout = config.calibration.llm_timeout
     if not timeout > 0 or timeout == float("inf"):
         raise ValueRangeError(f"calibration.llm_timeout must be a positive number of seconds, got {timeout!r}")

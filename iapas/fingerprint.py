@@ -23,7 +23,7 @@ FINGERPRINT_VERSION = 1  # bump when the meaning of a field changes: old folders
 # whose identity is in the "models" field instead of its path.
 NOT_DEFINING = frozenset({
     "weights_dir", "device", "max_image_pixels", "calibration.cache_dir", "detection.weights", "masking.weights",
-    "calibration.tagger_weights", "clip_methods.weights", "clip_methods.adaclip_prompts",
+    "calibration.tagger_weights", "clip_methods.weights", "clip_methods.adaclip_prompts", "threads",
     "batch_size",  # batched results equal one-by-one ones (tests/test_batching.py)
 })
 

@@ -23,7 +23,10 @@ OFFICIAL_SIZE_FACTOR = 0.8  # keep a box whose area ratio is below 0.8 x the obj
 
 def full_resolution_masks(segmenter: Any, image: np.ndarray, boxes: Boxes) -> np.ndarray:
     """(N, H, W) bool masks the way the official code gets them: one encoding, all boxes, full-resolution masks."""
-    return segmenter.segment_boxes(image, boxes.xyxy) if len(boxes) else np.zeros((0, *image.shape[:2]), bool)
+    if not len(boxes):
+        return np.zeros((0, *image.shape[:2]), bool)
+    # SAM backends keep the official whole-image post-processing beside iapas's region-only one
+    return getattr(segmenter, "segment_boxes_full_resolution", segmenter.segment_boxes)(image, boxes.xyxy)
 
 
 @torch.inference_mode()

@@ -62,23 +62,48 @@ class Boxes:
 
 @dataclass(frozen=True)
 class Masks:
-    """Binary masks, one per box: data is (N, H, W) bool at the input resolution."""
+    """Binary masks, one per box: data is (N, H, W) bool at the input resolution.
+
+    regions: optional (N, 4) int64 x0 y0 x1 y1, half-open, a rectangle holding every True pixel of each mask
+    ((0, 0, 0, 0) for an empty one); SAM's region-only post-processing gives it, so per-mask work
+    (scoring) touches only those pixels. None when unknown; `bounding_regions` then computes it.
+    """
 
     data: np.ndarray
+    regions: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", _frozen_array(self.data, bool, 3, "mask data"))
+        if self.regions is not None:
+            regions = _frozen_array(np.asarray(self.regions).reshape(-1, 4), np.int64, 2, "regions")
+            if len(regions) != len(self.data):
+                raise ValueError(f"{len(regions)} regions for {len(self.data)} masks")
+            object.__setattr__(self, "regions", regions)
 
     def __len__(self) -> int:
         return self.data.shape[0]
 
     @classmethod
     def empty(cls, height: int, width: int) -> "Masks":
-        return cls(np.zeros((0, height, width), bool))
+        return cls(np.zeros((0, height, width), bool), np.zeros((0, 4), np.int64))
 
     def areas(self) -> np.ndarray:
         """(N,) int64 pixel count of each mask."""
         return self.data.sum(axis=(1, 2), dtype=np.int64)
+
+    def bounding_regions(self) -> np.ndarray:
+        """(N, 4) int64 x0 y0 x1 y1 (half-open) holding each mask's True pixels: `regions` when known, else measured."""
+        if self.regions is not None:
+            return self.regions
+        rows, cols = self.data.any(axis=2), self.data.any(axis=1)
+        regions = np.zeros((len(self), 4), np.int64)
+        present = rows.any(axis=1)
+        height, width = self.data.shape[1:]
+        regions[present, 0] = cols[present].argmax(axis=1)
+        regions[present, 1] = rows[present].argmax(axis=1)
+        regions[present, 2] = width - cols[present, ::-1].argmax(axis=1)
+        regions[present, 3] = height - rows[present, ::-1].argmax(axis=1)
+        return regions
 
 
 def map_max_score(anomaly_map: np.ndarray) -> float:

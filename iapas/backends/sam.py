@@ -12,10 +12,13 @@ import numpy as np
 import torch
 
 from ..errors import CorruptWeightsError, WeightsError
+from ..mask_upsampling import ResizeStep, sam_steps, upsample_positive
+from ..types import Masks
 from .base import SEGMENTERS, load_error, register_model_type, require_path
 
 SAM_DECODER_HEADS = 8  # fixed in every released SAM; attention heads leave no trace in the weights
 KNOWN_VARIANTS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+HF_MASK_THRESHOLD = 0.0  # transformers SamImageProcessor.post_process_masks' default mask_threshold
 
 
 @dataclass(frozen=True)
@@ -220,14 +223,45 @@ class OriginalSam(BatchEncoding):
         return self.predictor.model.preprocess(resized.permute(2, 0, 1).contiguous()[None])
 
     @torch.inference_mode()
+    def segment_masks(self, image: np.ndarray, xyxy: np.ndarray) -> Masks:
+        """Masks of every box, up-sampled only inside each mask's positive region (iapas/mask_upsampling.py)."""
+        self.predictor.set_image(image, image_format="RGB")
+        try:
+            model = self.predictor.model
+            boxes = self.predictor.transform.apply_boxes_torch(self._boxes(xyxy), image.shape[:2])
+            # segment_anything/predictor.py predict_torch up to its postprocess_masks call, which we replace
+            sparse, dense = model.prompt_encoder(points=None, boxes=boxes, masks=None)
+            low_res, _ = model.mask_decoder(
+                image_embeddings=self.predictor.features,
+                image_pe=model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
+            steps = sam_steps(self.predictor.input_size, self.predictor.original_size, model.image_encoder.img_size)
+            return threshold_upsampled(low_res[:, 0], steps, model.mask_threshold)
+        finally:
+            self.predictor.reset_image()
+
     def segment_boxes(self, image: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
+        return self.segment_masks(image, xyxy).data
+
+    @torch.inference_mode()
+    def segment_boxes_full_resolution(self, image: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
+        """SAM's own post-processing: every mask up-sampled over the whole image (the official code's path)."""
         height, width = image.shape[:2]
         self.predictor.set_image(image, image_format="RGB")
-        boxes = torch.tensor(np.array(xyxy, np.float32), device=self.device)
-        boxes = self.predictor.transform.apply_boxes_torch(boxes, (height, width))
+        boxes = self.predictor.transform.apply_boxes_torch(self._boxes(xyxy), (height, width))
         masks, _, _ = self.predictor.predict_torch(None, None, boxes=boxes, multimask_output=False)
         self.predictor.reset_image()
         return masks[:, 0].cpu().numpy().astype(bool)
+
+    def int8_modules(self) -> list[torch.nn.Module]:
+        """The image encoder: nearly all of SAM's time; the small mask decoder stays float32 (iapas/quantisation.py)."""
+        return [self.predictor.model.image_encoder]
+
+    def _boxes(self, xyxy: np.ndarray) -> torch.Tensor:
+        return torch.tensor(np.array(xyxy, np.float32), device=self.device)
 
 
 class HFSam(BatchEncoding):
@@ -251,17 +285,47 @@ class HFSam(BatchEncoding):
     def encoder_inputs(self, image: np.ndarray) -> torch.Tensor:
         return self.processor(images=image, return_tensors="pt")["pixel_values"].to(self.device)
 
+    def int8_modules(self) -> list[torch.nn.Module]:
+        """The vision encoder: nearly all of SAM's time; the small mask decoder stays float32 (iapas/quantisation.py)."""
+        return [self.model.vision_encoder]
+
     @torch.inference_mode()
-    def segment_boxes(self, image: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
+    def _decode(self, image: np.ndarray, xyxy: np.ndarray) -> tuple[torch.Tensor, dict]:
+        """(N, 256, 256) low-resolution logits of every box, and the processor's inputs (sizes)."""
         inputs = self.processor(images=image, input_boxes=[np.asarray(xyxy, np.float32).tolist()], return_tensors="pt")
         embeddings = self.model.get_image_embeddings(inputs["pixel_values"].to(self.device))
         outputs = self.model(
             image_embeddings=embeddings, input_boxes=inputs["input_boxes"].to(self.device), multimask_output=False
         )
+        return outputs.pred_masks[0, :, 0], inputs
+
+    @torch.inference_mode()
+    def segment_masks(self, image: np.ndarray, xyxy: np.ndarray) -> Masks:
+        """Masks of every box, up-sampled only inside each mask's positive region (iapas/mask_upsampling.py)."""
+        logits, inputs = self._decode(image, xyxy)
+        pad = self.processor.image_processor.pad_size  # transformers SamImageProcessor.post_process_masks' stages
+        steps = [ResizeStep((pad["height"], pad["width"]), tuple(int(v) for v in inputs["reshaped_input_sizes"][0])),
+                 ResizeStep(tuple(int(v) for v in inputs["original_sizes"][0]))]
+        return threshold_upsampled(logits, steps, HF_MASK_THRESHOLD)
+
+    def segment_boxes(self, image: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
+        return self.segment_masks(image, xyxy).data
+
+    @torch.inference_mode()
+    def segment_boxes_full_resolution(self, image: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
+        """The processor's own post_process_masks: every mask up-sampled over the whole image."""
+        logits, inputs = self._decode(image, xyxy)
         masks = self.processor.image_processor.post_process_masks(
-            outputs.pred_masks.cpu(), inputs["original_sizes"], inputs["reshaped_input_sizes"]
+            logits[None, :, None].cpu(), inputs["original_sizes"], inputs["reshaped_input_sizes"]
         )[0]
         return masks[:, 0].numpy().astype(bool)
+
+
+def threshold_upsampled(logits: torch.Tensor, steps: list[ResizeStep], threshold: float) -> Masks:
+    """Region-only up-sampling; it relies on the threshold being 0, SAM's mask_threshold."""
+    if threshold != 0.0:
+        raise WeightsError(f"SAM's mask threshold is {threshold}, but region-only up-sampling needs 0.0")
+    return upsample_positive(logits, steps)
 
 
 @SEGMENTERS.register("sam")

@@ -45,6 +45,7 @@ CONFIG_OPTIONS = {
     "batch_size": "batch_size",
     "precision": "precision",
     "prompts": "clip_methods.prompts",
+    "threads": "threads",
 }
 
 
@@ -60,7 +61,13 @@ def base_config(args: argparse.Namespace) -> Config:
     own_key = METHOD_PROMPT_KEYS.get(getattr(args, "method", None) or "")
     if own_key and getattr(args, "prompts", None) and not overrides.get(own_key):
         overrides[own_key] = args.prompts  # --prompts is generic; AdaCLIP and GenCLIP read their own keys
-    return config.updated(overrides)
+    if getattr(args, "int8", False):
+        overrides["detection.int8"] = overrides["masking.int8"] = True
+    config = config.updated(overrides)
+    from ..threads import configure_threads
+
+    configure_threads(config.threads)  # once per command; library users set threads themselves (Pipeline does only when > 0)
+    return config
 
 
 def _argument_type(check, what: str):
@@ -112,6 +119,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector-input-size", type=non_negative_int,
                         help="detector input size in px (Grounding DINO's shortest edge; 0: the model's own, 800)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, help="default: auto (GPU when there is one)")
+    parser.add_argument("--threads", type=non_negative_int,
+                        help="torch CPU threads (default 0: the CPUs this process may use, or OMP_NUM_THREADS when set)")
+    parser.add_argument("--int8", action="store_true", default=None,
+                        help="CPU only: int8 dynamic quantisation of Grounding DINO's and SAM's linear layers (faster, "
+                             "maps within a tested tolerance of float32; see README)")
 
 
 def add_speed_options(parser: argparse.ArgumentParser) -> None:

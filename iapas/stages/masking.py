@@ -23,6 +23,10 @@ class MaskStage:
         height, width = image.shape[:2]
         if len(boxes) == 0:
             return {"masks": Masks.empty(height, width)}
+        # SAM backends give region-bounded masks (iapas/mask_upsampling.py); any other segmenter its plain array
+        segment_masks = getattr(self.segmenter, "segment_masks", None)
+        if segment_masks is not None:
+            return {"masks": segment_masks(image, boxes.xyxy)}
         return {"masks": Masks(self.segmenter.segment_boxes(image, boxes.xyxy))}
 
     def run_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Masks]]:

@@ -60,10 +60,14 @@ class Pipeline:
     @classmethod
     def from_config(cls, config: Config | None = None) -> "Pipeline":
         """Load the models the config names (or the first found in its weights dir)."""
+        from ...quantisation import quantise_backend
         from ...runtimes import RUNTIMES, use_runtime  # exported encoders in place of torch's (iapas/runtimes)
+        from ...threads import configure_threads
 
         config = config or Config()
         RUNTIMES.get(config.detection.runtime), RUNTIMES.get(config.masking.runtime)  # a misspelt runtime fails before loading
+        if config.threads > 0:  # auto (0) is the CLI's to apply: a library import changes no process-wide setting
+            configure_threads(config.threads)
         device = resolve_device(config.device)
         from ...backends.base import weights_family
 
@@ -76,6 +80,10 @@ class Pipeline:
         segmenter = load_segmenter(config.masking.backend, segmenter_path, device)
         use_runtime(detector, config.detection.runtime, detector_path, device)
         use_runtime(segmenter, config.masking.runtime, segmenter_path, device)
+        if config.detection.int8:
+            quantise_backend(detector, "detection", device)
+        if config.masking.int8:
+            quantise_backend(segmenter, "masking", device)
         return cls(config, detector, segmenter)
 
     @classmethod
