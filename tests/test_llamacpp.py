@@ -5,8 +5,6 @@ from iapas.backends.llamacpp import LlamaCppChat
 from iapas.backends.llm import packaged_smollm2
 from iapas.errors import WeightsError
 
-pytest.importorskip("xllamacpp")
-
 
 @pytest.fixture(scope="module")
 def smollm2():

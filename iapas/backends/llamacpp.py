@@ -28,16 +28,16 @@ class LlamaCppChat:
     """One GGUF model loaded once; `chat(messages, ...)` returns the assistant's text and whether it hit the limit."""
 
     def __init__(self, path: Path, threads: int = 0, gpu_layers: int = 0) -> None:
-        try:
-            import xllamacpp
-        except ImportError:
-            raise WeightsError("GGUF models run through llama.cpp: pip install xllamacpp") from None
         path = Path(path)
         if not path.is_file():
             raise WeightsError(f"LLM not found: {path} (a .gguf file)")
         with open(path, "rb") as handle:
             if handle.read(4) != b"GGUF":
                 raise WeightsError(f"not a GGUF file: {path}")
+        try:
+            import xllamacpp
+        except ImportError:
+            raise WeightsError("GGUF models run through llama.cpp: pip install xllamacpp") from None
         params = xllamacpp.CommonParams()
         params.model.path = str(path)
         params.n_ctx = CONTEXT_TOKENS
