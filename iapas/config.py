@@ -279,17 +279,27 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return validate_config(_build(Config, data, ""))
 
 
+def preset_names(directory: Path) -> list[str]:
+    """The presets shipped in a resources folder (recipes, profiles): one TOML file each."""
+    return sorted(p.stem for p in directory.glob("*.toml"))
+
+
+def preset_data(directory: Path, kind: str, name: str) -> dict[str, Any]:
+    """A shipped preset's TOML as nested data, or a one-line ConfigError naming the shipped ones."""
+    path = directory / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"unknown {kind} {name!r} (shipped: {', '.join(preset_names(directory))})")
+    return tomllib.loads(path.read_text(encoding="utf-8"))
+
+
 def recipe_names() -> list[str]:
     """The shipped recipes: one TOML file each in resources/recipes."""
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
+    return preset_names(RECIPES_DIR)
 
 
 def recipe_settings(name: str) -> dict[str, Any]:
     """A recipe's settings as nested data (its `[recipe]` header becomes `recipe`/`recipe_version`)."""
-    path = RECIPES_DIR / f"{name}.toml"
-    if not path.is_file():
-        raise ConfigError(f"unknown recipe {name!r} (shipped: {', '.join(recipe_names())})")
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    data = preset_data(RECIPES_DIR, "recipe", name)
     header = data.pop("recipe", {})
     data["recipe"], data["recipe_version"] = header.get("name", name), int(header.get("version", 1))
     return data
@@ -297,15 +307,12 @@ def recipe_settings(name: str) -> dict[str, Any]:
 
 def profile_names() -> list[str]:
     """The shipped speed profiles: one TOML file each in resources/profiles."""
-    return sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
+    return preset_names(PROFILES_DIR)
 
 
 def profile_settings(name: str) -> dict[str, Any]:
     """A profile's settings as nested data (its `[profile]` header becomes `profile`)."""
-    path = PROFILES_DIR / f"{name}.toml"
-    if not path.is_file():
-        raise ConfigError(f"unknown profile {name!r} (shipped: {', '.join(profile_names())})")
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    data = preset_data(PROFILES_DIR, "profile", name)
     data["profile"] = data.pop("profile", {}).get("name", name)
     return data
 
