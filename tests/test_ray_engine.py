@@ -76,3 +76,19 @@ def test_ray_engine_reads_a_list_file_and_reports_failures(local_ray, synthetic_
 def test_uri_inputs_need_the_ray_engine(weights_dir, tmp_path, capsys):
     assert main(["segment", "s3://bucket/a.png", "-o", str(tmp_path), "--weights", str(weights_dir)]) == 2
     assert capsys.readouterr().err.strip() == "iapas: error: s3://bucket/a.png is a URI: read URIs with --engine ray"
+
+
+def test_ray_engine_leaves_an_image_claimed_by_another_run(local_ray, synthetic_folder, weights_dir, tmp_path, capsys):
+    """The local engine's per-output claims hold under Ray too: an image another run is working on is not redone."""
+    from iapas.claims import claim_path, try_claim
+
+    out = tmp_path / "out"
+    held = try_claim(claim_path(out, "part_2.png"))  # another run is segmenting part_2.png right now
+    assert held is not None
+    try:
+        assert segment(synthetic_folder, out, weights_dir, "--engine", "ray") == 0
+    finally:
+        held.release()
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    assert summary.startswith("6 images: 5 segmented, 0 skipped") and "1 in progress in another run" in summary
+    assert not (out / "part_2.png.json").exists() and (out / "part_1.png.json").is_file()

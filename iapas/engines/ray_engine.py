@@ -19,6 +19,7 @@ import numpy as np
 from ..batch import BatchSummary, Segment, failure_message
 from ..errors import IapasError
 from ..images import load_image
+from ..claims import claim_path, try_claim
 from ..outputs import assign_names, is_done, write_result
 
 ROWS_PER_BATCH = 4  # images per map_batches call: small, so progress moves and failures stay local
@@ -33,17 +34,17 @@ class SegmentActor:
     """One Ray actor: builds the method once, then segments and writes the images of each batch it gets."""
 
     def __init__(self, make_segment: Callable[[], Segment], out_dir: str, max_pixels: int,
-                 extra_record: dict[str, Any] | None, bit_window: Any = None) -> None:
+                 extra_record: dict[str, Any] | None, bit_window: Any = None, overwrite: bool = False) -> None:
         self.segment = make_segment()
         self.out_dir, self.max_pixels, self.extra_record = Path(out_dir), max_pixels, extra_record
-        self.bit_window = bit_window
+        self.bit_window, self.overwrite = bit_window, overwrite
+        self.fingerprint = (extra_record or {}).get("fingerprint", "")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         statuses, messages = [], []
         for source, stem, payload in zip(batch["source"], batch["stem"], batch["bytes"]):
             try:
-                self._one(str(source), str(stem), payload)
-                statuses.append("done")
+                statuses.append(self._claimed(str(source), str(stem), payload))
                 messages.append("")
             except IapasError as error:
                 statuses.append("failed")
@@ -52,6 +53,21 @@ class SegmentActor:
                 statuses.append("failed")
                 messages.append(failure_message(Path(str(source)), error))
         return {"source": batch["source"], "status": np.array(statuses), "message": np.array(messages)}
+
+    def _claimed(self, source: str, stem: str, payload: Any) -> str:
+        """Segment one image under the local engine's per-output claim: "done", "skipped" or "elsewhere".
+
+        Another run (local or Ray) on the same output folder holds the claim while it works on the image;
+        one that finished it meanwhile leaves a result made under this run's fingerprint.
+        """
+        claim = try_claim(claim_path(self.out_dir, stem))
+        if claim is None:
+            return "elsewhere"
+        with claim:
+            if not self.overwrite and is_done(self.out_dir, stem, self.fingerprint):
+                return "skipped"
+            self._one(source, stem, payload)
+        return "done"
 
     def _one(self, source: str, stem: str, payload: Any) -> None:
         if isinstance(payload, (bytes, bytearray, np.bytes_)) and len(payload):  # a URI's bytes, read by Ray Data
@@ -95,7 +111,7 @@ def run_ray(make_segment: Callable[[], Segment], inputs: list[tuple[Path, Path |
         gpus = int(resources.get("GPU", 0))
         pool = workers or max(1, gpus or int(resources.get("CPU", 1)))
         rows = dataset.map_batches(
-            SegmentActor, fn_constructor_args=(make_segment, str(out_dir), max_pixels, record, bit_window),
+            SegmentActor, fn_constructor_args=(make_segment, str(out_dir), max_pixels, record, bit_window, overwrite),
             batch_size=ROWS_PER_BATCH, concurrency=pool, num_gpus=1 if gpus else 0, num_cpus=1,
         ).select_columns(["source", "status", "message"]).take_all()
     finally:
@@ -104,6 +120,10 @@ def run_ray(make_segment: Callable[[], Segment], inputs: list[tuple[Path, Path |
     for row in rows:
         if row["status"] == "done":
             summary.segmented += 1
+        elif row["status"] == "skipped":
+            summary.skipped += 1
+        elif row["status"] == "elsewhere":
+            summary.elsewhere += 1
         else:
             summary.failures.append((Path(str(row["source"])), str(row["message"])))
             report(f"iapas: error: {row['message']}")
