@@ -137,18 +137,11 @@ def build_demo_hf_sam(directory: Path, seed: int = 0) -> Path:
 
 def build_demo_clip(directory: Path, seed: int = 0, image_size: int = 32) -> Path:
     """Save a tiny transformers CLIPModel with a character-level BPE tokenizer to `directory`."""
-    import json
-
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    characters = list(string.ascii_lowercase + string.digits + ".,'-/()")
-    vocab = {token: index for index, token in enumerate(characters + [f"{c}</w>" for c in characters])}
-    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
-    (directory / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (directory / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))
+    tokenizer = write_char_clip_tokenizer(directory)
+    vocab = tokenizer.get_vocab()
     config = CLIPConfig(
         text_config=dict(
             vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
