@@ -160,13 +160,13 @@ def test_test_map_averages_logits_upsamples_with_aligned_corners_then_softmax(ba
 
 
 def test_position_embeddings_follow_the_input_size(backbone):
-    pixels = backbone.preprocess([image()])
-    torch.testing.assert_close(backbone.tokens_at_size(pixels), backbone.tokens(pixels))  # native size: unchanged
+    weight = backbone.clip.vision_model.embeddings.position_embedding.weight
+    torch.testing.assert_close(backbone.position_embeddings(backbone.grid ** 2), weight)  # native size: unchanged
     big = backbone.preprocess_to([image()], 2 * backbone.image_size)
-    tokens = backbone.tokens_at_size(big)
+    tokens = backbone.tokens(big)
     assert tokens.shape[1] == 1 + (2 * backbone.grid) ** 2
-    table = backbone.position_embeddings_for(2 * backbone.grid)
-    torch.testing.assert_close(table[0], backbone.clip.vision_model.embeddings.position_embedding.weight[0])
+    table = backbone.position_embeddings((2 * backbone.grid) ** 2)
+    torch.testing.assert_close(table[0], weight[0])
 
 
 def test_mosaic_tiles_four_images_in_reading_order():

@@ -168,33 +168,9 @@ class ClipBackbone(torch.nn.Module):
 
     def preprocess_to(self, images: Sequence[np.ndarray], size: int) -> torch.Tensor:
         """(B, 3, size, size) normalised pixels, each image (any size) resized with antialiased bicubic as PIL's resize."""
-        batch = torch.cat([F.interpolate(torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float().to(self.device) / 255,
-                                         size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-                           for image in images])
-        return (batch.clamp(0, 1) - self.mean) / self.std
+        from ..prompt_learning.vision import reference_pixels  # AdaCLIP's and AnomalyCLIP's references resize alike
 
-    def position_embeddings_for(self, grid: int) -> torch.Tensor:
-        """(1 + grid*grid, D) position embeddings for a `grid` x `grid` patch grid.
-
-        Another input size than CLIP's own resamples the patch positions with bicubic interpolation
-        (align_corners False) and keeps the class position, as open_clip's `resize_pos_embed` does.
-        """
-        table = self.clip.vision_model.embeddings.position_embedding.weight
-        old = int(round((table.shape[0] - 1) ** 0.5))
-        if old == grid:
-            return table
-        patches = table[1:].reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
-        patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
-        return torch.cat([table[:1], patches.permute(0, 2, 3, 1).reshape(grid * grid, -1).to(table.dtype)])
-
-    def tokens_at_size(self, pixels: torch.Tensor) -> torch.Tensor:
-        """`tokens` for pixels of any square size: the position embeddings follow the patch grid."""
-        embeddings = self.clip.vision_model.embeddings
-        patches = embeddings.patch_embedding(pixels.to(embeddings.patch_embedding.weight.dtype))
-        grid = patches.shape[-1]
-        cls = embeddings.class_embedding.expand(len(pixels), 1, -1)
-        tokens = torch.cat([cls, patches.flatten(2).transpose(1, 2)], dim=1)
-        return tokens + self.position_embeddings_for(grid)[None]
+        return reference_pixels(self, images, size)
 
     @property
     def text_depth(self) -> int:

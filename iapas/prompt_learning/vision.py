@@ -42,8 +42,9 @@ def reference_pixels(backbone, images: Sequence[np.ndarray], size: int) -> torch
     zqhang/AnomalyCLIP utils.py get_transform: torchvision Resize((518, 518), BICUBIC) on the PIL image
     (PIL filters when it shrinks), a centre crop that crops nothing, then CLIP's mean and std.
     """
-    batch = torch.stack([torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1) for image in images]).float() / 255
-    batch = F.interpolate(batch.to(backbone.device), size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    batch = torch.cat([F.interpolate(torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float().to(backbone.device) / 255,
+                                     size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+                       for image in images])  # one image at a time: images of any sizes
     return (batch.clamp(0, 1) - backbone.mean) / backbone.std
 
 

@@ -193,7 +193,7 @@ class AdaClip(torch.nn.Module):
 
     def forward(self, pixels: torch.Tensor, class_names: Sequence[str]) -> AdaClipOutput:
         """Per-layer patch logits and HSF image probabilities for a batch of images and their class names."""
-        tokens = self.backbone.tokens_at_size(pixels)
+        tokens = self.backbone.tokens(pixels)  # position embeddings follow the 518 px grid
         with torch.no_grad():  # method/adaclip.py `generate_and_set_dynamic_promtps`: the unprompted CLIP's embedding
             frozen, _ = self.backbone.encode_tokens(tokens)
         prompts = self.prompts
