@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .stages.filtering import nms
+from .stages.scoring import minmax_per_image
 from .types import Boxes
 
 OFFICIAL_SIZE_FACTOR = 0.8  # keep a box whose area ratio is below 0.8 x the object's (test_zsas.py)
@@ -50,7 +51,6 @@ def naive_segment(detector: Any, segmenter: Any, image: np.ndarray, prompts: Seq
     heat = np.zeros((height, width), np.float32)
     for score, mask in zip(boxes.scores, masks):  # one box at a time, as the reference loops
         heat += float(score) * mask.astype(np.float32)
-    low, high = float(heat.min()), float(heat.max())
-    heat = (heat - low) / (high - low) if high > low else np.zeros_like(heat)
+    heat = minmax_per_image(heat)
     timings["scoring"] = time.perf_counter() - start
     return heat, timings

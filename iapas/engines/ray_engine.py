@@ -46,9 +46,6 @@ class SegmentActor:
             try:
                 statuses.append(self._claimed(str(source), str(stem), payload))
                 messages.append("")
-            except IapasError as error:
-                statuses.append("failed")
-                messages.append(str(error))
             except Exception as error:  # one odd image never stops the batch: named, as the local engine does
                 statuses.append("failed")
                 messages.append(failure_message(Path(str(source)), error))

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ...backends.clip import ClipBackbone
 from ...errors import WeightsError
 from ...prompt_learning import gaussian_smooth
+from ...prompt_learning.vision import evenly_spaced_layers
 from ...types import Boxes, Masks, Result
 from .hsf import HSF_CLUSTERS, cluster_centre, fuse
 from .text import prompt_sentences
@@ -50,7 +51,7 @@ def inference_precision(device: torch.device | str):
 
 def default_layers(depth: int) -> tuple[int, ...]:
     """Four evenly spaced feature layers ending at the last: 6, 12, 18, 24 for a 24-layer ViT (train.py `substage`)."""
-    return tuple(sorted({max(1, round(depth * k / 4)) for k in (1, 2, 3, 4)}))
+    return evenly_spaced_layers(depth)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from ...backends.clip import ClipBackbone
 from ...errors import WeightsError
 from ...files import atomic_write
 from ...prompt_learning import dice_loss, focal_loss, gaussian_smooth
+from ...prompt_learning.vision import SIMILARITY_TEMPERATURE
 from ...types import Boxes, Masks, Result
 from .prompts import GENERIC_WORD, STATES, filter_class_name, prompt_layout, readable_class_name
 from .scoring import ALPHA, SIGMA, TOP_N1, TOP_N2, combine_branches, top_n_image_score
@@ -31,7 +32,7 @@ INPUT_SIZE = 518  # §4.1: images resized to 518 x 518
 QUERY_LENGTH = 2  # §4.1: two instances of Q_P
 MODIFIED_LENGTH = 1  # B.4: one prompt token modified for text prompt tuning
 TOKEN_INIT_STD = 0.02  # (our choice) CoOp's initialisation of learnable word tokens
-TEMPERATURE = 0.07  # (our choice) softmax temperature of Eq. 4, as zqhang/AnomalyCLIP's code divides its cosines
+TEMPERATURE = SIMILARITY_TEMPERATURE  # (our choice) softmax temperature of Eq. 4: AnomalyCLIP's 0.07 (prompt_learning/vision.py)
 CHECKPOINT_FORMAT = 1
 
 

@@ -248,9 +248,10 @@ class Pipeline:
             except IapasError as error:
                 yield image, error
             except Exception as error:  # noqa: BLE001 - one input's failure must not end the stream
-                name = str(image) if isinstance(image, (str, Path)) else f"input #{index}"
-                detail = str(error).splitlines()[0] if str(error) else ""
-                yield image, ImageProcessingError(f"cannot segment {name}: {type(error).__name__}{': ' + detail if detail else ''}")
+                from ...batch import failure_message
+
+                name = Path(image) if isinstance(image, (str, Path)) else f"input #{index}"
+                yield image, ImageProcessingError(failure_message(name, error))
 
     def calibrate(
         self,
