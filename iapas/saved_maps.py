@@ -15,6 +15,7 @@ from PIL import Image
 
 from .data.datasets import Dataset, Sample
 from .errors import DatasetError
+from .files import atomic_write
 
 
 class MapsError(DatasetError):
@@ -28,10 +29,8 @@ def map_path(folder: Path, dataset: Dataset, sample: Sample) -> Path:
 
 def save_map(folder: Path, dataset: Dataset, sample: Sample, anomaly_map: np.ndarray) -> Path:
     """Write `anomaly_map` (as is, so a re-evaluation sees the very same values) where `--from-maps` looks."""
-    path = map_path(folder, dataset, sample)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, np.asarray(anomaly_map))
-    return path
+    array = np.asarray(anomaly_map)  # written whole or not at all: an interrupted eval never leaves a truncated map
+    return atomic_write(map_path(folder, dataset, sample), lambda temporary: np.save(temporary, array))
 
 
 def _image_size(path: Path) -> tuple[int, int]:

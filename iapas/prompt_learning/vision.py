@@ -59,7 +59,7 @@ def tokens_at(backbone, pixels: torch.Tensor) -> torch.Tensor:
     grid = patches.shape[-1]
     patches = patches.flatten(2).transpose(1, 2)
     position = embeddings.position_embedding.weight
-    trained = backbone.grid
+    trained = round((position.shape[0] - 1) ** 0.5)  # the grid the table was trained for, not the current input size
     if grid != trained:
         square = position[1:].reshape(1, trained, trained, -1).permute(0, 3, 1, 2)
         square = F.interpolate(square, size=(grid, grid), mode="bilinear", align_corners=False)
