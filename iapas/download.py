@@ -207,7 +207,10 @@ def download_entry(source: DownloadSource, entry: WeightEntry, weights_dir: Path
                 if not actual.startswith(source.sha256_prefix):
                     raise WeightsError(f"{entry.name}: sha256 {actual[:12]}... does not start with the published "
                                        f"{source.sha256_prefix}; file left out")
-                check_hash(staging, entry.name, "", actual, lock)
+                recorded = lock.hashes.get(entry.name)
+                if recorded is not None and recorded != actual:  # the lock's rule (check_hash), on the hash in hand
+                    raise WeightsError(f"{entry.name}: sha256 {actual[:12]}... differs from the one recorded in "
+                                       f"{lock.path} on first download")
                 lock.record(entry.name, actual)
         except WeightsError:
             staging.unlink(missing_ok=True)

@@ -157,7 +157,7 @@ def calibration_images(dataset: Dataset, category: str, options: EvalOptions) ->
 
 def evaluate_category(
     source: MethodMaps | SavedMaps, dataset: Dataset, category: str, options: EvalOptions, run_dir: Path,
-    fingerprint: str = "",
+    fingerprint: str = "", samples: list[Sample] | None = None,
 ) -> dict:
     """Metrics of one category; reads a finished result made under this fingerprint, or continues an interrupted one."""
     result_path = run_dir / "categories" / f"{category}.json"
@@ -166,7 +166,7 @@ def evaluate_category(
         if record.get("fingerprint", "") == fingerprint:
             return record
     protocol: EvalProtocol = PROTOCOLS.get(options.protocol)
-    samples = counted_samples(dataset, category, options)
+    samples = samples if samples is not None else counted_samples(dataset, category, options)
     normal = calibration_images(dataset, category, options) if options.from_maps is None else []
     kind = kind_of(category, dataset.name)
     prepare_start = time.perf_counter()
@@ -272,7 +272,8 @@ def run_eval(options: EvalOptions, config: Config) -> Path:
                             parse_window(config.bit_window))
     record_fingerprint(run_dir, fingerprint)
     remove_stale_temporaries(run_dir)
-    records = [evaluate_category(source, dataset, category, options, run_dir, digest) for category in categories]
+    records = [evaluate_category(source, dataset, category, options, run_dir, digest, required[category])
+               for category in categories]
     write_tables(records, run_dir, options.dataset, options.run_name, protocol)
     run_info = {
         "dataset": options.dataset,
