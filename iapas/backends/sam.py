@@ -190,10 +190,10 @@ class BatchEncoding:
         output = self.encoder()(torch.cat(inputs))
         return [Encoding(row, _row(output, index)) for index, row in enumerate(inputs)]
 
-    def segment_boxes_encoded(self, image: np.ndarray, encoding: Encoding, xyxy: np.ndarray) -> np.ndarray:
-        """`segment_boxes` on an image whose embedding `encode_batch` already computed."""
+    def segment_masks_encoded(self, image: np.ndarray, encoding: Encoding, xyxy: np.ndarray) -> Masks:
+        """`segment_masks` (with each mask's region) on an image whose embedding `encode_batch` already computed."""
         with encoder_reused(self.encoder(), encoding):
-            return self.segment_boxes(image, xyxy)  # type: ignore[attr-defined]
+            return self.segment_masks(image, xyxy)  # type: ignore[attr-defined]
 
 
 class OriginalSam(BatchEncoding):

@@ -44,6 +44,6 @@ class MaskStage:
             if index not in encodings:
                 results.append(self.run(**item))
                 continue
-            masks = self.segmenter.segment_boxes_encoded(item["image"], encodings[index], item["boxes"].xyxy)
-            results.append({"masks": Masks(masks)})
+            # the regions come along, so scoring adds each mask only where it can be positive (as `run` does)
+            results.append({"masks": self.segmenter.segment_masks_encoded(item["image"], encodings[index], item["boxes"].xyxy)})
         return results
