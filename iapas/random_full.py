@@ -128,22 +128,15 @@ def random_full_models(cache: Path | None = None, detector_backend: str = "auto"
     any other backend gets Grounding DINO-T and SAM ViT-B.
     """
     cache = Path(cache) if cache else default_cache()
-    if detector_backend in RANDOM_DETECTORS:
-        name, build = RANDOM_DETECTORS[detector_backend]
-        detector = cache / name
-        if not (detector / "config.json").is_file():
-            build(detector)
-    else:
-        detector = cache / DETECTOR_DIR
-        if not (detector / "config.json").is_file():
-            build_random_grounding_dino_tiny(detector)
-    if segmenter_backend in RANDOM_SEGMENTERS:
-        name, build = RANDOM_SEGMENTERS[segmenter_backend]
-        segmenter = cache / name
-        if not (segmenter / "config.json").is_file():
-            build(segmenter)
-    else:
-        segmenter = cache / SEGMENTER_FILE
-        if not segmenter.is_file():
-            build_random_sam_vit_b(segmenter)
+    detector = built(cache, *RANDOM_DETECTORS.get(detector_backend, (DETECTOR_DIR, build_random_grounding_dino_tiny)))
+    segmenter = built(cache, *RANDOM_SEGMENTERS.get(segmenter_backend, (SEGMENTER_FILE, build_random_sam_vit_b)))
     return detector, segmenter
+
+
+def built(cache: Path, name: str, build) -> Path:
+    """cache/name, built by `build` unless already complete (a model folder with its config.json, or a .pth file)."""
+    path = cache / name
+    complete = (path / "config.json").is_file() if path.suffix != ".pth" else path.is_file()
+    if not complete:
+        build(path)
+    return path
