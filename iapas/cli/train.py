@@ -79,16 +79,19 @@ TRAINERS.register("adaclip")(Trainer(
 TRAINERS.register("anomalyclip")(Trainer(
     "AnomalyCLIP", "train AnomalyCLIP's object-agnostic prompts (zqhang/AnomalyCLIP train.py defaults)",
     "iapas.methods.anomalyclip.train:train_anomalyclip", "iapas.methods.anomalyclip.train:AnomalyClipArchitecture",
+    # zqhang/AnomalyCLIP train.py: --epoch 15, --batch_size 8, --learning_rate 0.001
     epochs=15, batch_size=8, learning_rate=1e-3, add_options=anomalyclip_options,
     architecture_options=lambda a: {"layers": a.layers, "image_size": a.image_size}))
 TRAINERS.register("genclip")(Trainer(
     "GenCLIP", "train GenCLIP's general query prompts and multi-layer vision prompts (paper B.4, §4.1 defaults)",
     "iapas.methods.genclip.train:train", "iapas.methods.genclip.train:GenClipArchitecture",
+    # GenCLIP B.4: 15 epochs, Adam lr 4e-5; batch 8 is our choice (the paper gives none; AnomalyCLIP's default)
     epochs=15, batch_size=8, learning_rate=4e-5, add_options=genclip_options,
     architecture_options=lambda a: {"layers": a.layers, "input_size": a.input_size}))
 TRAINERS.register("faprompt")(Trainer(
     "FAPrompt", "train FAPrompt's fine-grained abnormality prompts and prior network (paper App. B defaults)",
     "iapas.methods.faprompt.train:train_faprompt", "iapas.methods.faprompt.train:FAPromptArchitecture",
+    # FAPrompt App. B: 7 epochs (its train.sh runs 15), batch 8; Sec. 4.1: Adam, lr 1e-3
     epochs=7, batch_size=8, learning_rate=1e-3, add_options=image_size_option,
     architecture_options=lambda a: {"image_size": a.image_size}))
 

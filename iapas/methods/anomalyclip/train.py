@@ -13,9 +13,6 @@ from ...prompt_learning import PromptTrainer, TrainOptions, dice_loss, focal_los
 from ...prompt_learning.vision import upsample_patches
 from .model import PROMPTS_FILE, AnomalyClip, AnomalyClipSettings
 
-EPOCHS = 15  # zqhang/AnomalyCLIP train.py --epoch 15
-BATCH_SIZE = 8  # train.py --batch_size 8
-LEARNING_RATE = 1e-3  # train.py --learning_rate 0.001
 BETAS = (0.5, 0.999)  # train.py: Adam betas
 PIXEL_LOSS_WEIGHT = 4.0  # train.py: lam = 4 on the map losses
 

@@ -14,9 +14,6 @@ from ...prompt_learning.vision import upsample_patches
 from ..anomalyclip.train import segmentation_loss
 from .model import PROMPTS_FILE, FAPrompt, FAPromptSettings, orthogonality_loss
 
-EPOCHS = 7  # paper App. B: seven epochs (the repository's train.sh runs 15)
-BATCH_SIZE = 8  # App. B
-LEARNING_RATE = 1e-3  # Sec. 4.1: Adam, initial learning rate 1e-3
 BETAS = (0.5, 0.999)  # mala-lab/FAPrompt train.py: Adam betas
 PRIOR_MAP_WEIGHT = 0.5  # train.py: the prior-enabled map's focal + Dice losses count half
 ORTHOGONALITY_WEIGHT = 0.1  # train.py: 0.1 * loss_ab

@@ -12,9 +12,6 @@ from ...prompt_learning import PromptTrainer, TrainOptions
 from .model import INPUT_SIZE, GenClip, GenClipSettings
 
 PROMPTS_FILE = "genclip_prompts.pt"
-EPOCHS = 15  # B.4
-LEARNING_RATE = 4e-5  # B.4, Adam
-BATCH_SIZE = 8  # (our choice) the paper gives none; zqhang/AnomalyCLIP train.py's default
 
 
 @dataclass(frozen=True)
