@@ -169,23 +169,29 @@ def bench_images(options: BenchOptions, max_pixels: int) -> list[np.ndarray]:
     return images
 
 
-def timed_pass(images: list[np.ndarray], run: Callable[[np.ndarray], dict[str, float]],
-               run_many: Callable[[list[np.ndarray]], list[dict[str, float]]] | None = None,
+Timed = tuple[dict[str, float], int]  # one image's seconds per stage, and how many boxes it masked
+
+
+def timed_pass(images: list[np.ndarray], run: Callable[[np.ndarray], Timed],
+               run_many: Callable[[list[np.ndarray]], list[Timed]] | None = None,
                batch_size: int = 1) -> dict[str, Any]:
-    """Run every image once (`batch_size` at a time through `run_many`); wall time, images/s, per-stage medians, peak memory.
+    """Run every image once (`batch_size` at a time through `run_many`); wall time, images/s, per-stage medians,
+    boxes masked per image, peak memory.
 
     In batches, an image's time is its batch's time shared equally, as its batched stages' times are.
     """
     stages: dict[str, list[float]] = {}
     per_image = []
+    boxes = []
     step = batch_size if run_many is not None else 1
     with PeakMemory() as memory:
         start = time.perf_counter()
         for first in range(0, len(images), step):
             chunk = images[first : first + step]
             began = time.perf_counter()
-            timings = run_many(chunk) if run_many is not None and len(chunk) > 1 else [run(pixels) for pixels in chunk]
-            for timing in timings:
+            timed = run_many(chunk) if run_many is not None and len(chunk) > 1 else [run(pixels) for pixels in chunk]
+            for timing, count in timed:
+                boxes.append(count)
                 for name, seconds in timing.items():
                     stages.setdefault(name, []).append(seconds)
             synchronize()
@@ -193,7 +199,13 @@ def timed_pass(images: list[np.ndarray], run: Callable[[np.ndarray], dict[str, f
         wall = time.perf_counter() - start
     return {"images": len(images), "wall_s": wall, "images_per_s": len(images) / wall if wall else 0.0,
             "per_image_ms": median_ms(per_image), "stages_ms": {name: median_ms(v) for name, v in stages.items()},
+            "boxes_per_image": float(np.mean(boxes)) if boxes else 0.0,
             "peak_rss_mb": memory.peak_rss_mb, "peak_gpu_mb": memory.peak_gpu_mb}
+
+
+def timed_result(result: Any) -> Timed:
+    """A method's Result as (seconds per stage, boxes masked); methods without boxes count 0."""
+    return result.timings, len(getattr(result, "boxes", ()))
 
 
 def run_throughput(options: BenchOptions, config: Config, build: Callable[[], Segment]) -> int:
@@ -216,14 +228,14 @@ def run_throughput(options: BenchOptions, config: Config, build: Callable[[], Se
             for outcome in outcomes:
                 if isinstance(outcome, Exception):
                     raise outcome
-            return [outcome.timings for outcome in outcomes]
+            return [(outcome.timings, len(outcome.boxes)) for outcome in outcomes]
 
         run_many = batched
 
     report: dict[str, Any] = {"mode": "throughput", "load_s": load_seconds, "batch_size": options.batch_size,
                               "batched": run_many is not None,
                               "image_size": [int(images[0].shape[1]), int(images[0].shape[0])],
-                              "iapas": timed_pass(images, lambda pixels: segment(pixels).timings, run_many,
+                              "iapas": timed_pass(images, lambda pixels: timed_result(segment(pixels)), run_many,
                                                   options.batch_size)}
     if options.vs_naive:
         report["naive"] = naive_pass(options, config, segment, images)
@@ -244,9 +256,11 @@ def naive_pass(options: BenchOptions, config: Config, segment: Segment, images: 
     detector, segmenter, prompts = pipeline.detector, pipeline.segmenter, segment.prompts
     detection = config.detection
 
-    def run(pixels: np.ndarray) -> dict[str, float]:
-        return naive_segment(detector, segmenter, pixels, prompts, options.object_tag, detection.box_threshold,
-                             detection.text_threshold, config.filtering.nms_iou)[1]
+    def run(pixels: np.ndarray) -> Timed:
+        _, timings, boxes = naive_segment(detector, segmenter, pixels, prompts, options.object_tag,
+                                          detection.box_threshold, detection.text_threshold, config.filtering.nms_iou,
+                                          detection.max_boxes)
+        return timings, len(boxes)
 
     run(images[0])  # the same warm-up as ours
     return timed_pass(images, run)
@@ -262,7 +276,7 @@ def print_throughput(options: BenchOptions, config: Config, report: dict[str, An
     for name in contenders:
         table.add_column(name, justify="right")
     rows = [("images / s", "images_per_s", "{:.3f}"), ("ms / image (median)", "per_image_ms", "{:.1f}"),
-            ("wall s", "wall_s", "{:.2f}"), ("peak RSS MB", "peak_rss_mb", "{:.0f}"), ("peak GPU MB", "peak_gpu_mb", "{:.0f}")]
+            ("wall s", "wall_s", "{:.2f}"), ("boxes / image", "boxes_per_image", "{:.1f}"), ("peak RSS MB", "peak_rss_mb", "{:.0f}"), ("peak GPU MB", "peak_gpu_mb", "{:.0f}")]
     for label, key, form in rows:
         table.add_row(label, *[form.format(report[name][key]) for name in contenders])
     stages = dict.fromkeys(stage for name in contenders for stage in report[name]["stages_ms"])

@@ -79,6 +79,8 @@ class DetectionConfig:
     phrase_rule: str = "words"  # words: caption tokens above text threshold, punctuation dropped | tokens: as decoded
     runtime: str = "torch"  # torch | onnx | openvino: what runs the vision backbone (iapas/runtimes)
     int8: bool = False  # CPU only: int8 dynamic quantisation of the linear layers (iapas/quantisation.py; --int8)
+    # keep only the K highest-scoring boxes of each image, before NMS; 0: all (the paper and the official code)
+    max_boxes: int = 0
 
 
 @dataclass
@@ -266,6 +268,8 @@ def validate_config(config: Config) -> Config:
         raise ValueRangeError(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     if config.detection.input_size < 0:
         raise ValueRangeError(f"detection.input_size must be 0 (the model's own) or a size in pixels, got {config.detection.input_size}")
+    if isinstance(config.detection.max_boxes, bool) or config.detection.max_boxes < 0:
+        raise ValueRangeError(f"detection.max_boxes must be 0 (no cap) or a number of boxes, got {config.detection.max_boxes!r}")
     if isinstance(config.threads, bool) or config.threads < 0:
         raise ValueRangeError(f"threads must be 0 (auto) or more, got {config.threads!r}")
     timeout = config.calibration.llm_timeout

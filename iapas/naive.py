@@ -32,8 +32,13 @@ def full_resolution_masks(segmenter: Any, image: np.ndarray, boxes: Boxes) -> np
 
 @torch.inference_mode()
 def naive_segment(detector: Any, segmenter: Any, image: np.ndarray, prompts: Sequence[str], object_tag: str,
-                  box_threshold: float, text_threshold: float, nms_iou: float) -> tuple[np.ndarray, dict[str, float]]:
-    """The official per-image order; returns the normalised map and seconds per step."""
+                  box_threshold: float, text_threshold: float, nms_iou: float,
+                  max_boxes: int = 0) -> tuple[np.ndarray, dict[str, float], Boxes]:
+    """The official per-image order; returns the normalised map, seconds per step and the boxes it masked.
+
+    `max_boxes` (0: none, as the official code) caps the defect boxes as iapas's detection stage does, so that a
+    benchmark on random weights, whose saturated scores keep hundreds of boxes, decodes the same boxes in both.
+    """
     timings: dict[str, float] = {}
     height, width = image.shape[:2]
     start = time.perf_counter()
@@ -41,7 +46,7 @@ def naive_segment(detector: Any, segmenter: Any, image: np.ndarray, prompts: Seq
     object_size = float(objects.area_ratios(height, width)[int(np.argmax(objects.scores))]) if len(objects) else 1.0
     timings["object_detection"] = time.perf_counter() - start
     start = time.perf_counter()
-    boxes = nms(detector.detect(image, prompts, box_threshold, text_threshold), nms_iou)
+    boxes = nms(detector.detect(image, prompts, box_threshold, text_threshold).top(max_boxes), nms_iou)
     boxes = boxes.select(boxes.area_ratios(height, width) < OFFICIAL_SIZE_FACTOR * object_size)
     timings["defect_detection"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -53,4 +58,4 @@ def naive_segment(detector: Any, segmenter: Any, image: np.ndarray, prompts: Seq
         heat += float(score) * mask.astype(np.float32)
     heat = minmax_per_image(heat)
     timings["scoring"] = time.perf_counter() - start
-    return heat, timings
+    return heat, timings, boxes

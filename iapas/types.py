@@ -54,6 +54,12 @@ class Boxes:
         """(N,) float64 box area over image area: the measure both S_threshold and the size filter use."""
         return self.areas().astype(np.float64) / (image_height * image_width)
 
+    def top(self, count: int) -> "Boxes":
+        """The `count` highest-scoring boxes in descending score order (ties by index); all of them when count is 0."""
+        if count <= 0 or len(self) <= count:
+            return self
+        return self.select(np.argsort(-self.scores, kind="stable")[:count])
+
     def select(self, keep: np.ndarray) -> "Boxes":
         """The boxes at the integer indices or boolean mask `keep`, in that order."""
         index = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep, dtype=np.int64)

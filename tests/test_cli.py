@@ -137,7 +137,7 @@ def test_bad_config_is_one_line(capsys, tmp_path):
     code, _, err = run(capsys, "config", "show", "--config", config)
     assert code == 2 and err.strip() == (
         "iapas: error: unknown setting detection.box_treshold (known: backend, box_threshold, caption_format, input_size, int8, "
-        "max_text_tokens, phrase_rule, runtime, text_threshold, weights)"
+        "max_boxes, max_text_tokens, phrase_rule, runtime, text_threshold, weights)"
     )
 
 
@@ -208,6 +208,18 @@ def test_bench_throughput_against_the_naive_loop_writes_json(capsys, weights_dir
     assert {"detection", "masking", "scoring"} <= set(report["iapas"]["stages_ms"])
     assert report["speedup_vs_naive"] == pytest.approx(report["iapas"]["images_per_s"] / report["naive"]["images_per_s"])
     assert "speed-up vs the naive loop" in capsys.readouterr().out
+    loose = ["bench", "--images", "2", "--size", "96", "--warmup", "0", "--vs-naive", "--weights", str(weights_dir),
+             "--box-threshold", "0", "--text-threshold", "0", "--size-threshold", "1", "--json", str(report_path)]
+    assert main(loose) == 0
+    uncapped = json.loads(report_path.read_text())
+    assert uncapped["iapas"]["boxes_per_image"] > 1 and uncapped["naive"]["boxes_per_image"] > 1
+    assert main([*loose, "--max-boxes", "1"]) == 0
+    capped = json.loads(report_path.read_text())
+    assert capped["config"]["detection"]["max_boxes"] == 1  # both contenders keep at most one box per image
+    assert capped["iapas"]["boxes_per_image"] == 1 and capped["naive"]["boxes_per_image"] <= 1
+    with pytest.raises(SystemExit) as exit_info:  # argparse's one-line usage error
+        main(["bench", "--images", "2", "--max-boxes", "-1", "--weights", str(weights_dir)])
+    assert exit_info.value.code == 2 and "--max-boxes: must be 0 or more, got -1" in capsys.readouterr().err
     assert main(["bench", "--images", "2", "--vs-naive", "--method", "winclip", "--weights", str(weights_dir)]) == 2
     assert main(["bench", "--weights", str(weights_dir)]) == 2
     assert "give an IMAGE, or --images N" in capsys.readouterr().err

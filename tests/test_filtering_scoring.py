@@ -74,3 +74,11 @@ def test_boxes_validate_and_freeze():
         boxes.xyxy[0, 0] = 1
     with pytest.raises(ValueError):
         Boxes(np.zeros((2, 4)), np.zeros(3))
+
+
+def test_top_keeps_the_highest_scores_in_descending_order():
+    boxes = Boxes(np.arange(20, dtype=np.float32).reshape(5, 4), np.array([0.3, 0.9, 0.3, 0.5, 0.1], np.float32),
+                  ("a", "b", "c", "d", "e"))
+    assert boxes.top(3).phrases == ("b", "d", "a")  # the tie at 0.3 goes to the earlier box
+    np.testing.assert_array_equal(boxes.top(1).xyxy, [[4, 5, 6, 7]])
+    assert boxes.top(0) is boxes and boxes.top(5) is boxes and len(Boxes.empty().top(2)) == 0

@@ -77,3 +77,18 @@ def test_bad_arrays_are_rejected(pipeline):
         pipeline.segment(np.zeros((10, 10, 3), np.float32))
     with pytest.raises(InputImageError, match="shape"):
         pipeline.segment(np.zeros((10, 10, 2), np.uint8))
+
+
+def test_max_boxes_keeps_the_detectors_best_boxes(pipeline, image):
+    from iapas.stages import DetectStage
+
+    everything = DetectStage(pipeline.detector).run(image, ("abnormal", "defect", "crack"), 0.0, 0.0)["boxes"]
+    assert len(everything) > 3  # the demo detector at threshold 0 finds more than the cap
+    capped = DetectStage(pipeline.detector, max_boxes=3).run(image, ("abnormal", "defect", "crack"), 0.0, 0.0)["boxes"]
+    np.testing.assert_array_equal(capped.scores, np.sort(everything.scores)[::-1][:3])
+    batched = DetectStage(pipeline.detector, max_boxes=3).run_batch(
+        [{"image": image, "prompts": ("abnormal", "defect", "crack"), "box_threshold": 0.0, "text_threshold": 0.0}] * 2)
+    for item in batched:
+        np.testing.assert_allclose(item["boxes"].xyxy, capped.xyxy, atol=1e-4)
+    capped_pipeline = Pipeline(pipeline.config.updated({"detection.max_boxes": 1}), pipeline.detector, pipeline.segmenter)
+    assert len(capped_pipeline.segment(image, size_threshold=1.0).boxes) == 1

@@ -23,6 +23,7 @@ CONFIG_OPTIONS = {
     "box_threshold": "detection.box_threshold",
     "text_threshold": "detection.text_threshold",
     "nms_iou": "filtering.nms_iou",
+    "max_boxes": "detection.max_boxes",
     "size_threshold": "filtering.size_threshold",
     "seed": "calibration.seed",
     "n_images": "calibration.n_images",
@@ -161,6 +162,8 @@ def add_threshold_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-threshold", type=unit_float, help="default 0.2 (paper, objects; 0.1 for textures)")
     parser.add_argument("--nms-iou", type=unit_float, help="default 0.5 (paper)")
     parser.add_argument("--size-threshold", type=unit_float, help="box area / image area cap, default 0.8 (paper)")
+    parser.add_argument("--max-boxes", type=non_negative_int,
+                        help="keep the K highest-scoring boxes per image before NMS (default 0: all, as the paper)")
 
 
 def add_preprocessing_options(parser: argparse.ArgumentParser) -> None:

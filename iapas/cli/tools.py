@@ -55,10 +55,14 @@ def run_bench(args: argparse.Namespace) -> int:
         raise ConfigError("--vs-naive compares throughput: add --images N")
     config = base_config(args)
     if args.random_full:
-        from ..random_full import random_full_models
+        from ..random_full import RANDOM_FULL_MAX_BOXES, random_full_models
 
         detector, segmenter = random_full_models(None, config.detection.backend, config.masking.backend)
         config = config.updated({"detection.weights": str(detector), "masking.weights": str(segmenter)})
+        if args.max_boxes is None:
+            config = config.updated({"detection.max_boxes": RANDOM_FULL_MAX_BOXES})
+            print(f"random weights keep hundreds of boxes: each image is capped at {RANDOM_FULL_MAX_BOXES} "
+                  "(--max-boxes K changes it, 0 keeps all)")
     options = BenchOptions(Path(args.image) if args.image else None, args.method, args.repeat, args.warmup,
                            args.images, args.size, args.vs_naive, args.object_tag,
                            Path(args.json_path) if args.json_path else None, config.batch_size)

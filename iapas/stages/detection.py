@@ -75,13 +75,15 @@ class DetectStage:
     detector: Detector
     caption_format: str = "dots"
     phrase_rule: str = "words"
+    max_boxes: int = 0  # keep the K highest-scoring boxes per image (0: all)
     name: str = "detection"
     inputs: tuple[str, ...] = ("image", "prompts", "box_threshold", "text_threshold")
     outputs: tuple[str, ...] = ("boxes",)
 
     def run(self, image: np.ndarray, prompts: tuple[str, ...], box_threshold: float, text_threshold: float) -> dict[str, Boxes]:
         captions = captions_for(prompts, self.caption_format, self.detector.fits)
-        return {"boxes": self.detector.detect_captions(image, captions, box_threshold, text_threshold, self.phrase_rule)}
+        boxes = self.detector.detect_captions(image, captions, box_threshold, text_threshold, self.phrase_rule)
+        return {"boxes": boxes.top(self.max_boxes)}
 
     def run_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Boxes]]:
         """`run` on several images: those sharing prompts and thresholds go through the detector together.
@@ -102,5 +104,5 @@ class DetectStage:
             captions = captions_for(prompts, self.caption_format, self.detector.fits)
             found = batched([items[i]["image"] for i in members], captions, box_threshold, text_threshold, self.phrase_rule)
             for index, boxes in zip(members, found):
-                results[index] = {"boxes": boxes}
+                results[index] = {"boxes": boxes.top(self.max_boxes)}
         return results

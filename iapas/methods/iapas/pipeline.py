@@ -111,7 +111,8 @@ class Pipeline:
         NORMALISATIONS.get(config.scoring.normalise)
         return StageGraph(
             [
-                DetectStage(self.detector, config.detection.caption_format, config.detection.phrase_rule),
+                DetectStage(self.detector, config.detection.caption_format, config.detection.phrase_rule,
+                            config.detection.max_boxes),
                 # NMS before the size filter: the official order (utils/function.py process_box_output, then process_size_output)
                 NmsStage(config.filtering.nms_iou),
                 SIZE_RULES.get(config.filtering.size_rule)(self.detector, config),
