@@ -206,3 +206,12 @@ def test_corrupt_exported_file_is_one_line(runtime, capsys, weights_dir, tmp_pat
                        "--runtime", runtime, "--detector-runtime", "torch", "--no-progress")
     lines = error_lines(err)
     assert code == 2 and len(lines) == 1 and f"exported model {beside} is corrupt or unreadable" in lines[0]
+
+
+def test_runtime_for_a_backend_without_an_exported_encoder_is_one_line(capsys, weights, tmp_path):
+    image = Path(__file__).parent.parent / "examples" / "images" / "tile_crack.png"
+    code, _, err = run(capsys, "segment", image, "--weights", weights, "--profile", "fast", "--runtime", "onnx",
+                       "--detector-runtime", "torch", "-o", tmp_path / "out")
+    assert code == 2 and error_lines(err) == [
+        "iapas: error: --runtime onnx has no exported encoder for HFSam2Family (exported parts: grounding-dino-backbone, "
+        "hf-sam-vision-encoder, sam-image-encoder); use --runtime torch for it"]

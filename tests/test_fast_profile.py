@@ -182,3 +182,24 @@ def test_random_full_builds_the_configured_families(tmp_path, monkeypatch):
     monkeypatch.setattr(random_full, "build_random_sam_vit_b", lambda path: built.append("sam") or path)
     random_full.random_full_models(tmp_path, "auto", "auto")
     assert built[2:] == ["gdino", "sam"]  # the default families for every other backend
+
+
+@pytest.mark.parametrize("entry", ["sam2-demo", "edgetam-demo"])
+def test_sam2_family_region_masks_equal_the_processors_and_batching_keeps_them(weights_dir, entry):
+    segmenter = load_segmenter("auto", weights_dir / "demo" / entry, CPU)
+    boxes = np.array([[10, 10, 50, 60], [30, 20, 120, 90], [0, 0, 6, 6], [60, 5, 127, 95]], np.float32)
+    logits, original = segmenter._logits(IMAGE, boxes)
+    full = segmenter.segment_boxes_full_resolution(IMAGE, boxes)  # transformers' post_process_masks over the whole image
+    region = segmenter.segment_masks(IMAGE, boxes)
+    assert original == (96, 128) and full.shape == region.data.shape == (4, 96, 128) and full.any()
+    # a pixel may differ only where the whole-image logit is within float rounding of 0 (iapas/mask_upsampling.py)
+    upsampled = torch.nn.functional.interpolate(logits[:, None], original, mode="bilinear", align_corners=False)[:, 0]
+    differs = full != region.data
+    assert not differs.any() or bool((upsampled.abs()[torch.from_numpy(differs)] < 1e-5).all())
+    for mask, (x0, y0, x1, y1) in zip(region.data, region.regions):  # each region holds its mask's every True pixel
+        assert mask.sum() == mask[y0:y1, x0:x1].sum()
+    other = np.ascontiguousarray(IMAGE[::-1])
+    encodings = segmenter.encode_batch([other, IMAGE])  # one encoder forward for both images
+    np.testing.assert_allclose(segmenter._logits(IMAGE, boxes, encodings[1])[0], logits, atol=1e-4)
+    np.testing.assert_array_equal(segmenter.segment_masks_encoded(other, encodings[0], boxes).data,
+                                  segmenter.segment_masks(other, boxes).data)

@@ -142,9 +142,14 @@ def use_runtime(backend: Any, runtime: str, weights: str | Path, device: torch.d
     chosen = RUNTIMES.get(runtime)
     if chosen.format is None:
         return backend
+    parts = parts_of(backend)
+    if not parts:  # silently running torch under --runtime onnx would mislead a benchmark
+        known = ", ".join(PARTS.names())
+        raise ConfigError(f"--runtime {runtime} has no exported encoder for {type(backend).__name__} (exported parts: {known}); "
+                          "use --runtime torch for it")
     fmt = exported_format(chosen.format)
     weights = Path(weights)
-    for part in parts_of(backend):
+    for part in parts:
         part.install(backend, runner_for(backend, part, fmt, weights, device))
     return backend
 
