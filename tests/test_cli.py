@@ -37,7 +37,7 @@ def test_segment_folder_writes_every_output(capsys, weights_dir, image_folder, t
     png = np.asarray(Image.open(out / "a.png_map.png"))
     assert png.dtype == np.uint8 and np.array_equal(png, np.round(heat * 255).astype(np.uint8))
     assert "3 images: 3 segmented, 0 skipped" in err
-    assert "RANDOM DEMO WEIGHTS" in err
+    assert "RANDOM WEIGHTS (built by `iapas weights make-demo`" in err
 
 
 def test_an_image_without_boxes_writes_a_zero_map(capsys, weights_dir, image_folder, tmp_path):

@@ -82,7 +82,7 @@ def warn_if_demo(path: Path) -> None:
     marked = (path / "DEMO_WEIGHTS").exists() if path.is_dir() else path.with_name(path.name + ".DEMO_WEIGHTS").exists()
     if (entry is not None and entry.demo) or marked:
         print(
-            f"WARNING: {path} holds RANDOM DEMO WEIGHTS built by `iapas weights make-demo`; "
+            f"WARNING: {path} holds RANDOM WEIGHTS (built by `iapas weights make-demo` or `iapas bench --random-full`); "
             "its output is MEANINGLESS. Put real weights in the weights dir (see weights/README.md).",
             file=sys.stderr,
         )

@@ -77,7 +77,8 @@ class HFSam2Family:
             for start in range(0, input_boxes.shape[1], BOX_CHUNK)
         ]
         original = tuple(int(v) for v in inputs["original_sizes"][0])
-        return torch.cat(chunks).float().cpu(), original  # type: ignore[return-value]
+        # left on the model's device: the region-only up-sampling runs there too (on a GPU, at low resolution)
+        return torch.cat(chunks).float(), original  # type: ignore[return-value]
 
     def segment_masks(self, image: np.ndarray, xyxy: np.ndarray) -> Masks:
         """Masks of every box, up-sampled only inside each mask's positive region."""
@@ -96,7 +97,7 @@ class HFSam2Family:
     def segment_boxes_full_resolution(self, image: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
         """The processor's own post_process_masks: every mask up-sampled over the whole image (the naive loop's path)."""
         logits, original = self._logits(image, xyxy)
-        masks = self.processor.post_process_masks(logits[None, :, None], [original], mask_threshold=HF_MASK_THRESHOLD)[0]
+        masks = self.processor.post_process_masks(logits[None, :, None].cpu(), [original], mask_threshold=HF_MASK_THRESHOLD)[0]
         return masks[:, 0].numpy().astype(bool)
 
     @staticmethod
