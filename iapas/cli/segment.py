@@ -147,9 +147,11 @@ def clip_segmenter(args: argparse.Namespace, config: Config) -> tuple[Segment, d
     if ignored:
         raise IapasError(f"{', '.join(ignored)} only apply to --method iapas, not {args.method}")
     category = args.category or "object"
+    from ..methods.batching import MethodSegment
+
     method = METHODS.get(args.method)(config, ())
     method.prepare(category, [], "object", Path(getattr(args, "output", None) or "."))
-    return method.segment, {"category": category}
+    return MethodSegment(method), {"category": category}  # `many`: a batch through one CLIP forward (--batch-size)
 
 
 def calibration_with_overrides(args: argparse.Namespace) -> Calibration:
