@@ -198,21 +198,26 @@ class _Immediate:
             raise self._error
 
 
-def _segment_all(segment: Segment, events: list[_Event]) -> list[Result | Exception]:
-    """Each decoded image's Result or exception; several at once through `segment.many` when it has one."""
+def segment_each(segment: Segment, images: list[np.ndarray]) -> list[Result | Exception]:
+    """Each image's Result or exception; several at once through `segment.many` when it has one (both engines use this)."""
     many = getattr(segment, "many", None)
-    if many is not None and len(events) > 1:
+    if many is not None and len(images) > 1:
         try:
-            return list(many([event.loaded.pixels for event in events]))
+            return list(many(images))
         except Exception:  # noqa: BLE001 - one by one below, so the failure is the image's that caused it
             pass
     outcomes: list[Result | Exception] = []
-    for event in events:
+    for pixels in images:
         try:
-            outcomes.append(segment(event.loaded.pixels))
+            outcomes.append(segment(pixels))
         except Exception as error:  # noqa: BLE001 - one image's failure, whatever it is, is that image's
             outcomes.append(error)
     return outcomes
+
+
+def _segment_all(segment: Segment, events: list[_Event]) -> list[Result | Exception]:
+    """Each decoded event's Result or exception (`segment_each` on their pixels)."""
+    return segment_each(segment, [event.loaded.pixels for event in events])
 
 
 def run_batch(

@@ -268,6 +268,9 @@ def run_eval(options: EvalOptions, config: Config) -> Path:
     if options.from_maps is not None:  # checked against the dataset before any output is written
         source: MethodMaps | SavedMaps = SavedMaps(Path(options.from_maps), dataset, required)
     else:
+        from .runtimes import check_method_runtimes
+
+        check_method_runtimes(options.method, config)  # a config file's runtime is not silently ignored either
         source = MethodMaps(METHODS.get(options.method)(config, options.ablate), dataset.name,
                             parse_window(config.bit_window))
     record_fingerprint(run_dir, fingerprint)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from iapas.cli import main
 from conftest import write_rgb
@@ -92,3 +93,63 @@ def test_ray_engine_leaves_an_image_claimed_by_another_run(local_ray, synthetic_
     summary = capsys.readouterr().err.strip().splitlines()[-1]
     assert summary.startswith("6 images: 5 segmented, 0 skipped") and "1 in progress in another run" in summary
     assert not (out / "part_2.png.json").exists() and (out / "part_1.png.json").is_file()
+
+
+def test_ray_engine_hands_batch_size_images_to_the_method(local_ray, synthetic_folder, weights_dir, tmp_path, capsys):
+    """`--batch-size 3` under Ray: the actors' batched runs write what the unbatched local run writes (maps within 1e-5)."""
+    assert segment(synthetic_folder, tmp_path / "local", weights_dir) == 0
+    assert segment(synthetic_folder, tmp_path / "ray", weights_dir, "--engine", "ray", "--workers", "2", "--batch-size", "3") == 0
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("6 images: 6 segmented, 0 skipped")
+    local, remote = result_files(tmp_path / "local"), result_files(tmp_path / "ray")
+    assert sorted(local) == sorted(remote) and len(local) == 6 * 4
+    for name in local:
+        if name.endswith(".npy"):  # batched arithmetic rounds differently (README, Batching): within 1e-5
+            np.testing.assert_allclose(np.load(remote[name]), np.load(local[name]), rtol=0, atol=1e-5)
+        if name.endswith(".json"):
+            a, b = json.loads(local[name].read_text()), json.loads(remote[name].read_text())
+            assert [box["phrase"] for box in a["boxes"]] == [box["phrase"] for box in b["boxes"]]
+            # boxes within 1e-4 px, written rounded to 0.01 px: at most one rounding step apart
+            np.testing.assert_allclose([box["xyxy"] for box in b["boxes"]], [box["xyxy"] for box in a["boxes"]], rtol=0, atol=0.0101)
+
+
+class Recording:
+    """A real method's Segment that notes how many images each call hands it."""
+
+    def __init__(self, segment, calls):
+        self.segment, self.calls = segment, calls
+
+    def __call__(self, pixels):
+        self.calls.append(1)
+        return self.segment(pixels)
+
+    def many(self, images):
+        self.calls.append(len(images))
+        return self.segment.many(images)
+
+
+def test_segment_actor_batches_its_rows_and_fails_one_image_in_its_place(pipeline, synthetic_folder, tmp_path):
+    """The actor (run here, in this process) gives the method `batch_size` images at a time; a broken file fails alone."""
+    from iapas.claims import claim_path
+    from iapas.cli.segment import PipelineCall
+    from iapas.engines.ray_engine import SegmentActor, rows_per_call
+    from iapas.outputs import is_done
+
+    broken = synthetic_folder / "broken.png"
+    broken.write_bytes(b"not an image")
+    sources = [synthetic_folder / f"part_{index}.png" for index in range(2)] + [broken] + \
+              [synthetic_folder / f"part_{index}.png" for index in range(2, 5)]
+    stems = [path.name for path in sources]
+    calls = []
+    actor = SegmentActor(lambda: Recording(PipelineCall(pipeline, {"prompts": ["scratch"]}), calls), str(tmp_path / "out"),
+                         80_000_000, {"fingerprint": "f"}, batch_size=3)
+    rows = actor({"source": np.array([str(path) for path in sources]), "stem": np.array(stems),
+                  "bytes": np.array([b""] * len(sources), dtype=object)})
+    assert list(rows["status"]) == ["done", "done", "failed", "done", "done", "done"]
+    assert "broken.png" in rows["message"][2] and not rows["message"][0]
+    assert calls == [3, 2]  # the five readable images: a batch of three, then the other two
+    for stem in stems:
+        assert not claim_path(tmp_path / "out", stem).exists()  # every claim released
+        assert is_done(tmp_path / "out", stem, "f") == (stem != "broken.png")
+    alone = pipeline.segment(np.asarray(Image.open(sources[3]).convert("RGB")), prompts=["scratch"])
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "part_2.png.npy"), alone.anomaly_map, rtol=0, atol=1e-5)
+    assert [rows_per_call(size) for size in (1, 2, 3, 8)] == [4, 4, 6, 8]  # whole method batches per Ray Data call

@@ -65,10 +65,10 @@ class ClipBackbone(torch.nn.Module):
     def preprocess(self, images: Sequence[np.ndarray], size: int | None = None) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels: the whole image resized to `size` (default the model's; no crop, so no border is lost)."""
         size = size or self.image_size
-        batch = torch.stack([torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1) for image in images]).float() / 255
-        batch = batch.to(self.device)
-        batch = F.interpolate(batch, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
-        return (batch - self.mean) / self.std
+        batch = torch.cat([F.interpolate(torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float().to(self.device) / 255,
+                                         size=(size, size), mode="bicubic", align_corners=False)
+                           for image in images])  # one image at a time: a batch may hold images of any sizes
+        return (batch.clamp(0, 1) - self.mean) / self.std
 
     def tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 1 + g*g, D) class and patch tokens with positional embeddings, before the pre-norm."""

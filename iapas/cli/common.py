@@ -128,9 +128,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_speed_options(parser: argparse.ArgumentParser) -> None:
-    """Batching and mixed precision of the IAP-AS models (segment and bench)."""
-    parser.add_argument("--batch-size", type=positive_int, help="images per detector / SAM encoder forward (default 1); "
-                                                                "results equal one-by-one")
+    """Batching (every method) and mixed precision (the IAP-AS models) for segment and bench."""
+    parser.add_argument("--batch-size", type=positive_int, help="images per encoder forward: Grounding DINO / SAM, or the CLIP "
+                                                                "methods' CLIP (default 1; both engines); results equal one-by-one")
     parser.add_argument("--precision", choices=PRECISIONS, help="fp32 (default), bf16 or fp16 autocast (fp16: CUDA only)")
 
 

@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ..files import check_writable_folder
     from ..fingerprint import SEGMENT_FIELDS, RunSpec, build_fingerprint, check_fingerprint, record_fingerprint
     from ..images import collect_inputs, parse_window
+    from ..runtimes import check_method_runtimes
 
     out_dir = Path(args.output)
     items = list(args.inputs) + listed_inputs(args.list_file)
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     local = [item for item in items if not is_uri(item)]
     inputs = collect_inputs(local, exclude=[out_dir]) if local else []  # bad paths too; the output folder is never an input
     config = base_config(args)
+    check_method_runtimes(args.method, config)  # before any model loads, and before a Ray worker would meet it
     window = parse_window(config.bit_window)
     options = {"prompts": args.prompt, "calibration": args.calibration, "no_size_filter": args.no_size_filter,
                "category": args.category if args.method != "iapas" else None}
@@ -141,15 +143,19 @@ def iapas_segmenter(args: argparse.Namespace, config: Config) -> tuple[Segment, 
 def clip_segmenter(args: argparse.Namespace, config: Config) -> tuple[Segment, dict | None]:
     """A registered comparison method (WinCLIP, AdaCLIP, ...) as a pixels -> Result callable."""
     from ..methods import METHODS
+    from ..runtimes import check_method_runtimes
 
+    check_method_runtimes(args.method, config)
     ignored = [option for option, value in (("--prompt", args.prompt), ("--calibration", args.calibration),
                                             ("--no-size-filter", args.no_size_filter)) if value]
     if ignored:
         raise IapasError(f"{', '.join(ignored)} only apply to --method iapas, not {args.method}")
     category = args.category or "object"
+    from ..methods.batching import MethodSegment
+
     method = METHODS.get(args.method)(config, ())
     method.prepare(category, [], "object", Path(getattr(args, "output", None) or "."))
-    return method.segment, {"category": category}
+    return MethodSegment(method), {"category": category}  # `many`: a batch through one CLIP forward (--batch-size)
 
 
 def calibration_with_overrides(args: argparse.Namespace) -> Calibration:

@@ -47,6 +47,7 @@ def run_bench(args: argparse.Namespace) -> int:
     """Time the chosen method: each stage on one image, or throughput over many (optionally vs the naive loop)."""
     from ..bench import BenchOptions, PipelineSegment, run_bench as bench
     from ..errors import ConfigError
+    from ..runtimes import check_method_runtimes
     from .segment import build_segmenter
 
     if args.image is None and not args.images:
@@ -54,6 +55,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.vs_naive and not args.images:
         raise ConfigError("--vs-naive compares throughput: add --images N")
     config = base_config(args)
+    check_method_runtimes(args.method, config)  # the CLIP methods' encoders are not exported: one line, not ignored
     if args.random_full:
         from ..random_full import RANDOM_FULL_MAX_BOXES, random_full_models
 

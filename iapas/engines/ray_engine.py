@@ -8,6 +8,7 @@ Inputs are local paths (a folder, files, a list file) or URIs that Ray Data read
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
 import time
@@ -16,13 +17,18 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..batch import BatchSummary, Segment, failure_message
+from ..batch import BatchSummary, Segment, failure_message, segment_each
 from ..errors import IapasError
-from ..images import load_image
+from ..images import LoadedImage, load_image
 from ..claims import claim_path, try_claim
 from ..outputs import assign_names, is_done, write_result
 
 ROWS_PER_BATCH = 4  # images per map_batches call: small, so progress moves and failures stay local
+
+
+def rows_per_call(batch_size: int) -> int:
+    """Rows per map_batches call: whole method batches (`--batch-size`), at least ROWS_PER_BATCH rows."""
+    return batch_size * -(-ROWS_PER_BATCH // batch_size)
 
 
 def is_uri(item: str | Path) -> bool:
@@ -31,28 +37,53 @@ def is_uri(item: str | Path) -> bool:
 
 
 class SegmentActor:
-    """One Ray actor: builds the method once, then segments and writes the images of each batch it gets."""
+    """One Ray actor: builds the method once, then segments and writes the images of each batch it gets.
+
+    The images of a batch are claimed and decoded first, then go to the method `batch_size` at a time
+    (through its `many`, as the local engine's `run_batch` does), and each is written as it comes back.
+    """
 
     def __init__(self, make_segment: Callable[[], Segment], out_dir: str, max_pixels: int,
-                 extra_record: dict[str, Any] | None, bit_window: Any = None, overwrite: bool = False) -> None:
+                 extra_record: dict[str, Any] | None, bit_window: Any = None, overwrite: bool = False,
+                 batch_size: int = 1) -> None:
         self.segment = make_segment()
         self.out_dir, self.max_pixels, self.extra_record = Path(out_dir), max_pixels, extra_record
-        self.bit_window, self.overwrite = bit_window, overwrite
+        self.bit_window, self.overwrite, self.batch_size = bit_window, overwrite, batch_size
         self.fingerprint = (extra_record or {}).get("fingerprint", "")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        statuses, messages = [], []
-        for source, stem, payload in zip(batch["source"], batch["stem"], batch["bytes"]):
-            try:
-                statuses.append(self._claimed(str(source), str(stem), payload))
-                messages.append("")
-            except Exception as error:  # one odd image never stops the batch: named, as the local engine does
-                statuses.append("failed")
-                messages.append(failure_message(Path(str(source)), error))
+        sources = [str(source) for source in batch["source"]]
+        statuses, messages = [""] * len(sources), [""] * len(sources)
+
+        def fail(index: int, error: Exception) -> None:  # one odd image never stops the batch: named, as locally
+            statuses[index], messages[index] = "failed", failure_message(Path(sources[index]), error)
+
+        with contextlib.ExitStack() as claims:  # every claim is released when the batch is written, whatever happens
+            ready: list[tuple[int, LoadedImage]] = []
+            for index, (stem, payload) in enumerate(zip(batch["stem"], batch["bytes"])):
+                try:
+                    status = self._claim(str(stem), claims)
+                    if status:
+                        statuses[index] = status
+                        continue
+                    ready.append((index, self._load(sources[index], payload)))
+                except Exception as error:  # noqa: BLE001 - this image's failure
+                    fail(index, error)
+            for start in range(0, len(ready), self.batch_size):
+                chunk = ready[start:start + self.batch_size]
+                for (index, loaded), outcome in zip(chunk, segment_each(self.segment, [loaded.pixels for _, loaded in chunk])):
+                    try:
+                        if isinstance(outcome, Exception):
+                            raise outcome
+                        write_result(self.out_dir, str(batch["stem"][index]), loaded.pixels, Path(sources[index]), outcome,
+                                     self.extra_record)
+                        statuses[index] = "done"
+                    except Exception as error:  # noqa: BLE001 - this image's failure
+                        fail(index, error)
         return {"source": batch["source"], "status": np.array(statuses), "message": np.array(messages)}
 
-    def _claimed(self, source: str, stem: str, payload: Any) -> str:
-        """Segment one image under the local engine's per-output claim: "done", "skipped" or "elsewhere".
+    def _claim(self, stem: str, claims: contextlib.ExitStack) -> str:
+        """Claim one output under the local engine's rule: "" (claimed, to segment), "skipped" or "elsewhere".
 
         Another run (local or Ray) on the same output folder holds the claim while it works on the image;
         one that finished it meanwhile leaves a result made under this run's fingerprint.
@@ -60,35 +91,37 @@ class SegmentActor:
         claim = try_claim(claim_path(self.out_dir, stem))
         if claim is None:
             return "elsewhere"
-        with claim:
-            if not self.overwrite and is_done(self.out_dir, stem, self.fingerprint):
-                return "skipped"
-            self._one(source, stem, payload)
-        return "done"
+        claims.enter_context(claim)
+        if not self.overwrite and is_done(self.out_dir, stem, self.fingerprint):
+            return "skipped"
+        return ""
 
-    def _one(self, source: str, stem: str, payload: Any) -> None:
+    def _load(self, source: str, payload: Any) -> LoadedImage:
         if isinstance(payload, (bytes, bytearray, np.bytes_)) and len(payload):  # a URI's bytes, read by Ray Data
             with tempfile.NamedTemporaryFile(suffix=Path(source).suffix or ".png") as handle:
                 handle.write(bytes(payload))
                 handle.flush()
-                loaded = load_image(handle.name, self.max_pixels, self.bit_window)
-        else:
-            loaded = load_image(source, self.max_pixels, self.bit_window)
-        result = self.segment(loaded.pixels)
-        write_result(self.out_dir, stem, loaded.pixels, Path(source), result, self.extra_record)
+                return load_image(handle.name, self.max_pixels, self.bit_window)
+        return load_image(source, self.max_pixels, self.bit_window)
 
 
 def run_ray(make_segment: Callable[[], Segment], inputs: list[tuple[Path, Path | None]], out_dir: Path,
             overwrite: bool = False, max_pixels: int = 80_000_000, progress: bool = True,
             extra_record: dict[str, Any] | None = None, fingerprint: str = "", bit_window: Any = None,
-            address: str | None = None, workers: int = 0,
+            address: str | None = None, workers: int = 0, batch_size: int = 1,
             uris: list[str] | None = None, report: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
             **_: Any) -> BatchSummary:
-    """Segment `inputs` (and `uris`) on a Ray cluster; finished images are skipped, as locally."""
+    """Segment `inputs` (and `uris`) on a Ray cluster; finished images are skipped, as locally.
+
+    Each actor hands `batch_size` images at a time to the method (its `many`), as the local engine does.
+    """
+    from ..config import at_least_one
+
     try:
         import ray
     except ImportError:
         raise IapasError("the ray engine needs Ray: pip install 'ray[data]'") from None
+    batch_size = at_least_one(batch_size, "batch_size")
     start = time.perf_counter()
     out_dir = Path(out_dir)
     local = [(str(path), name) for path, name in assign_names(inputs)]
@@ -108,8 +141,9 @@ def run_ray(make_segment: Callable[[], Segment], inputs: list[tuple[Path, Path |
         gpus = int(resources.get("GPU", 0))
         pool = workers or max(1, gpus or int(resources.get("CPU", 1)))
         rows = dataset.map_batches(
-            SegmentActor, fn_constructor_args=(make_segment, str(out_dir), max_pixels, record, bit_window, overwrite),
-            batch_size=ROWS_PER_BATCH, concurrency=pool, num_gpus=1 if gpus else 0, num_cpus=1,
+            SegmentActor, fn_constructor_args=(make_segment, str(out_dir), max_pixels, record, bit_window, overwrite,
+                                               batch_size),
+            batch_size=rows_per_call(batch_size), concurrency=pool, num_gpus=1 if gpus else 0, num_cpus=1,
         ).select_columns(["source", "status", "message"]).take_all()
     finally:
         if started_here:

@@ -16,6 +16,8 @@ class Method(Protocol):
 
     A method may name its image-score rule for `iapas eval` in `default_image_score`: "method" ranks
     images by `Result.image_score` (AdaCLIP's HSF score); without it, the map's maximum is used.
+    A method may also take several images at once, `segment_outcomes(images, batch_size)` handing back each
+    image's Result or exception (the CLIP methods, `batching.BatchedMethod`); the engines reach it as `many`.
     """
 
     name: str

@@ -51,6 +51,27 @@ RUNTIMES.register("onnx")(Runtime("onnx", "onnx"))
 RUNTIMES.register("openvino")(Runtime("openvino", "openvino"))
 
 
+RUNTIME_METHODS = ("iapas",)  # the methods whose image encoders are exported (parts.py): Grounding DINO's backbone, SAM's encoder
+
+
+def check_method_runtimes(method: str, config: Any) -> None:
+    """Refuse, in one line, a runtime other than torch for a method whose encoders are not exported (the CLIP methods).
+
+    The CLIP methods read several intermediate layers through their own attention paths and prompted tokens,
+    so no single exported image-to-embedding graph can stand in for their encoder; rather than ignore the
+    option silently, it is refused before any model loads.
+    """
+    if method in RUNTIME_METHODS:
+        return
+    masking, detection = config.masking.runtime, config.detection.runtime
+    chosen = [f"--runtime {masking}"] if masking != DEFAULT_RUNTIME else []
+    if detection not in (DEFAULT_RUNTIME, masking):
+        chosen.append(f"--detector-runtime {detection}")
+    if chosen:
+        raise ConfigError(f"{' and '.join(chosen)} applies to IAP-AS's exported image encoders (Grounding DINO, SAM), "
+                          f"not to --method {method}, whose CLIP runs in torch (config masking.runtime, detection.runtime)")
+
+
 def exported_format(name: str) -> Format:
     """The format registered as `name`, or a one-line error when it is unknown or its package is missing."""
     fmt = FORMATS.get(name)
@@ -168,4 +189,5 @@ def export_backend(backend: Any, format_name: str, weights: str | Path, out_dir:
     return written
 
 
-__all__ = ["DEFAULT_RUNTIME", "FORMATS", "PARTS", "RUNTIMES", "export_backend", "parts_of", "use_runtime"]
+__all__ = ["DEFAULT_RUNTIME", "FORMATS", "PARTS", "RUNTIMES", "RUNTIME_METHODS", "check_method_runtimes", "export_backend",
+           "parts_of", "use_runtime"]

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ...backends.clip import ClipBackbone
 from ...errors import WeightsError
+from ..batching import BatchedMethod, timed
 from ...prompt_learning import gaussian_smooth
 from ...prompt_learning.vision import evenly_spaced_layers
 from ...types import Boxes, Masks, Result
@@ -114,7 +115,7 @@ class AdaClipOutput(NamedTuple):
     image_probabilities: torch.Tensor  # (B, 2) softmax of the HSF embedding against the two text embeddings
 
 
-class AdaClip(torch.nn.Module):
+class AdaClip(BatchedMethod, torch.nn.Module):
     """Frozen CLIP + AdaCLIP's learned prompts and heads -> anomaly maps and an HSF image score."""
 
     name = "adaclip"
@@ -230,21 +231,29 @@ class AdaClip(torch.nn.Module):
         self.class_name = category or DEFAULT_CLASS
 
     @torch.inference_mode()
-    def segment(self, image: np.ndarray) -> Result:
+    def encode_batch(self, images: list[np.ndarray]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], dict[str, float]]:
+        """One prompted-CLIP forward over the batch: each image's test map at the input size (before smoothing) and HSF probabilities.
+
+        The text prompts and HSF stay per image inside `forward`, as the reference computes them at batch 1.
+        """
+        start = time.perf_counter()
+        with inference_precision(self.backbone.device):
+            output = self(self.backbone.preprocess_to(images, self.settings.image_size), [self.class_name] * len(images))
+        heat = self.anomaly_map(output.layer_logits)
+        return list(zip(heat, output.image_probabilities)), {"prompted_clip": time.perf_counter() - start}
+
+    @torch.inference_mode()
+    def finish(self, image: np.ndarray, encoded: tuple[torch.Tensor, torch.Tensor], timings: dict[str, float]) -> Result:
         """The smoothed map (computed at the input size, then resized to the image) and the HSF image score."""
         start = time.perf_counter()
+        heat, probabilities = encoded
         height, width = image.shape[:2]
-        with inference_precision(self.backbone.device):
-            output = self(self.backbone.preprocess_to([image], self.settings.image_size), [self.class_name])
-        heat = self.anomaly_map(output.layer_logits)[0]
-        forward = time.perf_counter()
         smoothed = torch.from_numpy(gaussian_smooth(heat, MAP_SIGMA))[None, None]
         resized = F.interpolate(smoothed, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
         sentences = prompt_sentences(self.class_name)
+        timed(timings, "smoothing", start)
         return Result(resized.numpy().astype(np.float32), Boxes.empty(), Masks.empty(height, width),
-                      (sentences[0][0], sentences[1][0]),
-                      {"prompted_clip": forward - start, "smoothing": time.perf_counter() - forward}, self.name,
-                      float(output.image_probabilities[0, 1]))
+                      (sentences[0][0], sentences[1][0]), timings, self.name, float(probabilities[1]))
 
     def loss(self, pixels: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> torch.Tensor:
         """The training loss of one batch (see `train.adaclip_loss`)."""

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ...backends.clip import ClipBackbone
 from ...errors import WeightsError
+from ..batching import BatchedMethod, timed
 from ...prompt_learning import gaussian_smooth
 from ...prompt_learning.checkpoints import load_learned, load_prompt_learner, save_prompt_learner
 from ...prompt_learning.text_prompts import deep_prompts, encode_prompted, fill_slots, learned_tokens, slot_sentences
@@ -85,7 +86,7 @@ class AnomalyClipPrompts(torch.nn.Module):
         return shapes
 
 
-class AnomalyClip(ReferenceInput, torch.nn.Module):
+class AnomalyClip(BatchedMethod, ReferenceInput, torch.nn.Module):
     """Frozen CLIP + AnomalyCLIP's learned prompts -> per-layer two-class patch probabilities and an image score."""
 
     name = "anomalyclip"
@@ -133,21 +134,28 @@ class AnomalyClip(ReferenceInput, torch.nn.Module):
         return probabilities, image @ text.t() / SIMILARITY_TEMPERATURE
 
     @torch.no_grad()
-    def segment(self, image: np.ndarray) -> Result:
+    def encode_batch(self, images: list[np.ndarray]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], dict[str, float]]:
+        """One prompted-CLIP forward over the batch: each image's (layers, g*g, 2) patch probabilities and (2,) image logits."""
+        start = time.perf_counter()
+        probabilities, logits = self(self.preprocess(images))
+        return list(zip(probabilities, logits)), {"prompted_clip": time.perf_counter() - start}
+
+    @torch.no_grad()
+    def finish(self, image: np.ndarray, encoded: tuple[torch.Tensor, torch.Tensor], timings: dict[str, float]) -> Result:
         """Map at the input size, smoothed (sigma 4 px there, test.py), then resized to the image; image score from the class token."""
         start = time.perf_counter()
+        probabilities, logits = encoded
         height, width = image.shape[:2]
         size = self.settings.image_size
-        probabilities, logits = self(self.preprocess([image]))
         # test.py sums (p_abnormal + 1 - p_normal) / 2 = p_abnormal over the layers; the mean keeps the map in [0, 1]
-        maps = torch.stack([upsample_patches(probabilities[:, i], size)[:, 1] for i in range(probabilities.shape[1])])
-        forward = time.perf_counter()
-        smoothed = torch.from_numpy(gaussian_smooth(maps.mean(0)[0], self.settings.sigma))[None, None]
+        maps = torch.stack([upsample_patches(layer[None], size)[0, 1] for layer in probabilities])
+        start = timed(timings, "prompted_clip", start)
+        smoothed = torch.from_numpy(gaussian_smooth(maps.mean(0), self.settings.sigma))[None, None]
         heat = F.interpolate(smoothed, size=(height, width), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
-        score = float(logits.softmax(-1)[0, 1])
+        score = float(logits.softmax(-1)[1])
+        timed(timings, "smoothing", start)
         return Result(heat.numpy().astype(np.float32), Boxes.empty(), Masks.empty(height, width),
-                      (NORMAL_WORDS, ABNORMAL_WORDS), {"prompted_clip": forward - start,
-                                                       "smoothing": time.perf_counter() - forward}, self.name, score)
+                      (NORMAL_WORDS, ABNORMAL_WORDS), timings, self.name, score)
 
     def prepare(self, category: str, normal_images: Sequence[Path], kind: str, out_dir: Path) -> None:
         """Nothing per category: the prompts are object-agnostic."""

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ...backends.clip import ClipBackbone
 from ...errors import WeightsError
+from ..batching import BatchedMethod, timed
 from ...prompt_learning import gaussian_smooth
 from ...prompt_learning.checkpoints import load_learned, load_prompt_learner, save_prompt_learner
 from ...prompt_learning.text_prompts import deep_prompts, encode_prompted, fill_slots, learned_tokens, slot_sentences
@@ -109,7 +110,7 @@ def image_score(text_probability: torch.Tensor, static_max: torch.Tensor, prior_
     return 0.5 * (text_probability + (2 * static_max + prior_max) / 3)
 
 
-class FAPrompt(ReferenceInput, torch.nn.Module):
+class FAPrompt(BatchedMethod, ReferenceInput, torch.nn.Module):
     """Frozen CLIP + FAPrompt's learned prompts and prior network."""
 
     name = "faprompt"
@@ -175,21 +176,27 @@ class FAPrompt(ReferenceInput, torch.nn.Module):
         return FAPromptOutputs(static, prior, logits, score, bias, abnormal[0])
 
     @torch.no_grad()
-    def segment(self, image: np.ndarray) -> Result:
+    def encode_batch(self, images: list[np.ndarray]) -> tuple[list[tuple[torch.Tensor, ...]], dict[str, float]]:
+        """One forward over the batch (each image keeps its own prior): per image its two (g*g, 2) maps and Eq. 9 score."""
+        start = time.perf_counter()
+        outputs = self(self.preprocess(images))
+        return list(zip(outputs.static, outputs.prior, outputs.score)), {"prompted_clip": time.perf_counter() - start}
+
+    @torch.no_grad()
+    def finish(self, image: np.ndarray, encoded: tuple[torch.Tensor, ...], timings: dict[str, float]) -> Result:
         """Mean of the two abnormal maps at the input size (test.py), smoothed (sigma 10 px there), resized to the image."""
         start = time.perf_counter()
+        static, prior, score = encoded
         height, width = image.shape[:2]
         size = self.settings.image_size
-        outputs = self(self.preprocess([image]))
         # test.py: (p1 + 1 - p0 + p1' + 1 - p0') / 4, which for two-class softmaxes is the mean of the abnormal maps
-        heat = 0.5 * (upsample_patches(outputs.static, size)[0, 1] + upsample_patches(outputs.prior, size)[0, 1])
-        forward = time.perf_counter()
+        heat = 0.5 * (upsample_patches(static[None], size)[0, 1] + upsample_patches(prior[None], size)[0, 1])
+        start = timed(timings, "prompted_clip", start)
         smoothed = torch.from_numpy(gaussian_smooth(heat, self.settings.sigma))[None, None]
         heat = F.interpolate(smoothed, size=(height, width), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
+        timed(timings, "smoothing", start)
         return Result(heat.numpy().astype(np.float32), Boxes.empty(), Masks.empty(height, width),
-                      (NORMAL_WORDS, ABNORMAL_WORDS), {"prompted_clip": forward - start,
-                                                       "smoothing": time.perf_counter() - forward},
-                      self.name, float(outputs.score[0]))
+                      (NORMAL_WORDS, ABNORMAL_WORDS), timings, self.name, float(score))
 
     def prepare(self, category: str, normal_images: Sequence[Path], kind: str, out_dir: Path) -> None:
         """Nothing per category: the prompts are object-agnostic."""

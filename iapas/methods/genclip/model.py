@@ -25,6 +25,7 @@ from ...files import atomic_write
 from ...prompt_learning import dice_loss, focal_loss, gaussian_smooth
 from ...prompt_learning.vision import SIMILARITY_TEMPERATURE
 from ...types import Boxes, Masks, Result
+from ..batching import BatchedMethod, timed
 from .prompts import GENERIC_WORD, STATES, filter_class_name, prompt_layout, readable_class_name
 from .scoring import ALPHA, SIGMA, TOP_N1, TOP_N2, combine_branches, top_n_image_score
 
@@ -74,7 +75,7 @@ class GenClipPrompts(torch.nn.Module):
         self.patch_projection = torch.nn.ModuleList(torch.nn.Linear(vision_width, embed_dim) for _ in settings.layers)
 
 
-class GenClip(torch.nn.Module):
+class GenClip(BatchedMethod, torch.nn.Module):
     """Frozen CLIP + GenCLIP's learned prompts -> anomaly map and image score."""
 
     name = "genclip"
@@ -183,12 +184,16 @@ class GenClip(torch.nn.Module):
     # ---- class-name filtering ----------------------------------------------------------------------
     def filtered_class_word(self, image: np.ndarray) -> str:
         """§3.4 CNF for this image, with the frozen CLIP at its own resolution (our choice: where CLIP was trained)."""
+        return self.filtered_class_words([image])[0]
+
+    def filtered_class_words(self, images: Sequence[np.ndarray]) -> list[str]:
+        """`filtered_class_word` of each image, the frozen CLIP's image embeddings taken in one forward."""
         if not self.class_name_filter:
-            return readable_class_name(self.class_name)
+            return [readable_class_name(self.class_name)] * len(images)
         backbone = self.backbone
-        pixels = backbone.preprocess([image], backbone.native_size)
-        embedding, _ = backbone.encode_tokens(backbone.tokens(pixels))
-        return filter_class_name(self.class_name, embedding[0], self._cached_text)
+        pixels = backbone.preprocess(images, backbone.native_size)
+        embeddings, _ = backbone.encode_tokens(backbone.tokens(pixels))
+        return [filter_class_name(self.class_name, embedding, self._cached_text) for embedding in embeddings]
 
     def _cached_text(self, sentences: Sequence[str]) -> torch.Tensor:
         key = "\n".join(sentences)
@@ -202,23 +207,29 @@ class GenClip(torch.nn.Module):
         self.class_name = category or GENERIC_WORD
 
     @torch.inference_mode()
-    def segment(self, image: np.ndarray) -> Result:
+    def encode_batch(self, images: list[np.ndarray]) -> tuple[list[tuple[str, torch.Tensor, torch.Tensor]], dict[str, float]]:
+        """CNF and both branches over the batch (one frozen-CLIP forward each): per image its class word and (L, S, S) maps."""
+        start = time.perf_counter()
+        words = self.filtered_class_words(images)
+        filtered = time.perf_counter()
+        vision_maps, query_maps = self(self.backbone.preprocess(images), words)
+        timings = {"class_name_filter": filtered - start, "prompted_clip": time.perf_counter() - filtered}
+        return list(zip(words, vision_maps, query_maps)), timings
+
+    @torch.inference_mode()
+    def finish(self, image: np.ndarray, encoded: tuple[str, torch.Tensor, torch.Tensor], timings: dict[str, float]) -> Result:
         """Eq. 8 map (divided by L into [0, 1]) at the image's resolution, and the Eq. 9-10 image score."""
         start = time.perf_counter()
+        word, vision_maps, query_maps = encoded
         height, width = image.shape[:2]
-        word = self.filtered_class_word(image)
-        filtered = time.perf_counter()
-        vision_maps, query_maps = self(self.backbone.preprocess([image]), [word])
-        forward = time.perf_counter()
-        seg = gaussian_smooth(combine_branches(vision_maps[0].float(), query_maps[0].float(), self.alpha), self.sigma)
+        seg = gaussian_smooth(combine_branches(vision_maps.float(), query_maps.float(), self.alpha), self.sigma)
         score = top_n_image_score(seg, self.top_n1, self.top_n2)  # on the 518 px S_seg, as the paper defines it
         layers = len(self.settings.layers)
         heat = F.interpolate(torch.from_numpy(seg / layers)[None, None], size=(height, width), mode="bilinear", align_corners=False)
         heat = heat[0, 0].clamp(0, 1).numpy().astype(np.float32)
         prompts = tuple(f"[{s}] photo of a {state} {word} [Q][Q] object." for s, state in zip(("N_P", "A_P"), STATES))
-        return Result(heat, Boxes.empty(), Masks.empty(height, width), prompts,
-                      {"class_name_filter": filtered - start, "prompted_clip": forward - filtered,
-                       "smoothing_and_score": time.perf_counter() - forward}, self.name, score)
+        timed(timings, "smoothing_and_score", start)
+        return Result(heat, Boxes.empty(), Masks.empty(height, width), prompts, timings, self.name, score)
 
     # ---- training and checkpoints ------------------------------------------------------------------
     def loss(self, pixels: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,

@@ -14,7 +14,8 @@ from ...backends.clip import ClipBackbone
 from ...errors import ConfigError, IapasError
 from ...types import Boxes, Masks, Result
 from .variants import VARIANTS, Gallery, Variant, text_embeddings
-from .windows import DEFAULT_SCALES, encode_windows, sliding_windows
+from ..batching import BatchedMethod, timed
+from .windows import DEFAULT_SCALES, WindowFeatures, encode_windows, encode_windows_batch, sliding_windows
 
 DEFAULT_VARIANT = "caoyunkang"  # the implementation IAP-AS Table 1 ran (github caoyunkang/WinClip)
 DEFAULT_SEED = 111  # IAP-AS test_zsas.py setup_seed, also caoyunkang eval_WinCLIP.py's first seed
@@ -29,7 +30,7 @@ def draw_references(pool: Sequence[Path], shots: int, seed: int, where: str) -> 
 
 
 @dataclass
-class WinClip:
+class WinClip(BatchedMethod):
     """WinCLIP (`shots` = 0) or WinCLIP+ (K reference images) under the rules of one reimplementation.
 
     `variant` is "caoyunkang" (default; IAP-AS Table 1) or "anomalib"; `scales` are window sizes in patches.
@@ -71,28 +72,38 @@ class WinClip:
     @torch.inference_mode()
     def set_references(self, images: Sequence[np.ndarray]) -> None:
         """Build the visual memory from normal RGB images (none: back to zero-shot)."""
-        features = [encode_windows(self.backbone, self.rules.preprocess(self.backbone, image, reference=True), self.scales)
-                    for image in images]
+        pixels = [self.rules.preprocess(self.backbone, image, reference=True) for image in images]
+        features = encode_windows_batch(self.backbone, torch.cat(pixels), self.scales) if pixels else []
         self.gallery = Gallery.of(features) if features else None
 
     @torch.inference_mode()
     def score(self, image: np.ndarray) -> tuple[np.ndarray, float | None]:
         """(grid, grid) patch-level map of one RGB image, and the variant's own image score (None: the map's maximum)."""
         pixels = self.rules.preprocess(self.backbone, image, reference=False)
-        features = encode_windows(self.backbone, pixels, self.scales)
+        return self._scored(encode_windows(self.backbone, pixels, self.scales))
+
+    def _scored(self, features: WindowFeatures) -> tuple[np.ndarray, float | None]:
         scored = self.rules.score(features, self.text, self.windows, self.gallery)
         grid = self.backbone.grid
         return scored.patch_map.reshape(grid, grid).cpu().numpy().astype(np.float32), scored.image_score
 
     @torch.inference_mode()
-    def segment(self, image: np.ndarray) -> Result:
+    def encode_batch(self, images: list[np.ndarray]) -> tuple[list[WindowFeatures], dict[str, float]]:
+        """Each image as the variant preprocesses it, the whole images in one CLIP forward, then each image's windows."""
+        start = time.perf_counter()
+        pixels = torch.cat([self.rules.preprocess(self.backbone, image, reference=False) for image in images])
+        features = encode_windows_batch(self.backbone, pixels, self.scales)
+        return features, {"window_scoring": time.perf_counter() - start}
+
+    @torch.inference_mode()
+    def finish(self, image: np.ndarray, features: WindowFeatures, timings: dict[str, float]) -> Result:
         """Map at the image's resolution (the variant's up-sampling) and the variant's image score."""
         start = time.perf_counter()
-        patch_map, image_score = self.score(image)
-        scored = time.perf_counter()
+        patch_map, image_score = self._scored(features)
+        start = timed(timings, "window_scoring", start)
         height, width = image.shape[:2]
         heat = self.rules.upsample(torch.from_numpy(patch_map), self.backbone, height, width).numpy().astype(np.float32)
-        timings = {"window_scoring": scored - start, "upsampling": time.perf_counter() - scored}
+        timed(timings, "upsampling", start)
         score = float(heat.max()) if image_score is None else image_score  # caoyunkang utils/metrics.py: map maximum
         return Result(heat, Boxes.empty(), Masks.empty(height, width), (self.class_name,), timings, self.name, score)
 

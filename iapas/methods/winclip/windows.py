@@ -59,25 +59,35 @@ class WindowFeatures:
 
 
 def encode_windows(backbone: ClipBackbone, pixels: torch.Tensor, scales: Sequence[int]) -> WindowFeatures:
-    """Class, window and patch embeddings of one preprocessed image (1, 3, S, S).
+    """Class, window and patch embeddings of one preprocessed image (1, 3, S, S) (see `encode_windows_batch`)."""
+    return encode_windows_batch(backbone, pixels, scales)[0]
 
+
+def encode_windows_batch(backbone: ClipBackbone, pixels: torch.Tensor, scales: Sequence[int]) -> list[WindowFeatures]:
+    """Class, window and patch embeddings of each preprocessed image of a batch (B, 3, S, S).
+
+    The whole images go through CLIP in one forward; each image's windows then go WINDOW_BATCH at a time.
     A window is the class token followed by the patch tokens inside it (positional embeddings already added),
     run through the whole transformer alone: the token masks of caoyunkang WinCLIP/CLIPAD/transformer.py
     `WindowVisionTransformer.forward` / `window_masking`, and anomalib torch_model.py `_get_window_embeddings`.
     """
-    tokens = backbone.tokens(pixels)[0]
+    tokens = backbone.tokens(pixels)
     grid = backbone.grid
-    image, hidden = backbone.encode_tokens(tokens[None], (backbone.depth,))
-    per_scale = []
-    for size in scales:
-        windows = sliding_windows(grid, size)
-        embeddings = []
-        for start in range(0, len(windows), WINDOW_BATCH):
-            chunk = torch.as_tensor(windows[start:start + WINDOW_BATCH], device=tokens.device)
-            window_tokens = torch.cat([tokens[0].expand(len(chunk), 1, -1), tokens[1:][chunk]], dim=1)
-            embeddings.append(backbone.encode_tokens(window_tokens)[0].float())
-        per_scale.append(torch.cat(embeddings))
-    return WindowFeatures(image[0].float(), tuple(per_scale), backbone.patch_features(hidden[0])[0].float())
+    images, hidden = backbone.encode_tokens(tokens, (backbone.depth,))
+    patches = backbone.patch_features(hidden[0])
+    features = []
+    for index, own in enumerate(tokens):
+        per_scale = []
+        for size in scales:
+            windows = sliding_windows(grid, size)
+            embeddings = []
+            for start in range(0, len(windows), WINDOW_BATCH):
+                chunk = torch.as_tensor(windows[start:start + WINDOW_BATCH], device=own.device)
+                window_tokens = torch.cat([own[0].expand(len(chunk), 1, -1), own[1:][chunk]], dim=1)
+                embeddings.append(backbone.encode_tokens(window_tokens)[0].float())
+            per_scale.append(torch.cat(embeddings))
+        features.append(WindowFeatures(images[index].float(), tuple(per_scale), patches[index].float()))
+    return features
 
 
 def unit(features: torch.Tensor) -> torch.Tensor:
