@@ -247,7 +247,8 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
 # settings that are fractions (thresholds, IoU, area ratios) and settings that count something
 UNIT_INTERVAL_SETTINGS = ("detection.box_threshold", "detection.text_threshold", "filtering.nms_iou",
                           "filtering.size_threshold", "calibration.size_cap")
-PRECISIONS = ("fp32", "bf16", "fp16")  # model arithmetic; iapas/precision.py maps each to its autocast dtype
+# model arithmetic; iapas/precision.py maps each to its autocast dtype (auto: bf16 where the device has native bf16)
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 COUNT_SETTINGS = ("calibration.n_images", "calibration.top_k", "detection.max_text_tokens", "max_image_pixels", "batch_size")
 
 

@@ -117,12 +117,22 @@ def defining_config(config: "Config", skip: tuple[str, ...] = ()) -> dict[str, A
     return flat
 
 
+def resolved_arithmetic(config: "Config") -> str:
+    """The precision the models run at on this machine (`auto` resolved by the config's device)."""
+    from .device import resolve_device
+    from .precision import resolve_precision
+
+    return resolve_precision(config.precision, resolve_device(config.device))
+
+
 # The fields of each command's fingerprint; a new result-defining field is one more line.
 COMMON_FIELDS: dict[str, Field] = {
     "version": lambda run: FINGERPRINT_VERSION,
     "method": lambda run: run.method,
     "config": lambda run: defining_config(run.config),
     "models": model_identities,
+    # the arithmetic that ran: precision `auto` is bf16 on one machine and fp32 on another
+    "arithmetic": lambda run: resolved_arithmetic(run.config),
 }
 SEGMENT_FIELDS: dict[str, Field] = {
     **COMMON_FIELDS,

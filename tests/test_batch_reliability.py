@@ -476,3 +476,16 @@ def test_symlinked_folders_are_followed_once(tmp_path, image_folder):
     (image_folder / "sub" / "loop").symlink_to(image_folder)
     found = [p.relative_to(image_folder).as_posix() for p in find_images(image_folder, report=None)]
     assert found == ["a.png", "b.jpg", "sub/c.bmp"]  # the real folder, not the link to it, and no loop
+
+
+def test_auto_precision_results_are_not_reused_where_it_resolves_otherwise(tmp_path, monkeypatch):
+    import torch
+
+    spec = RunSpec(Config(precision="auto", device="cpu"), "iapas", {})
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
+    with_bf16 = build_fingerprint(spec, SEGMENT_FIELDS)
+    assert with_bf16["arithmetic"] == "bf16" and with_bf16["config"]["precision"] == "auto"
+    check_or_record(tmp_path / "run", with_bf16)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {})  # the same settings on a CPU without bf16
+    with pytest.raises(Exception, match=r"settings \(arithmetic \"bf16\" -> \"fp32\"\)"):
+        check_or_record(tmp_path / "run", build_fingerprint(spec, SEGMENT_FIELDS))

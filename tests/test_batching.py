@@ -211,7 +211,7 @@ def test_precision_is_checked_in_one_line(capsys, weights_dir, tmp_path):
     with pytest.raises(SystemExit):
         main(["segment", str(image), "--batch-size", "0"])
     assert "argument --batch-size: must be a whole number of at least 1, got 0" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="precision must be one of fp32, bf16, fp16, got 'fp8'"):
+    with pytest.raises(ConfigError, match="precision must be one of fp32, bf16, fp16, auto, got 'fp8'"):
         Config().updated({"precision": "fp8"})
 
 
@@ -364,3 +364,23 @@ def test_reading_and_writing_overlap_the_model(monkeypatch, many_images, tmp_pat
     summary = run_batch(segment, inputs, tmp_path / "out", progress=False, writer=writer)
     assert summary.segmented == len(inputs)
     assert "second read while segmenting: True" in seen and "second segmented while writing: True" in seen
+
+
+def test_auto_precision_is_bf16_only_where_the_device_has_it(monkeypatch):
+    from iapas.precision import resolve_precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True, "avx512_bf16": False})
+    assert resolve_precision("auto", cpu) == "bf16"
+    context = autocast("auto", cpu)
+    assert isinstance(context, torch.autocast) and context.fast_dtype == torch.bfloat16
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    assert resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": False, "avx2": True})
+    assert resolve_precision("auto", cpu) == "fp32" and not isinstance(autocast("auto", cpu), torch.autocast)
+    assert [resolve_precision(p, cpu) for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_precision("auto", torch.device("cuda")) == "fp32"
+    # the fast profiles ask for it; the recipes stay fp32, the reference arithmetic
+    assert {build_config(profile=name).precision for name in ("fast", "fast-edgetam", "fast-omdet")} == {"auto"}
+    assert build_config().precision == build_config("official").precision == "fp32"

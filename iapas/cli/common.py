@@ -131,7 +131,9 @@ def add_speed_options(parser: argparse.ArgumentParser) -> None:
     """Batching (every method) and mixed precision (the IAP-AS models) for segment and bench."""
     parser.add_argument("--batch-size", type=positive_int, help="images per encoder forward: Grounding DINO / SAM, or the CLIP "
                                                                 "methods' CLIP (default 1; both engines); results equal one-by-one")
-    parser.add_argument("--precision", choices=PRECISIONS, help="fp32 (default), bf16 or fp16 autocast (fp16: CUDA only)")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="fp32 (default), bf16 or fp16 autocast (fp16: CUDA only), or auto: bf16 where the "
+                        "device has native bf16 (recent GPUs; CPUs with AMX or AVX512-BF16), else fp32")
 
 
 def add_method_options(parser: argparse.ArgumentParser) -> None:
