@@ -14,7 +14,7 @@ import platform
 import statistics
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -172,35 +172,60 @@ def bench_images(options: BenchOptions, max_pixels: int) -> list[np.ndarray]:
 Timed = tuple[dict[str, float], int]  # one image's seconds per stage, and how many boxes it masked
 
 
-def timed_pass(images: list[np.ndarray], run: Callable[[np.ndarray], Timed],
-               run_many: Callable[[list[np.ndarray]], list[Timed]] | None = None,
-               batch_size: int = 1) -> dict[str, Any]:
-    """Run every image once (`batch_size` at a time through `run_many`); wall time, images/s, per-stage medians,
-    boxes masked per image, peak memory.
+@dataclass
+class Contender:
+    """One way of segmenting the images, timed chunk by chunk: its own busy time, stages, boxes and peak memory."""
 
-    In batches, an image's time is its batch's time shared equally, as its batched stages' times are.
-    """
-    stages: dict[str, list[float]] = {}
-    per_image = []
-    boxes = []
-    step = batch_size if run_many is not None else 1
-    with PeakMemory() as memory:
-        start = time.perf_counter()
-        for first in range(0, len(images), step):
-            chunk = images[first : first + step]
+    run_chunk: Callable[[list[np.ndarray]], list[Timed]]
+    stages: dict[str, list[float]] = field(default_factory=dict)
+    per_image: list[float] = field(default_factory=list)
+    boxes: list[int] = field(default_factory=list)
+    busy_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    peak_gpu_mb: float = 0.0
+
+    def time_chunk(self, chunk: list[np.ndarray]) -> None:
+        """Segment the chunk once; an image's time is its chunk's time shared equally, as batched stages share it."""
+        with PeakMemory() as memory:
             began = time.perf_counter()
-            timed = run_many(chunk) if run_many is not None and len(chunk) > 1 else [run(pixels) for pixels in chunk]
-            for timing, count in timed:
-                boxes.append(count)
-                for name, seconds in timing.items():
-                    stages.setdefault(name, []).append(seconds)
+            timed = self.run_chunk(chunk)
             synchronize()
-            per_image.extend([(time.perf_counter() - began) / len(chunk)] * len(chunk))
-        wall = time.perf_counter() - start
-    return {"images": len(images), "wall_s": wall, "images_per_s": len(images) / wall if wall else 0.0,
-            "per_image_ms": median_ms(per_image), "stages_ms": {name: median_ms(v) for name, v in stages.items()},
-            "boxes_per_image": float(np.mean(boxes)) if boxes else 0.0,
-            "peak_rss_mb": memory.peak_rss_mb, "peak_gpu_mb": memory.peak_gpu_mb}
+            seconds = time.perf_counter() - began
+        self.busy_s += seconds
+        self.per_image.extend([seconds / len(chunk)] * len(chunk))
+        self.peak_rss_mb = max(self.peak_rss_mb, memory.peak_rss_mb)
+        self.peak_gpu_mb = max(self.peak_gpu_mb, memory.peak_gpu_mb)
+        for timing, count in timed:
+            self.boxes.append(count)
+            for name, value in timing.items():
+                self.stages.setdefault(name, []).append(value)
+
+    def report(self) -> dict[str, Any]:
+        count, wall = len(self.per_image), self.busy_s
+        return {"images": count, "wall_s": wall, "images_per_s": count / wall if wall else 0.0,
+                "per_image_ms": median_ms(self.per_image),
+                "stages_ms": {name: median_ms(values) for name, values in self.stages.items()},
+                "boxes_per_image": float(np.mean(self.boxes)) if self.boxes else 0.0,
+                "peak_rss_mb": self.peak_rss_mb, "peak_gpu_mb": self.peak_gpu_mb}
+
+
+def one_by_one(run: Callable[[np.ndarray], Timed]) -> Callable[[list[np.ndarray]], list[Timed]]:
+    """A per-image callable as a chunk callable."""
+    return lambda chunk: [run(pixels) for pixels in chunk]
+
+
+def interleaved_passes(images: list[np.ndarray], contenders: dict[str, Contender], step: int) -> dict[str, dict[str, Any]]:
+    """Every contender segments every image once, `step` images at a time, taking turns chunk by chunk.
+
+    Turns (and which contender goes first, alternating) make a machine whose load drifts during the run
+    weigh on every contender alike; each contender's images/s is over its own busy time.
+    """
+    order = list(contenders)
+    for number, first in enumerate(range(0, len(images), step)):
+        chunk = images[first : first + step]
+        for name in order if number % 2 == 0 else order[::-1]:
+            contenders[name].time_chunk(chunk)
+    return {name: contender.report() for name, contender in contenders.items()}
 
 
 def timed_result(result: Any) -> Timed:
@@ -223,30 +248,36 @@ def run_throughput(options: BenchOptions, config: Config, build: Callable[[], Se
         for _ in range(max(0, options.warmup)):
             many(images[: options.batch_size])  # the batched path warms up too (its own shapes)
 
-        def batched(chunk: list[np.ndarray]) -> list[dict[str, float]]:
+        def batched(chunk: list[np.ndarray]) -> list[Timed]:
             outcomes = many(chunk)
             for outcome in outcomes:
                 if isinstance(outcome, Exception):
                     raise outcome
-            return [(outcome.timings, len(outcome.boxes)) for outcome in outcomes]
+            return [timed_result(outcome) for outcome in outcomes]
 
         run_many = batched
 
-    report: dict[str, Any] = {"mode": "throughput", "load_s": load_seconds, "batch_size": options.batch_size,
-                              "batched": run_many is not None,
-                              "image_size": [int(images[0].shape[1]), int(images[0].shape[0])],
-                              "iapas": timed_pass(images, lambda pixels: timed_result(segment(pixels)), run_many,
-                                                  options.batch_size)}
+    run_chunk = run_many or one_by_one(lambda pixels: timed_result(segment(pixels)))
+    # the naive loop's turn may leave the detector holding features of the very image ours does next: drop them
+    detector = getattr(getattr(segment, "pipeline", None), "detector", None)
+    forget = getattr(detector, "forget_features", None)
+    ours = Contender(run_chunk if forget is None else lambda chunk: (forget(), run_chunk(chunk))[1])
+    contenders = {"iapas": ours}
     if options.vs_naive:
-        report["naive"] = naive_pass(options, config, segment, images)
+        contenders["naive"] = naive_contender(options, config, segment, images)
+    report: dict[str, Any] = {"mode": "throughput", "load_s": load_seconds, "batch_size": options.batch_size,
+                              "batched": run_many is not None, "interleaved": len(contenders) > 1,
+                              "image_size": [int(images[0].shape[1]), int(images[0].shape[0])],
+                              **interleaved_passes(images, contenders, options.batch_size if run_many else 1)}
+    if options.vs_naive:
         report["speedup_vs_naive"] = report["iapas"]["images_per_s"] / max(report["naive"]["images_per_s"], 1e-12)
     print_throughput(options, config, report)
     _write_json(options, config, report)
     return 0
 
 
-def naive_pass(options: BenchOptions, config: Config, segment: Segment, images: list[np.ndarray]) -> dict[str, Any]:
-    """The official per-image loop on the method's own loaded detector and segmenter."""
+def naive_contender(options: BenchOptions, config: Config, segment: Segment, images: list[np.ndarray]) -> Contender:
+    """The official per-image loop on the method's own loaded detector and segmenter, warmed up as ours was."""
     from .errors import ConfigError
     from .naive import naive_segment
 
@@ -259,11 +290,13 @@ def naive_pass(options: BenchOptions, config: Config, segment: Segment, images: 
     def run(pixels: np.ndarray) -> Timed:
         _, timings, boxes = naive_segment(detector, segmenter, pixels, prompts, options.object_tag,
                                           detection.box_threshold, detection.text_threshold, config.filtering.nms_iou,
-                                          detection.max_boxes)
+                                          detection.max_boxes, detection.caption_format, detection.phrase_rule,
+                                          config.filtering.size_threshold)
         return timings, len(boxes)
 
-    run(images[0])  # the same warm-up as ours
-    return timed_pass(images, run)
+    for _ in range(max(0, options.warmup)):
+        run(images[0])  # the same warm-up as ours
+    return Contender(one_by_one(run))
 
 
 def print_throughput(options: BenchOptions, config: Config, report: dict[str, Any]) -> None:

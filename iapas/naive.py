@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .stages.filtering import nms
+from .stages.filtering import NO_OBJECT_SIZE, nms, object_size as object_size_of
 from .stages.scoring import minmax_per_image
 from .types import Boxes
 
@@ -30,24 +30,40 @@ def full_resolution_masks(segmenter: Any, image: np.ndarray, boxes: Boxes) -> np
     return getattr(segmenter, "segment_boxes_full_resolution", segmenter.segment_boxes)(image, boxes.xyxy)
 
 
+def detect_as_recipe(detector: Any, image: np.ndarray, prompts: Sequence[str], box_threshold: float,
+                     text_threshold: float, caption_format: str, phrase_rule: str) -> Boxes:
+    """One full detector pass (its own image encoding) on the captions the recipe's caption format makes."""
+    from .stages.detection import captions_for
+
+    captions = captions_for(tuple(prompts), caption_format, detector.fits)
+    if hasattr(detector, "forget_features"):
+        detector.forget_features()  # the official code shares nothing between passes: each encodes the image again
+    return detector.detect_captions(image, captions, box_threshold, text_threshold, phrase_rule)
+
+
 @torch.inference_mode()
 def naive_segment(detector: Any, segmenter: Any, image: np.ndarray, prompts: Sequence[str], object_tag: str,
                   box_threshold: float, text_threshold: float, nms_iou: float,
-                  max_boxes: int = 0) -> tuple[np.ndarray, dict[str, float], Boxes]:
+                  max_boxes: int = 0, caption_format: str = "dots", phrase_rule: str = "words",
+                  size_factor: float = OFFICIAL_SIZE_FACTOR) -> tuple[np.ndarray, dict[str, float], Boxes]:
     """The official per-image order; returns the normalised map, seconds per step and the boxes it masked.
 
-    `max_boxes` (0: none, as the official code) caps the defect boxes as iapas's detection stage does, so that a
-    benchmark on random weights, whose saturated scores keep hundreds of boxes, decodes the same boxes in both.
+    Captions are made as the recipe makes them (`caption_format`, `phrase_rule`), so under `--recipe official`
+    both contenders ask the detector the same questions and keep the same boxes. `max_boxes` (0: none, as the
+    official code) caps the defect boxes as iapas's detection stage does, so that a benchmark on random weights,
+    whose saturated scores keep hundreds of boxes, decodes the same boxes in both.
     """
     timings: dict[str, float] = {}
     height, width = image.shape[:2]
     start = time.perf_counter()
-    objects = detector.detect(image, [object_tag], box_threshold, text_threshold)
-    object_size = float(objects.area_ratios(height, width)[int(np.argmax(objects.scores))]) if len(objects) else 1.0
+    objects = detect_as_recipe(detector, image, [object_tag], box_threshold, text_threshold, caption_format, phrase_rule)
+    found = object_size_of(objects, height, width, nms_iou)
+    object_size = NO_OBJECT_SIZE if found is None else found
     timings["object_detection"] = time.perf_counter() - start
     start = time.perf_counter()
-    boxes = nms(detector.detect(image, prompts, box_threshold, text_threshold).top(max_boxes), nms_iou)
-    boxes = boxes.select(boxes.area_ratios(height, width) < OFFICIAL_SIZE_FACTOR * object_size)
+    defects = detect_as_recipe(detector, image, prompts, box_threshold, text_threshold, caption_format, phrase_rule)
+    boxes = nms(defects.top(max_boxes), nms_iou)
+    boxes = boxes.select(boxes.area_ratios(height, width) < size_factor * object_size)
     timings["defect_detection"] = time.perf_counter() - start
     start = time.perf_counter()
     masks = full_resolution_masks(segmenter, image, boxes)

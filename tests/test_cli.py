@@ -217,6 +217,11 @@ def test_bench_throughput_against_the_naive_loop_writes_json(capsys, weights_dir
     capped = json.loads(report_path.read_text())
     assert capped["config"]["detection"]["max_boxes"] == 1  # both contenders keep at most one box per image
     assert capped["iapas"]["boxes_per_image"] == 1 and capped["naive"]["boxes_per_image"] <= 1
+    # under the official recipe both ask the same captions and the same object tag: the same boxes, the same load
+    assert main([*loose, "--recipe", "official"]) == 0
+    official = json.loads(report_path.read_text())
+    assert official["config"]["calibration"]["tags"] == ["object"]
+    assert official["iapas"]["boxes_per_image"] == official["naive"]["boxes_per_image"] > 0
     with pytest.raises(SystemExit) as exit_info:  # argparse's one-line usage error
         main(["bench", "--images", "2", "--max-boxes", "-1", "--weights", str(weights_dir)])
     assert exit_info.value.code == 2 and "--max-boxes: must be 0 or more, got -1" in capsys.readouterr().err

@@ -73,6 +73,9 @@ def run_bench(args: argparse.Namespace) -> int:
             raise ConfigError("--vs-naive compares the IAP-AS pipeline with the official loop: use --method iapas")
         from ..methods.iapas.pipeline import Pipeline
 
+        if not config.calibration.tags:  # a per-image size rule asks about the naive loop's object tag too
+            config = config.updated({"calibration.tags": [args.object_tag]})
+
         def build():
             pipeline = Pipeline.from_config(config)
             return PipelineSegment(pipeline, tuple(args.prompt) if args.prompt else pipeline.default_prompts())
