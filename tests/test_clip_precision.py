@@ -107,7 +107,7 @@ def test_fp16_on_the_cpu_and_int8_with_bf16_are_refused_before_the_weights_load(
     from iapas.config import Config
 
     config = Config().updated({"device": "cpu", "precision": "bf16", "masking.int8": True})
-    with pytest.raises(ConfigError, match="^--int8 and --precision bf16 exclude each other for the CLIP methods"):
+    with pytest.raises(ConfigError, match="^--int8 and --precision bf16 exclude each other"):
         configured_backbone(missing, config)
 
 
@@ -138,6 +138,15 @@ def test_cli_precision_and_int8_reach_a_clip_method_and_fp16_is_refused_as_for_i
     assert segment(image_file, tmp_path / "winclip-fp16", weights_dir, "--method", "winclip", "--precision", "fp16") == 2
     assert capsys.readouterr().err.splitlines() == iapas_line == [  # one line, before the CLIP loads (no random-weights note)
         "iapas: error: --precision fp16 needs a CUDA GPU; on cpu use fp32 (default) or bf16"]
-    assert segment(image_file, tmp_path / "both", weights_dir, "--method", "winclip", "--int8", "--precision", "bf16") == 2
+    for method in ("winclip", "iapas"):  # int8 layers fail on bf16 activations: refused before any model loads, for IAP-AS too
+        assert segment(image_file, tmp_path / f"both-{method}", weights_dir, "--method", method, "--int8", "--precision", "bf16") == 2
+        assert capsys.readouterr().err.splitlines() == [
+            "iapas: error: --int8 and --precision bf16 exclude each other (int8 layers take float32 inputs): drop one"]
+
+
+def test_train_refuses_int8_rather_than_ignoring_it(capsys, tmp_path):
+    argv = ["train", "anomalyclip", "--dataset", "mvtec", "--root", str(tmp_path / "aux"), "-o", str(tmp_path / "ckpt"), "--int8"]
+    assert main(argv) == 2
     assert capsys.readouterr().err.splitlines() == [
-        "iapas: error: --int8 and --precision bf16 exclude each other for the CLIP methods (int8 layers take float32 inputs): drop one"]
+        "iapas: error: --int8 is for inference (segment, eval, bench, serve): training back-propagates through the CLIP "
+        "to the prompts, and int8 layers pass no gradient back; drop --int8"]

@@ -215,12 +215,11 @@ class ClipBackbone(torch.nn.Module):
 def check_int8(device: torch.device, precision: str) -> None:
     """Refuse (one line) int8 CLIP encoders off the CPU, or beside a half-precision autocast."""
     from ..errors import ConfigError
+    from ..quantisation import check_int8_precision
 
     if device.type != "cpu":
         raise ConfigError(f"--int8 runs on the CPU only, but the device is {device}: add --device cpu or drop --int8")
-    if precision != "fp32":
-        raise ConfigError(f"--int8 and --precision {precision} exclude each other for the CLIP methods "
-                          "(int8 layers take float32 inputs): drop one")
+    check_int8_precision(precision)
 
 
 def clip_int8(config) -> bool:
