@@ -106,13 +106,17 @@ def dataset_key(image: Path, root: Path) -> Path:
         return Path(image).resolve()
 
 
+MapOutcome = tuple[np.ndarray, float, tuple[int, int]]  # (map, the method's image score, (H, W)) of one test image
+
+
 @dataclass
 class MethodMaps:
-    """A method as a source of maps: calibrates per category, segments each test image."""
+    """A method as a source of maps: calibrates per category, segments the test images `batch_size` at a time."""
 
     method: Method
     dataset: str
     bit_window: Window | None = None
+    batch_size: int = 1  # config.batch_size: images per call of the method's batched entry point (results equal one-by-one)
 
     @property
     def default_image_score(self) -> str:
@@ -129,6 +133,28 @@ class MethodMaps:
         pixels = load_image(sample.image_path, bit_window=self.bit_window).pixels
         result = self.method.segment(pixels)
         return result.anomaly_map, result.image_score, pixels.shape[:2]
+
+    def maps_for(self, samples: Sequence[Sample]) -> list[MapOutcome | Exception]:
+        """Each sample's `map_for`, the images handed to the method together (its `segment_outcomes`, as the
+        engines' `many`); an image that cannot be read or segmented gets its exception in its place."""
+        from .methods.batching import MethodSegment
+
+        loaded: list[np.ndarray | Exception] = []
+        for sample in samples:
+            try:
+                loaded.append(load_image(sample.image_path, bit_window=self.bit_window).pixels)
+            except Exception as error:  # noqa: BLE001 - this image's, raised in its turn by the caller
+                loaded.append(error)
+        ready = [pixels for pixels in loaded if not isinstance(pixels, Exception)]
+        results = iter(MethodSegment(self.method).many(ready) if ready else [])
+        outcomes: list[MapOutcome | Exception] = []
+        for pixels in loaded:
+            result = pixels if isinstance(pixels, Exception) else next(results)
+            if isinstance(result, Exception):
+                outcomes.append(result)
+            else:
+                outcomes.append((result.anomaly_map, result.image_score, pixels.shape[:2]))
+        return outcomes
 
 
 def image_score_rule(source: MethodMaps | SavedMaps, options: EvalOptions) -> str:
@@ -181,19 +207,29 @@ def evaluate_category(
     finished = set(state.done)
     todo = [s for s in samples if dataset_key(s.image_path, options.root).as_posix() not in finished]
     rule = image_score_rule(source, options)
-    bar = tqdm(todo, desc=f"{dataset.name}/{category}", unit="img", disable=not options.progress, dynamic_ncols=True)
-    for sample in bar:
-        start = time.perf_counter()
-        anomaly_map, method_score, size = source.map_for(sample)
-        mask = load_mask(sample, *size, threshold=protocol.mask_threshold)
-        state.pixels.update(anomaly_map, mask, name=str(sample.image_path))
-        state.labels.append(sample.label)
-        state.scores.append(method_score if rule == "method" else protocol.max_score(anomaly_map))
-        state.done.append(dataset_key(sample.image_path, options.root).as_posix())
-        state.seconds += time.perf_counter() - start
-        if options.save_maps:
-            save_map(run_dir / "maps", dataset, sample, anomaly_map)
-        state.save(state_path)  # a few KB of histograms: after every image, so an interrupt loses nothing finished
+    size = getattr(source, "batch_size", 1)
+    with tqdm(total=len(todo), desc=f"{dataset.name}/{category}", unit="img", disable=not options.progress,
+              dynamic_ncols=True) as bar:
+        for first in range(0, len(todo), size):
+            batch = todo[first:first + size]
+            start = time.perf_counter()
+            outcomes = source.maps_for(batch) if size > 1 else [source.map_for(sample) for sample in batch]
+            share = (time.perf_counter() - start) / len(batch)  # the batch's time, shared as `iapas bench` shares it
+            for sample, outcome in zip(batch, outcomes):  # in order: the images before a failure are counted and saved
+                if isinstance(outcome, Exception):
+                    raise outcome
+                start = time.perf_counter()
+                anomaly_map, method_score, shape = outcome
+                mask = load_mask(sample, *shape, threshold=protocol.mask_threshold)
+                state.pixels.update(anomaly_map, mask, name=str(sample.image_path))
+                state.labels.append(sample.label)
+                state.scores.append(method_score if rule == "method" else protocol.max_score(anomaly_map))
+                state.done.append(dataset_key(sample.image_path, options.root).as_posix())
+                state.seconds += share + time.perf_counter() - start
+                if options.save_maps:
+                    save_map(run_dir / "maps", dataset, sample, anomaly_map)
+                state.save(state_path)  # a few KB of histograms: after every image, so an interrupt loses nothing finished
+                bar.update(1)
     metrics = {**state.pixels.summary(), **image_metrics(np.array(state.labels), np.array(state.scores))}
     record = {
         "category": category,
@@ -272,7 +308,7 @@ def run_eval(options: EvalOptions, config: Config) -> Path:
 
         check_method_runtimes(options.method, config)  # a config file's runtime is not silently ignored either
         source = MethodMaps(METHODS.get(options.method)(config, options.ablate), dataset.name,
-                            parse_window(config.bit_window))
+                            parse_window(config.bit_window), config.batch_size)
     record_fingerprint(run_dir, fingerprint)
     remove_stale_temporaries(run_dir)
     records = [evaluate_category(source, dataset, category, options, run_dir, digest, required[category])

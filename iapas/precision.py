@@ -57,3 +57,8 @@ def autocast(precision: str, device: torch.device) -> ContextManager:
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def full_precision(device: torch.device) -> ContextManager:
+    """Autocast switched off: post-processing that sits inside a forward (up-sampling, softmax of maps) stays float32."""
+    return torch.autocast(device_type=torch.device(device).type, enabled=False)

@@ -24,6 +24,12 @@ def quantise_linear_layers(module: torch.nn.Module) -> torch.nn.Module:
         return torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
+def check_int8_precision(precision: str) -> None:
+    """Refuse (one line) int8 beside a half-precision autocast: dynamic int8 layers take float32 inputs, autocast hands them bf16/fp16."""
+    if precision != "fp32":
+        raise ConfigError(f"--int8 and --precision {precision} exclude each other (int8 layers take float32 inputs): drop one")
+
+
 def int8_modules(backend: Any, what: str) -> list[torch.nn.Module]:
     """The modules of a loaded backend worth quantising: its own `int8_modules()`, else its `model`."""
     if hasattr(backend, "int8_modules"):

@@ -1,5 +1,5 @@
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -116,6 +116,12 @@ def test_eval_iapas_writes_tables_curves_and_ablation(capsys, synth_root, weight
     assert record["kind"] == "texture" and record["images"] == 4
     assert all(0 <= v <= 1 for v in record["metrics"].values() if not np.isnan(v))
     assert json.loads((run_dir / "calibrations" / "tile.json").read_text())["box_threshold"] == 0.1
+    batched = tmp_path / "batched"  # --batch-size 3: the calibrated pipeline takes three images per forward
+    assert main([*argv[:5], "-o", str(batched), *argv[7:], "--batch-size", "3"]) == 0
+    capsys.readouterr()
+    for category in ("tile", "washer"):
+        alone, together = (json.loads((folder / "iapas" / "categories" / f"{category}.json").read_text()) for folder in (out, batched))
+        assert together["metrics"] == pytest.approx(alone["metrics"], abs=1e-6) and together["images"] == alone["images"]
     assert main(argv + ["--ablate", "filter,llm"]) == 0
     capsys.readouterr()
     table3 = (out / "table3.md").read_text()
@@ -145,3 +151,71 @@ def test_cli_data_synth(capsys, tmp_path):
     assert main(["data", "synth", "-o", str(tmp_path / "d"), "--categories", "board", "--size", "48", "--per-defect", "1"]) == 0
     assert sorted(p.name for p in (tmp_path / "d/board/test").iterdir()) == ["crack", "good", "hole", "scratch", "stain"]
     assert main(["data", "synth", "-o", str(tmp_path / "e"), "--categories", "pizza"]) == 2
+
+
+@dataclass
+class BatchedBrightness(BrightnessMethod):
+    """BrightnessMethod with a batched entry point: records each call's size; the image of mean `fail_mean` fails in its place."""
+
+    fail_mean: float | None = None
+    batches: list = field(default_factory=list)
+
+    def segment_outcomes(self, images, batch_size=None):
+        self.batches.append(len(images))
+        return [ValueError("cannot segment this one") if image.mean() == self.fail_mean else self.segment(image)
+                for image in images]
+
+
+def test_eval_batch_size_hands_images_to_the_batched_entry_point_with_equal_metrics(synth_root, tmp_path):
+    def run(out, batch_size, method):
+        RUNS["current"] = method
+        options = EvalOptions("mvtec", synth_root, tmp_path / out, method="test-brightness", categories=["washer"], progress=False)
+        return json.loads((run_eval(options, Config(batch_size=batch_size)) / "categories" / "washer.json").read_text())
+
+    one = run("one", 1, BatchedBrightness())
+    assert RUNS["current"].batches == [] and RUNS["current"].calls == 15  # batch size 1: image by image, as before
+    three = run("three", 3, BatchedBrightness())
+    assert RUNS["current"].batches == [3] * 5 and RUNS["current"].calls == 15
+    assert three["metrics"] == one["metrics"] and three["images"] == one["images"] == 15
+
+
+def test_eval_batched_failure_is_the_images_own_and_a_rerun_resumes_after_the_counted_ones(synth_root, tmp_path):
+    from iapas.data.datasets import load_dataset
+    from iapas.images import load_image
+
+    samples = load_dataset("mvtec", synth_root).samples("washer")
+    failing = samples[7]  # the second image of the third batch of three: images 0..6 are counted, 8 is not
+    method = BatchedBrightness(fail_mean=load_image(failing.image_path).pixels.mean())
+    assert sum(load_image(s.image_path).pixels.mean() == method.fail_mean for s in samples) == 1
+    RUNS["current"] = method
+    options = EvalOptions("mvtec", synth_root, tmp_path / "cut", method="test-brightness", categories=["washer"], progress=False)
+    with pytest.raises(ValueError, match="cannot segment this one"):
+        run_eval(options, Config(batch_size=3))
+    with np.load(tmp_path / "cut/test-brightness/partial/washer.npz") as state:
+        assert len(state["done"]) == 7  # the images before the failing one, in order, and none after it
+    RUNS["current"] = BatchedBrightness()
+    resumed = json.loads((run_eval(options, Config(batch_size=3)) / "categories" / "washer.json").read_text())
+    assert RUNS["current"].calls == 8 and RUNS["current"].batches == [3, 3, 2]  # the remaining images, still batched
+    RUNS["current"] = BatchedBrightness()
+    reference = EvalOptions("mvtec", synth_root, tmp_path / "ref", method="test-brightness", categories=["washer"], progress=False)
+    assert resumed["metrics"] == json.loads((run_eval(reference, Config()) / "categories" / "washer.json").read_text())["metrics"]
+
+
+def test_cli_eval_batch_size_on_a_clip_method_gives_the_unbatched_metrics(capsys, synth_root, weights_dir, tmp_path):
+    def run(out, *extra):
+        argv = ["eval", "--dataset", "mvtec", "--root", str(synth_root), "-o", str(tmp_path / out), "--weights", str(weights_dir),
+                "--method", "winclip", "--categories", "washer", "--no-progress", "--save-maps", *extra]
+        assert main(argv) == 0
+        run_dir = tmp_path / out / "winclip"
+        return json.loads((run_dir / "categories" / "washer.json").read_text()), run_dir
+
+    one, one_dir = run("one")
+    three, three_dir = run("three", "--batch-size", "3")
+    capsys.readouterr()
+    assert three["images"] == one["images"] == 15
+    assert three["metrics"] == pytest.approx(one["metrics"], abs=1e-6)
+    for path in (one_dir / "maps").rglob("*.npy"):  # the batched maps are the one-by-one maps (CLIP batching tolerance)
+        np.testing.assert_allclose(np.load(three_dir / "maps" / path.relative_to(one_dir / "maps")), np.load(path), rtol=0, atol=1e-5)
+    finished = (three_dir / "categories" / "washer.json").stat().st_mtime_ns
+    again, _ = run("three")  # batch size is not part of the fingerprint: the batched run's results are reused, not refused
+    assert again == three and (three_dir / "categories" / "washer.json").stat().st_mtime_ns == finished

@@ -153,3 +153,20 @@ def test_segment_actor_batches_its_rows_and_fails_one_image_in_its_place(pipelin
     alone = pipeline.segment(np.asarray(Image.open(sources[3]).convert("RGB")), prompts=["scratch"])
     np.testing.assert_allclose(np.load(tmp_path / "out" / "part_2.png.npy"), alone.anomaly_map, rtol=0, atol=1e-5)
     assert [rows_per_call(size) for size in (1, 2, 3, 8)] == [4, 4, 6, 8]  # whole method batches per Ray Data call
+
+
+@pytest.mark.parametrize("extra, named", [(["--prompt", "scratch"], "--prompt"),
+                                          (["--calibration", "cal.json", "--no-size-filter"], "--calibration, --no-size-filter")])
+def test_iapas_only_options_with_a_clip_method_are_refused_before_the_ray_engine_starts(
+        synthetic_folder, weights_dir, tmp_path, capsys, monkeypatch, extra, named):
+    """Under --engine ray the segmenter is built inside an actor; the check must come first, as one line."""
+    from iapas.engines import ENGINES
+
+    started = []
+    monkeypatch.setitem(ENGINES._entries, "ray", lambda *args, **kwargs: started.append(args))
+    out = tmp_path / "out"
+    argv = ["segment", str(synthetic_folder), "-o", str(out), "--weights", str(weights_dir), "--no-progress",
+            "--engine", "ray", "--method", "winclip", *extra]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [f"iapas: error: {named} only apply to --method iapas, not winclip"]
+    assert started == [] and not (out / "iapas-fingerprint.json").exists()  # refused before the engine or any record

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import ContextManager, Sequence
 
 import numpy as np
 import torch
@@ -22,12 +22,22 @@ def converted_openclip_dir(checkpoint: Path) -> Path:
 
 
 class ClipBackbone(torch.nn.Module):
-    """CLIPModel plus the pieces the CLIP methods need; all CLIP weights are frozen."""
+    """CLIPModel plus the pieces the CLIP methods need; all CLIP weights are frozen.
 
-    def __init__(self, path: Path, device: torch.device | str = "cpu") -> None:
+    `precision` (fp32 | bf16 | fp16, iapas/precision.py) is the autocast the CLIP methods' forwards run
+    under (`autocast()`, entered once for every method by `methods/batching.py`); fp16 on a CPU is refused
+    here, before the weights load, with the IAP-AS pipeline's message.
+    """
+
+    def __init__(self, path: Path, device: torch.device | str = "cpu", precision: str = "fp32") -> None:
         super().__init__()
         from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
+        from ..precision import check_precision
+
+        check_precision(precision, torch.device(device))
+        self.precision = precision
+        self.int8 = False  # set by `quantise_encoders`
         path = Path(path)
         if path.is_file():  # an open_clip checkpoint: convert it once into a transformers directory beside it
             path = converted_openclip_dir(path)
@@ -53,6 +63,28 @@ class ClipBackbone(torch.nn.Module):
     @property
     def device(self) -> torch.device:
         return self.mean.device
+
+    def autocast(self) -> ContextManager:
+        """The context the CLIP forwards run under: torch.autocast at `precision` (nothing for fp32)."""
+        from ..precision import autocast
+
+        return autocast(self.precision, self.device)
+
+    def quantise_encoders(self) -> "ClipBackbone":
+        """int8 dynamic quantisation of the vision and text transformers' linear layers (CPU only, fp32 only); returns self.
+
+        Only the encoder layers (attention projections and MLPs: nearly all of CLIP's time) are swapped; the
+        embeddings, norms and the two projections stay float32, so the methods that read the projections'
+        weights (GenCLIP starts its MLP_I from `visual_projection`) still can. Dynamic int8 layers take float32
+        inputs, so bf16/fp16 autocast, which hands them half-precision activations, is refused with it.
+        """
+        from ..quantisation import quantise_linear_layers
+
+        check_int8(self.device, self.precision)
+        quantise_linear_layers(self.clip.vision_model.encoder)
+        quantise_linear_layers(self.clip.text_model.encoder)
+        self.int8 = True
+        return self
 
     @property
     def grid(self) -> int:
@@ -180,18 +212,47 @@ class ClipBackbone(torch.nn.Module):
         return self.clip.logit_scale.exp().float()
 
 
+def check_int8(device: torch.device, precision: str) -> None:
+    """Refuse (one line) int8 CLIP encoders off the CPU, or beside a half-precision autocast."""
+    from ..errors import ConfigError
+    from ..quantisation import check_int8_precision
+
+    if device.type != "cpu":
+        raise ConfigError(f"--int8 runs on the CPU only, but the device is {device}: add --device cpu or drop --int8")
+    check_int8_precision(precision)
+
+
+def clip_int8(config) -> bool:
+    """Whether the config asks the CLIP methods for int8: `--int8` sets both keys; either one in a config file counts."""
+    return bool(config.detection.int8 or config.masking.int8)
+
+
+def configured_backbone(path: Path, config) -> ClipBackbone:
+    """The CLIP at `path` on the config's device, at its `precision`, its encoders quantised when it asks for int8.
+
+    Both refusals (fp16 on a CPU; int8 off the CPU or with bf16/fp16) come before the weights load.
+    """
+    from ..device import resolve_device
+    from ..precision import check_precision
+
+    device = resolve_device(config.device)
+    check_precision(config.precision, device)
+    if clip_int8(config):
+        check_int8(device, config.precision)
+    backbone = ClipBackbone(path, device, config.precision)
+    return backbone.quantise_encoders() if clip_int8(config) else backbone
+
+
 def backbone_for_config(config) -> ClipBackbone:
     """The frozen CLIP the config names (`clip_methods.weights`), or the first one found in its weights dir."""
-    from ..device import resolve_device
     from ..weights import chosen_or_found
 
     path = chosen_or_found("clip", config.clip_methods.weights, config.weights_dir)
-    return ClipBackbone(path, resolve_device(config.device))
+    return configured_backbone(path, config)
 
 
 def backbone_preferring(config, preferred: Sequence[str]) -> ClipBackbone:
     """The config's CLIP if it names one, else the first of the `preferred` manifest entries present, else any CLIP found."""
-    from ..device import resolve_device
     from ..weights import is_present, load_manifest
 
     if not config.clip_methods.weights:
@@ -199,5 +260,5 @@ def backbone_preferring(config, preferred: Sequence[str]) -> ClipBackbone:
         for name in preferred:
             entry = entries.get(name)
             if entry is not None and is_present(entry, Path(config.weights_dir)):
-                return ClipBackbone(entry.location(Path(config.weights_dir)), resolve_device(config.device))
+                return configured_backbone(entry.location(Path(config.weights_dir)), config)
     return backbone_for_config(config)

@@ -123,17 +123,18 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=non_negative_int,
                         help="torch CPU threads (default 0: the CPUs this process may use, or OMP_NUM_THREADS when set)")
     parser.add_argument("--int8", action="store_true", default=None,
-                        help="CPU only: int8 dynamic quantisation of Grounding DINO's and SAM's linear layers (faster, "
-                             "maps within a tested tolerance of float32; see README)")
+                        help="CPU only: int8 dynamic quantisation of Grounding DINO's and SAM's linear layers, or of the CLIP "
+                             "methods' CLIP encoders (faster, maps within a tested tolerance of float32; see README)")
 
 
 def add_speed_options(parser: argparse.ArgumentParser) -> None:
-    """Batching (every method) and mixed precision (the IAP-AS models) for segment and bench."""
+    """Batching and mixed precision (every method) for segment, bench and eval."""
     parser.add_argument("--batch-size", type=positive_int, help="images per encoder forward: Grounding DINO / SAM, or the CLIP "
                                                                 "methods' CLIP (default 1; both engines); results equal one-by-one")
     parser.add_argument("--precision", choices=PRECISIONS,
-                        help="fp32 (default), bf16 or fp16 autocast (fp16: CUDA only), or auto: bf16 where the "
-                        "device has native bf16 (recent GPUs; CPUs with AMX or AVX512-BF16), else fp32")
+                        help="fp32 (default), bf16 or fp16 autocast of the models' forwards, CLIP methods included "
+                        "(fp16: CUDA only), or auto: bf16 where the device has native bf16 (recent GPUs; CPUs with "
+                        "AMX or AVX512-BF16), else fp32")
 
 
 def add_method_options(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 
-from .common import EXIT_OK, add_model_options, add_preprocessing_options, add_winclip_options, base_config, comma_list, non_negative_int
+from .common import (EXIT_OK, add_model_options, add_preprocessing_options, add_speed_options, add_winclip_options, base_config,
+                     comma_list, non_negative_int)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -41,6 +42,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_winclip_options(evaluate)
     add_preprocessing_options(evaluate)
     add_model_options(evaluate)
+    add_speed_options(evaluate)  # --batch-size through each method's batched entry point, --precision
     evaluate.set_defaults(handler=run)
 
 

@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = collect_inputs(local, exclude=[out_dir]) if local else []  # bad paths too; the output folder is never an input
     config = base_config(args)
     check_method_runtimes(args.method, config)  # before any model loads, and before a Ray worker would meet it
+    check_method_options(args)  # likewise: under --engine ray the segmenter is built inside an actor
     window = parse_window(config.bit_window)
     options = {"prompts": args.prompt, "calibration": args.calibration, "no_size_filter": args.no_size_filter,
                "category": args.category if args.method != "iapas" else None}
@@ -146,16 +147,23 @@ def clip_segmenter(args: argparse.Namespace, config: Config) -> tuple[Segment, d
     from ..runtimes import check_method_runtimes
 
     check_method_runtimes(args.method, config)
-    ignored = [option for option, value in (("--prompt", args.prompt), ("--calibration", args.calibration),
-                                            ("--no-size-filter", args.no_size_filter)) if value]
-    if ignored:
-        raise IapasError(f"{', '.join(ignored)} only apply to --method iapas, not {args.method}")
+    check_method_options(args)  # `iapas bench` builds its segmenter here; `segment` has checked before its engine started
     category = args.category or "object"
     from ..methods.batching import MethodSegment
 
     method = METHODS.get(args.method)(config, ())
     method.prepare(category, [], "object", Path(getattr(args, "output", None) or "."))
     return MethodSegment(method), {"category": category}  # `many`: a batch through one CLIP forward (--batch-size)
+
+
+def check_method_options(args: argparse.Namespace) -> None:
+    """Refuse, in one line, the IAP-AS-only options given with another method (before any engine or model starts)."""
+    if args.method == "iapas":
+        return
+    ignored = [option for option, value in (("--prompt", args.prompt), ("--calibration", args.calibration),
+                                            ("--no-size-filter", args.no_size_filter)) if value]
+    if ignored:
+        raise IapasError(f"{', '.join(ignored)} only apply to --method iapas, not {args.method}")
 
 
 def calibration_with_overrides(args: argparse.Namespace) -> Calibration:

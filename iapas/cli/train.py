@@ -142,6 +142,9 @@ def run(args: argparse.Namespace) -> int:
     if len(args.dataset) > 1 and not trainer.several_datasets:
         raise IapasError(f"{trainer.title} trains on one auxiliary dataset; got {len(args.dataset)}")
     check_writable_folder(args.output, "checkpoint folder")  # before any model loads
+    if args.int8:  # add_model_options offers it; rather than ignore it silently, say why training cannot use it
+        raise IapasError("--int8 is for inference (segment, eval, bench, serve): training back-propagates through the "
+                         "CLIP to the prompts, and int8 layers pass no gradient back; drop --int8")
     config = base_config(args)
     clip = chosen_or_found("clip", args.clip_weights, config.weights_dir)
     sources = [(name, Path(root)) for name, root in zip(args.dataset, args.root)]

@@ -6,13 +6,20 @@ first, so images of any sizes share a batch), and `finish` does one image's own 
 of that forward, exactly as one image alone would. `BatchedMethod` builds `segment` and `segment_outcomes`
 from the two, the way the IAP-AS pipeline's `segment_outcomes` hands back each image's Result or exception
 in its place; `MethodSegment` is the callable the engines and `iapas bench` take (`__call__` and `many`).
+
+`BatchedMethod` is also where `--precision` reaches every CLIP method: `encode_batch` (the CLIP forwards)
+runs under the backbone's autocast, and what it hands on is cast back to float32, so `finish` (scoring,
+smoothing, up-sampling, normalisation) always works in float32.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
-from typing import Any, Sequence
+from typing import Any, ContextManager, Sequence
 
 import numpy as np
+import torch
 
 from ..config import at_least_one
 from ..types import Result
@@ -35,6 +42,11 @@ class BatchedMethod:
 
     def encode_batch(self, images: list[np.ndarray]) -> tuple[list[Any], dict[str, float]]:
         raise NotImplementedError
+
+    def forward_precision(self) -> ContextManager:
+        """The autocast `encode_batch` runs under: the method's CLIP backbone's (`--precision`), else none."""
+        backbone = getattr(self, "backbone", None)
+        return backbone.autocast() if hasattr(backbone, "autocast") else contextlib.nullcontext()
 
     def finish(self, image: np.ndarray, encoded: Any, timings: dict[str, float]) -> Result:
         raise NotImplementedError
@@ -67,7 +79,9 @@ class BatchedMethod:
                 checked.append(error)
         ready = [image for image in checked if not isinstance(image, Exception)]
         try:
-            encoded, timings = self.encode_batch(ready) if ready else ([], {})
+            with self.forward_precision():
+                encoded, timings = self.encode_batch(ready) if ready else ([], {})
+            encoded = [in_float32(item) for item in encoded]
         except Exception as error:  # noqa: BLE001 - alone, each image's error is its own
             if len(ready) == 1:
                 encoded = [error]
@@ -90,6 +104,19 @@ class BatchedMethod:
             except Exception as error:  # noqa: BLE001 - this image's, handed back in its place
                 outcomes.append(error)
         return outcomes
+
+
+def in_float32(item: Any) -> Any:
+    """`item` with every floating-point tensor in it (tuples, lists, dataclasses) as float32; anything else unchanged."""
+    if isinstance(item, torch.Tensor):
+        return item.float() if item.is_floating_point() else item
+    if isinstance(item, tuple) and hasattr(item, "_fields"):  # a NamedTuple
+        return type(item)(*(in_float32(part) for part in item))
+    if isinstance(item, (tuple, list)):
+        return type(item)(in_float32(part) for part in item)
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        return dataclasses.replace(item, **{f.name: in_float32(getattr(item, f.name)) for f in dataclasses.fields(item) if f.init})
+    return item
 
 
 def timed(timings: dict[str, float], name: str, since: float) -> float:

@@ -48,14 +48,13 @@ def prompts_path(config: Config) -> Path:
 
 def adaclip_backbone(config: Config) -> "ClipBackbone":
     """The configured CLIP, else ViT-L-14-336 when present (the released checkpoints need it), else the first CLIP found."""
-    from ...backends.clip import ClipBackbone, backbone_for_config
-    from ...device import resolve_device
+    from ...backends.clip import backbone_for_config, configured_backbone
     from ...weights import is_present, load_manifest
 
     if not config.clip_methods.weights:
         for entry in load_manifest():
             if entry.name == BACKBONE_ENTRY and is_present(entry, Path(config.weights_dir)):
-                return ClipBackbone(entry.location(Path(config.weights_dir)), resolve_device(config.device))
+                return configured_backbone(entry.location(Path(config.weights_dir)), config)
     return backbone_for_config(config)
 
 

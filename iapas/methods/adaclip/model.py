@@ -15,7 +15,6 @@ input size, softmax, Gaussian smoothing with sigma 4; the image score is the HSF
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 
 from ...backends.clip import ClipBackbone
 from ...errors import WeightsError
+from ...precision import full_precision
 from ..batching import BatchedMethod, timed
 from ...prompt_learning import gaussian_smooth
 from ...prompt_learning.vision import evenly_spaced_layers
@@ -41,13 +41,6 @@ LOGIT_SCALE = 100.0  # method/adaclip.py `visual_text_similarity`: 100 x cosine,
 MAP_SIGMA = 4.0  # method/trainer.py `evaluation`: gaussian_filter(sigma=4)
 STATIC_STD = 0.02  # method/adaclip.py `PromptLayer`: static prompts ~ N(0, 0.02)
 DEFAULT_CLASS = "object"
-
-
-def inference_precision(device: torch.device | str):
-    """fp16 autocast on a GPU, as the reference's forward and evaluation run (method/adaclip.py, method/trainer.py); fp32 on a CPU."""
-    if torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
 
 
 def default_layers(depth: int) -> tuple[int, ...]:
@@ -221,9 +214,10 @@ class AdaClip(BatchedMethod, torch.nn.Module):
         The reference upsamples each layer and then averages; bilinear upsampling is linear, so averaging
         first gives the same map with a quarter of the work.
         """
-        mean = layer_logits.float().mean(dim=1)
-        size = self.settings.image_size
-        return F.interpolate(mean, size=(size, size), mode="bilinear", align_corners=True).softmax(dim=1)[:, 1]
+        with full_precision(layer_logits.device):  # post-processing: float32 under any --precision
+            mean = layer_logits.float().mean(dim=1)
+            size = self.settings.image_size
+            return F.interpolate(mean, size=(size, size), mode="bilinear", align_corners=True).softmax(dim=1)[:, 1]
 
     # ---- the Method protocol ----------------------------------------------------------------------
     def prepare(self, category: str, normal_images: Sequence[Path], kind: str, out_dir: Path) -> None:
@@ -235,10 +229,11 @@ class AdaClip(BatchedMethod, torch.nn.Module):
         """One prompted-CLIP forward over the batch: each image's test map at the input size (before smoothing) and HSF probabilities.
 
         The text prompts and HSF stay per image inside `forward`, as the reference computes them at batch 1.
+        It runs under `--precision`'s autocast (`BatchedMethod`); the reference's test-time fp16 on a GPU
+        (method/adaclip.py, method/trainer.py `autocast`) is `--precision fp16`.
         """
         start = time.perf_counter()
-        with inference_precision(self.backbone.device):
-            output = self(self.backbone.preprocess_to(images, self.settings.image_size), [self.class_name] * len(images))
+        output = self(self.backbone.preprocess_to(images, self.settings.image_size), [self.class_name] * len(images))
         heat = self.anomaly_map(output.layer_logits)
         return list(zip(heat, output.image_probabilities)), {"prompted_clip": time.perf_counter() - start}
 

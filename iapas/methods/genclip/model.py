@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from ...backends.clip import ClipBackbone
 from ...errors import WeightsError
 from ...files import atomic_write
+from ...precision import full_precision
 from ...prompt_learning import dice_loss, focal_loss, gaussian_smooth
 from ...prompt_learning.vision import SIMILARITY_TEMPERATURE
 from ...types import Boxes, Masks, Result
@@ -159,9 +160,10 @@ class GenClip(BatchedMethod, torch.nn.Module):
         uses 0.07.
         """
         grid = round(patches.shape[1] ** 0.5)
-        logits = patches.float() @ text.float().transpose(1, 2) / TEMPERATURE  # (B, g*g, 2)
-        logits = logits.transpose(1, 2).reshape(len(patches), 2, grid, grid)
-        return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False).softmax(dim=1)[:, 1]
+        with full_precision(patches.device):  # scoring and up-sampling stay float32 under any --precision
+            logits = patches.float() @ text.float().transpose(1, 2) / TEMPERATURE  # (B, g*g, 2)
+            logits = logits.transpose(1, 2).reshape(len(patches), 2, grid, grid)
+            return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False).softmax(dim=1)[:, 1]
 
     def forward(self, pixels: torch.Tensor, class_words: Sequence[str], query_branch: bool = True):
         """Per-layer maps of the vision-enhanced branch S_V (B, L, S, S) and of the query-only branch S_Q (or None)."""

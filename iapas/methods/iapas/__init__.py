@@ -54,6 +54,10 @@ class IapasMethod:
     def segment(self, image: np.ndarray) -> Result:
         return self.pipeline.segment(image, calibration=self.calibration)
 
+    def segment_outcomes(self, images: Sequence[np.ndarray], batch_size: int | None = None) -> list[Result | Exception]:
+        """Several images with the category's calibration, `batch_size` per detector / SAM forward, each failure in its place."""
+        return self.pipeline.segment_outcomes(images, batch_size, calibration=self.calibration)
+
 
 def build(config: Config, ablate: Sequence[str]) -> "Method":
     """IAP-AS with the config's models; `ablate` switches off Table 3's steps."""

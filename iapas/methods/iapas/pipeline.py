@@ -60,7 +60,7 @@ class Pipeline:
     @classmethod
     def from_config(cls, config: Config | None = None) -> "Pipeline":
         """Load the models the config names (or the first found in its weights dir)."""
-        from ...quantisation import quantise_backend
+        from ...quantisation import check_int8_precision, quantise_backend
         from ...runtimes import RUNTIMES, use_runtime  # exported encoders in place of torch's (iapas/runtimes)
         from ...threads import configure_threads
 
@@ -69,6 +69,8 @@ class Pipeline:
         if config.threads > 0:  # auto (0) is the CLI's to apply: a library import changes no process-wide setting
             configure_threads(config.threads)
         device = resolve_device(config.device)
+        if config.detection.int8 or config.masking.int8:
+            check_int8_precision(config.precision)  # before any model loads (bf16 activations would fail every image)
         from ...backends.base import weights_family
 
         # an explicit backend (a profile's) only finds weights of its own family in the weights dir
