@@ -44,6 +44,10 @@ def test_int8_flag_sets_both_models():
     assert config.detection.int8 and config.masking.int8
     plain = base_config(build_parser().parse_args(["segment", "x.png"]))
     assert not plain.detection.int8 and not plain.masking.int8
+    # a fast profile's auto precision yields to --int8; an explicit --precision bf16 beside it stays refused later
+    assert base_config(build_parser().parse_args(["segment", "x.png", "--profile", "fast", "--int8"])).precision == "fp32"
+    explicit = build_parser().parse_args(["segment", "x.png", "--profile", "fast", "--int8", "--precision", "bf16"])
+    assert base_config(explicit).precision == "bf16"
 
 
 def test_int8_maps_stay_within_tolerance(int8_pipeline, pipeline):
