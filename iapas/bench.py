@@ -44,6 +44,9 @@ class BenchOptions:
     object_tag: str = "object"  # the naive loop's object pass
     json_path: Path | None = None
     batch_size: int = 1  # images per forward in throughput mode (through the segment's `many`)
+    # False (--no-size-filter): neither contender drops boxes by size, so both mask the same boxes even where
+    # random weights make the naive loop's per-image object size arbitrary; the naive loop still asks its object pass
+    size_filter: bool = True
 
 
 @dataclass
@@ -291,7 +294,7 @@ def naive_contender(options: BenchOptions, config: Config, segment: Segment, ima
         _, timings, boxes = naive_segment(detector, segmenter, pixels, prompts, options.object_tag,
                                           detection.box_threshold, detection.text_threshold, config.filtering.nms_iou,
                                           detection.max_boxes, detection.caption_format, detection.phrase_rule,
-                                          config.filtering.size_threshold)
+                                          config.filtering.size_threshold, options.size_filter)
         return timings, len(boxes)
 
     for _ in range(max(0, options.warmup)):

@@ -9,6 +9,7 @@ full resolution, then the per-box sum of score x mask and a per-image min-max no
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, Sequence
 
@@ -26,8 +27,10 @@ def full_resolution_masks(segmenter: Any, image: np.ndarray, boxes: Boxes) -> np
     """(N, H, W) bool masks the way the official code gets them: one encoding, all boxes, full-resolution masks."""
     if not len(boxes):
         return np.zeros((0, *image.shape[:2]), bool)
-    # SAM backends keep the official whole-image post-processing beside iapas's region-only one
-    return getattr(segmenter, "segment_boxes_full_resolution", segmenter.segment_boxes)(image, boxes.xyxy)
+    # SAM backends keep the official whole-image post-processing beside iapas's region-only one, and the
+    # reference encoder kernels beside iapas's fused attention (iapas/backends/sam_attention.py)
+    with getattr(segmenter, "reference_kernels", contextlib.nullcontext)():
+        return getattr(segmenter, "segment_boxes_full_resolution", segmenter.segment_boxes)(image, boxes.xyxy)
 
 
 def detect_as_recipe(detector: Any, image: np.ndarray, prompts: Sequence[str], box_threshold: float,
@@ -45,13 +48,15 @@ def detect_as_recipe(detector: Any, image: np.ndarray, prompts: Sequence[str], b
 def naive_segment(detector: Any, segmenter: Any, image: np.ndarray, prompts: Sequence[str], object_tag: str,
                   box_threshold: float, text_threshold: float, nms_iou: float,
                   max_boxes: int = 0, caption_format: str = "dots", phrase_rule: str = "words",
-                  size_factor: float = OFFICIAL_SIZE_FACTOR) -> tuple[np.ndarray, dict[str, float], Boxes]:
+                  size_factor: float = OFFICIAL_SIZE_FACTOR,
+                  size_filter: bool = True) -> tuple[np.ndarray, dict[str, float], Boxes]:
     """The official per-image order; returns the normalised map, seconds per step and the boxes it masked.
 
     Captions are made as the recipe makes them (`caption_format`, `phrase_rule`), so under `--recipe official`
     both contenders ask the detector the same questions and keep the same boxes. `max_boxes` (0: none, as the
     official code) caps the defect boxes as iapas's detection stage does, so that a benchmark on random weights,
-    whose saturated scores keep hundreds of boxes, decodes the same boxes in both.
+    whose saturated scores keep hundreds of boxes, decodes the same boxes in both. `size_filter=False` keeps
+    every box whatever the object size (the object pass still runs: its cost is the official order's).
     """
     timings: dict[str, float] = {}
     height, width = image.shape[:2]
@@ -63,7 +68,8 @@ def naive_segment(detector: Any, segmenter: Any, image: np.ndarray, prompts: Seq
     start = time.perf_counter()
     defects = detect_as_recipe(detector, image, prompts, box_threshold, text_threshold, caption_format, phrase_rule)
     boxes = nms(defects.top(max_boxes), nms_iou)
-    boxes = boxes.select(boxes.area_ratios(height, width) < size_factor * object_size)
+    if size_filter:
+        boxes = boxes.select(boxes.area_ratios(height, width) < size_factor * object_size)
     timings["defect_detection"] = time.perf_counter() - start
     start = time.perf_counter()
     masks = full_resolution_masks(segmenter, image, boxes)

@@ -1,8 +1,10 @@
 """Batched inference, mixed precision and the overlapped batch runner: equal to the one-by-one path, or within stated bounds.
 
 Tolerances (measured on the demo models, CPU, then stated here):
-- batched vs one by one: phrases and masks exactly equal, box corners within 1e-4 px, scores and maps
-  within 1e-5 (the batched matmuls round differently; measured: 2e-6 px and 5e-7).
+- batched vs one by one: phrases exactly equal, box corners within 1e-4 px, scores and maps within 1e-5
+  (the batched matmuls round differently; measured: 2e-6 px and 5e-7), masks equal but for at most
+  1e-5 of their pixels: SAM's fused attention (iapas/backends/sam_attention.py) rounds differently in a
+  batch, which can flip a pixel whose logit is within rounding of 0 (measured: 1 pixel in 294912).
 - bf16 autocast vs fp32: the map's mean absolute difference below 0.02 (measured up to 0.007), at most
   2 boxes more or fewer (a score crossing the box threshold; measured 1), and fp32's boxes matched by a
   bf16 box at mean best IoU above 0.9 (measured 0.96 to 1.0).
@@ -50,6 +52,9 @@ def images_of_sizes(*shapes, seed=0):
 MIXED = ((96, 128), (96, 128), (72, 104), (96, 128), (128, 96))  # three sizes, one of them three times
 
 
+MASK_PIXEL_SHARE = 1e-5  # borderline pixels (see the module docstring)
+
+
 def assert_same_results(one: list[Result], many: list[Result]) -> None:
     assert len(one) == len(many) and any(len(a.boxes) for a in one)  # something to compare
     for a, b in zip(one, many):
@@ -57,8 +62,10 @@ def assert_same_results(one: list[Result], many: list[Result]) -> None:
         np.testing.assert_allclose(a.boxes.xyxy, b.boxes.xyxy, atol=BOX_TOLERANCE_PX, rtol=0)
         np.testing.assert_allclose(a.boxes.scores, b.boxes.scores, atol=SCORE_TOLERANCE, rtol=0)
         assert a.boxes.phrases == b.boxes.phrases and a.prompts == b.prompts
-        np.testing.assert_array_equal(a.masks.data, b.masks.data)
-        np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=SCORE_TOLERANCE, rtol=0)
+        assert a.masks.data.shape == b.masks.data.shape
+        assert (a.masks.data != b.masks.data).sum() <= MASK_PIXEL_SHARE * a.masks.data.size
+        flipped = a.masks.data != b.masks.data  # a flipped pixel moves the map by its box's score there
+        np.testing.assert_allclose(a.anomaly_map[~flipped.any(0)], b.anomaly_map[~flipped.any(0)], atol=SCORE_TOLERANCE, rtol=0)
         assert list(a.timings) == list(b.timings)
 
 

@@ -222,6 +222,11 @@ def test_bench_throughput_against_the_naive_loop_writes_json(capsys, weights_dir
     official = json.loads(report_path.read_text())
     assert official["config"]["calibration"]["tags"] == ["object"]
     assert official["iapas"]["boxes_per_image"] == official["naive"]["boxes_per_image"] > 0
+    # without the size filter the default recipe and the naive loop mask the same boxes too (the cap, then NMS)
+    assert main([*loose, "--no-size-filter", "--max-boxes", "3"]) == 0
+    unfiltered = json.loads(report_path.read_text())
+    assert unfiltered["iapas"]["boxes_per_image"] == unfiltered["naive"]["boxes_per_image"] > 0
+    assert "size_filter" not in unfiltered["iapas"]["stages_ms"]
     with pytest.raises(SystemExit) as exit_info:  # argparse's one-line usage error
         main(["bench", "--images", "2", "--max-boxes", "-1", "--weights", str(weights_dir)])
     assert exit_info.value.code == 2 and "--max-boxes: must be 0 or more, got -1" in capsys.readouterr().err

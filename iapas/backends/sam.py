@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Iterator
+from typing import ContextManager, Iterator
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from ..errors import CorruptWeightsError, WeightsError
 from ..mask_upsampling import ResizeStep, sam_steps, upsample_positive
 from ..types import Masks
 from .base import SEGMENTERS, load_error, register_model_type, require_path
+from .sam_attention import install_fused_attention, reference_attention
 
 SAM_DECODER_HEADS = 8  # fixed in every released SAM; attention heads leave no trace in the weights
 KNOWN_VARIANTS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
@@ -210,8 +211,14 @@ class OriginalSam(BatchEncoding):
             model.load_state_dict(state, strict=True)
         except RuntimeError as error:
             raise WeightsError(f"{path} does not match a SAM architecture: {str(error).splitlines()[0][:200]}") from None
+        # fused attention kernels in the encoder (iapas/backends/sam_attention.py); `reference_kernels` undoes them
+        install_fused_attention(model.image_encoder)
         self.predictor = SamPredictor(model.to(device).eval())
         self.device = device
+
+    def reference_kernels(self) -> ContextManager[None]:
+        """Within the block, the encoder runs segment_anything's own attention (the naive loop's SAM)."""
+        return reference_attention(self.predictor.model.image_encoder)
 
     def encoder(self) -> torch.nn.Module:
         return self.predictor.model.image_encoder

@@ -67,7 +67,8 @@ def run_bench(args: argparse.Namespace) -> int:
                   "(--max-boxes K changes it, 0 keeps all)")
     options = BenchOptions(Path(args.image) if args.image else None, args.method, args.repeat, args.warmup,
                            args.images, args.size, args.vs_naive, args.object_tag,
-                           Path(args.json_path) if args.json_path else None, config.batch_size)
+                           Path(args.json_path) if args.json_path else None, config.batch_size,
+                           size_filter=not args.no_size_filter)
     if args.vs_naive:
         if args.method != "iapas":
             raise ConfigError("--vs-naive compares the IAP-AS pipeline with the official loop: use --method iapas")
@@ -78,6 +79,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
         def build():
             pipeline = Pipeline.from_config(config)
+            if args.no_size_filter:
+                pipeline.graph = pipeline.graph.without("size_filter")
             return PipelineSegment(pipeline, tuple(args.prompt) if args.prompt else pipeline.default_prompts())
 
         return bench(options, config, build)

@@ -1,0 +1,54 @@
+"""SAM ViT-B's image encoder with iapas's fused attention against segment_anything's own (see README.md here).
+
+Usage: PYTHONPATH=. python benchmarks/sam_attention.py [ROUNDS]
+The full-size random-weight SAM ViT-B that `iapas bench --random-full` builds, its relative-position tables
+filled with random values (a fresh model has them at zero), one 1024x1024 input; the two kernels alternate
+for ROUNDS rounds after one warm-up each. Prints the median seconds of each and the largest embedding difference.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+from iapas.backends import load_segmenter
+from iapas.backends.sam_attention import attention_blocks, reference_attention
+from iapas.random_full import random_full_models
+
+
+def main(rounds: int) -> None:
+    _, path = random_full_models(None, "auto", "sam")
+    segmenter = load_segmenter("sam", path, torch.device("cpu"))
+    encoder = segmenter.predictor.model.image_encoder
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for block in attention_blocks(encoder):
+            block.rel_pos_h.copy_(0.02 * torch.randn(block.rel_pos_h.shape, generator=generator))
+            block.rel_pos_w.copy_(0.02 * torch.randn(block.rel_pos_w.shape, generator=generator))
+    image = np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+    pixels = segmenter.encoder_inputs(image)
+    times: dict[str, list[float]] = {"fused": [], "reference": []}
+    with torch.inference_mode():
+        fused = encoder(pixels)
+        with reference_attention(encoder):
+            reference = encoder(pixels)
+        for _ in range(rounds):
+            for name in times:
+                start = time.perf_counter()
+                if name == "fused":
+                    encoder(pixels)
+                else:
+                    with reference_attention(encoder):
+                        encoder(pixels)
+                times[name].append(time.perf_counter() - start)
+    for name, values in times.items():
+        print(f"{name}: median {statistics.median(values):.2f} s over {len(values)} runs")
+    print(f"max |fused - reference| = {(fused - reference).abs().max().item():.2e} "
+          f"(embedding scale {reference.abs().max().item():.2e})")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
