@@ -281,7 +281,11 @@ def validate_config(config: Config) -> Config:
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Build a Config from nested plain data, rejecting unknown keys, wrong types and out-of-range values."""
-    return validate_config(_build(Config, data, ""))
+    config = validate_config(_build(Config, data, ""))
+    if config.precision == "auto" and (config.detection.int8 or config.masking.int8):
+        # int8 layers take float32 inputs: a profile's `auto` yields to int8 (an explicit bf16/fp16 is refused at load)
+        config = dataclasses.replace(config, precision="fp32")
+    return config
 
 
 def preset_names(directory: Path) -> list[str]:

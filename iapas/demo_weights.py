@@ -108,6 +108,10 @@ def build_demo_sam_checkpoint(path: Path, seed: int = 0, geometry: SamGeometry =
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         state = build_sam(geometry).state_dict()
+        for key in [k for k in state if k.endswith((".rel_pos_h", ".rel_pos_w"))]:
+            # a fresh SAM starts its relative-position tables at zero; released ones learned them, so fill them
+            # and every path that reads them (the fused attention's bias, the exports) is exercised
+            state[key] = 0.1 * torch.randn(state[key].shape)
     torch.save(state, path)
     return path
 

@@ -28,7 +28,8 @@ CPU_PRECISIONS = ("fp32", "bf16", "auto")  # fp16 autocast on the CPU is slow an
 def native_bf16(device: torch.device) -> bool:
     """Whether `device` computes bf16 matrix products in hardware."""
     if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        # Ampere (compute capability 8.0) and later have bf16 tensor cores; is_bf16_supported() also counts emulation
+        return bool(torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 0))
     if device.type != "cpu":
         return False
     capabilities = getattr(torch.cpu, "get_capabilities", lambda: {})()  # absent on older torch: assume none

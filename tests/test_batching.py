@@ -388,6 +388,10 @@ def test_auto_precision_is_bf16_only_where_the_device_has_it(monkeypatch):
     assert [resolve_precision(p, cpu) for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_precision("auto", torch.device("cuda")) == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for capability, expected in (((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")):  # T4 emulates bf16; A100, H100 have it
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert resolve_precision("auto", torch.device("cuda")) == expected
     # the fast profiles ask for it; the recipes stay fp32, the reference arithmetic
     assert {build_config(profile=name).precision for name in ("fast", "fast-edgetam", "fast-omdet")} == {"auto"}
     assert build_config().precision == build_config("official").precision == "fp32"

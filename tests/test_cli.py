@@ -227,6 +227,11 @@ def test_bench_throughput_against_the_naive_loop_writes_json(capsys, weights_dir
     unfiltered = json.loads(report_path.read_text())
     assert unfiltered["iapas"]["boxes_per_image"] == unfiltered["naive"]["boxes_per_image"] > 0
     assert "size_filter" not in unfiltered["iapas"]["stages_ms"]
+    assert unfiltered["precision"] == {"iapas": "fp32", "naive": "fp32"}
+    assert main([*loose, "--no-size-filter", "--recipe", "official"]) == 2  # it would drop only iapas's object pass
+    assert "would drop iapas's object question but not the naive loop's" in capsys.readouterr().err
+    assert main([*loose, "--calibration", "c.json"]) == 2
+    assert "drop --calibration (the naive loop has no calibration)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # argparse's one-line usage error
         main(["bench", "--images", "2", "--max-boxes", "-1", "--weights", str(weights_dir)])
     assert exit_info.value.code == 2 and "--max-boxes: must be 0 or more, got -1" in capsys.readouterr().err

@@ -44,7 +44,11 @@ def test_int8_flag_sets_both_models():
     assert config.detection.int8 and config.masking.int8
     plain = base_config(build_parser().parse_args(["segment", "x.png"]))
     assert not plain.detection.int8 and not plain.masking.int8
-    # a fast profile's auto precision yields to --int8; an explicit --precision bf16 beside it stays refused later
+    # a fast profile's auto precision yields to --int8 (on the command line or in a config file); an explicit
+    # --precision bf16 beside it stays, to be refused when the models load
+    from iapas.config import build_config
+
+    assert build_config(data={"detection": {"int8": True}}, profile="fast").precision == "fp32"
     assert base_config(build_parser().parse_args(["segment", "x.png", "--profile", "fast", "--int8"])).precision == "fp32"
     explicit = build_parser().parse_args(["segment", "x.png", "--profile", "fast", "--int8", "--precision", "bf16"])
     assert base_config(explicit).precision == "bf16"

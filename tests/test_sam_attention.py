@@ -66,3 +66,21 @@ def test_naive_masks_run_the_reference_kernels_and_agree(segmenter):
     ours = segmenter.segment_masks(IMAGE, boxes.xyxy).data
     assert naive.shape == ours.shape == (2, 120, 200) and naive.any()
     assert (naive != ours).mean() < 1e-3  # borderline pixels only (embeddings within 1e-5)
+
+
+def test_fused_attention_in_a_batch_and_under_bf16(segmenter):
+    encoder = segmenter.predictor.model.image_encoder
+    other = np.ascontiguousarray(IMAGE[:, ::-1])
+    pixels = torch.cat([segmenter.encoder_inputs(IMAGE), segmenter.encoder_inputs(other)])
+    with torch.inference_mode():
+        batched = encoder(pixels)
+        with reference_attention(encoder):
+            reference = torch.cat([encoder(pixels[:1]), encoder(pixels[1:])])
+        torch.testing.assert_close(batched, reference, atol=1e-5, rtol=0)  # each row its own image's embedding
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = encoder(pixels).float()
+            with reference_attention(encoder):
+                low_reference = encoder(pixels).float()
+    scale = reference.abs().mean()
+    # bf16 rounds both paths; they stay as close to each other as each is to fp32 (stated: 5% of the mean magnitude)
+    assert (low - low_reference).abs().mean() < 0.05 * scale and (low - reference).abs().mean() < 0.05 * scale

@@ -64,8 +64,6 @@ def base_config(args: argparse.Namespace) -> Config:
         overrides[own_key] = args.prompts  # --prompts is generic; AdaCLIP and GenCLIP read their own keys
     if getattr(args, "int8", False):
         overrides["detection.int8"] = overrides["masking.int8"] = True
-        if config.precision == "auto" and not getattr(args, "precision", None):
-            overrides["precision"] = "fp32"  # a profile's auto precision yields to int8, which takes float32 inputs
     config = config.updated(overrides)
     from ..threads import configure_threads
 

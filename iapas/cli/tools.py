@@ -61,7 +61,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
         detector, segmenter = random_full_models(None, config.detection.backend, config.masking.backend)
         config = config.updated({"detection.weights": str(detector), "masking.weights": str(segmenter)})
-        if args.max_boxes is None:
+        if args.max_boxes is None and not config.detection.max_boxes:  # a config file's own cap stands
             config = config.updated({"detection.max_boxes": RANDOM_FULL_MAX_BOXES})
             print(f"random weights keep hundreds of boxes: each image is capped at {RANDOM_FULL_MAX_BOXES} "
                   "(--max-boxes K changes it, 0 keeps all)")
@@ -72,10 +72,16 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.vs_naive:
         if args.method != "iapas":
             raise ConfigError("--vs-naive compares the IAP-AS pipeline with the official loop: use --method iapas")
+        if args.calibration:
+            raise ConfigError("--vs-naive compares at the command line's thresholds and prompts: drop --calibration "
+                              "(the naive loop has no calibration)")
+        if args.no_size_filter and config.filtering.size_rule != "calibrated":
+            raise ConfigError(f"--no-size-filter with the {config.filtering.size_rule!r} size rule would drop iapas's "
+                              "object question but not the naive loop's: compare with the recipe's own filter")
         from ..methods.iapas.pipeline import Pipeline
 
-        if not config.calibration.tags:  # a per-image size rule asks about the naive loop's object tag too
-            config = config.updated({"calibration.tags": [args.object_tag]})
+        # a per-image size rule asks about the naive loop's object tag, and only that one
+        config = config.updated({"calibration.tags": [args.object_tag]})
 
         def build():
             pipeline = Pipeline.from_config(config)
