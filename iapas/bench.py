@@ -29,6 +29,7 @@ from .device import resolve_device
 from .files import atomic_write_text
 from .images import find_images, load_image
 from .precision import resolve_precision
+from .types import all_results
 
 
 @dataclass(frozen=True)
@@ -253,11 +254,7 @@ def run_throughput(options: BenchOptions, config: Config, build: Callable[[], Se
             many(images[: options.batch_size])  # the batched path warms up too (its own shapes)
 
         def batched(chunk: list[np.ndarray]) -> list[Timed]:
-            outcomes = many(chunk)
-            for outcome in outcomes:
-                if isinstance(outcome, Exception):
-                    raise outcome
-            return [timed_result(outcome) for outcome in outcomes]
+            return [timed_result(result) for result in all_results(many(chunk))]
 
         run_many = batched
 

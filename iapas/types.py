@@ -156,3 +156,11 @@ class Result:
     @property
     def width(self) -> int:
         return int(self.anomaly_map.shape[1])
+
+
+def all_results(outcomes: "list[Result | Exception]") -> "list[Result]":
+    """The Results of a batch's outcomes (each image's Result or exception, in order), raising the first failure."""
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):
+            raise outcome
+    return outcomes  # type: ignore[return-value]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..config import at_least_one
-from ..types import Result
+from ..types import Result, all_results
 
 
 def rgb_pixels(image: np.ndarray) -> np.ndarray:
@@ -53,10 +53,7 @@ class BatchedMethod:
 
     def segment(self, image: np.ndarray) -> Result:
         """One image: a batch of one (the same code path as a batch, so batched maps can be compared with these)."""
-        outcome = self.segment_outcomes([image])[0]
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
+        return all_results(self.segment_outcomes([image]))[0]
 
     def segment_outcomes(self, images: Sequence[np.ndarray], batch_size: int | None = None) -> list[Result | Exception]:
         """Every image's Result, `batch_size` (default: all) per forward; an image that fails gets its exception in its place.

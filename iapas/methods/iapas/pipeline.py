@@ -18,7 +18,7 @@ from ...images import LoadedImage, Window, check_shape, load_image, parse_window
 from ...precision import autocast, check_precision
 from ...stages import DetectStage, MaskStage, NmsStage, ScoreStage
 from ...stages.filtering import SIZE_RULES
-from ...types import Boxes, Masks, Result
+from ...types import Boxes, Masks, Result, all_results
 from ...vocabulary import unique_prompts
 from ...weights import chosen_or_found
 
@@ -158,11 +158,7 @@ class Pipeline:
         equal-size images, one SAM encoder forward); the other stages run per image. The results
         are those `segment` gives one by one (tests/test_batching.py states the tolerance).
         """
-        outcomes = self.segment_outcomes(images, batch_size, prompts, size_threshold, calibration)
-        for outcome in outcomes:
-            if isinstance(outcome, Exception):
-                raise outcome
-        return outcomes  # type: ignore[return-value]
+        return all_results(self.segment_outcomes(images, batch_size, prompts, size_threshold, calibration))
 
     def segment_outcomes(
         self,
