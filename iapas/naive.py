@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .stages.filtering import NO_OBJECT_SIZE, nms, object_size as object_size_of
+from .stages.filtering import NO_OBJECT_SIZE, filter_by_size, nms, object_size as object_size_of
 from .stages.scoring import minmax_per_image
 from .types import Boxes
 
@@ -34,14 +34,14 @@ def full_resolution_masks(segmenter: Any, image: np.ndarray, boxes: Boxes) -> np
 
 
 def detect_as_recipe(detector: Any, image: np.ndarray, prompts: Sequence[str], box_threshold: float,
-                     text_threshold: float, caption_format: str, phrase_rule: str) -> Boxes:
-    """One full detector pass (its own image encoding) on the captions the recipe's caption format makes."""
-    from .stages.detection import captions_for
+                     text_threshold: float, caption_format: str, phrase_rule: str, max_boxes: int = 0) -> Boxes:
+    """One full detector pass (its own image encoding): iapas's detection stage, with nothing kept from before."""
+    from .stages.detection import DetectStage
 
-    captions = captions_for(tuple(prompts), caption_format, detector.fits)
     if hasattr(detector, "forget_features"):
         detector.forget_features()  # the official code shares nothing between passes: each encodes the image again
-    return detector.detect_captions(image, captions, box_threshold, text_threshold, phrase_rule)
+    stage = DetectStage(detector, caption_format, phrase_rule, max_boxes)
+    return stage.run(image, tuple(prompts), box_threshold, text_threshold)["boxes"]
 
 
 @torch.inference_mode()
@@ -66,10 +66,11 @@ def naive_segment(detector: Any, segmenter: Any, image: np.ndarray, prompts: Seq
     object_size = NO_OBJECT_SIZE if found is None else found
     timings["object_detection"] = time.perf_counter() - start
     start = time.perf_counter()
-    defects = detect_as_recipe(detector, image, prompts, box_threshold, text_threshold, caption_format, phrase_rule)
-    boxes = nms(defects.top(max_boxes), nms_iou)
+    defects = detect_as_recipe(detector, image, prompts, box_threshold, text_threshold, caption_format, phrase_rule,
+                               max_boxes)
+    boxes = nms(defects, nms_iou)
     if size_filter:
-        boxes = boxes.select(boxes.area_ratios(height, width) < size_factor * object_size)
+        boxes = filter_by_size(boxes, height, width, size_factor * object_size)
     timings["defect_detection"] = time.perf_counter() - start
     start = time.perf_counter()
     masks = full_resolution_masks(segmenter, image, boxes)
