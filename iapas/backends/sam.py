@@ -142,9 +142,11 @@ class Encoding:
 
 
 def _row(output: object, index: int) -> object:
-    """Row `index` of an encoder output, kept as a batch of one (a tensor, or a ModelOutput of tensors)."""
+    """Row `index` of an encoder output, kept as a batch of one (a tensor, a list of per-level tensors, or a ModelOutput)."""
     if isinstance(output, torch.Tensor):
         return output[index : index + 1]
+    if isinstance(output, list):
+        return [level[index : index + 1] for level in output]
     fields = {key: value[index : index + 1] for key, value in output.items() if isinstance(value, torch.Tensor)}
     return type(output)(**fields)
 
@@ -182,13 +184,17 @@ class BatchEncoding:
         """(1, 3, S, S): what this backend's segment_boxes feeds its image encoder for `image`."""
         raise NotImplementedError
 
+    def encode(self, stacked: torch.Tensor) -> object:
+        """The image encoder's output for stacked (B, 3, S, S) inputs."""
+        return self.encoder()(stacked)
+
     @torch.inference_mode()
     def encode_batch(self, images: list[np.ndarray]) -> list[Encoding]:
         """Each image's embedding from one image-encoder forward over the stacked (B, 3, S, S) inputs."""
         inputs = [self.encoder_inputs(image) for image in images]
         if not inputs:
             return []
-        output = self.encoder()(torch.cat(inputs))
+        output = self.encode(torch.cat(inputs))
         return [Encoding(row, _row(output, index)) for index, row in enumerate(inputs)]
 
     def segment_masks_encoded(self, image: np.ndarray, encoding: Encoding, xyxy: np.ndarray) -> Masks:

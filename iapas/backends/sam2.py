@@ -23,12 +23,12 @@ import torch
 from ..mask_upsampling import ResizeStep
 from ..types import Masks
 from .base import SEGMENTERS, load_error, register_model_type, require_path
-from .sam import HF_MASK_THRESHOLD, Encoding, threshold_upsampled
+from .sam import HF_MASK_THRESHOLD, BatchEncoding, Encoding, threshold_upsampled
 
 BOX_CHUNK = 16  # boxes decoded together; their 256x256 logits are small, the decoder's per-box maps are not
 
 
-class HFSam2Family:
+class HFSam2Family(BatchEncoding):
     """A transformers Sam2Model or EdgeTamModel: images encoded once (or in batches), all boxes decoded together."""
 
     def __init__(self, path: Path, device: torch.device, model_class: str, what: str) -> None:
@@ -48,14 +48,9 @@ class HFSam2Family:
         """(1, 3, S, S): the processor's pixel values for `image`, on the model's device."""
         return self.processor(images=self._writeable(image), return_tensors="pt")["pixel_values"].to(self.device)
 
-    @torch.inference_mode()
-    def encode_batch(self, images: list[np.ndarray]) -> list[Encoding]:
-        """Each image's multi-level embeddings from one image-encoder forward over the stacked inputs."""
-        inputs = [self.encoder_inputs(image) for image in images]
-        if not inputs:
-            return []
-        levels = self.model.get_image_embeddings(torch.cat(inputs))
-        return [Encoding(row, [level[index : index + 1] for level in levels]) for index, row in enumerate(inputs)]
+    def encode(self, stacked: torch.Tensor) -> list[torch.Tensor]:
+        """The multi-level image embeddings (with SAM 2's no-memory embedding) of the stacked inputs."""
+        return self.model.get_image_embeddings(stacked)
 
     def int8_modules(self) -> list[torch.nn.Module]:
         """The image encoder (Hiera or RepViT): most of the time; the prompt encoder and decoder stay float32."""
@@ -82,12 +77,15 @@ class HFSam2Family:
 
     def segment_masks(self, image: np.ndarray, xyxy: np.ndarray) -> Masks:
         """Masks of every box, up-sampled only inside each mask's positive region."""
-        logits, original = self._logits(image, xyxy)
-        return threshold_upsampled(logits, [ResizeStep(original)], HF_MASK_THRESHOLD)
+        return self._region_masks(*self._logits(image, xyxy))
 
     def segment_masks_encoded(self, image: np.ndarray, encoding: Encoding, xyxy: np.ndarray) -> Masks:
-        """`segment_masks` on an image whose embeddings `encode_batch` already computed."""
-        logits, original = self._logits(image, xyxy, encoding)
+        """`segment_masks` on an image whose embeddings `encode_batch` already computed (no encoder to shadow here)."""
+        return self._region_masks(*self._logits(image, xyxy, encoding))
+
+    @staticmethod
+    def _region_masks(logits: torch.Tensor, original: tuple[int, int]) -> Masks:
+        """The processor's one resize to the original size, computed only inside each positive region."""
         return threshold_upsampled(logits, [ResizeStep(original)], HF_MASK_THRESHOLD)
 
     def segment_boxes(self, image: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
