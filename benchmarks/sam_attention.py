@@ -2,7 +2,7 @@
 
 Usage: PYTHONPATH=. python benchmarks/sam_attention.py [ROUNDS]
 The full-size random-weight SAM ViT-B that `iapas bench --random-full` builds, its relative-position tables
-filled with random values (a fresh model has them at zero), one 1024x1024 input; the two kernels alternate
+filled as that builder fills them (`with_relative_positions`; a cache built before it had zeros), one 1024x1024 input; the two kernels alternate
 for ROUNDS rounds after one warm-up each. Prints the median seconds of each and the largest embedding difference.
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from iapas.backends import load_segmenter
-from iapas.backends.sam_attention import attention_blocks, reference_attention
+from iapas.backends.sam_attention import reference_attention
+from iapas.demo_weights import with_relative_positions
 from iapas.random_full import random_full_models
 
 
@@ -23,11 +24,8 @@ def main(rounds: int) -> None:
     _, path = random_full_models(None, "auto", "sam")
     segmenter = load_segmenter("sam", path, torch.device("cpu"))
     encoder = segmenter.predictor.model.image_encoder
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for block in attention_blocks(encoder):
-            block.rel_pos_h.copy_(0.02 * torch.randn(block.rel_pos_h.shape, generator=generator))
-            block.rel_pos_w.copy_(0.02 * torch.randn(block.rel_pos_w.shape, generator=generator))
+    torch.manual_seed(0)
+    encoder.load_state_dict(with_relative_positions(encoder.state_dict()))
     image = np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
     pixels = segmenter.encoder_inputs(image)
     times: dict[str, list[float]] = {"fused": [], "reference": []}

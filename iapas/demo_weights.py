@@ -101,17 +101,24 @@ DEMO_SAM_GEOMETRY = SamGeometry(
 )
 
 
+def with_relative_positions(state: dict[str, torch.Tensor], scale: float = 0.1) -> dict[str, torch.Tensor]:
+    """A SAM state dict with its relative-position tables filled from the current torch seed.
+
+    A fresh SAM starts them at zero; released ones learned them. Filled, every path that reads them (the fused
+    attention's bias, the exported encoders) is exercised by random models too.
+    """
+    for key in [k for k in state if k.endswith((".rel_pos_h", ".rel_pos_w"))]:
+        state[key] = scale * torch.randn(state[key].shape)
+    return state
+
+
 def build_demo_sam_checkpoint(path: Path, seed: int = 0, geometry: SamGeometry = DEMO_SAM_GEOMETRY) -> Path:
     """Save a tiny segment_anything Sam state dict as a .pth file, as Meta's checkpoints are."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        state = build_sam(geometry).state_dict()
-        for key in [k for k in state if k.endswith((".rel_pos_h", ".rel_pos_w"))]:
-            # a fresh SAM starts its relative-position tables at zero; released ones learned them, so fill them
-            # and every path that reads them (the fused attention's bias, the exports) is exercised
-            state[key] = 0.1 * torch.randn(state[key].shape)
+        state = with_relative_positions(build_sam(geometry).state_dict())
     torch.save(state, path)
     return path
 

@@ -58,10 +58,11 @@ def build_random_sam_vit_b(path: Path, seed: int = 0) -> Path:
     """segment_anything's ViT-B with random weights, as a .pth state dict like Meta's."""
     from segment_anything import sam_model_registry
 
+    from .demo_weights import with_relative_positions
     from .files import atomic_write
 
     torch.manual_seed(seed)
-    state = sam_model_registry["vit_b"](checkpoint=None).state_dict()
+    state = with_relative_positions(sam_model_registry["vit_b"](checkpoint=None).state_dict())
     atomic_write(path, lambda temporary: torch.save(state, temporary))
     path.with_name(path.name + ".DEMO_WEIGHTS").write_text(RANDOM_NOTE, encoding="utf-8")
     return path
