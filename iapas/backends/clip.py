@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ContextManager, Sequence
+from typing import ContextManager, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -63,6 +63,16 @@ class ClipBackbone(torch.nn.Module):
     @property
     def device(self) -> torch.device:
         return self.mean.device
+
+    def missing_layers(self, layers: Iterable[int]) -> list[int]:
+        """The 1-based vision layers among `layers` this CLIP does not have (each method words its own error)."""
+        return [layer for layer in layers if not 1 <= layer <= self.depth]
+
+    def require_layers(self, layers: Iterable[int]) -> None:
+        """Raise a one-line WeightsError naming the first of `layers` this CLIP does not have."""
+        bad = self.missing_layers(layers)
+        if bad:
+            raise WeightsError(f"ViT layer {bad[0]} does not exist: CLIP {self.name!r} has {self.depth} layers")
 
     def autocast(self) -> ContextManager:
         """The context the CLIP forwards run under: torch.autocast at `precision` (nothing for fp32)."""

@@ -118,7 +118,7 @@ class AdaClip(BatchedMethod, torch.nn.Module):
         super().__init__()
         self.backbone = backbone
         self.settings = settings or AdaClipSettings.for_backbone(backbone)
-        bad = [layer for layer in self.settings.layers if not 1 <= layer <= backbone.depth]
+        bad = backbone.missing_layers(self.settings.layers)
         if bad:
             raise WeightsError(f"AdaCLIP layers {bad} do not exist in a {backbone.depth}-layer CLIP")
         if not 1 <= self.settings.prompt_depth <= min(backbone.depth, backbone.text_depth):

@@ -119,9 +119,7 @@ class FAPrompt(BatchedMethod, ReferenceInput, torch.nn.Module):
         super().__init__()
         self.backbone = backbone
         self.settings = settings = settings or FAPromptSettings.for_backbone(backbone)
-        bad = [layer for layer in (settings.map_layer, settings.vv_from) if not 1 <= layer <= backbone.depth]
-        if bad:
-            raise WeightsError(f"ViT layer {bad[0]} does not exist: CLIP {backbone.name!r} has {backbone.depth} layers")
+        backbone.require_layers((settings.map_layer, settings.vv_from))
         if not 1 <= settings.text_depth <= backbone.text_depth:
             raise WeightsError(f"text prompt depth {settings.text_depth} does not fit CLIP {backbone.name!r} "
                                f"({backbone.text_depth} text layers)")

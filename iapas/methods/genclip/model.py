@@ -86,7 +86,7 @@ class GenClip(BatchedMethod, torch.nn.Module):
                  sigma: float = SIGMA, top_n1: int = TOP_N1, top_n2: int = TOP_N2, class_name_filter: bool = True) -> None:
         super().__init__()
         self.settings = settings or GenClipSettings.for_backbone(backbone)
-        bad = [layer for layer in self.settings.layers if not 1 <= layer <= backbone.depth]
+        bad = backbone.missing_layers(self.settings.layers)
         if bad:
             raise WeightsError(f"GenCLIP layers {bad} do not exist in a {backbone.depth}-layer CLIP")
         self.backbone = backbone.use_input_size(self.settings.input_size)
