@@ -25,6 +25,7 @@ from iapas.images import collect_inputs, find_images, load_image
 from iapas.methods import METHODS
 from iapas.outputs import assign_names
 from iapas.types import Boxes, Masks, Result
+from cli_runner import error_lines, run
 from conftest import write_rgb
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,14 +34,6 @@ LIGHT_IAPAS = (f"import sys, types; package = types.ModuleType('iapas'); package
                "sys.modules['iapas'] = package\n")
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def error_lines(err):
-    return [line for line in err.splitlines() if line.startswith("iapas: error")]
 
 
 def mean_map(pixels):

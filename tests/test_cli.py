@@ -8,17 +8,10 @@ import pytest
 from PIL import Image
 
 from iapas.cli import main
+from cli_runner import error_lines, run
 from conftest import write_rgb
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def error_lines(err):
-    return [line for line in err.splitlines() if line.startswith("iapas: error")]
 
 
 def test_segment_folder_writes_every_output(capsys, weights_dir, image_folder, tmp_path):

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from iapas.backends import load_detector, load_segmenter
-from iapas.cli import main
 from iapas.runtimes import FORMATS, export_backend, locations, parts_of, use_runtime
+from cli_runner import error_lines, run
 
 EMBEDDING_TOLERANCE = 1e-4
 MAP_TOLERANCE = 1e-4
@@ -41,14 +41,6 @@ def detector_dir(weights) -> Path:
     return weights / "demo" / "grounding-dino-demo"
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def error_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("iapas: error")]
 
 
 def image(seed: int = 0, height: int = 96, width: int = 128) -> np.ndarray:
