@@ -74,6 +74,11 @@ class ClipBackbone(torch.nn.Module):
         if bad:
             raise WeightsError(f"ViT layer {bad[0]} does not exist: CLIP {self.name!r} has {self.depth} layers")
 
+    def require_text_depth(self, depth: int) -> None:
+        """Raise a one-line WeightsError unless deep text prompts over `depth` layers fit this CLIP's text encoder."""
+        if not 1 <= depth <= self.text_depth:
+            raise WeightsError(f"text prompt depth {depth} does not fit CLIP {self.name!r} ({self.text_depth} text layers)")
+
     def autocast(self) -> ContextManager:
         """The context the CLIP forwards run under: torch.autocast at `precision` (nothing for fp32)."""
         from ..precision import autocast

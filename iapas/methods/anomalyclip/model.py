@@ -96,9 +96,7 @@ class AnomalyClip(BatchedMethod, ReferenceInput, torch.nn.Module):
         self.backbone = backbone
         self.settings = settings = settings or AnomalyClipSettings.for_backbone(backbone)
         backbone.require_layers((*settings.layers, settings.vv_from))
-        if not 1 <= settings.text_depth <= backbone.text_depth:
-            raise WeightsError(f"text prompt depth {settings.text_depth} does not fit CLIP {backbone.name!r} "
-                               f"({backbone.text_depth} text layers)")
+        backbone.require_text_depth(settings.text_depth)
         width = int(backbone.clip.config.text_config.hidden_size)
         self.prompts = AnomalyClipPrompts(settings, width).to(backbone.device)
         embeddings, eos = slot_sentences(backbone, [(settings.prompt_length, NORMAL_WORDS),

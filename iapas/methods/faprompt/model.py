@@ -120,9 +120,7 @@ class FAPrompt(BatchedMethod, ReferenceInput, torch.nn.Module):
         self.backbone = backbone
         self.settings = settings = settings or FAPromptSettings.for_backbone(backbone)
         backbone.require_layers((settings.map_layer, settings.vv_from))
-        if not 1 <= settings.text_depth <= backbone.text_depth:
-            raise WeightsError(f"text prompt depth {settings.text_depth} does not fit CLIP {backbone.name!r} "
-                               f"({backbone.text_depth} text layers)")
+        backbone.require_text_depth(settings.text_depth)
         if settings.top_k > (settings.image_size // backbone.patch_size) ** 2:
             raise WeightsError(f"DAP's top {settings.top_k} patches exceed the {settings.image_size} px grid")
         width = int(backbone.clip.config.text_config.hidden_size)
