@@ -10,8 +10,7 @@ from iapas.config import Config
 from iapas.data.datasets import load_dataset, load_mask
 from iapas.data.synth import DEFECTS, SURFACES, SynthSpec, write_synth_dataset
 from iapas.evaluate import EvalOptions, run_eval
-from iapas.methods import METHODS
-from iapas.types import Boxes, Masks, Result
+from stub_methods import RUNS, BrightnessMethod
 
 
 @pytest.fixture(scope="module")
@@ -46,29 +45,6 @@ def test_synth_dataset_is_reproducible_and_loads(synth_root, tmp_path):
                                                     train_good=3, test_good=3, per_defect=4, size=64, seed=7))
     for path in synth_root.rglob("*.png"):
         assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(again / path.relative_to(synth_root))))
-
-
-@dataclass
-class BrightnessMethod:
-    """A deterministic non-model method for exercising the evaluation loop: dark pixels score high."""
-
-    calls: int = 0
-    stop_after: int = 0
-    name: str = "brightness"
-
-    def prepare(self, category, normal_images, kind, out_dir):
-        self.kind = kind
-
-    def segment(self, image):
-        self.calls += 1
-        if self.stop_after and self.calls > self.stop_after:
-            raise KeyboardInterrupt
-        heat = 1.0 - image.mean(axis=2).astype(np.float32) / 255
-        return Result(heat, Boxes.empty(), Masks.empty(*heat.shape), ())
-
-
-RUNS: dict[str, BrightnessMethod] = {}
-METHODS.register("test-brightness")(lambda config, ablate: RUNS.setdefault("current", BrightnessMethod()))
 
 
 def test_eval_resumes_mid_category_with_identical_metrics(synth_root, tmp_path):

@@ -1,6 +1,5 @@
 """The evaluation protocols (full, paper), AUPRO's 8-connected regions and `iapas eval --from-maps`."""
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -13,10 +12,9 @@ from iapas.cli import main
 from iapas.config import Config
 from iapas.data.synth import SynthSpec, write_synth_dataset
 from iapas.evaluate import EvalOptions, run_eval
-from iapas.methods import METHODS
 from iapas.metrics import PixelMetrics
 from iapas.protocols import PROTOCOLS, HeldMaps
-from iapas.types import Boxes, Masks, Result
+from stub_methods import RUNS, BrightnessMethod
 
 
 def write_png(path: Path, array: np.ndarray) -> Path:
@@ -136,29 +134,6 @@ def test_aupro_regions_are_8_connected():
     assert metrics.aupro() == pytest.approx(0.25)
 
 
-@dataclass
-class Dark:
-    """A deterministic stand-in method: dark pixels score high."""
-
-    calls: int = 0
-    stop_after: int = 0
-    name: str = "dark"
-
-    def prepare(self, category, normal_images, kind, out_dir):
-        pass
-
-    def segment(self, image):
-        self.calls += 1
-        if self.stop_after and self.calls > self.stop_after:
-            raise KeyboardInterrupt
-        heat = 1.0 - image.mean(axis=2).astype(np.float32) / 255
-        return Result(heat, Boxes.empty(), Masks.empty(*heat.shape), ())
-
-
-CURRENT: dict[str, Dark] = {}
-METHODS.register("test-dark")(lambda config, ablate: CURRENT.setdefault("method", Dark()))
-
-
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     spec = SynthSpec(categories=("washer",), defects=("scratch", "hole"), train_good=2, test_good=3, per_defect=3, size=48, seed=3)
@@ -167,13 +142,13 @@ def synth(tmp_path_factory):
 
 @pytest.mark.parametrize("protocol", ["paper", "full"])
 def test_from_maps_equals_running_the_method(synth, tmp_path, protocol):
-    CURRENT["method"] = Dark()
-    ran = EvalOptions("mvtec", synth, tmp_path / "out", method="test-dark", progress=False, save_maps=True, protocol=protocol)
+    RUNS["current"] = BrightnessMethod()
+    ran = EvalOptions("mvtec", synth, tmp_path / "out", method="test-brightness", progress=False, save_maps=True, protocol=protocol)
     run_dir = run_eval(ran, Config())
     from_maps = EvalOptions("mvtec", synth, tmp_path / "out", progress=False, protocol=protocol, from_maps=run_dir / "maps")
-    CURRENT["method"] = Dark()
+    RUNS["current"] = BrightnessMethod()
     maps_dir = run_eval(from_maps, Config())
-    assert CURRENT["method"].calls == 0  # no method ran
+    assert RUNS["current"].calls == 0  # no method ran
     expected = json.loads((run_dir / "categories" / "washer.json").read_text())
     got = json.loads((maps_dir / "categories" / "washer.json").read_text())
     assert got["metrics"] == expected["metrics"] and got["images"] == expected["images"] == 9
@@ -181,17 +156,17 @@ def test_from_maps_equals_running_the_method(synth, tmp_path, protocol):
 
 
 def test_paper_protocol_resumes_mid_category(synth, tmp_path):
-    CURRENT["method"] = Dark()
-    whole = run_eval(EvalOptions("mvtec", synth, tmp_path / "whole", method="test-dark", progress=False, protocol="paper"), Config())
-    cut = EvalOptions("mvtec", synth, tmp_path / "cut", method="test-dark", progress=False, protocol="paper")
-    CURRENT["method"] = Dark(stop_after=5)
+    RUNS["current"] = BrightnessMethod()
+    whole = run_eval(EvalOptions("mvtec", synth, tmp_path / "whole", method="test-brightness", progress=False, protocol="paper"), Config())
+    cut = EvalOptions("mvtec", synth, tmp_path / "cut", method="test-brightness", progress=False, protocol="paper")
+    RUNS["current"] = BrightnessMethod(stop_after=5)
     with pytest.raises(KeyboardInterrupt):
         run_eval(cut, Config())
-    held = tmp_path / "cut/protocol-paper/test-dark/partial/washer.maps"
+    held = tmp_path / "cut/protocol-paper/test-brightness/partial/washer.maps"
     assert len(list(held.glob("*.npz"))) == 5
-    CURRENT["method"] = Dark()
+    RUNS["current"] = BrightnessMethod()
     resumed = run_eval(cut, Config())
-    assert CURRENT["method"].calls == 4  # 9 images, 5 held
+    assert RUNS["current"].calls == 4  # 9 images, 5 held
     assert not held.exists()  # the held maps go once the category is finished
     assert (json.loads((resumed / "categories/washer.json").read_text())["metrics"]
             == json.loads((whole / "categories/washer.json").read_text())["metrics"])
