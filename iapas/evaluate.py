@@ -22,7 +22,7 @@ from .fingerprint import EVAL_FIELDS, RunSpec, build_fingerprint, check_fingerpr
 from .images import Window, load_image, parse_window
 from .methods import METHODS, Method
 from .methods.iapas import IAPAS_ABLATIONS
-from .metrics import DEFAULT_BINS, PixelMetrics, image_metrics
+from .metrics import DEFAULT_BINS, image_metrics
 from .protocols import PROTOCOLS, EvalProtocol, Scorer
 from .reports import write_pr_curve, write_tables
 from .saved_maps import SavedMaps, save_map
