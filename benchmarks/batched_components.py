@@ -14,8 +14,8 @@ import time
 import torch
 
 from iapas.backends.base import load_detector, load_segmenter
-from iapas.bench import BenchOptions, bench_images
-from iapas.random_full import random_full_models
+from iapas.bench.runner import BenchOptions, bench_images
+from iapas.weights.random_full import random_full_models
 
 
 def peak_rss_mb() -> int:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from iapas.backends import load_detector, load_segmenter
-from iapas.random_full import random_full_models
+from iapas.weights.random_full import random_full_models
 
 
 def timed(name: str, run, repeat: int = 2):

@@ -22,7 +22,7 @@ def random_vit_b16_clip(directory: Path) -> Path:
     """A ViT-B/16 CLIP directory with random weights and the demo character tokenizer."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from iapas.demo_weights import write_char_clip_tokenizer
+    from iapas.weights.demo import write_char_clip_tokenizer
 
     tokenizer = write_char_clip_tokenizer(directory)
     vocab = tokenizer.get_vocab()

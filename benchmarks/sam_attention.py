@@ -16,8 +16,8 @@ import torch
 
 from iapas.backends import load_segmenter
 from iapas.backends.sam_attention import reference_attention
-from iapas.demo_weights import with_relative_positions
-from iapas.random_full import random_full_models
+from iapas.weights.demo import with_relative_positions
+from iapas.weights.random_full import random_full_models
 
 
 def main(rounds: int) -> None:

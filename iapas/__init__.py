@@ -1,7 +1,7 @@
 """iapas: training-free zero-shot industrial anomaly segmentation (IAP-AS)."""
 from .config import Config, load_config
 from .errors import ConfigError, DatasetError, IapasError, InputImageError, WeightsError
-from .graph import Stage, StageGraph
+from .stages.graph import Stage, StageGraph
 from .methods.iapas.pipeline import Pipeline
 from .types import Boxes, Masks, Result
 

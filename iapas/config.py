@@ -78,7 +78,7 @@ class DetectionConfig:
     caption_format: str = "dots"  # dots: "a . b ." | official: " . n1. n2, tag." (stages/detection.py CAPTION_FORMATS)
     phrase_rule: str = "words"  # words: caption tokens above text threshold, punctuation dropped | tokens: as decoded
     runtime: str = "torch"  # torch | onnx | openvino: what runs the vision backbone (iapas/runtimes)
-    int8: bool = False  # CPU only: int8 dynamic quantisation of the linear layers (iapas/quantisation.py; --int8)
+    int8: bool = False  # CPU only: int8 dynamic quantisation of the linear layers (iapas/acceleration/quantisation.py; --int8)
     # keep only the K highest-scoring boxes of each image, before NMS; 0: all (the paper and the official code)
     max_boxes: int = 0
 
@@ -170,11 +170,11 @@ class Config:
     profile: str = ""  # the speed preset laid over the recipe (resources/profiles/), "" for none
     weights_dir: str = "weights"
     device: str = "auto"
-    threads: int = 0  # torch CPU threads; 0: the CPUs this process may use, unless OMP_NUM_THREADS is set (iapas/threads.py)
+    threads: int = 0  # torch CPU threads; 0: the CPUs this process may use, unless OMP_NUM_THREADS is set (iapas/acceleration/threads.py)
     max_image_pixels: int = 80_000_000  # larger images are refused rather than exhausting memory
     bit_window: list[float] = field(default_factory=list)  # [LOW, HIGH] for 16-bit/float images; empty: iapas/images.py's rule
     batch_size: int = 1  # images per detector/encoder forward (--batch-size); results equal one-by-one (Pipeline.segment_many)
-    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast for the models (iapas/precision.py); fp32 keeps the reference numbers
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast for the models (iapas/acceleration/precision.py); fp32 keeps the reference numbers
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     filtering: FilteringConfig = field(default_factory=FilteringConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
@@ -247,7 +247,7 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
 # settings that are fractions (thresholds, IoU, area ratios) and settings that count something
 UNIT_INTERVAL_SETTINGS = ("detection.box_threshold", "detection.text_threshold", "filtering.nms_iou",
                           "filtering.size_threshold", "calibration.size_cap")
-# model arithmetic; iapas/precision.py maps each to its autocast dtype (auto: bf16 where the device has native bf16)
+# model arithmetic; iapas/acceleration/precision.py maps each to its autocast dtype (auto: bf16 where the device has native bf16)
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 COUNT_SETTINGS = ("calibration.n_images", "calibration.top_k", "detection.max_text_tokens", "max_image_pixels", "batch_size")
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from iapas.mask_upsampling import sam_steps, upsample_positive
+from iapas.acceleration.mask_upsampling import sam_steps, upsample_positive
 from iapas.stages.scoring import summed_map
 
 

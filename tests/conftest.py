@@ -15,7 +15,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def weights_dir(tmp_path_factory) -> Path:
     """A weights dir holding the tiny demo Grounding DINO (HF dir) and SAM (.pth), as `make-demo` writes it."""
-    from iapas.demo_weights import make_demo_weights
+    from iapas.weights.demo import make_demo_weights
 
     directory = tmp_path_factory.mktemp("weights")
     make_demo_weights(directory)
@@ -24,7 +24,7 @@ def weights_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def hf_sam_dir(tmp_path_factory) -> Path:
-    from iapas.demo_weights import build_demo_hf_sam
+    from iapas.weights.demo import build_demo_hf_sam
 
     return build_demo_hf_sam(tmp_path_factory.mktemp("hf-sam") / "sam-vit-base")
 
@@ -55,7 +55,7 @@ def image_folder(tmp_path) -> Path:
 @pytest.fixture(scope="module")
 def clip_dir(weights_dir) -> Path:
     """The tiny demo CLIP directory of the demo weights."""
-    from iapas.weights import find_weights
+    from iapas.weights.manifest import find_weights
 
     return find_weights("clip", weights_dir)[1]
 

@@ -18,7 +18,7 @@ from iapas.methods.adaclip.model import AdaClip, AdaClipPrompts, AdaClipSettings
 from iapas.methods.adaclip.text import prompt_sentences
 from iapas.methods.adaclip.train import AdaClipArchitecture, reference_dice, train_adaclip
 from iapas.prompt_learning import TrainOptions, dice_loss, focal_loss, gaussian_smooth, mosaic, two_class_focal_loss
-from iapas.weights import find_weights
+from iapas.weights.manifest import find_weights
 
 FIXTURE = Path("/work/shared/fixtures/adaclip_vitl336_checkpoint_keys.json")
 FIXTURE_KEYS = Path(__file__).parent / "fixtures" / "adaclip_vitl336_checkpoint_keys.json"
@@ -34,7 +34,7 @@ def vitl_like_clip(tmp_path_factory):
     """A tiny CLIP with ViT-L-14-336's proportions: text width = projection dim, 4 layers each, patch 14."""
     from transformers import CLIPConfig, CLIPModel
 
-    from iapas.demo_weights import build_demo_clip
+    from iapas.weights.demo import build_demo_clip
 
     directory = build_demo_clip(tmp_path_factory.mktemp("clip") / "vitl-like")
     tokens = json.loads((directory / "vocab.json").read_text())

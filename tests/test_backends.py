@@ -6,9 +6,9 @@ import torch
 from iapas.backends import load_detector, load_segmenter
 from iapas.stages.detection import captions_for
 from iapas.backends.sam import OriginalSam, infer_sam_geometry
-from iapas.demo_weights import DEMO_SAM_GEOMETRY
+from iapas.weights.demo import DEMO_SAM_GEOMETRY
 from iapas.errors import WeightsError
-from iapas.weights import find_weights
+from iapas.weights.manifest import find_weights
 
 CPU = torch.device("cpu")
 

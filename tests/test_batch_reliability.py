@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iapas.batch import run_batch
-from iapas.claims import claim_path, try_claim
+from iapas.runs.batch import run_batch
+from iapas.runs.claims import claim_path, try_claim
 from iapas.cli import main
 from iapas.config import Config
 from iapas.errors import ImageProcessingError, InputImageError
-from iapas.evaluate import EvalOptions, run_eval
+from iapas.evaluation.evaluate import EvalOptions, run_eval
 from iapas.files import TEMP_MARKER, atomic_write_text, remove_stale_temporaries
-from iapas.fingerprint import EVAL_FIELDS, SEGMENT_FIELDS, RunSpec, build_fingerprint, check_or_record
+from iapas.runs.fingerprint import EVAL_FIELDS, SEGMENT_FIELDS, RunSpec, build_fingerprint, check_or_record
 from iapas.images import collect_inputs, find_images, load_image
 from iapas.methods import METHODS
-from iapas.outputs import assign_names
+from iapas.runs.outputs import assign_names
 from iapas.types import Boxes, Masks, Result
 from cli_runner import error_lines, run
 from conftest import write_rgb
@@ -287,8 +287,8 @@ def test_16_bit_images_share_one_scale_and_a_fixed_window(capsys, tmp_path):
 # --- exit status, files, claims ------------------------------------------------------------------------
 
 def test_disk_full_ends_the_batch_with_the_summary_and_exit_1(capsys, monkeypatch, weights_dir, image_folder, tmp_path):
-    import iapas.batch
-    from iapas.outputs import write_result
+    import iapas.runs.batch
+    from iapas.runs.outputs import write_result
 
     written = []
 
@@ -298,7 +298,7 @@ def test_disk_full_ends_the_batch_with_the_summary_and_exit_1(capsys, monkeypatc
         written.append(name)
         return write_result(out_dir, name, *rest)
 
-    monkeypatch.setattr(iapas.batch, "write_result", filling)
+    monkeypatch.setattr(iapas.runs.batch, "write_result", filling)
     out = tmp_path / "out"
     code, _, err = run(capsys, "segment", image_folder, "-o", out, "--weights", weights_dir, "--no-progress")
     assert code == 1
@@ -369,7 +369,7 @@ def test_two_runs_never_do_the_same_image(tmp_path, image_folder):
 def test_a_killed_runs_claim_is_taken_over(tmp_path):
     path = claim_path(tmp_path / "out", "a.png")
     holder = subprocess.Popen(
-        [sys.executable, "-c", LIGHT_IAPAS + "import sys; from pathlib import Path; from iapas.claims import try_claim\n"
+        [sys.executable, "-c", LIGHT_IAPAS + "import sys; from pathlib import Path; from iapas.runs.claims import try_claim\n"
          "claim = try_claim(Path(sys.argv[1])); print(claim is not None, flush=True); sys.stdin.read()", str(path)],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

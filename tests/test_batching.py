@@ -25,16 +25,16 @@ from torchvision.ops import box_iou
 
 from iapas import Pipeline
 from iapas.backends.base import load_segmenter
-from iapas.batch import run_batch
-from iapas.claims import CLAIM_SUFFIX
+from iapas.runs.batch import run_batch
+from iapas.runs.claims import CLAIM_SUFFIX
 from iapas.cli import main
 from iapas.cli.segment import PipelineCall
 from iapas.config import Config, build_config
 from iapas.errors import ConfigError
-from iapas.graph import GraphRun, StageGraph
+from iapas.stages.graph import GraphRun, StageGraph
 from iapas.images import collect_inputs
-from iapas.outputs import write_result
-from iapas.precision import autocast
+from iapas.runs.outputs import write_result
+from iapas.acceleration.precision import autocast
 from iapas.types import Boxes, Masks, Result
 
 SCORE_TOLERANCE = 1e-5  # batched vs one by one
@@ -342,11 +342,11 @@ def test_segment_and_bench_take_a_batch_size(capsys, weights_dir, many_images, t
 
 def test_reading_and_writing_overlap_the_model(monkeypatch, many_images, tmp_path):
     """The reader decodes ahead while the model works, and the model goes on while a write is under way."""
-    import iapas.batch
+    import iapas.runs.batch
 
     inputs = [item for item in collect_inputs([many_images], report=None) if item[0].name != "broken.png"]
     second_read, second_segmented = threading.Event(), threading.Event()
-    real_load = iapas.batch.load_image
+    real_load = iapas.runs.batch.load_image
     seen: list[str] = []
 
     def load(path, *rest):
@@ -367,14 +367,14 @@ def test_reading_and_writing_overlap_the_model(monkeypatch, many_images, tmp_pat
             seen.append(f"second segmented while writing: {second_segmented.wait(30)}")
         return write_result(out_dir, name, *rest)
 
-    monkeypatch.setattr(iapas.batch, "load_image", load)
+    monkeypatch.setattr(iapas.runs.batch, "load_image", load)
     summary = run_batch(segment, inputs, tmp_path / "out", progress=False, writer=writer)
     assert summary.segmented == len(inputs)
     assert "second read while segmenting: True" in seen and "second segmented while writing: True" in seen
 
 
 def test_auto_precision_is_bf16_only_where_the_device_has_it(monkeypatch):
-    from iapas.precision import resolve_precision
+    from iapas.acceleration.precision import resolve_precision
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True, "avx512_bf16": False})

@@ -16,7 +16,7 @@ from iapas.stages.tagging import TagStage
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
-    from iapas.demo_weights import build_demo_clip
+    from iapas.weights.demo import build_demo_clip
 
     return build_demo_clip(tmp_path_factory.mktemp("clip") / "clip-vit-base-patch16")
 

@@ -159,7 +159,7 @@ def test_weights_verify(capsys, weights_dir, tmp_path):
 
 def test_verify_entry_checks_sha256(tmp_path):
     import hashlib
-    from iapas.weights import WeightEntry, verify_entry
+    from iapas.weights.manifest import WeightEntry, verify_entry
 
     (tmp_path / "m.pth").write_bytes(b"model bytes")
     digest = hashlib.sha256(b"model bytes").hexdigest()

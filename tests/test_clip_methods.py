@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from iapas.backends.clip import ClipBackbone
-from iapas.weights import find_weights
+from iapas.weights.manifest import find_weights
 
 
 @pytest.fixture(scope="module")

@@ -98,7 +98,7 @@ def test_limit_draws_normal_and_anomalous_alike_with_the_seed():
 
 
 def test_eval_limit_keeps_both_labels(synth_root_small, tmp_path):
-    from iapas.evaluate import EvalOptions, MethodMaps, evaluate_category
+    from iapas.evaluation.evaluate import EvalOptions, MethodMaps, evaluate_category
     from iapas.types import Boxes, Masks, Result
 
     class Dark:

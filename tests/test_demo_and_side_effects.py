@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from iapas.weights import MANIFEST_PATH, find_weights, load_manifest
+from iapas.weights.manifest import MANIFEST_PATH, find_weights, load_manifest
 
 REPO = MANIFEST_PATH.parents[2]
 
@@ -17,7 +17,7 @@ def demo_processor_and_model(weights_dir):
 
 
 def test_demo_tokenizer_spells_the_prompt_words(demo_processor_and_model):
-    from iapas.demo_weights import shipped_words
+    from iapas.weights.demo import shipped_words
 
     tokenizer = demo_processor_and_model[0].tokenizer
     assert tokenizer.vocab_size == len(tokenizer.get_vocab()) > 200
@@ -53,8 +53,8 @@ def test_one_manifest_shipped_in_the_package():
 def test_pr_curve_leaves_the_matplotlib_backend_alone(tmp_path):
     import matplotlib
 
-    from iapas.metrics import PixelMetrics
-    from iapas.reports import write_pr_curve
+    from iapas.evaluation.metrics import PixelMetrics
+    from iapas.evaluation.reports import write_pr_curve
 
     before = matplotlib.get_backend()
     matplotlib.use("svg")
@@ -83,7 +83,7 @@ def test_loading_models_restores_transformers_progress_bars(weights_dir):
 
 
 def test_demo_builders_leave_the_global_torch_seed_alone(tmp_path):
-    from iapas.demo_weights import build_demo_sam_checkpoint
+    from iapas.weights.demo import build_demo_sam_checkpoint
 
     torch.manual_seed(5)
     expected = torch.rand(3)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from iapas.download import download, git_blob_sha1, select_sources, load_sources
+from iapas.weights.download import download, git_blob_sha1, select_sources, load_sources
 from iapas.errors import WeightsError
 from local_server import LocalServer, Served
 

@@ -9,7 +9,7 @@ from iapas.cli import main
 from iapas.config import Config
 from iapas.data.datasets import load_dataset, load_mask
 from iapas.data.synth import DEFECTS, SURFACES, SynthSpec, write_synth_dataset
-from iapas.evaluate import EvalOptions, run_eval
+from iapas.evaluation.evaluate import EvalOptions, run_eval
 from stub_methods import RUNS, BrightnessMethod
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from iapas.backends import load_detector, load_segmenter
-from iapas.runtimes import FORMATS, export_backend, locations, parts_of, use_runtime
+from iapas.acceleration.runtimes import FORMATS, export_backend, locations, parts_of, use_runtime
 from cli_runner import error_lines, run
 
 EMBEDDING_TOLERANCE = 1e-4

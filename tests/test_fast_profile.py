@@ -10,7 +10,7 @@ from iapas.backends.sam2 import HFSam2Family
 from iapas.cli import main
 from iapas.config import build_config, profile_names
 from iapas.errors import ConfigError, ValueRangeError, WeightsError
-from iapas.weights import find_weights
+from iapas.weights.manifest import find_weights
 
 CPU = torch.device("cpu")
 IMAGE = np.random.default_rng(3).integers(0, 256, (96, 128, 3), dtype=np.uint8)
@@ -150,8 +150,8 @@ def test_cli_segment_with_fast_profile(capsys, weights_dir, tmp_path):
 
 
 def test_fast_download_profile_lists_each_family():
-    from iapas.download import load_sources, select_sources
-    from iapas.weights import load_manifest
+    from iapas.weights.download import load_sources, select_sources
+    from iapas.weights.manifest import load_manifest
 
     manifest = {entry.name: entry for entry in load_manifest()}
     fast = select_sources([], "fast", load_sources())
@@ -161,7 +161,7 @@ def test_fast_download_profile_lists_each_family():
 
 
 def test_random_full_builds_the_configured_families(tmp_path, monkeypatch):
-    import iapas.random_full as random_full
+    import iapas.weights.random_full as random_full
 
     built = []
 
@@ -192,7 +192,7 @@ def test_sam2_family_region_masks_equal_the_processors_and_batching_keeps_them(w
     full = segmenter.segment_boxes_full_resolution(IMAGE, boxes)  # transformers' post_process_masks over the whole image
     region = segmenter.segment_masks(IMAGE, boxes)
     assert original == (96, 128) and full.shape == region.data.shape == (4, 96, 128) and full.any()
-    # a pixel may differ only where the whole-image logit is within float rounding of 0 (iapas/mask_upsampling.py)
+    # a pixel may differ only where the whole-image logit is within float rounding of 0 (iapas/acceleration/mask_upsampling.py)
     upsampled = torch.nn.functional.interpolate(logits[:, None], original, mode="bilinear", align_corners=False)[:, 0]
     differs = full != region.data
     assert not differs.any() or bool((upsampled.abs()[torch.from_numpy(differs)] < 1e-5).all())

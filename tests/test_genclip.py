@@ -15,7 +15,7 @@ from iapas.methods.genclip.model import default_layers
 from iapas.methods.genclip.prompts import filter_class_name
 from iapas.methods.genclip.scoring import combine_branches, top_n_image_score
 from iapas.prompt_learning import TrainOptions
-from iapas.weights import find_weights
+from iapas.weights.manifest import find_weights
 
 
 @pytest.fixture(scope="module")

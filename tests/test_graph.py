@@ -3,7 +3,7 @@ from dataclasses import dataclass
 import pytest
 
 from iapas.errors import ConfigError
-from iapas.graph import StageGraph
+from iapas.stages.graph import StageGraph
 
 
 @dataclass

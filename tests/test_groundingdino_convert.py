@@ -32,7 +32,7 @@ from iapas.backends.groundingdino_convert import (
 )
 from iapas.cli import main
 from iapas.errors import WeightsError
-from iapas.weights import load_manifest
+from iapas.weights.manifest import load_manifest
 
 REFERENCE_TRANSFORMERS = Path(os.environ.get("IAPAS_REFERENCE_TRANSFORMERS", Path(sys.prefix) / "reference-transformers4"))
 PROMPTS = ["scratch", "dent", "washer"]  # the reference's caption "scratch . dent . washer ." as iapas builds it
@@ -226,7 +226,7 @@ def test_cli_converts_to_a_directory_the_detector_loads(reference, tmp_path, cap
 def test_pipeline_finds_and_uses_the_original_checkpoint(reference, weights, weights_dir, detector):
     """A weights dir with only the original .pth (and BERT) as detector: the pipeline picks it up and segments."""
     from iapas import Pipeline
-    from iapas.weights import find_weights
+    from iapas.weights.manifest import find_weights
 
     (weights / "demo").mkdir(exist_ok=True)
     shutil.copy(weights_dir / "demo" / "sam_demo.pth", weights / "demo" / "sam_demo.pth")

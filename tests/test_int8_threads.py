@@ -11,8 +11,8 @@ from iapas.cli import build_parser, main
 from iapas.cli.common import base_config
 from iapas.config import Config, config_from_dict
 from iapas.errors import ConfigError, ValueRangeError
-from iapas.quantisation import quantise_backend
-from iapas import threads as threads_module
+from iapas.acceleration.quantisation import quantise_backend
+from iapas.acceleration import threads as threads_module
 
 # Stated tolerance of int8 against float32, measured on the random demo models (real weights were not
 # available offline): the anomaly map's mean absolute difference and SAM's mask IoU on fixed boxes.

@@ -146,7 +146,7 @@ def tiny_llama(tmp_path_factory) -> Path:
     """A tiny random LlamaForCausalLM and a WordPiece tokenizer saved as a transformers directory (the `hf` backend)."""
     from transformers import BertTokenizerFast, LlamaConfig, LlamaForCausalLM
 
-    from iapas.demo_weights import write_demo_vocab
+    from iapas.weights.demo import write_demo_vocab
 
     directory = tmp_path_factory.mktemp("llama")
     write_demo_vocab(directory / "vocab.txt")

@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from iapas import mask_upsampling
+from iapas.acceleration import mask_upsampling
 from iapas.backends import load_segmenter
-from iapas.mask_upsampling import ResizeStep, sam_steps, upsample_positive
+from iapas.acceleration.mask_upsampling import ResizeStep, sam_steps, upsample_positive
 from iapas.stages import MaskStage
 from iapas.stages.scoring import summed_map
 from iapas.types import Boxes, Masks
-from iapas.weights import find_weights
+from iapas.weights.manifest import find_weights
 
 CPU = torch.device("cpu")
 ROUNDING = 1e-5  # a pixel may differ only where the full-resolution logit is this close to 0

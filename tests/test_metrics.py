@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from iapas.metrics import PixelMetrics, image_metrics
+from iapas.evaluation.metrics import PixelMetrics, image_metrics
 
 
 def sklearn_f1_max(labels, scores):

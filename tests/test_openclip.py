@@ -10,7 +10,7 @@ from iapas.backends.openclip_convert import convert_openclip_checkpoint, write_c
 from iapas.backends.clip import ClipBackbone  # noqa: E402
 from iapas.cli import main  # noqa: E402
 from iapas.errors import WeightsError  # noqa: E402
-from iapas.weights import find_weights  # noqa: E402
+from iapas.weights.manifest import find_weights  # noqa: E402
 
 
 @pytest.fixture(scope="module")

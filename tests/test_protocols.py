@@ -11,9 +11,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from iapas.cli import main
 from iapas.config import Config
 from iapas.data.synth import SynthSpec, write_synth_dataset
-from iapas.evaluate import EvalOptions, run_eval
-from iapas.metrics import PixelMetrics
-from iapas.protocols import PROTOCOLS, HeldMaps
+from iapas.evaluation.evaluate import EvalOptions, run_eval
+from iapas.evaluation.metrics import PixelMetrics
+from iapas.evaluation.protocols import PROTOCOLS, HeldMaps
 from stub_methods import RUNS, BrightnessMethod
 
 
@@ -259,7 +259,7 @@ def test_paper_protocol_on_every_layout(name, tmp_path):
 
 
 def test_paper_mean_is_over_rounded_category_values():
-    from iapas.reports import mean_row
+    from iapas.evaluation.reports import mean_row
 
     records = [{"metrics": {"pixel_ap": 0.123456}}, {"metrics": {"pixel_ap": 0.2}}]
     assert mean_row(records)["pixel_ap"] == pytest.approx((0.123456 + 0.2) / 2)

@@ -81,7 +81,7 @@ def test_uri_inputs_need_the_ray_engine(weights_dir, tmp_path, capsys):
 
 def test_ray_engine_leaves_an_image_claimed_by_another_run(local_ray, synthetic_folder, weights_dir, tmp_path, capsys):
     """The local engine's per-output claims hold under Ray too: an image another run is working on is not redone."""
-    from iapas.claims import claim_path, try_claim
+    from iapas.runs.claims import claim_path, try_claim
 
     out = tmp_path / "out"
     held = try_claim(claim_path(out, "part_2.png"))  # another run is segmenting part_2.png right now
@@ -129,10 +129,10 @@ class Recording:
 
 def test_segment_actor_batches_its_rows_and_fails_one_image_in_its_place(pipeline, synthetic_folder, tmp_path):
     """The actor (run here, in this process) gives the method `batch_size` images at a time; a broken file fails alone."""
-    from iapas.claims import claim_path
+    from iapas.runs.claims import claim_path
     from iapas.cli.segment import PipelineCall
     from iapas.engines.ray_engine import SegmentActor, rows_per_call
-    from iapas.outputs import is_done
+    from iapas.runs.outputs import is_done
 
     broken = synthetic_folder / "broken.png"
     broken.write_bytes(b"not an image")

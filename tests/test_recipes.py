@@ -107,7 +107,7 @@ def test_reference_rule_equals_transformers_post_processing(weights_dir):
     from transformers import AutoProcessor
     from transformers.models.grounding_dino.modeling_grounding_dino import GroundingDinoObjectDetectionOutput
 
-    from iapas.weights import find_weights
+    from iapas.weights.manifest import find_weights
 
     processor = AutoProcessor.from_pretrained(find_weights("detector", weights_dir)[1], local_files_only=True)
     ids = processor.tokenizer(". scratch. dent, metal.")["input_ids"]

@@ -10,7 +10,7 @@ import torch
 
 from iapas.backends import load_segmenter
 from iapas.backends.sam_attention import attention_blocks, fused_attention, reference_attention
-from iapas.naive import full_resolution_masks
+from iapas.bench.naive import full_resolution_masks
 from iapas.types import Boxes
 
 IMAGE = np.random.default_rng(11).integers(0, 256, (120, 200, 3), dtype=np.uint8)

@@ -20,8 +20,8 @@ from iapas.errors import (
     MetricsInputError,
     ValueRangeError,
 )
-from iapas.metrics import PixelMetrics
-from iapas.weights import file_identity
+from iapas.evaluation.metrics import PixelMetrics
+from iapas.weights.manifest import file_identity
 
 from conftest import write_rgb
 
@@ -131,7 +131,7 @@ def test_valid_calibration_round_trips_and_missing_fields_are_named(tmp_path):
 # ---- corrupt weight files --------------------------------------------------------------------------------------
 
 def test_corrupt_safetensors_names_the_file(capsys, weights_dir, tmp_path):
-    from iapas.weights import find_weights
+    from iapas.weights.manifest import find_weights
 
     detector = tmp_path / "gd"
     shutil.copytree(find_weights("detector", weights_dir)[1], detector)
@@ -300,7 +300,7 @@ def test_metrics_refuse_nan_and_out_of_range_maps_naming_the_image():
 
 def test_eval_stops_with_one_line_naming_the_image_whose_map_is_nan(tmp_path):
     from iapas.data.synth import SynthSpec, write_synth_dataset
-    from iapas.evaluate import EvalOptions, MethodMaps, evaluate_category
+    from iapas.evaluation.evaluate import EvalOptions, MethodMaps, evaluate_category
     from iapas.data.datasets import load_dataset
     from iapas.types import Boxes, Masks, Result
 
@@ -348,7 +348,7 @@ def test_corrupt_clip_weights_and_training_state_name_the_file(tmp_path):
     from types import SimpleNamespace
 
     from iapas.backends.clip import ClipBackbone
-    from iapas.demo_weights import build_demo_clip
+    from iapas.weights.demo import build_demo_clip
     from iapas.prompt_learning.training import STATE_FILE, PromptTrainer
 
     clip_dir = build_demo_clip(tmp_path / "clip")

@@ -27,7 +27,7 @@ from iapas.methods.winclip import WinClip
 from iapas.methods.winclip.prompts import ANOMALIB_PROMPTS, CAOYUNKANG_PROMPTS, PromptEnsemble
 from iapas.methods.winclip.variants import CaoyunkangRules, Gallery, text_embeddings
 from iapas.methods.winclip.windows import WindowFeatures, harmonic, sliding_windows
-from iapas.weights import find_weights
+from iapas.weights.manifest import find_weights
 
 SIZE = 40  # tiny open_clip: 40 px, 8 px patches, a 5 x 5 grid
 
@@ -328,7 +328,7 @@ def test_cli_few_shot_segment_and_eval(capsys, weights_dir, tmp_path):
 def test_default_backbone_is_vit_b_16_plus_240_when_present(weights_dir, reference, tmp_path):
     from iapas.config import Config
     from iapas.methods import METHODS
-    from iapas.weights import load_manifest
+    from iapas.weights.manifest import load_manifest
 
     entry = next(e for e in load_manifest() if e.name == "clip-vit-b-16-plus-240")
     assert entry.expected_path == "ViT-B-16-plus-240.pt"

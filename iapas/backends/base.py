@@ -14,7 +14,7 @@ from transformers.utils import logging as transformers_logging
 from ..errors import CorruptWeightsError, WeightsError
 from ..registry import Registry
 from ..types import Boxes
-from ..weights import entry_for_path
+from ..weights.manifest import entry_for_path
 
 
 class Detector(Protocol):

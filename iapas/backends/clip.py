@@ -24,7 +24,7 @@ def converted_openclip_dir(checkpoint: Path) -> Path:
 class ClipBackbone(torch.nn.Module):
     """CLIPModel plus the pieces the CLIP methods need; all CLIP weights are frozen.
 
-    `precision` (fp32 | bf16 | fp16, iapas/precision.py) is the autocast the CLIP methods' forwards run
+    `precision` (fp32 | bf16 | fp16, iapas/acceleration/precision.py) is the autocast the CLIP methods' forwards run
     under (`autocast()`, entered once for every method by `methods/batching.py`); fp16 on a CPU is refused
     here, before the weights load, with the IAP-AS pipeline's message.
     """
@@ -33,7 +33,7 @@ class ClipBackbone(torch.nn.Module):
         super().__init__()
         from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
-        from ..precision import check_precision
+        from ..acceleration.precision import check_precision
 
         check_precision(precision, torch.device(device))
         self.precision = precision
@@ -81,7 +81,7 @@ class ClipBackbone(torch.nn.Module):
 
     def autocast(self) -> ContextManager:
         """The context the CLIP forwards run under: torch.autocast at `precision` (nothing for fp32)."""
-        from ..precision import autocast
+        from ..acceleration.precision import autocast
 
         return autocast(self.precision, self.device)
 
@@ -93,7 +93,7 @@ class ClipBackbone(torch.nn.Module):
         weights (GenCLIP starts its MLP_I from `visual_projection`) still can. Dynamic int8 layers take float32
         inputs, so bf16/fp16 autocast, which hands them half-precision activations, is refused with it.
         """
-        from ..quantisation import quantise_linear_layers
+        from ..acceleration.quantisation import quantise_linear_layers
 
         check_int8(self.device, self.precision)
         quantise_linear_layers(self.clip.vision_model.encoder)
@@ -230,7 +230,7 @@ class ClipBackbone(torch.nn.Module):
 def check_int8(device: torch.device, precision: str) -> None:
     """Refuse (one line) int8 CLIP encoders off the CPU, or beside a half-precision autocast."""
     from ..errors import ConfigError
-    from ..quantisation import check_int8_precision
+    from ..acceleration.quantisation import check_int8_precision
 
     if device.type != "cpu":
         raise ConfigError(f"--int8 runs on the CPU only, but the device is {device}: add --device cpu or drop --int8")
@@ -248,7 +248,7 @@ def configured_backbone(path: Path, config) -> ClipBackbone:
     Both refusals (fp16 on a CPU; int8 off the CPU or with bf16/fp16) come before the weights load.
     """
     from ..device import resolve_device
-    from ..precision import check_precision
+    from ..acceleration.precision import check_precision
 
     device = resolve_device(config.device)
     check_precision(config.precision, device)
@@ -260,7 +260,7 @@ def configured_backbone(path: Path, config) -> ClipBackbone:
 
 def backbone_for_config(config) -> ClipBackbone:
     """The frozen CLIP the config names (`clip_methods.weights`), or the first one found in its weights dir."""
-    from ..weights import chosen_or_found
+    from ..weights.manifest import chosen_or_found
 
     path = chosen_or_found("clip", config.clip_methods.weights, config.weights_dir)
     return configured_backbone(path, config)
@@ -268,7 +268,7 @@ def backbone_for_config(config) -> ClipBackbone:
 
 def backbone_preferring(config, preferred: Sequence[str]) -> ClipBackbone:
     """The config's CLIP if it names one, else the first of the `preferred` manifest entries present, else any CLIP found."""
-    from ..weights import is_present, load_manifest
+    from ..weights.manifest import is_present, load_manifest
 
     if not config.clip_methods.weights:
         entries = {entry.name: entry for entry in load_manifest()}

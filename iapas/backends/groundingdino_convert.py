@@ -352,7 +352,7 @@ def converted_once(checkpoint: Path, convert: Callable[[Path], Path], what: str)
 
 def bert_dir_beside(checkpoint: Path) -> Path:
     """Where the manifest's text encoder (bert-base-uncased) sits when the .pth is in a weights dir."""
-    from ..weights import entries_for
+    from ..weights.manifest import entries_for
 
     entries = entries_for("text-encoder")
     return Path(checkpoint).parent / (entries[0].expected_path if entries else "bert-base-uncased")

@@ -69,7 +69,7 @@ class LlamaCppLLM:
     """The `gguf` LLM backend: step 1-3's prompt through llama.cpp, greedy or sampled as the recipe says."""
 
     def __init__(self, path: Path, threads: int = 0) -> None:
-        from ..weights import file_identity
+        from ..weights.manifest import file_identity
 
         self.runner = LlamaCppChat(path, threads)
         self.model_id = f"llama.cpp:{Path(path).name}"

@@ -22,7 +22,7 @@ from ..files import atomic_write_text
 from ..methods.iapas.prompting import drop_unfinished_item
 from ..registry import Registry
 from ..vocabulary import LEXICON_FILE
-from ..weights import file_identity
+from ..weights.manifest import file_identity
 from .base import load_error, quiet_loading
 
 MAX_NEW_TOKENS = 96

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import CorruptWeightsError, WeightsError
-from ..mask_upsampling import ResizeStep, sam_steps, upsample_positive
+from ..acceleration.mask_upsampling import ResizeStep, sam_steps, upsample_positive
 from ..types import Masks
 from .base import SEGMENTERS, load_error, register_model_type, require_path
 from .sam_attention import install_fused_attention, reference_attention
@@ -237,7 +237,7 @@ class OriginalSam(BatchEncoding):
 
     @torch.inference_mode()
     def segment_masks(self, image: np.ndarray, xyxy: np.ndarray) -> Masks:
-        """Masks of every box, up-sampled only inside each mask's positive region (iapas/mask_upsampling.py)."""
+        """Masks of every box, up-sampled only inside each mask's positive region (iapas/acceleration/mask_upsampling.py)."""
         self.predictor.set_image(image, image_format="RGB")
         try:
             model = self.predictor.model
@@ -270,7 +270,7 @@ class OriginalSam(BatchEncoding):
         return masks[:, 0].cpu().numpy().astype(bool)
 
     def int8_modules(self) -> list[torch.nn.Module]:
-        """The image encoder: nearly all of SAM's time; the small mask decoder stays float32 (iapas/quantisation.py)."""
+        """The image encoder: nearly all of SAM's time; the small mask decoder stays float32 (iapas/acceleration/quantisation.py)."""
         return [self.predictor.model.image_encoder]
 
     def _boxes(self, xyxy: np.ndarray) -> torch.Tensor:
@@ -299,7 +299,7 @@ class HFSam(BatchEncoding):
         return self.processor(images=image, return_tensors="pt")["pixel_values"].to(self.device)
 
     def int8_modules(self) -> list[torch.nn.Module]:
-        """The vision encoder: nearly all of SAM's time; the small mask decoder stays float32 (iapas/quantisation.py)."""
+        """The vision encoder: nearly all of SAM's time; the small mask decoder stays float32 (iapas/acceleration/quantisation.py)."""
         return [self.model.vision_encoder]
 
     @torch.inference_mode()
@@ -314,7 +314,7 @@ class HFSam(BatchEncoding):
 
     @torch.inference_mode()
     def segment_masks(self, image: np.ndarray, xyxy: np.ndarray) -> Masks:
-        """Masks of every box, up-sampled only inside each mask's positive region (iapas/mask_upsampling.py)."""
+        """Masks of every box, up-sampled only inside each mask's positive region (iapas/acceleration/mask_upsampling.py)."""
         logits, inputs = self._decode(image, xyxy)
         pad = self.processor.image_processor.pad_size  # transformers SamImageProcessor.post_process_masks' stages
         steps = [ResizeStep((pad["height"], pad["width"]), tuple(int(v) for v in inputs["reshaped_input_sizes"][0])),

@@ -9,7 +9,7 @@ each box's mask as it is; one mask per box (multimask_output=False).
 
 The processor's post-processing (transformers Sam2ImageProcessor.post_process_masks) is one bilinear
 resize of each 256x256 logit map straight to the original H x W, then logits > 0 (mask_threshold 0.0);
-`segment_masks` computes that resize only inside each mask's positive region (iapas/mask_upsampling.py,
+`segment_masks` computes that resize only inside each mask's positive region (iapas/acceleration/mask_upsampling.py,
 one step instead of SAM's two), `segment_boxes_full_resolution` keeps the processor's own whole-image
 path for the naive loop.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..mask_upsampling import ResizeStep
+from ..acceleration.mask_upsampling import ResizeStep
 from ..types import Masks
 from .base import SEGMENTERS, load_error, register_model_type, require_path
 from .sam import HF_MASK_THRESHOLD, BatchEncoding, Encoding, threshold_upsampled

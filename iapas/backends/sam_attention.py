@@ -11,7 +11,7 @@ queries, as the reference computes them, by the reference's own `get_rel_pos`) b
 attention mask, written once, and `F.scaled_dot_product_attention` does scores, mask, softmax and V in one
 fused kernel. The arithmetic order differs (q.k then x scale inside the kernel, against (q x scale).k), so
 embeddings agree to float rounding (tests/test_sam_attention.py states the bound) and masks up to the
-borderline pixels `iapas/mask_upsampling.py` already allows.
+borderline pixels `iapas/acceleration/mask_upsampling.py` already allows.
 
 `install_fused_attention` puts it on every attention block of a loaded SAM encoder (instance attributes,
 the class untouched); `reference_attention` takes it off for a block of code, which is how `iapas bench

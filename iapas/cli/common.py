@@ -65,7 +65,7 @@ def base_config(args: argparse.Namespace) -> Config:
     if getattr(args, "int8", False):
         overrides["detection.int8"] = overrides["masking.int8"] = True
     config = config.updated(overrides)
-    from ..threads import configure_threads
+    from ..acceleration.threads import configure_threads
 
     configure_threads(config.threads)  # once per command; library users set threads themselves (Pipeline does only when > 0)
     return config

@@ -14,7 +14,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register `iapas eval`."""
     from ..data.datasets import DATASETS
     from ..methods import METHODS
-    from ..protocols import PROTOCOLS
+    from ..evaluation.protocols import PROTOCOLS
 
     evaluate = commands.add_parser("eval", help="evaluate a method on a dataset: metrics, tables, PR curves")
     evaluate.add_argument("--dataset", required=True, choices=DATASETS.names())
@@ -49,8 +49,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table (and the paper's numbers when asked) and name the run folder."""
     from ..errors import ConfigError
-    from ..evaluate import EvalOptions, run_eval
-    from ..reports import paper_comparison
+    from ..evaluation.evaluate import EvalOptions, run_eval
+    from ..evaluation.reports import paper_comparison
 
     if args.compare_paper and args.protocol != "paper":
         raise ConfigError(f"--compare-paper needs --protocol paper: Table 1 was measured at 400x400 with per-category "

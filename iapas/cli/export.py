@@ -34,7 +34,7 @@ class _BothRuntimes(argparse.Action):
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     """`--runtime` and `--detector-runtime` (segment and bench)."""
-    from ..runtimes import RUNTIMES
+    from ..acceleration.runtimes import RUNTIMES
 
     names = RUNTIMES.names()
     parser.add_argument("--runtime", choices=names, action=_BothRuntimes,
@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..backends import load_detector, load_segmenter
-    from ..runtimes import export_backend, exported_format
-    from ..weights import chosen_or_found
+    from ..acceleration.runtimes import export_backend, exported_format
+    from ..weights.manifest import chosen_or_found
 
     exported_format(args.export_format)  # an unknown format or a missing package fails before any model loads
     config = base_config(args)

@@ -7,7 +7,7 @@ import functools
 import sys
 from pathlib import Path
 
-from ..batch import Segment
+from ..runs.batch import Segment
 from ..calibration import Calibration
 from ..config import Config
 from ..errors import IapasError
@@ -52,9 +52,9 @@ def run(args: argparse.Namespace) -> int:
     from ..engines import ENGINES
     from ..engines.ray_engine import is_uri
     from ..files import check_writable_folder
-    from ..fingerprint import SEGMENT_FIELDS, RunSpec, build_fingerprint, check_fingerprint, record_fingerprint
+    from ..runs.fingerprint import SEGMENT_FIELDS, RunSpec, build_fingerprint, check_fingerprint, record_fingerprint
     from ..images import collect_inputs, parse_window
-    from ..runtimes import check_method_runtimes
+    from ..acceleration.runtimes import check_method_runtimes
 
     out_dir = Path(args.output)
     items = list(args.inputs) + listed_inputs(args.list_file)
@@ -144,7 +144,7 @@ def iapas_segmenter(args: argparse.Namespace, config: Config) -> tuple[Segment, 
 def clip_segmenter(args: argparse.Namespace, config: Config) -> tuple[Segment, dict | None]:
     """A registered comparison method (WinCLIP, AdaCLIP, ...) as a pixels -> Result callable."""
     from ..methods import METHODS
-    from ..runtimes import check_method_runtimes
+    from ..acceleration.runtimes import check_method_runtimes
 
     check_method_runtimes(args.method, config)
     check_method_options(args)  # `iapas bench` builds its segmenter here; `segment` has checked before its engine started

@@ -45,9 +45,9 @@ def run_config_show(args: argparse.Namespace) -> int:
 
 def run_bench(args: argparse.Namespace) -> int:
     """Time the chosen method: each stage on one image, or throughput over many (optionally vs the naive loop)."""
-    from ..bench import BenchOptions, PipelineSegment, run_bench as bench
+    from ..bench.runner import BenchOptions, PipelineSegment, run_bench as bench
     from ..errors import ConfigError
-    from ..runtimes import check_method_runtimes
+    from ..acceleration.runtimes import check_method_runtimes
     from .segment import build_segmenter
 
     if args.image is None and not args.images:
@@ -57,7 +57,7 @@ def run_bench(args: argparse.Namespace) -> int:
     config = base_config(args)
     check_method_runtimes(args.method, config)  # the CLIP methods' encoders are not exported: one line, not ignored
     if args.random_full:
-        from ..random_full import RANDOM_FULL_MAX_BOXES, random_full_models
+        from ..weights.random_full import RANDOM_FULL_MAX_BOXES, random_full_models
 
         detector, segmenter = random_full_models(None, config.detection.backend, config.masking.backend)
         config = config.updated({"detection.weights": str(detector), "masking.weights": str(segmenter)})

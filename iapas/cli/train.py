@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     """Train (or resume) the chosen method and report the prompt file and the last loss."""
     from ..device import resolve_device
     from ..prompt_learning import TrainOptions
-    from ..weights import chosen_or_found
+    from ..weights.manifest import chosen_or_found
 
     from ..files import check_writable_folder
 

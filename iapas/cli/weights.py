@@ -51,7 +51,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_list(args: argparse.Namespace) -> int:
     """Print the manifest with what is present in the weights dir."""
-    from ..weights import is_present, load_manifest
+    from ..weights.manifest import is_present, load_manifest
 
     table = Table(title=f"weights known to iapas (dir: {args.dir})")
     for column in ("name", "role", "format", "expected path", "size", "present", "source"):
@@ -66,7 +66,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     """Check sizes and hashes; exit 2 when a checkpoint is wrong or none is there."""
-    from ..weights import load_manifest, verify_entry
+    from ..weights.manifest import load_manifest, verify_entry
 
     weights_dir = Path(args.dir)
     if not weights_dir.is_dir():
@@ -91,7 +91,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
 def run_make_demo(args: argparse.Namespace) -> int:
     """Build the tiny random demo models, warning that their output is meaningless."""
-    from ..demo_weights import make_demo_weights
+    from ..weights.demo import make_demo_weights
 
     for path in make_demo_weights(Path(args.dir)):
         print(f"wrote {path}")
@@ -113,7 +113,7 @@ def run_download(args: argparse.Namespace) -> int:
     """Fetch the chosen entries; exit 0 when all are there, 1 when some failed, 2 when none could be had."""
     from tqdm import tqdm
 
-    from ..download import download
+    from ..weights.download import download
     from .common import EXIT_PARTIAL
 
     bars: dict[str, tqdm] = {}

@@ -1,10 +1,10 @@
-"""The local engine: one process, images in input order, one or a batch at a time (see `iapas.batch.run_batch`)."""
+"""The local engine: one process, images in input order, one or a batch at a time (see `iapas.runs.batch.run_batch`)."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Callable
 
-from ..batch import BatchSummary, Segment, run_batch
+from ..runs.batch import BatchSummary, Segment, run_batch
 
 
 def run_local(make_segment: Callable[[], Segment], inputs: list[tuple[Path, Path | None]], out_dir: Path,

@@ -17,11 +17,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..batch import BatchSummary, Segment, failure_message, segment_each
+from ..runs.batch import BatchSummary, Segment, failure_message, segment_each
 from ..errors import IapasError
 from ..images import LoadedImage, load_image
-from ..claims import claim_path, try_claim
-from ..outputs import assign_names, is_done, write_result
+from ..runs.claims import claim_path, try_claim
+from ..runs.outputs import assign_names, is_done, write_result
 
 ROWS_PER_BATCH = 4  # images per map_batches call: small, so progress moves and failures stay local
 

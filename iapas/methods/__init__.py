@@ -2,7 +2,7 @@
 
 A method folder holds the method's model, its inference and, where it learns, its training; its
 `__init__.py` exposes `build(config, ablate) -> Method`. Shared machinery lives beside the methods:
-the stage graph (`iapas/graph.py`, `iapas/stages/`), model loaders (`iapas/backends/`) and the CLIP
+the stage graph (`iapas/stages/graph.py`, `iapas/stages/`), model loaders (`iapas/backends/`) and the CLIP
 prompt-learning pieces (`iapas/prompt_learning/`).
 """
 from .base import METHODS, Method, MethodBuilder

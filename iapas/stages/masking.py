@@ -23,7 +23,7 @@ class MaskStage:
         height, width = image.shape[:2]
         if len(boxes) == 0:
             return {"masks": Masks.empty(height, width)}
-        # SAM backends give region-bounded masks (iapas/mask_upsampling.py); any other segmenter its plain array
+        # SAM backends give region-bounded masks (iapas/acceleration/mask_upsampling.py); any other segmenter its plain array
         segment_masks = getattr(self.segmenter, "segment_masks", None)
         if segment_masks is not None:
             return {"masks": segment_masks(image, boxes.xyxy)}

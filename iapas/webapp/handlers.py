@@ -16,9 +16,9 @@ from ..calibration import Calibration, load_calibration
 from ..config import Config
 from ..errors import ConfigError, IapasError
 from ..methods import METHODS
-from ..outputs import result_record, write_result
+from ..runs.outputs import result_record, write_result
 from ..types import Result
-from ..viz import heatmap, result_overlay
+from ..visualization.overlays import heatmap, result_overlay
 
 Progress = Callable[[float, str], None]
 

@@ -23,7 +23,7 @@ BACKBONE_ENTRY = "clip-vit-l-14-336"  # the CLIP every released checkpoint was t
 def prompts_path(config: Config) -> Path:
     """The configured checkpoint (a path or a manifest name), else our trained one, else a released one found."""
     from ...errors import WeightsError
-    from ...weights import entries_for, is_present
+    from ...weights.manifest import entries_for, is_present
 
     weights_dir = Path(config.weights_dir)
     released = entries_for(RELEASED_ROLE)
@@ -49,7 +49,7 @@ def prompts_path(config: Config) -> Path:
 def adaclip_backbone(config: Config) -> "ClipBackbone":
     """The configured CLIP, else ViT-L-14-336 when present (the released checkpoints need it), else the first CLIP found."""
     from ...backends.clip import backbone_for_config, configured_backbone
-    from ...weights import is_present, load_manifest
+    from ...weights.manifest import is_present, load_manifest
 
     if not config.clip_methods.weights:
         for entry in load_manifest():

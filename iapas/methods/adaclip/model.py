@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ...backends.clip import ClipBackbone
 from ...errors import WeightsError
-from ...precision import full_precision
+from ...acceleration.precision import full_precision
 from ..batching import BatchedMethod, timed
 from ...prompt_learning import gaussian_smooth
 from ...prompt_learning.vision import evenly_spaced_layers

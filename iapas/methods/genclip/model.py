@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ...backends.clip import ClipBackbone
 from ...errors import WeightsError
 from ...files import atomic_write
-from ...precision import full_precision
+from ...acceleration.precision import full_precision
 from ...prompt_learning import dice_loss, focal_loss, gaussian_smooth
 from ...prompt_learning.vision import SIMILARITY_TEMPERATURE
 from ...types import Boxes, Masks, Result

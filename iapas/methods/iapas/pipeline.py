@@ -13,14 +13,14 @@ from ...calibration import Calibration
 from ...config import Config, at_least_one, unit_interval
 from ...device import resolve_device
 from ...errors import IapasError, ImageProcessingError, InputImageError
-from ...graph import GraphRun, StageGraph
+from ...stages.graph import GraphRun, StageGraph
 from ...images import LoadedImage, Window, check_shape, load_image, parse_window, to_rgb
-from ...precision import autocast, check_precision
+from ...acceleration.precision import autocast, check_precision
 from ...stages import DetectStage, MaskStage, NmsStage, ScoreStage
 from ...stages.filtering import SIZE_RULES
 from ...types import Boxes, Masks, Result, all_results
 from ...vocabulary import unique_prompts
-from ...weights import chosen_or_found
+from ...weights.manifest import chosen_or_found
 
 if TYPE_CHECKING:
     from .preprocess import ImageSource
@@ -60,9 +60,9 @@ class Pipeline:
     @classmethod
     def from_config(cls, config: Config | None = None) -> "Pipeline":
         """Load the models the config names (or the first found in its weights dir)."""
-        from ...quantisation import check_int8_precision, quantise_backend
-        from ...runtimes import RUNTIMES, use_runtime  # exported encoders in place of torch's (iapas/runtimes)
-        from ...threads import configure_threads
+        from ...acceleration.quantisation import check_int8_precision, quantise_backend
+        from ...acceleration.runtimes import RUNTIMES, use_runtime  # exported encoders in place of torch's (iapas/runtimes)
+        from ...acceleration.threads import configure_threads
 
         config = config or Config()
         RUNTIMES.get(config.detection.runtime), RUNTIMES.get(config.masking.runtime)  # a misspelt runtime fails before loading
@@ -247,7 +247,7 @@ class Pipeline:
             except IapasError as error:
                 yield image, error
             except Exception as error:  # noqa: BLE001 - one input's failure must not end the stream
-                from ...batch import failure_message
+                from ...runs.batch import failure_message
 
                 name = Path(image) if isinstance(image, (str, Path)) else f"input #{index}"
                 yield image, ImageProcessingError(failure_message(name, error))

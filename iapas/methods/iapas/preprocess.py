@@ -13,7 +13,7 @@ from ...backends.taggers import TAGGERS, TaggerSpec
 from ...calibration import Calibration
 from ...config import KIND_THRESHOLDS, Config, kind_of
 from ...errors import ConfigError, InputImageError
-from ...graph import StageGraph
+from ...stages.graph import StageGraph
 from ...images import find_images, load_image, parse_window
 from ...config import FIXED_PROMPTS
 from ...registry import Registry
@@ -21,7 +21,7 @@ from .prompting import OfficialMessages, load_template
 from ...stages.calibration import SizeThresholdStage
 from ...stages.prompting import FinalPromptStage, LlmPromptStage, OfficialLlmStage
 from ...stages.tagging import TagStage, TopOneTagStage
-from ...weights import chosen_or_found
+from ...weights.manifest import chosen_or_found
 
 PREPROCESS_INPUTS = ("normal_images", "calibration_images", "tags", "p_adj", "llm_answer", "size_threshold", "object_size")
 PREPROCESS_ABLATIONS = ("tagging", "llm")  # steps 1-1 and 1-3 can be switched off; their stages bear these names

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import WeightsError
-from .files import atomic_directory, atomic_write_text
-from .weights import WeightEntry, load_manifest, sha256_of
+from ..errors import WeightsError
+from ..files import atomic_directory, atomic_write_text
+from .manifest import WeightEntry, load_manifest, sha256_of
 
-DOWNLOADS_PATH = Path(__file__).parent / "resources" / "downloads.toml"
+DOWNLOADS_PATH = Path(__file__).parents[1] / "resources" / "downloads.toml"
 LOCK_FILE = "downloads.lock.json"
 PROFILES = ("default", "official", "fast", "all")
 CHUNK = 1 << 20
@@ -236,7 +236,7 @@ def download(names: list[str], profile: str | None, weights_dir: Path, cache_dir
              report: Callable[[str], None] = print, progress_factory=None, manifest_path: Path | None = None,
              sources_path: Path = DOWNLOADS_PATH) -> list[DownloadOutcome]:
     """Download the chosen entries not yet present; one outcome per entry, failures do not stop the others."""
-    from .weights import is_present
+    from .manifest import is_present
 
     manifest = {entry.name: entry for entry in (load_manifest(manifest_path) if manifest_path else load_manifest())}
     sources = select_sources(names, profile, load_sources(sources_path))

@@ -4,7 +4,7 @@ Two modes. One image (`iapas bench IMAGE`): the method loads once, warms up, and
 mean over `--repeat` runs is reported. Throughput (`--images N`): N distinct images (a folder's, or
 procedural ones at `--size` when none are given) each segmented once after a warm-up, reporting images
 per second, per-stage time and peak memory; `--vs-naive` runs the official code's per-image loop
-(`iapas.naive`) on the same loaded models and images, side by side, and reports the ratio. `--json FILE`
+(`iapas.bench.naive`) on the same loaded models and images, side by side, and reports the ratio. `--json FILE`
 keeps the numbers so runs can be compared. Speed is measured here, never in timed tests.
 """
 from __future__ import annotations
@@ -23,13 +23,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from .batch import Segment
-from .config import Config
-from .device import resolve_device
-from .files import atomic_write_text
-from .images import find_images, load_image
-from .precision import resolve_precision
-from .types import all_results
+from ..runs.batch import Segment
+from ..config import Config
+from ..device import resolve_device
+from ..files import atomic_write_text
+from ..images import find_images, load_image
+from ..acceleration.precision import resolve_precision
+from ..types import all_results
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ def bench_images(options: BenchOptions, max_pixels: int) -> list[np.ndarray]:
         source = Path(options.image)
         paths = find_images(source) if source.is_dir() else [source]
         return [load_image(path, max_pixels).pixels for path in paths[: options.images]]
-    from .data.synth import synth_sample
+    from ..data.synth import synth_sample
 
     rng = np.random.default_rng(0)
     kinds = [("washer", "scratch"), ("board", "hole"), ("tile", "crack"), ("fabric", "stain")]
@@ -282,7 +282,7 @@ def run_throughput(options: BenchOptions, config: Config, build: Callable[[], Se
 
 def naive_contender(options: BenchOptions, config: Config, segment: Segment, images: list[np.ndarray]) -> Contender:
     """The official per-image loop on the method's own loaded detector and segmenter, warmed up as ours was."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
     from .naive import naive_segment
 
     pipeline = getattr(segment, "pipeline", None)

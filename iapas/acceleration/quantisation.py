@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def quantise_linear_layers(module: torch.nn.Module) -> torch.nn.Module:

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .methods.iapas import IAPAS_ABLATIONS
+from ..methods.iapas import IAPAS_ABLATIONS
 from .metrics import f1_scores
 
 if TYPE_CHECKING:
     from .protocols import EvalProtocol, Scorer
 
-PAPER_TABLE = Path(__file__).parent / "resources" / "paper_table1.toml"
+PAPER_TABLE = Path(__file__).parents[1] / "resources" / "paper_table1.toml"
 METRIC_COLUMNS = ("pixel_ap", "pixel_f1_max", "pixel_auroc", "pixel_aupro", "image_auroc", "image_ap", "image_f1_max")
 
 

@@ -13,9 +13,9 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from .data.datasets import Dataset, Sample
-from .errors import DatasetError
-from .files import atomic_write
+from ..data.datasets import Dataset, Sample
+from ..errors import DatasetError
+from ..files import atomic_write
 
 
 class MapsError(DatasetError):

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from .errors import MetricsInputError
+from ..errors import MetricsInputError
 
 DEFAULT_BINS = 4096
 PRO_FPR_LIMIT = 0.3  # AUPRO integrates PRO over FPR in [0, 0.3], normalised by 0.3

@@ -16,9 +16,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .stages.filtering import NO_OBJECT_SIZE, filter_by_size, nms, object_size as object_size_of
-from .stages.scoring import minmax_per_image
-from .types import Boxes
+from ..stages.filtering import NO_OBJECT_SIZE, filter_by_size, nms, object_size as object_size_of
+from ..stages.scoring import minmax_per_image
+from ..types import Boxes
 
 OFFICIAL_SIZE_FACTOR = 0.8  # keep a box whose area ratio is below 0.8 x the object's (test_zsas.py)
 
@@ -36,7 +36,7 @@ def full_resolution_masks(segmenter: Any, image: np.ndarray, boxes: Boxes) -> np
 def detect_as_recipe(detector: Any, image: np.ndarray, prompts: Sequence[str], box_threshold: float,
                      text_threshold: float, caption_format: str, phrase_rule: str, max_boxes: int = 0) -> Boxes:
     """One full detector pass (its own image encoding): iapas's detection stage, with nothing kept from before."""
-    from .stages.detection import DetectStage
+    from ..stages.detection import DetectStage
 
     if hasattr(detector, "forget_features"):
         detector.forget_features()  # the official code shares nothing between passes: each encodes the image again

@@ -18,8 +18,8 @@ from typing import ContextManager
 
 import torch
 
-from .config import PRECISIONS
-from .errors import ConfigError
+from ..config import PRECISIONS
+from ..errors import ConfigError
 
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # auto resolves first
 CPU_PRECISIONS = ("fp32", "bf16", "auto")  # fp16 autocast on the CPU is slow and not what anyone wants there

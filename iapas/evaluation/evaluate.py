@@ -1,5 +1,5 @@
 """`iapas eval`: run a method (or read saved maps) over a dataset's categories, measure them under a
-protocol (`iapas/protocols.py`), resume after interruption."""
+protocol (`iapas/evaluation/protocols.py`), resume after interruption."""
 from __future__ import annotations
 
 import hashlib
@@ -14,14 +14,14 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .config import PAPER_SEED, Config, kind_of
-from .data.datasets import Dataset, Sample, limited_samples, load_dataset, load_mask
-from .errors import DatasetError, IapasError
-from .files import atomic_write, atomic_write_text, check_writable_folder, remove_stale_temporaries
-from .fingerprint import EVAL_FIELDS, RunSpec, build_fingerprint, check_fingerprint, record_fingerprint
-from .images import Window, load_image, parse_window
-from .methods import METHODS, Method
-from .methods.iapas import IAPAS_ABLATIONS
+from ..config import PAPER_SEED, Config, kind_of
+from ..data.datasets import Dataset, Sample, limited_samples, load_dataset, load_mask
+from ..errors import DatasetError, IapasError
+from ..files import atomic_write, atomic_write_text, check_writable_folder, remove_stale_temporaries
+from ..runs.fingerprint import EVAL_FIELDS, RunSpec, build_fingerprint, check_fingerprint, record_fingerprint
+from ..images import Window, load_image, parse_window
+from ..methods import METHODS, Method
+from ..methods.iapas import IAPAS_ABLATIONS
 from .metrics import DEFAULT_BINS, image_metrics
 from .protocols import PROTOCOLS, EvalProtocol, Scorer
 from .reports import write_pr_curve, write_tables
@@ -47,7 +47,7 @@ class EvalOptions:
     recipe: str = "iapas"  # config.recipe; a run of another recipe than the default gets its own folder
     normal_split: str = "train"  # config.calibration.normal_split: where calibration draws its normal images
     overwrite: bool = False  # redo finished categories (needed when the fingerprint changed)
-    protocol: str = "full"  # a name in iapas.protocols.PROTOCOLS
+    protocol: str = "full"  # a name in iapas.evaluation.protocols.PROTOCOLS
     from_maps: Path | None = None  # evaluate these saved maps instead of running the method
 
     @property
@@ -137,7 +137,7 @@ class MethodMaps:
     def maps_for(self, samples: Sequence[Sample]) -> list[MapOutcome | Exception]:
         """Each sample's `map_for`, the images handed to the method together (its `segment_outcomes`, as the
         engines' `many`); an image that cannot be read or segmented gets its exception in its place."""
-        from .methods.batching import MethodSegment
+        from ..methods.batching import MethodSegment
 
         loaded: list[np.ndarray | Exception] = []
         for sample in samples:
@@ -249,7 +249,7 @@ def evaluate_category(
 
 
 def eval_fingerprint(options: EvalOptions, config: Config) -> dict:
-    """What defines an evaluation's results (iapas/fingerprint.py's EVAL_FIELDS); eval calibrates, so its models count."""
+    """What defines an evaluation's results (iapas/runs/fingerprint.py's EVAL_FIELDS); eval calibrates, so its models count."""
     spec = RunSpec(config, options.method, {
         "dataset": options.dataset, "root": options.root, "ablate": options.ablate, "image_score": options.image_score,
         "limit": options.limit, "bins": options.bins, "calibrates": options.from_maps is None,
@@ -263,7 +263,7 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    from . import __version__
+    from .. import __version__
 
     return {"iapas": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__}
@@ -304,7 +304,7 @@ def run_eval(options: EvalOptions, config: Config) -> Path:
     if options.from_maps is not None:  # checked against the dataset before any output is written
         source: MethodMaps | SavedMaps = SavedMaps(Path(options.from_maps), dataset, required)
     else:
-        from .runtimes import check_method_runtimes
+        from ..acceleration.runtimes import check_method_runtimes
 
         check_method_runtimes(options.method, config)  # a config file's runtime is not silently ignored either
         source = MethodMaps(METHODS.get(options.method)(config, options.ablate), dataset.name,

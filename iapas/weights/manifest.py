@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .errors import WeightsError
+from ..errors import WeightsError
 
-MANIFEST_PATH = Path(__file__).parent / "resources" / "manifest.toml"  # the one manifest: shipped in the package, nowhere else
+MANIFEST_PATH = Path(__file__).parents[1] / "resources" / "manifest.toml"  # the one manifest: shipped in the package, nowhere else
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@
   category min-max normalised together, exact pixel AP, F1-max over 100 thresholds, the official
   choice of test images, the mean of per-category values rounded to 0.01 %.
 
-Both label AUPRO's ground-truth regions 8-connected (`iapas/metrics.py`).
+Both label AUPRO's ground-truth regions 8-connected (`iapas/evaluation/metrics.py`).
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .data.datasets import Sample
-from .errors import IapasError, MetricsInputError
-from .files import atomic_write
-from .registry import Registry
+from ..data.datasets import Sample
+from ..errors import IapasError, MetricsInputError
+from ..files import atomic_write
+from ..registry import Registry
 
 # test_zsas.py: --eval_resolution 400, and the evaluation loop resizes to (400, 400) whatever the option says
 PAPER_RESOLUTION = 400

@@ -36,7 +36,7 @@ def build_random_grounding_dino_tiny(directory: Path, seed: int = 0) -> Path:
                               GroundingDinoImageProcessor, GroundingDinoProcessor)
     from transformers.utils import logging as transformers_logging
 
-    from .demo_weights import write_demo_vocab
+    from .demo import write_demo_vocab
 
     directory = Path(directory)
     partial = directory.with_name(directory.name + ".partial")
@@ -58,8 +58,8 @@ def build_random_sam_vit_b(path: Path, seed: int = 0) -> Path:
     """segment_anything's ViT-B with random weights, as a .pth state dict like Meta's."""
     from segment_anything import sam_model_registry
 
-    from .demo_weights import with_relative_positions
-    from .files import atomic_write
+    from .demo import with_relative_positions
+    from ..files import atomic_write
 
     torch.manual_seed(seed)
     state = with_relative_positions(sam_model_registry["vit_b"](checkpoint=None).state_dict())
@@ -109,7 +109,7 @@ def build_random_omdet_turbo(directory: Path, seed: int = 0) -> Path:
     """OmDet-Turbo with random weights: transformers' default OmDetTurboConfig (timm Swin-T, omlab/omdet-turbo-swin-tiny-hf), 640 px."""
     from transformers import DetrImageProcessor, OmDetTurboConfig, OmDetTurboForObjectDetection, OmDetTurboProcessor
 
-    from .demo_weights import write_char_clip_tokenizer
+    from .demo import write_char_clip_tokenizer
 
     directory = Path(directory)
     tokenizer = write_char_clip_tokenizer(directory.with_name(directory.name + ".tokenizer"))

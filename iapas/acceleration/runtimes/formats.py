@@ -17,9 +17,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import CorruptWeightsError, WeightsError
-from ..files import atomic_write, temporary_name
-from ..registry import Registry
+from ...errors import CorruptWeightsError, WeightsError
+from ...files import atomic_write, temporary_name
+from ...registry import Registry
 
 ONNX_OPSET = 17  # LayerNormalization is a single op from 17 on; every runtime here reads it
 Runner = Callable[[Sequence[np.ndarray]], list[np.ndarray]]

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .types import Masks
+from ..types import Masks
 
 SAM_ENCODER_SIZE = 1024  # SAM's padded square input (ImageEncoderViT img_size)
 # A region at least this share of the output is resized whole by F.interpolate (the reference itself):

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .files import atomic_write
-from .types import Result
-from .viz import result_overlay
+from ..files import atomic_write
+from ..types import Result
+from ..visualization.overlays import result_overlay
 
 OUTPUT_SUFFIXES = (".npy", "_map.png", "_overlay.png", ".json")  # the .json goes last: it marks completion
 

@@ -24,12 +24,12 @@ import numpy as np
 from tqdm import tqdm
 
 from .claims import Claim, claim_path, remove_free_claims, try_claim
-from .config import at_least_one
-from .errors import IapasError
-from .files import is_disk_full, remove_stale_temporaries
-from .images import LoadedImage, Window, load_image
+from ..config import at_least_one
+from ..errors import IapasError
+from ..files import is_disk_full, remove_stale_temporaries
+from ..images import LoadedImage, Window, load_image
 from .outputs import assign_names, is_done, write_result
-from .types import Result
+from ..types import Result
 
 Segment = Callable[[np.ndarray], Result]
 Writer = Callable[..., Any]

@@ -8,7 +8,7 @@ or under ~/.cache/iapas/exported when that folder is read-only; a missing one is
 with a note. A `.json` beside it records which weights it came from, so replaced weights are re-exported.
 
 Example:
-    >>> from iapas.runtimes import use_runtime
+    >>> from iapas.acceleration.runtimes import use_runtime
     >>> use_runtime(segmenter, "onnx", Path("weights/sam_vit_b_01ec64.pth"), torch.device("cpu"))
 
 See Also:
@@ -27,9 +27,9 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import ConfigError
-from ..files import atomic_write_text
-from ..registry import Registry
+from ...errors import ConfigError
+from ...files import atomic_write_text
+from ...registry import Registry
 from .formats import FORMATS, Format, Runner
 from .parts import PARTS, EncoderPart, Shape, parts_of
 
@@ -100,7 +100,7 @@ def locations(weights: Path, part: EncoderPart, shapes: Sequence[Shape], fmt: Fo
 
 def source_identity(weights: Path) -> dict[str, Any]:
     """Size and modification time of the weights (file or folder): what says an export is still theirs."""
-    from ..fingerprint import path_identity
+    from ...runs.fingerprint import path_identity
 
     identity = dict(path_identity(weights) or {})
     identity.pop("path", None)

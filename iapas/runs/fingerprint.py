@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:
-    from .config import Config
+    from ..config import Config
 
 FINGERPRINT_FILE = "iapas-fingerprint.json"
 FINGERPRINT_VERSION = 1  # bump when the meaning of a field changes: old folders then read as "changed"
@@ -64,9 +64,9 @@ def content_hash(path: str | Path | None) -> str | None:
 
 
 def _found(role: str, chosen: str, weights_dir: str, backend: str = "auto") -> Path | None:
-    from .backends.base import weights_family
-    from .errors import IapasError
-    from .weights import chosen_or_found
+    from ..backends.base import weights_family
+    from ..errors import IapasError
+    from ..weights.manifest import chosen_or_found
 
     try:
         return chosen_or_found(role, chosen, weights_dir, weights_family(backend))
@@ -119,8 +119,8 @@ def defining_config(config: "Config", skip: tuple[str, ...] = ()) -> dict[str, A
 
 def resolved_arithmetic(config: "Config") -> str:
     """The precision the models run at on this machine (`auto` resolved by the config's device)."""
-    from .device import resolve_device
-    from .precision import resolve_precision
+    from ..device import resolve_device
+    from ..acceleration.precision import resolve_precision
 
     return resolve_precision(config.precision, resolve_device(config.device))
 
@@ -201,7 +201,7 @@ def check_fingerprint(folder: str | Path, fingerprint: Mapping[str, Any], overwr
     With `overwrite` nothing is refused (the caller redoes every result). Nothing is written: call
     record_fingerprint once the run is sure to start, so a refused command leaves no folder behind.
     """
-    from .errors import FingerprintMismatch
+    from ..errors import FingerprintMismatch
 
     folder = Path(folder)
     path = folder / FINGERPRINT_FILE
@@ -222,8 +222,8 @@ def check_fingerprint(folder: str | Path, fingerprint: Mapping[str, Any], overwr
 
 def record_fingerprint(folder: str | Path, fingerprint: Mapping[str, Any]) -> None:
     """Keep this run's fingerprint beside its results (replacing an older one after --overwrite)."""
-    from .errors import OutputError
-    from .files import atomic_write_text
+    from ..errors import OutputError
+    from ..files import atomic_write_text
 
     try:
         atomic_write_text(Path(folder) / FINGERPRINT_FILE, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import supervision as sv
 
-from .types import Boxes
+from ..types import Boxes
 
 
 def heatmap(anomaly_map: np.ndarray) -> np.ndarray:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from .backends.base import quiet_loading
-from .backends.sam import SamGeometry, build_sam
-from .config import GROUNDING_DINO_MAX_TEXT_TOKENS
-from .vocabulary import DEFECT_WORDS_FILE, LEXICON_FILE, TAG_VOCABULARY_FILE, read_word_list
+from ..backends.base import quiet_loading
+from ..backends.sam import SamGeometry, build_sam
+from ..config import GROUNDING_DINO_MAX_TEXT_TOKENS
+from ..vocabulary import DEFECT_WORDS_FILE, LEXICON_FILE, TAG_VOCABULARY_FILE, read_word_list
 
 DEMO_NOTE = "Random demo weights built by `iapas weights make-demo`: their output is meaningless.\n"
 DEMO_WORDS = (
@@ -294,7 +294,7 @@ def build_demo_omdet_turbo(directory: Path, seed: int = 0, image_size: int = DEM
 
 def make_demo_weights(weights_dir: Path) -> list[Path]:
     """Write the demo detector, segmenter and CLIP where the manifest's demo entries expect them."""
-    from .weights import load_manifest
+    from .manifest import load_manifest
 
     builders = {"grounding-dino-demo": build_demo_grounding_dino, "sam-demo": build_demo_sam_checkpoint, "clip-demo": build_demo_clip,
                 "sam2-demo": build_demo_sam2, "edgetam-demo": build_demo_edgetam, "omdet-turbo-demo": build_demo_omdet_turbo}

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..registry import Registry
+from ...registry import Registry
 from .formats import Runner, Signature
 
 Shape = tuple[int, ...]

@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 @runtime_checkable

@@ -1,0 +1,1 @@
+"""Pictures people look at: heat-map overlays with labelled boxes."""
