@@ -292,12 +292,43 @@ def build_demo_omdet_turbo(directory: Path, seed: int = 0, image_size: int = DEM
     return directory
 
 
+def build_demo_clipseg(directory: Path, seed: int = 0, image_size: int = 32) -> Path:
+    """Save a tiny transformers CLIPSegForImageSegmentation with its processor (character-level CLIP tokenizer)."""
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, ViTImageProcessor
+
+    directory = Path(directory)
+    tokenizer = write_char_clip_tokenizer(directory)
+    vocab = tokenizer.get_vocab()
+    config = CLIPSegConfig(
+        text_config=dict(
+            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+            max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+            pad_token_id=vocab["<|endoftext|>"],
+        ),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=image_size, patch_size=8),
+        projection_dim=16, extract_layers=[0, 1], reduce_dim=16, decoder_num_attention_heads=2, decoder_intermediate_size=32,
+        use_complex_transposed_convolution=True,  # as CIDAS/clipseg-rd64-refined
+    )
+    with torch.random.fork_rng(devices=[]), quiet_loading():
+        torch.manual_seed(seed)
+        model = CLIPSegForImageSegmentation(config).eval()
+        model.save_pretrained(directory)
+    # CIDAS's processor: ViTImageProcessor resizing to a square (352 there), CLIP's normalisation
+    image_processor = ViTImageProcessor(size={"height": image_size, "width": image_size},
+                                        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
+    CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
+    (directory / "DEMO_WEIGHTS").write_text(DEMO_NOTE, encoding="utf-8")
+    return directory
+
+
 def make_demo_weights(weights_dir: Path) -> list[Path]:
     """Write the demo detector, segmenter and CLIP where the manifest's demo entries expect them."""
     from .manifest import load_manifest
 
     builders = {"grounding-dino-demo": build_demo_grounding_dino, "sam-demo": build_demo_sam_checkpoint, "clip-demo": build_demo_clip,
-                "sam2-demo": build_demo_sam2, "edgetam-demo": build_demo_edgetam, "omdet-turbo-demo": build_demo_omdet_turbo}
+                "sam2-demo": build_demo_sam2, "edgetam-demo": build_demo_edgetam, "omdet-turbo-demo": build_demo_omdet_turbo,
+                "clipseg-demo": build_demo_clipseg}
     written = []
     for entry in load_manifest():
         if entry.demo and entry.name in builders:
