@@ -127,6 +127,9 @@ class MethodMaps:
     def prepare(self, category: str, normal_images: list[Path], kind: str, out_dir: Path) -> None:
         if not normal_images:
             raise DatasetError(f"{self.dataset}/{category} has no normal images to calibrate from")
+        set_dataset = getattr(self.method, "set_dataset", None)
+        if set_dataset is not None:  # a method whose prompts depend on the dataset (SAA+'s per-dataset prompt files)
+            set_dataset(self.dataset)
         self.method.prepare(category, normal_images, kind, out_dir)
 
     def map_for(self, sample: Sample) -> tuple[np.ndarray, float, tuple[int, int]]:

@@ -322,13 +322,33 @@ def build_demo_clipseg(directory: Path, seed: int = 0, image_size: int = 32) -> 
     return directory
 
 
+def build_demo_saa_saliency(path: Path, seed: int = 0) -> Path:
+    """Save a narrow timm wide_resnet50_2 feature extractor (one block per stage, base width 8) as SAA+'s saliency .pth.
+
+    The file names its timm overrides beside the state dict, so the method's loader builds the same narrow net.
+    """
+    import timm
+
+    from ..methods.saa.saliency import ARCHITECTURE_KEY, BACKBONE, OUT_INDICES
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    overrides = {"layers": [1, 1, 1, 1], "base_width": 8}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = timm.create_model(BACKBONE, pretrained=False, features_only=True, out_indices=OUT_INDICES, **overrides)
+    torch.save({ARCHITECTURE_KEY: overrides, "state_dict": model.state_dict()}, path)
+    path.with_name(path.name + ".DEMO_WEIGHTS").write_text(DEMO_NOTE, encoding="utf-8")
+    return path
+
+
 def make_demo_weights(weights_dir: Path) -> list[Path]:
     """Write the demo detector, segmenter and CLIP where the manifest's demo entries expect them."""
     from .manifest import load_manifest
 
     builders = {"grounding-dino-demo": build_demo_grounding_dino, "sam-demo": build_demo_sam_checkpoint, "clip-demo": build_demo_clip,
                 "sam2-demo": build_demo_sam2, "edgetam-demo": build_demo_edgetam, "omdet-turbo-demo": build_demo_omdet_turbo,
-                "clipseg-demo": build_demo_clipseg}
+                "clipseg-demo": build_demo_clipseg, "saa-saliency-demo": build_demo_saa_saliency}
     written = []
     for entry in load_manifest():
         if entry.demo and entry.name in builders:
