@@ -111,3 +111,19 @@ def test_every_missing_input_is_listed_before_anything_runs(inputs, tmp_path):
     assert any("CLIPseg: no clipseg weights" in line and "iapas weights download clipseg-rd64-refined" in line for line in lines)
     assert any(line.strip().startswith("- WinCLIP: no clip weights") for line in lines)
     assert not (tmp_path / "out").exists()
+
+
+def test_trained_rows_name_their_training_command_and_paper_only_rows_their_reason(inputs, tmp_path):
+    from iapas.reproduce.run import plan
+
+    wanted = ReproduceOptions("genclip-table1", tmp_path, data_root=inputs / "data", datasets=("mvtec", "mpdd"), rows=("genclip",),
+                              overrides={"weights_dir": str(inputs / "weights"), "device": "cpu"}, progress=False, skip_missing=True)
+    _, cells, outcome = plan(wanted)
+    lines = [item.line() for item in outcome.missing]
+    assert any(f"iapas train genclip --dataset visa --root <visa root> -o {inputs / 'weights' / 'genclip-visa'}" in line for line in lines)
+    assert any(f"iapas train genclip --dataset mvtec --root {inputs / 'data' / 'mvtec_anomaly_detection'}" in line for line in lines)
+    assert cells == [] and "not run" in outcome.notes["GenCLIP"] and "CoOp: not implemented in iapas" in outcome.notes["CoOp"]
+    hepe = ReproduceOptions("hepe-table1", tmp_path, data_root=inputs / "data", datasets=("mvtec",), rows=("hepe",),
+                            overrides={"weights_dir": str(inputs / "weights")}, progress=False)
+    _, cells, outcome = plan(hepe)
+    assert cells == [] and "iapas train hepe" in outcome.notes["HEPE"]

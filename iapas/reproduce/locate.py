@@ -34,17 +34,18 @@ DATASET_PAGES = {
     "dagm": "https://hci.iwr.uni-heidelberg.de/content/weakly-supervised-learning-industrial-optical-inspection (DAGM 2007)",
 }
 
-# What each method loads from the weights dir: (manifest role, family or "", the config key that names a path instead)
-METHOD_WEIGHTS: dict[str, tuple[tuple[str, str, str], ...]] = {
-    "clipseg": (("clipseg", "", ""),),
-    "winclip": (("clip", "", "clip_methods.weights"),),
-    "iapas": (("detector", "", "detection.weights"), ("segmenter", "", "masking.weights")),
-    "saa": (("detector", "grounding-dino", "detection.weights"), ("segmenter", "sam", "masking.weights"),
-            ("saa-saliency", "", "")),
-    "adaclip": (("clip", "", "clip_methods.weights"),),
-    "anomalyclip": (("clip", "", "clip_methods.weights"),),
-    "faprompt": (("clip", "", "clip_methods.weights"),),
-    "genclip": (("clip", "", "clip_methods.weights"),),
+# What each method loads from the weights dir: (manifest role, family or "", the config key that names a path instead,
+# the manifest entry to suggest when none is there: the one its paper used)
+METHOD_WEIGHTS: dict[str, tuple[tuple[str, str, str, str], ...]] = {
+    "clipseg": (("clipseg", "", "", "clipseg-rd64-refined"),),
+    "winclip": (("clip", "", "clip_methods.weights", "clip-vit-b-16-plus-240"),),
+    "iapas": (("detector", "", "detection.weights", "grounding-dino-tiny"), ("segmenter", "", "masking.weights", "sam-vit-h")),
+    "saa": (("detector", "grounding-dino", "detection.weights", "groundingdino-swint-ogc"),
+            ("segmenter", "sam", "masking.weights", "sam-vit-h"), ("saa-saliency", "", "", "wide-resnet50-2-racm")),
+    "adaclip": (("clip", "", "clip_methods.weights", "clip-vit-l-14-336"),),
+    "anomalyclip": (("clip", "", "clip_methods.weights", "clip-vit-l-14-336"),),
+    "faprompt": (("clip", "", "clip_methods.weights", "clip-vit-l-14-336"),),
+    "genclip": (("clip", "", "clip_methods.weights", "clip-vit-l-14-336"),),
 }
 
 
@@ -104,17 +105,15 @@ def dataset_roots(datasets: Sequence[str], root: Path | None, given: Mapping[str
     return found, missing
 
 
-def download_hint(role: str, family: str) -> str:
-    """`iapas weights download NAME` for the first real manifest entry of the role that has a download source, else its source."""
+def download_hint(name: str) -> str:
+    """`iapas weights download NAME` when the manifest entry has a download source, else where the manifest says it comes from."""
     from ..weights.download import load_sources
-    from ..weights.manifest import entries_for
+    from ..weights.manifest import load_manifest
 
-    sources = {source.entry for source in load_sources()}
-    entries = [entry for entry in entries_for(role) if not entry.demo and (not family or entry.family == family)]
-    for entry in entries:
-        if entry.name in sources:
-            return f"`iapas weights download {entry.name}`"
-    return entries[0].source if entries else "see `iapas weights list`"
+    if name in {source.entry for source in load_sources()}:
+        return f"`iapas weights download {name}`"
+    entry = next((entry for entry in load_manifest() if entry.name == name), None)
+    return f"put it at {entry.expected_path} in the weights dir (source: {entry.source})" if entry else "see `iapas weights list`"
 
 
 def method_weights(method: str, config: Config, label: str) -> list[Missing]:
@@ -124,7 +123,7 @@ def method_weights(method: str, config: Config, label: str) -> list[Missing]:
     from ..weights.manifest import find_weights
 
     missing = []
-    for role, family, key in METHOD_WEIGHTS.get(method, ()):
+    for role, family, key, suggested in METHOD_WEIGHTS.get(method, ()):
         chosen = _setting(config, key) if key else ""
         if chosen:
             if not Path(chosen).exists():
@@ -135,6 +134,6 @@ def method_weights(method: str, config: Config, label: str) -> list[Missing]:
         except WeightsError:
             what = f"{label}: no {family + ' ' if family else ''}{role} weights in {config.weights_dir}/"
             official = config.recipe == "official"  # the authors' own files, which the official download profile fetches
-            hint = "`iapas weights download --profile official` (the authors' models)" if official else download_hint(role, family)
+            hint = "`iapas weights download --profile official` (the authors' models)" if official else download_hint(suggested)
             missing.append(Missing(what, hint))
     return missing

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 
 from ..config import Config, build_config
 from ..errors import ConfigError, IapasError
-from .locate import Missing, MissingInputs, dataset_roots, method_weights
+from .locate import Missing, MissingInputs, dataset_roots, download_hint, method_weights
 from .tables import TABLES, Row, TableSpec
 
 
@@ -88,30 +88,31 @@ def plan(options: ReproduceOptions) -> tuple[TableSpec, list[Cell], Outcome]:
         elif row not in chosen:
             continue
         elif row.method not in METHODS.names():
-            outcome.notes[row.label] = f"{row.label}: iapas has no method {row.method!r} in this build; the paper's numbers only"
+            outcome.notes[row.label] = (f"{row.label}: not in iapas yet; once it is, train it first: {row.trained_by}" if row.trained_by
+                                        else f"{row.label}: iapas has no method {row.method!r} in this build; the paper's numbers only")
         else:
             runnable.append(row)
             if row.note:
                 outcome.notes[row.label] = row.note
     roots, missing = dataset_roots(datasets, options.data_root, options.dataset_roots)
     configs = {row.key: row_config(row, options.overrides) for row in runnable}
+    cell_configs: dict[tuple[str, str], Config] = {}
     for row in runnable:
         missing += method_weights(row.method, configs[row.key], row.label)
-        if row.trained_by:
-            prompts = Path(configs[row.key].weights_dir) / row.method / f"{row.method}_prompts.pt"
-            if not prompts.is_file():
-                missing.append(Missing(f"{row.label}: trained prompts {prompts}",
-                                       f"no checkpoint is released; train it first: `{row.trained_by}`"))
+        for dataset in datasets:  # checkpoints are listed even for a dataset that is missing itself
+            overrides, lacking = checkpoint_setting(row, dataset, configs[row.key], roots)
+            cell_configs[row.key, dataset] = configs[row.key].updated(overrides) if overrides else configs[row.key]
+            missing += [item for item in lacking if item not in missing]
     outcome.missing = missing
     if missing and not options.skip_missing:
         raise MissingInputs(missing)
     cells = []
     for row in runnable:
-        config = configs[row.key]
         if any(item.what.startswith(f"{row.label}:") for item in missing):
             outcome.notes[row.label] = f"{row.label}: not run (inputs missing, listed below)"
             continue
         for dataset, root in roots.items():
+            config = cell_configs[row.key, dataset]
             eval_options = EvalOptions(
                 dataset=dataset, root=root, out_dir=Path(options.out_dir) / dataset, method=row.method, ablate=row.ablate,
                 progress=False, limit=options.limit, seed=config.calibration.seed, recipe=config.recipe,
@@ -119,6 +120,33 @@ def plan(options: ReproduceOptions) -> tuple[TableSpec, list[Cell], Outcome]:
             )
             cells.append(Cell(row, dataset, eval_options, config))
     return spec, cells, outcome
+
+
+# the config key naming a learned method's checkpoint (the others read clip_methods.prompts)
+PROMPT_KEYS = {"adaclip": "clip_methods.adaclip_prompts", "genclip": "clip_methods.genclip_prompts"}
+
+
+def checkpoint_setting(row: Row, dataset: str, config: Config, roots: Mapping[str, Path]) -> tuple[dict[str, str], list[Missing]]:
+    """The config override that points `row` at its checkpoint for `dataset`, and the checkpoint when it is missing."""
+    from ..weights.manifest import is_present, load_manifest
+
+    rule = row.checkpoint_for(dataset)
+    key = PROMPT_KEYS.get(row.method, "clip_methods.prompts")
+    kind, _, name = rule.partition(":")
+    if kind == "manifest":
+        entry = next(entry for entry in load_manifest() if entry.name == name)
+        lacking = [] if is_present(entry, Path(config.weights_dir)) else [
+            Missing(f"{row.label}: released checkpoint {entry.location(Path(config.weights_dir))}",
+                    download_hint(name))]
+        return {key: name}, lacking
+    if kind == "train":
+        path = Path(config.weights_dir) / f"{row.method}-{name}" / f"{row.method}_prompts.pt"
+        root = roots.get(name, Path(f"<{name} root>"))
+        command = f"iapas train {row.method} --dataset {name} --root {root} -o {path.parent}"
+        lacking = [] if path.is_file() else [
+            Missing(f"{row.label}: checkpoint trained on {name} ({path})", f"no checkpoint is released; train it first: `{command}`")]
+        return {key: str(path)}, lacking
+    return {}, []
 
 
 def cell_digest(cell: Cell) -> str:

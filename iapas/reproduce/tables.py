@@ -29,6 +29,14 @@ class Row:
     ablate: tuple[str, ...] = ()
     note: str = ""  # why iapas cannot run it, or what it needs first
     trained_by: str = ""  # the `iapas train` command that makes its checkpoint, when none is released
+    # per tested dataset ("*": every other one), the checkpoint the row loads: "manifest:<entry>" (a released one)
+    # or "train:<auxiliary dataset>" (ours, from `iapas train <method>` on that dataset)
+    checkpoints: tuple[tuple[str, str], ...] = ()
+
+    def checkpoint_for(self, dataset: str) -> str:
+        """The checkpoint rule for one tested dataset ("" when the row loads none)."""
+        rules = dict(self.checkpoints)
+        return rules.get(dataset, rules.get("*", ""))
 
     @property
     def key(self) -> str:
@@ -129,4 +137,56 @@ TABLES.register("table3")(TableSpec(
     protocol="paper",
     paper=table3_numbers,
     note="Each row is `iapas eval --method iapas --recipe official --ablate ...`.",
+))
+
+
+# The CLIP papers' zero-shot protocol: trained on MVTec AD, tested on the others; MVTec AD tested with VisA training
+# (AnomalyCLIP, FAPrompt, GenCLIP and AdaCLIP's papers). AdaCLIP's released checkpoints follow it (its test.sh).
+CROSS_TRAINED = (("mvtec", "train:visa"), ("*", "train:mvtec"))
+ADACLIP_RELEASED = (("mvtec", "manifest:adaclip-pretrained-visa-clinicdb"), ("*", "manifest:adaclip-pretrained-mvtec-colondb"))
+CLIP_PROTOCOL_NOTE = ("Measured under iapas's `full` protocol (every test image at its own size, masks > 0): the CLIP "
+                      "papers' own evaluation scripts differ in resolution and smoothing, so expect small differences.")
+HEPE_TRAIN = "`iapas train hepe --dataset mvtec --root MVTEC -o weights/hepe-mvtec` (and --dataset visa for MVTec AD)"
+
+TABLES.register("hepe-table1")(TableSpec(
+    name="hepe-table1",
+    title="HEPE paper, Table 1: image- and pixel-level AUROC and max-F1 (%) on seven industrial datasets",
+    rows=(Row("SAA", "saa"), Row("WinCLIP", "winclip"), Row("DINOv2", note=f"DINOv2 (fine-tuned): {NOT_IN_IAPAS}"),
+          Row("SAM", note=f"SAM (fine-tuned): {NOT_IN_IAPAS}"), Row("APRIL-GAN", note=f"APRIL-GAN: {NOT_IN_IAPAS}"),
+          Row("AdaCLIP", "adaclip", checkpoints=ADACLIP_RELEASED),
+          Row("HEPE", "hepe", trained_by=HEPE_TRAIN, checkpoints=CROSS_TRAINED)),
+    datasets=("mvtec", "visa", "mpdd", "btad", "ksdd1", "dagm", "dtd"),
+    metrics=("image_auroc", "image_f1_max", "pixel_auroc", "pixel_f1_max"),
+    protocol="full",
+    paper=paper_file_numbers("hepe_table1"),
+    note="HEPE has no released code or checkpoint. " + CLIP_PROTOCOL_NOTE,
+))
+
+TABLES.register("genclip-table1")(TableSpec(
+    name="genclip-table1",
+    title="GenCLIP paper, Table 1: pixel AUROC and PRO, image AUROC and AP (%) on six industrial datasets",
+    rows=(Row("CLIP", note=f"CLIP: {NOT_IN_IAPAS}"), Row("CoOp", note=f"CoOp: {NOT_IN_IAPAS}"), Row("WinCLIP", "winclip"),
+          Row("AnomalyCLIP", "anomalyclip", trained_by="iapas train anomalyclip", checkpoints=CROSS_TRAINED),
+          Row("AdaCLIP", "adaclip", checkpoints=ADACLIP_RELEASED),
+          Row("GenCLIP", "genclip", trained_by="iapas train genclip", checkpoints=CROSS_TRAINED)),
+    datasets=("mvtec", "visa", "mpdd", "btad", "ksdd1", "dtd"),
+    metrics=("pixel_auroc", "pixel_aupro", "image_auroc", "image_ap"),
+    protocol="full",
+    paper=paper_file_numbers("genclip_table1"),
+    note="GenCLIP has no released checkpoint: train it first. " + CLIP_PROTOCOL_NOTE,
+))
+
+TABLES.register("faprompt-table2")(TableSpec(
+    name="faprompt-table2",
+    title="FAPrompt paper, Table 2: pixel-level AUROC and PRO (%) on the industrial datasets iapas loads",
+    rows=(Row("CLIP", note=f"CLIP: {NOT_IN_IAPAS}"), Row("CLIP-AC", note=f"CLIP-AC: {NOT_IN_IAPAS}"), Row("WinCLIP", "winclip"),
+          Row("APRIL-GAN", note=f"APRIL-GAN: {NOT_IN_IAPAS}"), Row("AnoVL", note=f"AnoVL: {NOT_IN_IAPAS}"),
+          Row("CoOp", note=f"CoOp: {NOT_IN_IAPAS}"), Row("CoCoOp", note=f"CoCoOp: {NOT_IN_IAPAS}"),
+          Row("AnomalyCLIP", "anomalyclip", trained_by="iapas train anomalyclip", checkpoints=CROSS_TRAINED),
+          Row("FAPrompt", "faprompt", trained_by="iapas train faprompt", checkpoints=CROSS_TRAINED)),
+    datasets=("mvtec", "visa", "ksdd1", "btad", "mpdd", "dagm", "dtd"),
+    metrics=("pixel_auroc", "pixel_aupro"),
+    protocol="full",
+    paper=paper_file_numbers("faprompt_table2"),
+    note=CLIP_PROTOCOL_NOTE,
 ))
