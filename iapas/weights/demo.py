@@ -146,23 +146,26 @@ def build_demo_hf_sam(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
+def tiny_clip_towers(vocab: dict[str, int], image_size: int) -> dict[str, dict]:
+    """Text and vision tower settings of the tiny CLIPs (CLIPModel, CLIPSeg): two narrow layers each, 8 px patches."""
+    return {
+        "text_config": dict(
+            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+            max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+            pad_token_id=vocab["<|endoftext|>"],
+        ),
+        "vision_config": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=image_size, patch_size=8),
+    }
+
+
 def build_demo_clip(directory: Path, seed: int = 0, image_size: int = 32) -> Path:
     """Save a tiny transformers CLIPModel with a character-level BPE tokenizer to `directory`."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     directory = Path(directory)
     tokenizer = write_char_clip_tokenizer(directory)
-    vocab = tokenizer.get_vocab()
-    config = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-            pad_token_id=vocab["<|endoftext|>"],
-        ),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=image_size, patch_size=8),
-        projection_dim=16,
-    )
+    config = CLIPConfig(**tiny_clip_towers(tokenizer.get_vocab(), image_size), projection_dim=16)
     with torch.random.fork_rng(devices=[]), quiet_loading():
         torch.manual_seed(seed)
         model = CLIPModel(config).eval()
@@ -298,16 +301,9 @@ def build_demo_clipseg(directory: Path, seed: int = 0, image_size: int = 32) -> 
 
     directory = Path(directory)
     tokenizer = write_char_clip_tokenizer(directory)
-    vocab = tokenizer.get_vocab()
     config = CLIPSegConfig(
-        text_config=dict(
-            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-            pad_token_id=vocab["<|endoftext|>"],
-        ),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=image_size, patch_size=8),
-        projection_dim=16, extract_layers=[0, 1], reduce_dim=16, decoder_num_attention_heads=2, decoder_intermediate_size=32,
+        **tiny_clip_towers(tokenizer.get_vocab(), image_size), projection_dim=16, extract_layers=[0, 1], reduce_dim=16,
+        decoder_num_attention_heads=2, decoder_intermediate_size=32,
         use_complex_transposed_convolution=True,  # as CIDAS/clipseg-rd64-refined
     )
     with torch.random.fork_rng(devices=[]), quiet_loading():
