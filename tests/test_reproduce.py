@@ -127,3 +127,17 @@ def test_trained_rows_name_their_training_command_and_paper_only_rows_their_reas
                             overrides={"weights_dir": str(inputs / "weights")}, progress=False)
     _, cells, outcome = plan(hepe)
     assert cells == [] and "iapas train hepe" in outcome.notes["HEPE"]
+
+
+def test_cli_lists_what_is_missing_and_runs_a_table(inputs, tmp_path, capsys):
+    from cli_runner import error_lines, run
+
+    code, _, err = run(capsys, "reproduce", "table9", "--data", inputs / "data")
+    assert code == 2 and error_lines(err) == ["iapas: error: unknown table 'table9' (choose from faprompt-table2, genclip-table1, "
+                                              "hepe-table1, table1, table3)"]
+    code, _, err = run(capsys, "reproduce", "table1", "--data", inputs / "data", "--weights", tmp_path / "none", "--rows", "clipseg")
+    assert code == 2 and "6 input(s) missing; nothing was run" in err and "Traceback" not in err
+    code, out, err = run(capsys, "reproduce", "table1", "--dataset-root", f"mvtec={inputs / 'data' / 'mvtec_anomaly_detection'}",
+                         "--datasets", "mvtec", "--rows", "clipseg", "--weights", inputs / "weights", "--device", "cpu",
+                         "--limit", "2", "-o", tmp_path / "out", "--no-progress")
+    assert code == 0 and "| CLIPseg |" in out and "Smoke run" in out and (tmp_path / "out" / "table1.csv").is_file()

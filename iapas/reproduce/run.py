@@ -97,18 +97,28 @@ def plan(options: ReproduceOptions) -> tuple[TableSpec, list[Cell], Outcome]:
     roots, missing = dataset_roots(datasets, options.data_root, options.dataset_roots)
     configs = {row.key: row_config(row, options.overrides) for row in runnable}
     cell_configs: dict[tuple[str, str], Config] = {}
+    lacking_rows: set[str] = set()
+    shared: dict[tuple[str, str], list[Row]] = {}  # rows of one method and recipe load the same weights: listed once
     for row in runnable:
-        missing += method_weights(row.method, configs[row.key], row.label)
+        shared.setdefault((row.method, row.recipe), []).append(row)
+    for group in shared.values():
+        label = group[0].label + (f" (and {len(group) - 1} more rows)" if len(group) > 1 else "")
+        lacking = method_weights(group[0].method, configs[group[0].key], label)
+        missing += lacking
+        lacking_rows.update(row.key for row in group if lacking)
+    for row in runnable:
         for dataset in datasets:  # checkpoints are listed even for a dataset that is missing itself
             overrides, lacking = checkpoint_setting(row, dataset, configs[row.key], roots)
             cell_configs[row.key, dataset] = configs[row.key].updated(overrides) if overrides else configs[row.key]
             missing += [item for item in lacking if item not in missing]
+            if lacking:
+                lacking_rows.add(row.key)
     outcome.missing = missing
     if missing and not options.skip_missing:
         raise MissingInputs(missing)
     cells = []
     for row in runnable:
-        if any(item.what.startswith(f"{row.label}:") for item in missing):
+        if row.key in lacking_rows:
             outcome.notes[row.label] = f"{row.label}: not run (inputs missing, listed below)"
             continue
         for dataset, root in roots.items():

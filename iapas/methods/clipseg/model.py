@@ -72,6 +72,7 @@ class ClipSeg:
     def probabilities(self, image: np.ndarray) -> torch.Tensor:
         """(P, h, w) sigmoid of CLIPSeg's logits, one per prompt, at the processor's resolution (352 for CIDAS's)."""
         prompts = list(self.prompts)
+        image = np.array(image)  # a writable copy: torch warns on read-only arrays (iapas hands images read-only)
         inputs = self.processor(text=prompts, images=[image] * len(prompts), padding=True, return_tensors="pt")
         logits = self.model(**{key: value.to(self.device) for key, value in inputs.items()}).logits
         return torch.sigmoid(logits.reshape(len(prompts), *logits.shape[-2:]).float())
