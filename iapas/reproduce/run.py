@@ -153,8 +153,10 @@ def checkpoint_setting(row: Row, dataset: str, config: Config, roots: Mapping[st
         path = Path(config.weights_dir) / f"{row.method}-{name}" / f"{row.method}_prompts.pt"
         root = roots.get(name, Path(f"<{name} root>"))
         command = f"iapas train {row.method} --dataset {name} --root {root} -o {path.parent}"
-        lacking = [] if path.is_file() else [
-            Missing(f"{row.label}: checkpoint trained on {name} ({path})", f"no checkpoint is released; train it first: `{command}`")]
+        released = dict(row.released).get(name)
+        where = (f"train it (`{command}`), or put the released {released} there" if released
+                 else f"no checkpoint is released; train it first: `{command}`")
+        lacking = [] if path.is_file() else [Missing(f"{row.label}: checkpoint trained on {name} ({path})", where)]
         return {key: str(path)}, lacking
     return {}, []
 

@@ -32,6 +32,7 @@ class Row:
     # per tested dataset ("*": every other one), the checkpoint the row loads: "manifest:<entry>" (a released one)
     # or "train:<auxiliary dataset>" (ours, from `iapas train <method>` on that dataset)
     checkpoints: tuple[tuple[str, str], ...] = ()
+    released: tuple[tuple[str, str], ...] = ()  # auxiliary dataset -> a released file that may stand in for ours
 
     def checkpoint_for(self, dataset: str) -> str:
         """The checkpoint rule for one tested dataset ("" when the row loads none)."""
@@ -146,6 +147,9 @@ CROSS_TRAINED = (("mvtec", "train:visa"), ("*", "train:mvtec"))
 ADACLIP_RELEASED = (("mvtec", "manifest:adaclip-pretrained-visa-clinicdb"), ("*", "manifest:adaclip-pretrained-mvtec-colondb"))
 CLIP_PROTOCOL_NOTE = ("Measured under iapas's `full` protocol (every test image at its own size, masks > 0): the CLIP "
                       "papers' own evaluation scripts differ in resolution and smoothing, so expect small differences.")
+# AnomalyCLIP's own files (github zqhang/AnomalyCLIP test.sh): 9_12_4_multiscale for MVTec AD, 9_12_4_multiscale_visa for the rest
+ANOMALYCLIP_RELEASED = (("visa", "github zqhang/AnomalyCLIP checkpoints/9_12_4_multiscale/epoch_15.pth"),
+                        ("mvtec", "github zqhang/AnomalyCLIP checkpoints/9_12_4_multiscale_visa/epoch_15.pth"))
 HEPE_TRAIN = "`iapas train hepe --dataset mvtec --root MVTEC -o weights/hepe-mvtec` (and --dataset visa for MVTec AD)"
 
 TABLES.register("hepe-table1")(TableSpec(
@@ -166,7 +170,8 @@ TABLES.register("genclip-table1")(TableSpec(
     name="genclip-table1",
     title="GenCLIP paper, Table 1: pixel AUROC and PRO, image AUROC and AP (%) on six industrial datasets",
     rows=(Row("CLIP", note=f"CLIP: {NOT_IN_IAPAS}"), Row("CoOp", note=f"CoOp: {NOT_IN_IAPAS}"), Row("WinCLIP", "winclip"),
-          Row("AnomalyCLIP", "anomalyclip", trained_by="iapas train anomalyclip", checkpoints=CROSS_TRAINED),
+          Row("AnomalyCLIP", "anomalyclip", trained_by="iapas train anomalyclip", checkpoints=CROSS_TRAINED,
+              released=ANOMALYCLIP_RELEASED),
           Row("AdaCLIP", "adaclip", checkpoints=ADACLIP_RELEASED),
           Row("GenCLIP", "genclip", trained_by="iapas train genclip", checkpoints=CROSS_TRAINED)),
     datasets=("mvtec", "visa", "mpdd", "btad", "ksdd1", "dtd"),
@@ -182,7 +187,8 @@ TABLES.register("faprompt-table2")(TableSpec(
     rows=(Row("CLIP", note=f"CLIP: {NOT_IN_IAPAS}"), Row("CLIP-AC", note=f"CLIP-AC: {NOT_IN_IAPAS}"), Row("WinCLIP", "winclip"),
           Row("APRIL-GAN", note=f"APRIL-GAN: {NOT_IN_IAPAS}"), Row("AnoVL", note=f"AnoVL: {NOT_IN_IAPAS}"),
           Row("CoOp", note=f"CoOp: {NOT_IN_IAPAS}"), Row("CoCoOp", note=f"CoCoOp: {NOT_IN_IAPAS}"),
-          Row("AnomalyCLIP", "anomalyclip", trained_by="iapas train anomalyclip", checkpoints=CROSS_TRAINED),
+          Row("AnomalyCLIP", "anomalyclip", trained_by="iapas train anomalyclip", checkpoints=CROSS_TRAINED,
+              released=ANOMALYCLIP_RELEASED),
           Row("FAPrompt", "faprompt", trained_by="iapas train faprompt", checkpoints=CROSS_TRAINED)),
     datasets=("mvtec", "visa", "ksdd1", "btad", "mpdd", "dagm", "dtd"),
     metrics=("pixel_auroc", "pixel_aupro"),
