@@ -68,6 +68,12 @@ def test_prompt_files():
     candle = prompts_for("visa", "candle")
     assert (candle.objects, candle.max_anomalies, candle.object_max_area) == (4, 1, 0.25)
     assert prompts_for("ksdd1", "ksdd1").language[-1] == ("defect.", "ksdd2")  # the IAP-AS copy's KSDD1 -> KSDD2 file
+    mvtec = ["bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill", "screw", "tile",
+             "toothbrush", "transistor", "wood", "zipper"]
+    visa = ["candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2", "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum"]
+    assert all(prompts_for("mvtec", name).source == "mvtec.toml" for name in mvtec)
+    assert all(prompts_for("visa", name).source == "visa.toml" for name in visa)
+    assert prompts_for("visa", "capsules").objects == 20 and prompts_for("mvtec", "screw").max_area == 0.1
     other = prompts_for("mpdd", "tubes")
     assert len(other.language) == 3 and other.object_caption == "tubes" and other.source == "general"
 
