@@ -54,6 +54,13 @@ class Boxes:
         """(N,) float64 box area over image area: the measure both S_threshold and the size filter use."""
         return self.areas().astype(np.float64) / (image_height * image_width)
 
+    def clamped(self, image_height: int, image_width: int) -> "Boxes":
+        """The boxes cut to the image: x in [0, width], y in [0, height] (the official code's clamp before SAM)."""
+        xyxy = self.xyxy.copy()
+        xyxy[:, 0::2] = xyxy[:, 0::2].clip(0, image_width)
+        xyxy[:, 1::2] = xyxy[:, 1::2].clip(0, image_height)
+        return Boxes(xyxy, self.scores, self.phrases)
+
     def top(self, count: int) -> "Boxes":
         """The `count` highest-scoring boxes in descending score order (ties by index); all of them when count is 0."""
         if count <= 0 or len(self) <= count:

@@ -79,6 +79,8 @@ class Pipeline:
         segmenter_path = chosen_or_found("segmenter", config.masking.weights, config.weights_dir,
                                          weights_family(config.masking.backend))
         detector = load_detector(config.detection.backend, detector_path, device, config.detection.input_size)
+        if hasattr(detector, "refinement_eps"):  # Grounding DINO's box-refinement clamp is the recipe's, whatever the file
+            detector.refinement_eps = config.detection.refinement_eps
         segmenter = load_segmenter(config.masking.backend, segmenter_path, device)
         use_runtime(detector, config.detection.runtime, detector_path, device)
         use_runtime(segmenter, config.masking.runtime, segmenter_path, device)
@@ -103,7 +105,7 @@ class Pipeline:
     def default_graph(self) -> StageGraph:
         """The recipe's graph: detection -> NMS -> size filter (by the recipe's rule) -> masking -> scoring."""
         from ...backends.grounding_dino import PHRASE_RULES
-        from ...stages.detection import CAPTION_FORMATS
+        from ...stages.detection import CAPTION_FORMATS, clamps_at_detection
         from ...stages.scoring import NORMALISATIONS
 
         config = self.config
@@ -114,7 +116,7 @@ class Pipeline:
         return StageGraph(
             [
                 DetectStage(self.detector, config.detection.caption_format, config.detection.phrase_rule,
-                            config.detection.max_boxes),
+                            config.detection.max_boxes, clamps_at_detection(config.detection.box_clamp)),
                 # NMS before the size filter: the official order (utils/function.py process_box_output, then process_size_output)
                 NmsStage(config.filtering.nms_iou),
                 SIZE_RULES.get(config.filtering.size_rule)(self.detector, config),
