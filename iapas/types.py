@@ -133,6 +133,10 @@ class Result:
 
     anomaly_map: (H, W) float32 in [0, 1] at the input resolution; boxes and masks: the kept
     regions; prompts: the text prompts used; timings: seconds per stage, in run order.
+    IAP-AS's size filter: object_tags, the tags asked for the object; object_box, the (1,) Boxes of the
+    object found on this image (as predicted, or cut to the image under the iapas recipe; None when none
+    was asked for or found); object_size, its area over the image's; size_limit, the area ratio below
+    which a box was kept (None where no size filter ran).
     """
 
     anomaly_map: np.ndarray
@@ -142,6 +146,10 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     method: str = "iapas"
     image_score_value: float | None = None
+    object_tags: tuple[str, ...] = ()
+    object_box: Boxes | None = None
+    object_size: float | None = None
+    size_limit: float | None = None
 
     @property
     def image_score(self) -> float:

@@ -235,7 +235,12 @@ class Pipeline:
         boxes: Boxes = run.context["boxes"]
         masks: Masks = run.context.get("masks", Masks.empty(height, width))
         heat = run.context.get("anomaly_map", np.zeros((height, width), np.float32))
-        return Result(heat, boxes, masks, context["prompts"], run.timings)
+        filtered = "size_filter" in run.timings  # an ablation may have removed the size filter
+        return Result(
+            heat, boxes, masks, context["prompts"], run.timings, object_tags=context["object_tags"],
+            object_box=run.context.get("object_box"), object_size=run.context.get("object_size"),
+            size_limit=run.context.get("size_limit", context["size_threshold"]) if filtered else None,
+        )
 
     def segment_batch(self, images: Iterable[ImageInput], **options: Any) -> Iterator[tuple[ImageInput, Result | IapasError]]:
         """Stream (input, Result) pairs; an input that fails yields its error and the batch goes on.
