@@ -94,7 +94,7 @@ def test_reference_rule_keeps_scores_and_names_boxes_by_caption_tokens():
     np.testing.assert_allclose(boxes.xyxy[0], [80, 30, 120, 70])  # (cx, cy, w, h) x (200, 100, 200, 100)
     # x1 = 210 past the width: kept as predicted (the recipe's box_clamp cuts it later)
     np.testing.assert_allclose(boxes.xyxy[1], [170, 40, 210, 60], rtol=1e-6)
-    np.testing.assert_allclose(boxes.xyxy[2], [0, 0, 60, 30])  # x0, y0 clamped to 0
+    np.testing.assert_allclose(boxes.xyxy[2], [-20, -10, 60, 30])  # x0, y0 before the image: as predicted too
     assert boxes.phrases == ("dent washer", "", "", "scratch")  # [SEP], [CLS] and '.' do not name a box
     tokens = boxes_from_logits(controlled_probabilities(), BOXES, CAPTION, 0.2, 0.25, 100, 200, phrase_rule="tokens")
     assert tokens.phrases == ("dent washer", "[SEP]", "", "scratch .")  # decoded as the official code decodes them
