@@ -13,7 +13,7 @@ from pathlib import Path
 
 MARKER = "<!-- cli-reference -->"
 ROOT = Path(__file__).resolve().parents[2]
-USAGE_WIDTH = 100
+USAGE_WIDTH = 88
 
 
 def _escape(text: str) -> str:
