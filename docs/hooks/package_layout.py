@@ -1,7 +1,7 @@
 """MkDocs hook: renders the package layout from the source tree at build time.
 
 A page holding the line `<!-- package-layout -->` gets, in its place, every package and module under
-`iapas/` with the first line of its docstring, read with `ast` (nothing is imported). A package added or
+`iapas/` with the first paragraph of its docstring, read with `ast` (nothing is imported). A package added or
 moved appears without editing the docs.
 """
 from __future__ import annotations
@@ -14,12 +14,12 @@ PACKAGE = Path(__file__).resolve().parents[2] / "iapas"
 
 
 def first_line(path: Path) -> str:
-    """The first line of a module's docstring, or '' when it has none."""
+    """The first paragraph of a module's docstring on one line (its summary), or '' when it has none."""
     try:
         docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
     except (OSError, SyntaxError, UnicodeDecodeError):
         return ""
-    return docstring.strip().splitlines()[0] if docstring else ""
+    return " ".join(docstring.strip().split("\n\n")[0].split()) if docstring else ""
 
 
 def _escape(text: str) -> str:
