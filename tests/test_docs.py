@@ -92,3 +92,10 @@ def test_strict_build_fails_on_a_broken_link_or_anchor(tmp_path, bad_link):
     assert (tmp_path / "site" / "other" / "index.html").is_file()
     with pytest.raises(Abort):
         build(site(f"# Home\n\n{bad_link}\n"))
+
+
+def test_source_paths_flags_only_repository_paths_that_are_gone():
+    hook = _hook("source_paths")
+    text = ("`iapas/runs/outputs.py` and tests/test_docs.py exist; `iapas/graph.py` moved to iapas/stages/graph.py; "
+            "`utils/function.py` is the authors' file; see iapas/bench.py, or iapas/graph.py again.")
+    assert hook.missing_paths(text) == ["iapas/graph.py", "iapas/bench.py"]
