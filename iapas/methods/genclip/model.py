@@ -1,7 +1,7 @@
 """GenCLIP (Kim et al., 2025): general query prompts augmented by multi-layer vision prompts, dual-branch inference.
 
 No public code exists; each rule below cites the paper's section or equation. Where the paper is silent
-the choice is marked "(our choice)" and listed in docs/methods/genclip.md.
+the choice is marked "(our choice)" and listed in the README's GenCLIP table.
 
 Learned (`GenClipPrompts`): the state tokens N_P, A_P and the two shared query tokens Q_P (§3.2, §4.1),
 one text-layer prompt-tuning token per text layer (§3.2, B.4), and per vision layer i a linear MLP_T^i
