@@ -99,3 +99,9 @@ def test_source_paths_flags_only_repository_paths_that_are_gone():
     text = ("`iapas/runs/outputs.py` and tests/test_docs.py exist; `iapas/graph.py` moved to iapas/stages/graph.py; "
             "`utils/function.py` is the authors' file; see iapas/bench.py, or iapas/graph.py again.")
     assert hook.missing_paths(text) == ["iapas/graph.py", "iapas/bench.py"]
+
+
+def test_source_paths_leaves_the_reference_repositories_files_alone():
+    hook = _hook("source_paths")
+    assert hook.missing_paths("`scripts/musc.sh`, `examples/musc_main.py`, `docs/decisions.md`, `tests/conftest_x.py`") == []
+    assert hook.missing_paths("`tests/test_gone.py` and `benchmarks/gone.py`") == ["tests/test_gone.py", "benchmarks/gone.py"]
