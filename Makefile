@@ -45,7 +45,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 # The documentation site (mkdocs.yml, docs/), built strictly: a broken link or anchor, a missing include or a
-# stale API reference fails. CI runs it after the tests.
+# stale API reference fails. CI (.ci/run) runs it before the tests.
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
