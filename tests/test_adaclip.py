@@ -162,7 +162,7 @@ def test_test_map_averages_logits_upsamples_with_aligned_corners_then_softmax(ba
 def test_position_embeddings_follow_the_input_size(backbone):
     weight = backbone.clip.vision_model.embeddings.position_embedding.weight
     torch.testing.assert_close(backbone.position_embeddings(backbone.grid ** 2), weight)  # native size: unchanged
-    big = backbone.preprocess_to([image()], 2 * backbone.image_size)
+    big = backbone.preprocess([image()], 2 * backbone.image_size)
     tokens = backbone.tokens(big)
     assert tokens.shape[1] == 1 + (2 * backbone.grid) ** 2
     table = backbone.position_embeddings((2 * backbone.grid) ** 2)
@@ -280,7 +280,7 @@ def test_save_load_round_trip_gives_identical_maps(backbone, tmp_path):
 def test_gradients_reach_every_learned_tensor_but_not_clip(backbone):
     torch.manual_seed(0)
     model = AdaClip(backbone, AdaClipSettings((1, 2), 5, 2, image_size=48))
-    pixels = backbone.preprocess_to([image(1), image(2)], 48)
+    pixels = backbone.preprocess([image(1), image(2)], 48)
     loss = model.loss(pixels, torch.zeros(2, 48, 48), torch.tensor([0.0, 1.0]), ["washer", "tile"])
     loss.backward()
     unused = {"text_prompter.static_prompts.0"}  # the reference never inserts text prompts before layer 0

@@ -200,3 +200,30 @@ def test_prompt_layout_equals_clip_on_the_equivalent_sentence(backbone):
                                      "x a photo of a good washer y y object.", "x a photo of a damaged washer y y object."])
     assert text.shape == (1, 2, 2, backbone.embed_dim)  # (images, layers, normal/abnormal, E)
     torch.testing.assert_close(text[0].reshape(4, -1), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_clip_resize_is_antialiased_on_a_high_frequency_pattern(backbone):
+    """GenCLIP's and CNF's pixels come from ClipBackbone.preprocess: a shrunk 1-pixel checkerboard is flat grey, as PIL gives it.
+
+    Without antialiasing, bicubic sampling at a 3x shrink lands on pixel centres and returns a full-contrast
+    checkerboard (aliasing: every value 0 or 1).
+    """
+    from PIL import Image
+
+    board = ((np.indices((96, 96)).sum(0) % 2) * 255).astype(np.uint8)
+    rgb = np.repeat(board[..., None], 3, axis=2)
+    pixels = backbone.preprocess([rgb], 32)[0] * backbone.std[0] + backbone.mean[0]  # back to [0, 1]
+    assert float((pixels - 0.5).abs().max()) < 0.01  # 127.5 / 255: every output pixel averages both colours
+    pil = np.asarray(Image.fromarray(rgb).resize((32, 32), Image.BICUBIC), np.float32) / 255
+    np.testing.assert_allclose(pixels.permute(1, 2, 0).numpy(), pil, atol=1 / 255 + 1e-6)  # PIL's resize, within one grey level
+    model = model_at(backbone, size=32)
+    seen = []
+    original = model.backbone.encode_tokens
+    model.backbone.encode_tokens = lambda tokens, *a, **k: (seen.append(tokens), original(tokens, *a, **k))[1]
+    try:
+        model.class_name = "washer"
+        model.encode_batch([rgb])  # CNF at CLIP's own size and both branches at the input size
+    finally:
+        del model.backbone.encode_tokens
+    expected = backbone.tokens(backbone.preprocess([rgb], 32))
+    assert any(torch.allclose(tokens, expected) for tokens in seen)

@@ -233,7 +233,7 @@ class AdaClip(BatchedMethod, torch.nn.Module):
         (method/adaclip.py, method/trainer.py `autocast`) is `--precision fp16`.
         """
         start = time.perf_counter()
-        output = self(self.backbone.preprocess_to(images, self.settings.image_size), [self.class_name] * len(images))
+        output = self(self.backbone.preprocess(images, self.settings.image_size), [self.class_name] * len(images))
         heat = self.anomaly_map(output.layer_logits)
         return list(zip(heat, output.image_probabilities)), {"prompted_clip": time.perf_counter() - start}
 

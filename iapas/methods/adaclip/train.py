@@ -96,7 +96,7 @@ class AdaClipBatches:
 
     def __call__(self, samples: list[Sample], rng: np.random.Generator):
         loaded = [self._image_and_mask(sample, rng) for sample in samples]
-        pixels = self.backbone.preprocess_to([image for image, _ in loaded], self.image_size)
+        pixels = self.backbone.preprocess([image for image, _ in loaded], self.image_size)
         size = (self.image_size, self.image_size)
         # dataset target_transform: Resize (PIL bilinear) of the 0/255 mask, then > 0.5 (method/trainer.py)
         masks = torch.cat([F.interpolate(torch.from_numpy(mask.astype(np.float32))[None, None], size=size, mode="bilinear",
