@@ -8,7 +8,7 @@ format and were trained with train.py's defaults: 518 px, feature layers n/4, 2n
 """
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +16,7 @@ import torch
 
 from ...errors import WeightsError
 from ...files import atomic_write
-from .model import INPUT_SIZE, AdaClipSettings, default_layers
+from .model import INPUT_SIZE, AdaClipSettings, check_input_size, default_layers
 
 if TYPE_CHECKING:
     from ...backends.clip import ClipBackbone
@@ -88,9 +88,12 @@ def load_into(prompts: torch.nn.Module, state: dict[str, torch.Tensor], path: st
     prompts.load_state_dict({key: value.float() for key, value in state.items()})
 
 
-def load_prompts(cls: type["AdaClip"], path: str | Path, backbone: "ClipBackbone") -> "AdaClip":
-    """Trained prompts on top of a frozen CLIP; a one-line WeightsError when they are missing or do not fit."""
+def load_prompts(cls: type["AdaClip"], path: str | Path, backbone: "ClipBackbone", image_size: int = 0,
+                 **rules) -> "AdaClip":
+    """Trained prompts on top of a frozen CLIP, at `image_size` px (0: the checkpoint's); one-line errors when they do not fit."""
     settings, state, trained_on = read_checkpoint(path, backbone.depth)
-    model = cls(backbone, settings)
+    if image_size:  # the learned tensors do not depend on the input size: the position embeddings are resized
+        settings = replace(settings, image_size=check_input_size(image_size, backbone))
+    model = cls(backbone, settings, **rules)
     load_into(model.prompts, state, path, trained_on, backbone.name)
     return model.eval()

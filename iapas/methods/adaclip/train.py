@@ -19,7 +19,7 @@ from ...backends.clip import ClipBackbone
 from ...data.datasets import Sample, load_mask
 from ...images import load_image
 from ...prompt_learning import PromptTrainer, TrainOptions, dice_loss, mosaic, training_samples, two_class_focal_loss
-from .model import INPUT_SIZE, PROMPT_LENGTH, AdaClip, AdaClipSettings
+from .model import INPUT_SIZE, PROMPT_LENGTH, AdaClip, AdaClipSettings, check_input_size
 
 PROMPTS_FILE = "adaclip_prompts.pt"
 BETAS = (0.5, 0.999)  # method/trainer.py: AdamW(..., betas=(0.5, 0.999))
@@ -34,6 +34,8 @@ class AdaClipArchitecture:
     prompt_length: int = PROMPT_LENGTH
     prompt_depth: int = 0  # 0: AdaCLIP's 4, or the CLIP's depth when it is shallower
     image_size: int = INPUT_SIZE
+    resize: str = "antialiased"  # "pil": the official loader's PIL resize (model.PIXEL_RESIZES)
+    prompt_precision: str = "fp32"  # "fp16": every inserted prompt rounded through fp16, as the official code (model.PROMPT_PRECISIONS)
 
 
 def adaclip_loss(model: AdaClip, pixels: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
@@ -70,8 +72,8 @@ def reference_dice(probability: torch.Tensor, target: torch.Tensor) -> torch.Ten
 class AdaClipBatches:
     """Loads AdaCLIP batches: pixels at the input size, masks, labels and class names, with the mosaic."""
 
-    def __init__(self, backbone: ClipBackbone, image_size: int, samples: Sequence[Sample], rates: dict[Path, float]) -> None:
-        self.backbone, self.image_size, self.rates = backbone, image_size, rates
+    def __init__(self, model: AdaClip, samples: Sequence[Sample], rates: dict[Path, float]) -> None:
+        self.model, self.backbone, self.image_size, self.rates = model, model.backbone, model.settings.image_size, rates
         self.by_category: dict[str, list[Sample]] = {}
         for sample in samples:
             self.by_category.setdefault(sample.category, []).append(sample)
@@ -96,7 +98,7 @@ class AdaClipBatches:
 
     def __call__(self, samples: list[Sample], rng: np.random.Generator):
         loaded = [self._image_and_mask(sample, rng) for sample in samples]
-        pixels = self.backbone.preprocess([image for image, _ in loaded], self.image_size)
+        pixels = self.model.pixels([image for image, _ in loaded])  # the model's resize rule, as at test time
         size = (self.image_size, self.image_size)
         # dataset target_transform: Resize (PIL bilinear) of the 0/255 mask, then > 0.5 (method/trainer.py)
         masks = torch.cat([F.interpolate(torch.from_numpy(mask.astype(np.float32))[None, None], size=size, mode="bilinear",
@@ -123,11 +125,11 @@ def train_adaclip(options: TrainOptions, architecture: AdaClipArchitecture = Ada
     torch.manual_seed(options.seed)
     backbone = ClipBackbone(options.clip, options.device)
     settings = AdaClipSettings.for_backbone(backbone, architecture.layers, architecture.prompt_length,
-                                            architecture.prompt_depth, architecture.image_size)
-    model = AdaClip(backbone, settings)
+                                            architecture.prompt_depth, check_input_size(architecture.image_size, backbone))
+    model = AdaClip(backbone, settings, resize=architecture.resize, prompt_precision=architecture.prompt_precision)
     optimizer = torch.optim.AdamW(model.prompts.parameters(), lr=options.learning_rate, betas=BETAS)
     samples, rates = auxiliary_samples(sources or [(options.dataset, options.root)], options.limit)
-    loader = AdaClipBatches(backbone, settings.image_size, samples, rates)
+    loader = AdaClipBatches(model, samples, rates)
     path, history = PromptTrainer(model, optimizer, options, PROMPTS_FILE, note, batch_loader=loader).run(samples)
     model.eval()
     return path, history
