@@ -30,8 +30,13 @@ def backbone(weights_dir):
 
 
 @pytest.fixture(scope="module")
-def vitl_like_clip(tmp_path_factory):
-    """A tiny CLIP with ViT-L-14-336's proportions: text width = projection dim, 4 layers each, patch 14."""
+def vitl_like_clip(vitl_like_dir):
+    return ClipBackbone(vitl_like_dir)
+
+
+@pytest.fixture(scope="module")
+def vitl_like_dir(tmp_path_factory):
+    """A tiny CLIP directory with ViT-L-14-336's proportions: text width = projection dim, 4 layers each, patch 14."""
     from transformers import CLIPConfig, CLIPModel
 
     from iapas.weights.demo import build_demo_clip
@@ -48,7 +53,7 @@ def vitl_like_clip(tmp_path_factory):
     )
     torch.manual_seed(1)
     CLIPModel(config).eval().save_pretrained(directory)
-    return ClipBackbone(directory)
+    return directory
 
 
 @pytest.fixture(scope="module")
@@ -221,6 +226,44 @@ def test_official_vitl336_checkpoint_maps_key_by_key_at_full_size(tmp_path):
     smaller = AdaClipPrompts(settings, text_width=512, vision_width=768, embed_dim=512)  # e.g. a ViT-B CLIP
     with pytest.raises(WeightsError, match=r"does not fit CLIP .*need ViT-L-14-336"):
         load_into(smaller, state, path, origin, "clip-vit-base-patch16")
+
+
+def test_iapas_checkpoint_converts_to_exactly_the_official_vitl336_keys(tmp_path, capsys):
+    """`iapas weights to-official adaclip`: every name and shape the official ViT-L-14-336 model saves, no other."""
+    from dataclasses import asdict
+
+    settings = AdaClipSettings((6, 12, 18, 24), 5, 4, 518)
+    torch.manual_seed(0)
+    prompts = AdaClipPrompts(settings, text_width=768, vision_width=1024, embed_dim=768)
+    source = tmp_path / "adaclip_prompts.pt"
+    torch.save({"format": 3, "settings": asdict(settings), "clip": "clip-vit-l-14-336", "prompts": prompts.state_dict()}, source)
+    assert main(["weights", "to-official", "adaclip", str(source), "-o", str(tmp_path / "official.pth")]) == 0
+    written = torch.load(tmp_path / "official.pth", weights_only=True)
+    assert {key: list(value.shape) for key, value in written.items()} == fixture_shapes()
+    for key, value in prompts.state_dict().items():
+        torch.testing.assert_close(written[OFFICIAL_PREFIX + key], value)
+    # layers the official code cannot build (it takes every quarter of the depth) are refused, in one line
+    odd = AdaClipSettings((5, 12, 18, 24), 5, 4, 518)
+    torch.save({"format": 3, "settings": asdict(odd), "clip": "x", "prompts": prompts.state_dict()}, tmp_path / "odd.pt")
+    capsys.readouterr()
+    assert main(["weights", "to-official", "adaclip", str(tmp_path / "odd.pt"), "-o", str(tmp_path / "odd.pth")]) == 2
+    assert "feature layers [5, 12, 18, 24]" in capsys.readouterr().err and not (tmp_path / "odd.pth").exists()
+
+
+def test_training_can_save_the_official_format(vitl_like_dir, train_root, tmp_path):
+    from iapas.methods.adaclip.train import OFFICIAL_FILE
+
+    options = TrainOptions("mvtec", train_root, tmp_path / "ckpt", vitl_like_dir, epochs=1, batch_size=2, learning_rate=1e-2,
+                           limit=2, progress=False)
+    notes = []
+    path, _ = train_adaclip(options, AdaClipArchitecture(image_size=28, save_format="official"), note=notes.append)
+    assert path == tmp_path / "ckpt" / OFFICIAL_FILE and "--image_size 28 --prompting_depth 4 --prompting_length 5" in notes[-1]
+    ours = torch.load(tmp_path / "ckpt" / "adaclip_prompts.pt", weights_only=True)["prompts"]
+    official = torch.load(path, weights_only=True)
+    assert set(official) == {OFFICIAL_PREFIX + key for key in ours}
+    assert all(torch.equal(official[OFFICIAL_PREFIX + key], value) for key, value in ours.items())
+    reloaded = AdaClip.load(path, ClipBackbone(vitl_like_dir), image_size=28)  # iapas reads it back as an official file
+    assert reloaded.settings == AdaClipSettings((1, 2, 3, 4), 5, 4, 28)
 
 
 def scaled_official_checkpoint(path: Path, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -165,3 +165,42 @@ def test_default_recipe_keeps_fp32_prompts_and_the_antialiased_resize(built):
 
     rules = Config().clip_methods
     assert (rules.adaclip_image_size, rules.adaclip_resize, rules.adaclip_prompt_precision) == (0, "antialiased", "fp32")
+
+
+def test_an_iapas_checkpoint_converted_to_official_loads_into_the_authors_model(reference, built, tmp_path):
+    """`iapas weights to-official adaclip`: the official trainer's strict=False load finds every learned tensor and uses it.
+
+    method/trainer.py `load` is `self.load_state_dict(torch.load(path), strict=False)` on the trainer that holds the
+    model as `clip_model`; a misnamed key would load as nothing without a word, so the test checks the names and
+    shapes against the official model itself and then that its maps become iapas's.
+    """
+    import copy
+
+    from iapas.cli import main
+    from iapas.methods.adaclip.model import AdaClip
+
+    model, path, backbone = built
+    ours = AdaClip.load(path, backbone, image_size=SIZE)
+    torch.manual_seed(7)
+    with torch.no_grad():  # iapas-side values that differ from the official model's current ones
+        for parameter in ours.prompts.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    ours.save(tmp_path / "adaclip_prompts.pt")
+    assert main(["weights", "to-official", "adaclip", str(tmp_path / "adaclip_prompts.pt"), "-o", str(tmp_path / "official.pth")]) == 0
+
+    trainer = torch.nn.Module()  # what AdaCLIP_Trainer is to load_state_dict: a module holding `clip_model`
+    trainer.clip_model = copy.deepcopy(model)
+    checkpoint = torch.load(tmp_path / "official.pth", weights_only=True)
+    expected = {name: tuple(value.shape) for name, value in trainer.state_dict().items()
+                if any(part in name for part in LEARNED)}  # method/trainer.py `save`: the learnable_paramter_list names
+    assert {name: tuple(value.shape) for name, value in checkpoint.items()} == expected
+    missing, unexpected = trainer.load_state_dict(checkpoint, strict=False)
+    assert not unexpected and not set(missing) & set(expected)
+    picture = image(5)
+    reference_map, reference_score = reference_output(reference, trainer.clip_model, picture)
+    heat, score = iapas_output(tmp_path / "adaclip_prompts.pt", backbone, picture, image_size=SIZE, resize="pil",
+                               prompt_precision="fp16")
+    np.testing.assert_allclose(heat, reference_map, atol=MAP_TOLERANCE, rtol=0)
+    assert score == pytest.approx(reference_score, abs=SCORE_TOLERANCE)
+    before, _ = reference_output(reference, model, picture)
+    assert np.abs(before - reference_map).max() > 100 * MAP_TOLERANCE  # the loaded values changed the official maps

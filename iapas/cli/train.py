@@ -49,6 +49,8 @@ def adaclip_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-depth", type=int, default=0,
                         help="layers of each encoder that get prompts (default: AdaCLIP's 4, fewer for a shallower CLIP)")
     parser.add_argument("--image-size", type=int, default=518, help="input size in pixels (AdaCLIP: 518)")
+    parser.add_argument("--save-format", choices=("iapas", "official"), default="iapas",
+                        help="official: also write adaclip_official.pth, the layout caoyunkang/AdaCLIP test.py loads")
 
 
 def image_size_option(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +76,7 @@ TRAINERS.register("adaclip")(Trainer(
     "iapas.methods.adaclip.train:train_adaclip", "iapas.methods.adaclip.train:AdaClipArchitecture",
     epochs=5, batch_size=1, learning_rate=0.01, add_options=adaclip_options,  # caoyunkang/AdaCLIP train.py
     architecture_options=lambda a: {"layers": a.layers, "prompt_length": a.prompt_length, "prompt_depth": a.prompt_depth,
-                                    "image_size": a.image_size},
+                                    "image_size": a.image_size, "save_format": a.save_format},
     several_datasets=True))
 TRAINERS.register("anomalyclip")(Trainer(
     "AnomalyCLIP", "train AnomalyCLIP's object-agnostic prompts (zqhang/AnomalyCLIP train.py defaults)",

@@ -17,11 +17,14 @@ import torch.nn.functional as F
 
 from ...backends.clip import ClipBackbone
 from ...data.datasets import Sample, load_mask
+from ...errors import ConfigError
 from ...images import load_image
 from ...prompt_learning import PromptTrainer, TrainOptions, dice_loss, mosaic, training_samples, two_class_focal_loss
 from .model import INPUT_SIZE, PROMPT_LENGTH, AdaClip, AdaClipSettings, check_input_size
 
 PROMPTS_FILE = "adaclip_prompts.pt"
+OFFICIAL_FILE = "adaclip_official.pth"  # --save-format official: beside our file, which resuming still needs
+SAVE_FORMATS = ("iapas", "official")
 BETAS = (0.5, 0.999)  # method/trainer.py: AdamW(..., betas=(0.5, 0.999))
 MOSAIC_RATES = {"mvtec": 0.2}  # dataset/mvtec.py aug_rate=0.2; VisA, ColonDB, ClinicDB and the rest: 0.0
 
@@ -36,6 +39,7 @@ class AdaClipArchitecture:
     image_size: int = INPUT_SIZE
     resize: str = "antialiased"  # "pil": the official loader's PIL resize (model.PIXEL_RESIZES)
     prompt_precision: str = "fp32"  # "fp16": every inserted prompt rounded through fp16, as the official code (model.PROMPT_PRECISIONS)
+    save_format: str = "iapas"  # "official": also write the checkpoint in the layout caoyunkang/AdaCLIP test.py loads
 
 
 def adaclip_loss(model: AdaClip, pixels: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
@@ -121,15 +125,27 @@ def auxiliary_samples(sources: Sequence[tuple[str, Path]], limit: int = 0) -> tu
 def train_adaclip(options: TrainOptions, architecture: AdaClipArchitecture = AdaClipArchitecture(),
                   note: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
                   sources: Sequence[tuple[str, Path]] = ()):
-    """Train (or resume) AdaCLIP on `sources` (default: the options' one dataset); returns the file and the losses."""
+    """Train (or resume) AdaCLIP on `sources` (default: the options' one dataset); returns the file and the losses.
+
+    With `save_format` "official" the returned file is the official-layout copy (`checkpoint.to_official`).
+    """
+    from .checkpoint import official_arguments, official_layout_problem, to_official
+
+    if architecture.save_format not in SAVE_FORMATS:
+        raise ConfigError(f"AdaCLIP save format must be one of {', '.join(SAVE_FORMATS)}, got {architecture.save_format!r}")
     torch.manual_seed(options.seed)
     backbone = ClipBackbone(options.clip, options.device)
     settings = AdaClipSettings.for_backbone(backbone, architecture.layers, architecture.prompt_length,
                                             architecture.prompt_depth, check_input_size(architecture.image_size, backbone))
+    if architecture.save_format == "official" and official_layout_problem(settings):  # refused before any training
+        raise ConfigError(f"--save-format official: {official_layout_problem(settings)}")
     model = AdaClip(backbone, settings, resize=architecture.resize, prompt_precision=architecture.prompt_precision)
     optimizer = torch.optim.AdamW(model.prompts.parameters(), lr=options.learning_rate, betas=BETAS)
     samples, rates = auxiliary_samples(sources or [(options.dataset, options.root)], options.limit)
     loader = AdaClipBatches(model, samples, rates)
     path, history = PromptTrainer(model, optimizer, options, PROMPTS_FILE, note, batch_loader=loader).run(samples)
     model.eval()
+    if architecture.save_format == "official":
+        path = to_official(path, path.with_name(OFFICIAL_FILE))
+        note(f"official AdaCLIP checkpoint: {path} (caoyunkang/AdaCLIP test.py --ckt_path {path.name} {official_arguments(settings)})")
     return path, history
