@@ -181,10 +181,10 @@ class AdaClip(BatchedMethod, torch.nn.Module):
         """
         ids, eos, normal_count = self._tokens(class_name)
         statics = self.prompts.text_prompter.static_prompts
-        deep = torch.stack([self.inserted(statics[i] + dynamic) for i in range(1, self.settings.prompt_depth)]) if len(statics) > 1 else None
+        deep = torch.stack([statics[i] + dynamic for i in range(1, self.settings.prompt_depth)]) if len(statics) > 1 else None
         words = self.backbone.clip.text_model.embeddings.token_embedding(ids)
-        if deep is not None:
-            deep = deep[None].expand(len(ids), -1, -1, -1)
+        if deep is not None:  # rounded per sentence, as the reference casts its expanded copies (so are the gradients)
+            deep = self.inserted(deep[None].expand(len(ids), -1, -1, -1))
         sentences = self.backbone.encode_text_embeddings(words, eos, deep, prompt_start=1)  # unit (N, E)
         states = [sentences[:normal_count].mean(0), sentences[normal_count:].mean(0)]
         return F.normalize(torch.stack(states), dim=-1)
