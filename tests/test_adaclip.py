@@ -384,3 +384,80 @@ def test_cli_names_the_missing_adaclip_weights(capsys, train_root, tmp_path):
     assert main([*base, "--adaclip-prompts", "adaclip-pretrained-visa-clinicdb"]) == 2
     error = capsys.readouterr().err
     assert "adaclip/pretrained_visa_clinicdb.pth" in error and "cubert-gmbh/adaclip" in error
+
+
+# ---- keeping the best epoch on a validation set the user names -------------------------------------
+def test_validation_f1_is_the_per_category_pixel_f1_max_averaged(backbone, train_root):
+    """`validation_f1` against sklearn's exact curve on the same smoothed maps and masks (binned: within 1e-3)."""
+    from sklearn.metrics import precision_recall_curve
+
+    from iapas.methods.adaclip.train import AdaClipBatches, validation_f1
+    from iapas.prompt_learning import training_samples
+
+    torch.manual_seed(0)
+    model = AdaClip(backbone, AdaClipSettings(default_layers(backbone.depth), 3, 2, image_size=32))
+    samples = training_samples("mvtec", train_root)
+    expected = []
+    for category in sorted({sample.category for sample in samples}):
+        maps, masks = [], []
+        for sample in (s for s in samples if s.category == category):
+            picture, mask = AdaClipBatches._plain(sample)
+            with torch.no_grad():
+                heat = model.anomaly_map(model(model.pixels([picture]), [category]).layer_logits)[0]
+            maps.append(gaussian_smooth(heat, 4.0))
+            resized = torch.nn.functional.interpolate(torch.from_numpy(mask.astype(np.float32))[None, None], size=(32, 32),
+                                                      mode="bilinear", align_corners=False, antialias=True)[0, 0]
+            masks.append(resized.numpy() > 0.5)
+        precision, recall, _ = precision_recall_curve(np.ravel(masks), np.ravel(maps))
+        f1 = 2 * precision * recall / (precision + recall)
+        expected.append(np.max(f1[np.isfinite(f1)]))
+    assert validation_f1(model, samples) == pytest.approx(float(np.mean(expected)), abs=1e-3)
+
+
+def test_keep_best_ends_with_the_best_validation_epoch_and_resumes(weights_dir, train_root, tmp_path, monkeypatch):
+    import iapas.methods.adaclip.train as adaclip_train
+
+    scores = iter([0.2, 0.5, 0.3, 0.4])  # epochs 1-3, then epoch 4 after a resume
+    monkeypatch.setattr(adaclip_train, "validation_f1", lambda model, samples: next(scores))
+    clip = find_weights("clip", weights_dir)[1]
+    architecture = AdaClipArchitecture(image_size=32, keep="best", val_dataset="mvtec", val_root=train_root)
+    options = TrainOptions("mvtec", train_root, tmp_path / "ckpt", clip, epochs=3, batch_size=4, learning_rate=1e-2,
+                           limit=4, progress=False)
+    notes = []
+    path, _ = train_adaclip(options, architecture, note=notes.append)
+    best = torch.load(path, weights_only=True)
+    assert path.name == adaclip_train.BEST_FILE and best["epochs_done"] == 2 and best["validation_f1"] == 0.5
+    assert "epoch 3: validation pixel F1-max 0.3000 (best: epoch 2, 0.5000)" in notes
+    last = torch.load(tmp_path / "ckpt" / "adaclip_prompts.pt", weights_only=True)
+    assert any(not torch.equal(last["prompts"][k], best["prompts"][k]) for k in best["prompts"])  # epoch 3 differs
+    resumed, _ = train_adaclip(TrainOptions(**{**options.__dict__, "epochs": 4}), architecture, note=notes.append)
+    assert torch.load(resumed, weights_only=True)["epochs_done"] == 2  # 0.4 at epoch 4 does not beat epoch 2's 0.5
+
+
+def test_keep_best_needs_a_validation_set(capsys, weights_dir, train_root, tmp_path):
+    code = main(["train", "adaclip", "--dataset", "mvtec", "--root", str(train_root), "-o", str(tmp_path / "o"), "--keep", "best",
+                 "--weights", str(weights_dir), "--no-progress"])
+    error = capsys.readouterr().err
+    assert code == 2 and "--keep best selects the epoch on a validation set" in error and "Traceback" not in error
+
+
+def test_official_recipe_builds_adaclip_with_the_official_rules(vitl_like_dir, tmp_path):
+    from iapas.config import build_config
+    from iapas.errors import ValueRangeError
+    from iapas.methods.adaclip import build
+
+    path = tmp_path / "pretrained_all.pth"
+    scaled_official_checkpoint(path)
+    chosen = {"clip_methods.weights": str(vitl_like_dir), "clip_methods.adaclip_prompts": str(path)}
+    official = build(build_config("official").updated(chosen), ())
+    assert (official.settings.image_size, official.resize, official.prompt_precision) == (518, "pil", "fp16")
+    default = build(build_config("iapas").updated({**chosen, "clip_methods.adaclip_image_size": 28}), ())
+    assert (default.settings.image_size, default.resize, default.prompt_precision) == (28, "antialiased", "fp32")
+    with pytest.raises(ValueRangeError, match="clip_methods.adaclip_resize must be one of antialiased, pil"):
+        build_config("iapas").updated({"clip_methods.adaclip_resize": "cv2"})
+    with pytest.raises(ValueRangeError, match="adaclip_image_size must be 0"):
+        build_config("iapas").updated({"clip_methods.adaclip_image_size": -1})
+    from iapas.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="multiple of the CLIP's patch size 14, got 30"):
+        build(build_config("iapas").updated({**chosen, "clip_methods.adaclip_image_size": 30}), ())

@@ -51,6 +51,11 @@ def adaclip_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=518, help="input size in pixels (AdaCLIP: 518)")
     parser.add_argument("--save-format", choices=("iapas", "official"), default="iapas",
                         help="official: also write adaclip_official.pth, the layout caoyunkang/AdaCLIP test.py loads")
+    parser.add_argument("--keep", choices=("last", "best"), default="last",
+                        help="which epoch's prompts the run ends with: last (default) or best, by pixel F1-max on --val-dataset "
+                             "(the official train.py keeps its best epoch, measured on the test set)")
+    parser.add_argument("--val-dataset", default="", help="validation dataset for --keep best (a name as for --dataset)")
+    parser.add_argument("--val-root", help="the root of --val-dataset")
 
 
 def image_size_option(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +81,8 @@ TRAINERS.register("adaclip")(Trainer(
     "iapas.methods.adaclip.train:train_adaclip", "iapas.methods.adaclip.train:AdaClipArchitecture",
     epochs=5, batch_size=1, learning_rate=0.01, add_options=adaclip_options,  # caoyunkang/AdaCLIP train.py
     architecture_options=lambda a: {"layers": a.layers, "prompt_length": a.prompt_length, "prompt_depth": a.prompt_depth,
-                                    "image_size": a.image_size, "save_format": a.save_format},
+                                    "image_size": a.image_size, "save_format": a.save_format, "keep": a.keep,
+                                    "val_dataset": a.val_dataset, "val_root": a.val_root},
     several_datasets=True))
 TRAINERS.register("anomalyclip")(Trainer(
     "AnomalyCLIP", "train AnomalyCLIP's object-agnostic prompts (zqhang/AnomalyCLIP train.py defaults)",
