@@ -396,7 +396,8 @@ def test_validation_f1_is_the_per_category_pixel_f1_max_averaged(backbone, train
 
     torch.manual_seed(0)
     model = AdaClip(backbone, AdaClipSettings(default_layers(backbone.depth), 3, 2, image_size=32))
-    samples = training_samples("mvtec", train_root)
+    every = training_samples("mvtec", train_root)
+    samples = [s for s in every if s.category == "washer"][:4] + [s for s in every if s.category == "tile"][:3]
     expected = []
     for category in sorted({sample.category for sample in samples}):
         maps, masks = [], []
