@@ -462,3 +462,16 @@ def test_official_recipe_builds_adaclip_with_the_official_rules(vitl_like_dir, t
 
     with pytest.raises(ConfigError, match="multiple of the CLIP's patch size 14, got 30"):
         build(build_config("iapas").updated({**chosen, "clip_methods.adaclip_image_size": 30}), ())
+
+
+def test_official_recipe_trains_with_the_official_rules(weights_dir, train_root, tmp_path, monkeypatch):
+    """`iapas train adaclip --recipe official` hands the PIL resize and fp16 prompts to training (method/trainer.py)."""
+    import iapas.methods.adaclip.train as adaclip_train
+
+    seen = []
+    monkeypatch.setattr(adaclip_train, "train_adaclip", lambda options, architecture, **extra: (seen.append(architecture),
+                                                                                               (tmp_path / "p.pt", [1.0]))[1])
+    common = ["train", "adaclip", "--dataset", "mvtec", "--root", str(train_root), "--weights", str(weights_dir), "--no-progress"]
+    assert main([*common, "-o", str(tmp_path / "a"), "--recipe", "official"]) == 0
+    assert main([*common, "-o", str(tmp_path / "b")]) == 0
+    assert [(a.resize, a.prompt_precision) for a in seen] == [("pil", "fp16"), ("antialiased", "fp32")]

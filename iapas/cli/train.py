@@ -32,6 +32,8 @@ class Trainer:
     add_options: Callable[[argparse.ArgumentParser], None]
     architecture_options: Callable[[argparse.Namespace], dict[str, Any]]
     several_datasets: bool = False  # the train function takes `sources`: several auxiliary sets at once
+    # architecture settings the recipe decides (e.g. the official code's rules under --recipe official)
+    config_options: Callable[[Any], dict[str, Any]] = lambda config: {}
 
 
 def layer_list(text: str) -> tuple[int, ...]:
@@ -83,7 +85,8 @@ TRAINERS.register("adaclip")(Trainer(
     architecture_options=lambda a: {"layers": a.layers, "prompt_length": a.prompt_length, "prompt_depth": a.prompt_depth,
                                     "image_size": a.image_size, "save_format": a.save_format, "keep": a.keep,
                                     "val_dataset": a.val_dataset, "val_root": a.val_root},
-    several_datasets=True))
+    several_datasets=True,
+    config_options=lambda c: {"resize": c.clip_methods.adaclip_resize, "prompt_precision": c.clip_methods.adaclip_prompt_precision}))
 TRAINERS.register("anomalyclip")(Trainer(
     "AnomalyCLIP", "train AnomalyCLIP's object-agnostic prompts (zqhang/AnomalyCLIP train.py defaults)",
     "iapas.methods.anomalyclip.train:train_anomalyclip", "iapas.methods.anomalyclip.train:AnomalyClipArchitecture",
@@ -161,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, limit=args.limit,
         device=str(resolve_device(config.device)), progress=not args.no_progress,
     )
-    architecture = imported(trainer.architecture)(**trainer.architecture_options(args))
+    architecture = imported(trainer.architecture)(**trainer.architecture_options(args), **trainer.config_options(config))
     extra = {"sources": sources} if trainer.several_datasets else {}
     path, losses = imported(trainer.train)(options, architecture, **extra)
     tail = f"; last loss {losses[-1]:.4f}" if losses else " (already trained)"
