@@ -164,6 +164,10 @@ class ClipMethodsConfig:
     adaclip_prompts: str = ""  # a checkpoint (ours or an official pretrained_*.pth) or a manifest name; empty: <weights_dir>/adaclip/adaclip_prompts.pt, else a released one found
     prompts: str = ""  # trained prompts of the chosen learned method (--prompts); empty: <weights_dir>/<method>/<method>_prompts.pt
     genclip_prompts: str = ""  # trained prompts from `iapas train genclip`; empty: <weights_dir>/genclip/genclip_prompts.pt
+    # AdaCLIP / GenCLIP / WinCLIP: official rules (GenCLIP has no code: its paper is the default; WinCLIP: winclip_variant)
+    adaclip_image_size: int = 0  # AdaCLIP input px; 0: the checkpoint's (518 for a released one: train.py/test.py --image_size)
+    adaclip_resize: str = "antialiased"  # antialiased: float bicubic, antialiased | pil: PIL bicubic of the uint8 image (official)
+    adaclip_prompt_precision: str = "fp32"  # fp32 | fp16: every inserted prompt rounded through fp16 (official .half())
 
 
 @dataclass
@@ -281,10 +285,27 @@ def validate_config(config: Config) -> Config:
         raise ValueRangeError(f"detection.max_boxes must be 0 (no cap) or a number of boxes, got {config.detection.max_boxes!r}")
     if isinstance(config.threads, bool) or config.threads < 0:
         raise ValueRangeError(f"threads must be 0 (auto) or more, got {config.threads!r}")
+    check_clip_method_rules(config.clip_methods)
     timeout = config.calibration.llm_timeout
     if not timeout > 0 or timeout == float("inf"):
         raise ValueRangeError(f"calibration.llm_timeout must be a positive number of seconds, got {timeout!r}")
     return config
+
+
+# AdaCLIP's official rules: the choices of each (iapas/prompt_learning/vision.py PIXEL_RESIZES, methods/adaclip/model.py PROMPT_PRECISIONS)
+ADACLIP_RESIZES = ("antialiased", "pil")
+ADACLIP_PROMPT_PRECISIONS = ("fp32", "fp16")
+
+
+def check_clip_method_rules(clip_methods: ClipMethodsConfig) -> None:
+    """The CLIP methods' official-rule settings: a one-line ValueRangeError for the first bad one."""
+    size = clip_methods.adaclip_image_size
+    if isinstance(size, bool) or size < 0:
+        raise ValueRangeError(f"clip_methods.adaclip_image_size must be 0 (the checkpoint's) or a size in pixels, got {size!r}")
+    for name, value, choices in (("adaclip_resize", clip_methods.adaclip_resize, ADACLIP_RESIZES),
+                                 ("adaclip_prompt_precision", clip_methods.adaclip_prompt_precision, ADACLIP_PROMPT_PRECISIONS)):
+        if value not in choices:
+            raise ValueRangeError(f"clip_methods.{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

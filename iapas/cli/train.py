@@ -32,6 +32,8 @@ class Trainer:
     add_options: Callable[[argparse.ArgumentParser], None]
     architecture_options: Callable[[argparse.Namespace], dict[str, Any]]
     several_datasets: bool = False  # the train function takes `sources`: several auxiliary sets at once
+    # architecture settings the recipe decides (e.g. the official code's rules under --recipe official)
+    config_options: Callable[[Any], dict[str, Any]] = lambda config: {}
 
 
 def layer_list(text: str) -> tuple[int, ...]:
@@ -49,6 +51,13 @@ def adaclip_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-depth", type=int, default=0,
                         help="layers of each encoder that get prompts (default: AdaCLIP's 4, fewer for a shallower CLIP)")
     parser.add_argument("--image-size", type=int, default=518, help="input size in pixels (AdaCLIP: 518)")
+    parser.add_argument("--save-format", choices=("iapas", "official"), default="iapas",
+                        help="official: also write adaclip_official.pth, the layout caoyunkang/AdaCLIP test.py loads")
+    parser.add_argument("--keep", choices=("last", "best"), default="last",
+                        help="which epoch's prompts the run ends with: last (default) or best, by pixel F1-max on --val-dataset "
+                             "(the official train.py keeps its best epoch, measured on the test set)")
+    parser.add_argument("--val-dataset", default="", help="validation dataset for --keep best (a name as for --dataset)")
+    parser.add_argument("--val-root", help="the root of --val-dataset")
 
 
 def image_size_option(parser: argparse.ArgumentParser) -> None:
@@ -74,8 +83,10 @@ TRAINERS.register("adaclip")(Trainer(
     "iapas.methods.adaclip.train:train_adaclip", "iapas.methods.adaclip.train:AdaClipArchitecture",
     epochs=5, batch_size=1, learning_rate=0.01, add_options=adaclip_options,  # caoyunkang/AdaCLIP train.py
     architecture_options=lambda a: {"layers": a.layers, "prompt_length": a.prompt_length, "prompt_depth": a.prompt_depth,
-                                    "image_size": a.image_size},
-    several_datasets=True))
+                                    "image_size": a.image_size, "save_format": a.save_format, "keep": a.keep,
+                                    "val_dataset": a.val_dataset, "val_root": a.val_root},
+    several_datasets=True,
+    config_options=lambda c: {"resize": c.clip_methods.adaclip_resize, "prompt_precision": c.clip_methods.adaclip_prompt_precision}))
 TRAINERS.register("anomalyclip")(Trainer(
     "AnomalyCLIP", "train AnomalyCLIP's object-agnostic prompts (zqhang/AnomalyCLIP train.py defaults)",
     "iapas.methods.anomalyclip.train:train_anomalyclip", "iapas.methods.anomalyclip.train:AnomalyClipArchitecture",
@@ -153,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, limit=args.limit,
         device=str(resolve_device(config.device)), progress=not args.no_progress,
     )
-    architecture = imported(trainer.architecture)(**trainer.architecture_options(args))
+    architecture = imported(trainer.architecture)(**trainer.architecture_options(args), **trainer.config_options(config))
     extra = {"sources": sources} if trainer.several_datasets else {}
     path, losses = imported(trainer.train)(options, architecture, **extra)
     tail = f"; last loss {losses[-1]:.4f}" if losses else " (already trained)"

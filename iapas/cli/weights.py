@@ -12,6 +12,12 @@ from ..errors import IapasError
 from .common import EXIT_ERROR, EXIT_OK
 
 
+# per method, "module:function(source, destination) -> Path" writing its official checkpoint layout (imported when run)
+OFFICIAL_CONVERTERS = {
+    "adaclip": "iapas.methods.adaclip.checkpoint:to_official",  # caoyunkang/AdaCLIP method/trainer.py save/load
+}
+
+
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register `iapas weights` and its sub-commands."""
     weights = commands.add_parser("weights", help="list, verify or build model weights")
@@ -44,6 +50,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     gdino.add_argument("--bert", required=True, help="a bert-base-uncased directory (config.json, vocab.txt): the text side")
     gdino.add_argument("-o", "--output", required=True)
     gdino.set_defaults(handler=run_convert_groundingdino)
+    official = weights_commands.add_parser(
+        "to-official", help="write an iapas checkpoint of a learned method in the layout its authors' code loads")
+    official.add_argument("method", choices=sorted(OFFICIAL_CONVERTERS))
+    official.add_argument("checkpoint", help="a checkpoint from `iapas train METHOD`")
+    official.add_argument("-o", "--output", required=True, help="the file to write (e.g. adaclip_official.pth)")
+    official.set_defaults(handler=run_to_official)
     demo = weights_commands.add_parser("make-demo", help="build tiny RANDOM models (meaningless output) for demos")
     demo.add_argument("dir", nargs="?", default="weights")
     demo.set_defaults(handler=run_make_demo)
@@ -152,4 +164,13 @@ def run_convert_groundingdino(args: argparse.Namespace) -> int:
 
     out = convert_groundingdino_checkpoint(Path(args.checkpoint), Path(args.bert), Path(args.output))
     print(f"wrote a transformers Grounding DINO directory: {out}")
+    return EXIT_OK
+
+
+def run_to_official(args: argparse.Namespace) -> int:
+    """Convert an iapas checkpoint into its method's official layout."""
+    from .train import imported
+
+    out = imported(OFFICIAL_CONVERTERS[args.method])(Path(args.checkpoint), Path(args.output))
+    print(f"wrote an official {args.method} checkpoint: {out}")
     return EXIT_OK

@@ -119,8 +119,9 @@ class PromptTrainer:
 
     def __init__(self, learner: Learner, optimizer: torch.optim.Optimizer, options: TrainOptions, prompts_file: str,
                  note: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
-                 batch_loader: BatchLoader | None = None) -> None:
+                 batch_loader: BatchLoader | None = None, after_epoch: Callable[[int], None] | None = None) -> None:
         self.learner, self.optimizer, self.options = learner, optimizer, options
+        self.after_epoch = after_epoch  # called with each finished epoch's index, after its checkpoint (e.g. keep the best)
         self.prompts_file, self.note = prompts_file, note
         # a method with its own inputs (class names, augmentation) brings its loader; the default reads pixels, masks, labels
         # a learner may train at its own input size with its own resizing (AnomalyCLIP, FAPrompt: 518 px)
@@ -151,6 +152,9 @@ class PromptTrainer:
                 history.append(float(loss.detach()))
                 bar.set_postfix(loss=f"{history[-1]:.4f}")
             self._checkpoint(out_dir, epoch, earlier + history)
+            if self.after_epoch is not None:
+                self.after_epoch(epoch)
+                learner.prompts.train()
         learner.prompts.eval()
         return out_dir / self.prompts_file, history
 

@@ -48,6 +48,25 @@ def reference_pixels(backbone, images: Sequence[np.ndarray], size: int) -> torch
     return (batch.clamp(0, 1) - backbone.mean) / backbone.std
 
 
+def pil_pixels(backbone, images: Sequence[np.ndarray], size: int) -> torch.Tensor:
+    """(B, 3, size, size) normalised pixels from PIL's bicubic resize of the uint8 image, as the references' loaders run.
+
+    caoyunkang/AdaCLIP method/trainer.py: torchvision Resize((size, size), BICUBIC) on the PIL image, which is
+    PIL's own resize (antialiased, rounded to whole grey levels), then ToTensor and CLIP's mean and std. It
+    differs from `reference_pixels` (float resize, not rounded) by about one grey level.
+    """
+    from PIL import Image
+
+    resized = [np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((size, size), Image.BICUBIC), np.float32)
+               for image in images]
+    batch = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).to(backbone.device) / 255
+    return (batch - backbone.mean) / backbone.std
+
+
+# how a CLIP method may resize its input: "antialiased" (every method's default) or "pil" (an official recipe's)
+PIXEL_RESIZES = {"antialiased": reference_pixels, "pil": pil_pixels}
+
+
 def tokens_at(backbone, pixels: torch.Tensor) -> torch.Tensor:
     """(B, 1 + g*g, D) class and patch tokens for pixels of any size, position embeddings interpolated to the grid.
 
