@@ -27,8 +27,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     convert.add_argument("checkpoint", help="open_clip .pt/.bin/.safetensors state dict (e.g. ViT-B-16-plus-240)")
     convert.add_argument("-o", "--output", required=True)
     convert.add_argument("--tokenizer", help="a transformers CLIP directory to take the tokenizer from (default: open_clip's BPE)")
-    convert.add_argument("--head-width", type=int, default=64, help="attention head width (64 in every open_clip ViT)")
-    convert.add_argument("--activation", choices=("gelu", "quick_gelu"), default="gelu", help="quick_gelu for OpenAI weights")
+    convert.add_argument("--head-width", type=int, default=64, help="attention head width of both towers (64 in every "
+                         "open_clip and OpenAI ViT)")
+    convert.add_argument("--vision-head-width", type=int, help="the vision tower's head width (default: --head-width)")
+    convert.add_argument("--text-head-width", type=int, help="the text tower's head width (default: --head-width)")
+    convert.add_argument("--activation", choices=("auto", "gelu", "quick_gelu"), default="auto",
+                         help="auto: quick_gelu for OpenAI's files (a TorchScript archive or its state dict), gelu for open_clip's")
     convert.set_defaults(handler=run_convert_openclip)
     fetch = weights_commands.add_parser("download", help="fetch checkpoints (hub or URL), sha256-checked, into the weights dir")
     fetch.add_argument("names", nargs="*", help="manifest entries to fetch (default: those of --profile)")
@@ -104,7 +108,8 @@ def run_convert_openclip(args: argparse.Namespace) -> int:
     from ..backends.openclip_convert import convert_openclip_checkpoint
 
     tokenizer = Path(args.tokenizer) if args.tokenizer else None
-    out = convert_openclip_checkpoint(Path(args.checkpoint), Path(args.output), tokenizer, args.head_width, args.activation)
+    heads = tuple(args.head_width if width is None else width for width in (args.vision_head_width, args.text_head_width))
+    out = convert_openclip_checkpoint(Path(args.checkpoint), Path(args.output), tokenizer, heads, args.activation)
     print(f"wrote a transformers CLIP directory: {out}")
     return EXIT_OK
 
