@@ -159,6 +159,14 @@ class ClipMethodsConfig:
     adaclip_prompts: str = ""  # a checkpoint (ours or an official pretrained_*.pth) or a manifest name; empty: <weights_dir>/adaclip/adaclip_prompts.pt, else a released one found
     prompts: str = ""  # trained prompts of the chosen learned method (--prompts); empty: <weights_dir>/<method>/<method>_prompts.pt
     genclip_prompts: str = ""  # trained prompts from `iapas train genclip`; empty: <weights_dir>/genclip/genclip_prompts.pt
+    # AnomalyCLIP / FAPrompt: official rules (the official recipe sets each to what the authors' code does;
+    # iapas/prompt_learning/rules.py reads them; docs/notes/clip-official-a.md compares the two)
+    anomalyclip_focal: str = "binary"  # binary: focal on the abnormal map | two-class: loss.py FocalLoss on both, smooth 1e-5
+    anomalyclip_deep_prompts: str = "fp32"  # fp32 | fp16: deep text prompts rounded to fp16 (AnomalyCLIP_lib .half())
+    anomalyclip_input_resize: str = "float"  # float: antialiased bicubic of float pixels | pil-uint8: PIL bicubic of the uint8 image
+    anomalyclip_train_masks: str = "nearest"  # nearest | bilinear: PIL bilinear to the input size, then > 0.5
+    anomalyclip_train_precision: str = "auto"  # auto: bf16 autocast on a GPU | fp32
+    faprompt_prior_patches: str = "top"  # top: the k patches of highest abnormality (paper Eq. 6) | first: patches 0..k-1
 
 
 @dataclass
@@ -252,6 +260,17 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 COUNT_SETTINGS = ("calibration.n_images", "calibration.top_k", "detection.max_text_tokens", "max_image_pixels", "batch_size")
 
 
+# AnomalyCLIP / FAPrompt: official rules, the values each may take (the first is the default)
+ANOMALYCLIP_RULE_CHOICES = {
+    "clip_methods.anomalyclip_focal": ("binary", "two-class"),
+    "clip_methods.anomalyclip_deep_prompts": ("fp32", "fp16"),
+    "clip_methods.anomalyclip_input_resize": ("float", "pil-uint8"),
+    "clip_methods.anomalyclip_train_masks": ("nearest", "bilinear"),
+    "clip_methods.anomalyclip_train_precision": ("auto", "fp32"),
+    "clip_methods.faprompt_prior_patches": ("top", "first"),
+}
+
+
 def _setting(config: Config, dotted: str) -> Any:
     node: Any = config
     for key in dotted.split("."):
@@ -273,6 +292,9 @@ def validate_config(config: Config) -> Config:
         raise ValueRangeError(f"detection.max_boxes must be 0 (no cap) or a number of boxes, got {config.detection.max_boxes!r}")
     if isinstance(config.threads, bool) or config.threads < 0:
         raise ValueRangeError(f"threads must be 0 (auto) or more, got {config.threads!r}")
+    for dotted, choices in ANOMALYCLIP_RULE_CHOICES.items():
+        if _setting(config, dotted) not in choices:
+            raise ValueRangeError(f"{dotted} must be one of {', '.join(choices)}, got {_setting(config, dotted)!r}")
     timeout = config.calibration.llm_timeout
     if not timeout > 0 or timeout == float("inf"):
         raise ValueRangeError(f"calibration.llm_timeout must be a positive number of seconds, got {timeout!r}")
