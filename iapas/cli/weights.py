@@ -1,4 +1,4 @@
-"""`iapas weights list|verify|make-demo|convert-openclip|convert-groundingdino`: the checkpoints a user has."""
+"""`iapas weights list|verify|make-demo|convert-openclip|convert-groundingdino|to-official`: the checkpoints a user has."""
 from __future__ import annotations
 
 import argparse
@@ -48,6 +48,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     gdino.add_argument("--bert", required=True, help="a bert-base-uncased directory (config.json, vocab.txt): the text side")
     gdino.add_argument("-o", "--output", required=True)
     gdino.set_defaults(handler=run_convert_groundingdino)
+    official = weights_commands.add_parser(
+        "to-official", help="write an iapas AnomalyCLIP or FAPrompt prompt file in its authors' layout (their test.py loads it)")
+    official.add_argument("checkpoint", help="a prompt file from `iapas train anomalyclip|faprompt`")
+    official.add_argument("-o", "--output", required=True, help="the file to write (e.g. epoch_15.pth)")
+    official.add_argument("--clip", help="the CLIP the prompts were trained on (default: the weights dir's)")
+    official.add_argument("--weights", dest="dir", default="weights", help="weights dir (default: weights)")
+    official.set_defaults(handler=run_to_official)
     demo = weights_commands.add_parser("make-demo", help="build tiny RANDOM models (meaningless output) for demos")
     demo.add_argument("dir", nargs="?", default="weights")
     demo.set_defaults(handler=run_make_demo)
@@ -111,6 +118,16 @@ def run_convert_openclip(args: argparse.Namespace) -> int:
     heads = tuple(args.head_width if width is None else width for width in (args.vision_head_width, args.text_head_width))
     out = convert_openclip_checkpoint(Path(args.checkpoint), Path(args.output), tokenizer, heads, args.activation)
     print(f"wrote a transformers CLIP directory: {out}")
+    return EXIT_OK
+
+
+def run_to_official(args: argparse.Namespace) -> int:
+    """Convert an iapas prompt checkpoint into its authors' layout."""
+    from ..weights.manifest import chosen_or_found
+    from ..weights.official import to_official
+
+    out = to_official(Path(args.checkpoint), chosen_or_found("clip", args.clip or "", args.dir), Path(args.output))
+    print(f"wrote an official-layout prompt checkpoint: {out}")
     return EXIT_OK
 
 
