@@ -277,3 +277,22 @@ def test_faprompt_equals_the_authors_code(shared, tmp_path):
     paper = FAPrompt(backbone, settings, PromptRules(**{**OFFICIAL.__dict__, "prior_patches": "top"}))
     paper.prompts.load_state_dict(model.prompts.state_dict())
     assert np.abs(paper.eval().segment(picture).anomaly_map - result.anomaly_map).max() > 10 * MAP_TOLERANCE
+
+
+def test_two_class_focal_and_dice_equal_the_authors_loss(tmp_path):
+    """The official recipe's segmentation loss is AnomalyCLIP's loss.py FocalLoss + two BinaryDiceLoss terms."""
+    from iapas.methods.anomalyclip.train import segmentation_loss
+
+    folder = reference_copy("AnomalyCLIP", tmp_path)
+    generator = torch.Generator().manual_seed(0)
+    abnormal = torch.rand(2, 1, 6, 6, generator=generator)
+    abnormal[0, 0, 0, :3] = torch.tensor([0.0, 1.0, 1e-7])  # saturated pixels: where the label smoothing shows
+    maps = torch.cat([1 - abnormal, abnormal], dim=1)  # (B, 2, H, W) softmax pairs, as get_similarity_map gives them
+    masks = (torch.rand(2, 6, 6, generator=generator) > 0.6).float()
+    with reference_imports(folder):
+        from loss import BinaryDiceLoss, FocalLoss
+
+        focal, dice = FocalLoss(), BinaryDiceLoss()
+        expected = focal(maps, masks) + dice(maps[:, 1], masks) + dice(maps[:, 0], 1 - masks)  # train.py's three terms
+    torch.testing.assert_close(segmentation_loss(maps, masks, OFFICIAL.focal), expected, rtol=1e-6, atol=1e-7)
+    assert abs(float(segmentation_loss(maps, masks)) - float(expected)) > 1e-3  # the default's binary focal differs there
