@@ -1,4 +1,4 @@
-"""The evaluation protocols (full, paper), AUPRO's 8-connected regions and `iapas eval --from-maps`."""
+"""The evaluation protocols (full, paper, anomalyclip-test), AUPRO's 8-connected regions and `iapas eval --from-maps`."""
 import json
 from pathlib import Path
 
