@@ -148,3 +148,14 @@ def test_faprompt_official_layout_reads_back_the_same(backbone, tmp_path):
     assert {"patch_meta_net.linear1.weight", "patch_meta_net.linear2.bias"} <= set(state)
     again = FAPrompt.load(path, backbone, OFFICIAL)
     np.testing.assert_array_equal(again.segment(image(6)).anomaly_map, model.segment(image(6)).anomaly_map)
+
+
+def test_recipe_official_reaches_the_built_methods(backbone, weights_dir, tmp_path):
+    from iapas.methods import METHODS
+
+    torch.manual_seed(4)
+    prompts = {"faprompt": FAPrompt(backbone).save(tmp_path / "fa.pt"), "anomalyclip": AnomalyClip(backbone).save(tmp_path / "ac.pt")}
+    for recipe, rules in (("official", OFFICIAL), ("iapas", PromptRules())):
+        for method, path in prompts.items():
+            config = build_config(recipe, {"weights_dir": str(weights_dir), "clip_methods": {"prompts": str(path)}})
+            assert METHODS.get(method)(config, ()).rules == rules
