@@ -145,3 +145,14 @@ def test_open_clip_file_keeps_gelu_and_head_widths_are_per_tower(tiny_openclip, 
     assert main(["weights", "convert-openclip", str(path), "-o", str(tmp_path / "bad"), "--head-width", "48"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "the vision tower is 128 wide" in error and "Traceback" not in error
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # tracing the test model, not iapas
+def test_openai_torchscript_archive_is_read_and_gets_quick_gelu(tmp_path):
+    """OpenAI's released ViT-*.pt are TorchScript archives: read through torch.jit, family openai."""
+    model, _ = quick_gelu_openai_file(tmp_path, seed=2)
+    pixels, ids = torch.rand(1, 3, 32, 32), open_clip.tokenize(["a photo of a screw."])
+    archive = tmp_path / "ViT-traced.pt"
+    torch.jit.trace(model, (pixels, ids), check_trace=False).save(str(archive))
+    for ours, theirs in zip(features(ClipBackbone(archive), pixels, ids), features(model, pixels, ids)):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)

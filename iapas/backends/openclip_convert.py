@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -36,7 +37,9 @@ def _load_any(path: Path) -> dict:
 
         return load_file(str(path))
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch says it dispatches a TorchScript archive; weights_only refuses it below
+            warnings.filterwarnings("ignore", message=".*TorchScript archive.*")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
         import zipfile
 
