@@ -159,3 +159,13 @@ def test_recipe_official_reaches_the_built_methods(backbone, weights_dir, tmp_pa
         for method, path in prompts.items():
             config = build_config(recipe, {"weights_dir": str(weights_dir), "clip_methods": {"prompts": str(path)}})
             assert METHODS.get(method)(config, ()).rules == rules
+
+
+def test_faprompt_trains_under_the_official_recipe(capsys, weights_dir, washer_hole_root, tmp_path):
+    assert main(["train", "faprompt", "--dataset", "mvtec", "--root", str(washer_hole_root), "--epochs", "1", "--limit", "2",
+                 "--weights", str(weights_dir), "--no-progress", "--recipe", "official", "--save-format", "official",
+                 "-o", str(tmp_path / "fa")]) == 0
+    capsys.readouterr()
+    saved = torch.load(tmp_path / "fa" / "faprompt_prompts.pt", weights_only=True)
+    assert {"tokenized_prompts_neg", "patch_meta_net.linear1.weight"} <= set(saved["prompt_learner"])
+    assert saved["iapas"]["method"] == "faprompt" and saved["iapas"]["epochs_done"] == 1
