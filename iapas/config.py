@@ -168,6 +168,14 @@ class ClipMethodsConfig:
     adaclip_image_size: int = 0  # AdaCLIP input px; 0: the checkpoint's (518 for a released one: train.py/test.py --image_size)
     adaclip_resize: str = "antialiased"  # antialiased: float bicubic, antialiased | pil: PIL bicubic of the uint8 image (official)
     adaclip_prompt_precision: str = "fp32"  # fp32 | fp16: every inserted prompt rounded through fp16 (official .half())
+    # AnomalyCLIP / FAPrompt: official rules (the official recipe sets each to what the authors' code does;
+    # iapas/prompt_learning/rules.py reads them; docs/notes/clip-official-a.md compares the two)
+    anomalyclip_focal: str = "binary"  # binary: focal on the abnormal map | two-class: loss.py FocalLoss on both, smooth 1e-5
+    anomalyclip_deep_prompts: str = "fp32"  # fp32 | fp16: deep text prompts rounded to fp16 (AnomalyCLIP_lib .half())
+    anomalyclip_input_resize: str = "float"  # float: antialiased bicubic of float pixels | pil-uint8: PIL bicubic of the uint8 image
+    anomalyclip_train_masks: str = "nearest"  # nearest | bilinear: PIL bilinear to the input size, then > 0.5
+    anomalyclip_train_precision: str = "auto"  # auto: bf16 autocast on a GPU | fp32
+    faprompt_prior_patches: str = "top"  # top: the k patches of highest abnormality (paper Eq. 6) | first: patches 0..k-1
 
 
 @dataclass
@@ -261,6 +269,22 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 COUNT_SETTINGS = ("calibration.n_images", "calibration.top_k", "detection.max_text_tokens", "max_image_pixels", "batch_size")
 
 
+# The CLIP methods' official rules, the values each may take (the first is the default; AdaCLIP's:
+# iapas/prompt_learning/vision.py PIXEL_RESIZES, methods/adaclip/model.py PROMPT_PRECISIONS)
+ADACLIP_RESIZES = ("antialiased", "pil")
+ADACLIP_PROMPT_PRECISIONS = ("fp32", "fp16")
+CLIP_RULE_CHOICES = {  # the CLIP methods' official-rule settings and the values each takes
+    "adaclip_resize": ADACLIP_RESIZES,
+    "adaclip_prompt_precision": ADACLIP_PROMPT_PRECISIONS,
+    "anomalyclip_focal": ("binary", "two-class"),
+    "anomalyclip_deep_prompts": ("fp32", "fp16"),
+    "anomalyclip_input_resize": ("float", "pil-uint8"),
+    "anomalyclip_train_masks": ("nearest", "bilinear"),
+    "anomalyclip_train_precision": ("auto", "fp32"),
+    "faprompt_prior_patches": ("top", "first"),
+}
+
+
 def _setting(config: Config, dotted: str) -> Any:
     node: Any = config
     for key in dotted.split("."):
@@ -292,18 +316,13 @@ def validate_config(config: Config) -> Config:
     return config
 
 
-# AdaCLIP's official rules: the choices of each (iapas/prompt_learning/vision.py PIXEL_RESIZES, methods/adaclip/model.py PROMPT_PRECISIONS)
-ADACLIP_RESIZES = ("antialiased", "pil")
-ADACLIP_PROMPT_PRECISIONS = ("fp32", "fp16")
-
-
 def check_clip_method_rules(clip_methods: ClipMethodsConfig) -> None:
     """The CLIP methods' official-rule settings: a one-line ValueRangeError for the first bad one."""
     size = clip_methods.adaclip_image_size
     if isinstance(size, bool) or size < 0:
         raise ValueRangeError(f"clip_methods.adaclip_image_size must be 0 (the checkpoint's) or a size in pixels, got {size!r}")
-    for name, value, choices in (("adaclip_resize", clip_methods.adaclip_resize, ADACLIP_RESIZES),
-                                 ("adaclip_prompt_precision", clip_methods.adaclip_prompt_precision, ADACLIP_PROMPT_PRECISIONS)):
+    for name, choices in CLIP_RULE_CHOICES.items():
+        value = getattr(clip_methods, name)
         if value not in choices:
             raise ValueRangeError(f"clip_methods.{name} must be one of {', '.join(choices)}, got {value!r}")
 
