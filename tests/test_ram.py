@@ -149,3 +149,14 @@ def test_official_recipe_tags_with_ram_when_present(weights_dir, tmp_path):
     assert (spec.backend, Path(spec.weights).name, spec.resample, notes) == ("ram", "ram_demo.pth", "bicubic", [])
     spec = resolve_tagger_spec(config.updated({"weights_dir": str(tmp_path)}), "washer", "cpu", notes.append)
     assert spec.backend == "fixed" and "RAM (ram_swin_large_14m.pth" in notes[0]
+
+
+def test_the_ram_file_defines_calibrating_runs(weights_dir, tmp_path):
+    """A run that tags with RAM is fingerprinted with RAM's file: adding or replacing it does not reuse old results."""
+    from iapas.config import build_config
+    from iapas.runs.fingerprint import MODEL_PATHS
+
+    official = build_config("official").updated({"weights_dir": str(weights_dir)})
+    assert Path(MODEL_PATHS["tagger"](official)).name == "ram_demo.pth"
+    assert Path(MODEL_PATHS["tagger"](official.updated({"calibration.tagger": "ram"}))).name == "ram_demo.pth"
+    assert MODEL_PATHS["tagger"](official.updated({"weights_dir": str(tmp_path), "calibration.tagger": "ram"})) is None
