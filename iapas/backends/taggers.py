@@ -8,7 +8,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 import torch
 
-from ..errors import WeightsError
+from ..errors import ConfigError, WeightsError
 from ..registry import Registry
 from ..vocabulary import tag_vocabulary, unique_prompts
 from .base import require_path, warn_if_demo
@@ -96,7 +96,7 @@ class ClipTagger:
         return [self._top(self.scores([image])) for image in images]
 
 
-RAM_RESAMPLING = {"bilinear": 2, "bicubic": 3}  # PIL's Image.BILINEAR and Image.BICUBIC
+RAM_RESAMPLING = ("bilinear", "bicubic")  # PIL filters: recognize-anything's own, and IAP-ZSAS's
 
 
 class RamTagger:
@@ -112,7 +112,7 @@ class RamTagger:
         require_path(path, "RAM", expect_dir=False)
         warn_if_demo(path)
         if resample not in RAM_RESAMPLING:
-            raise WeightsError(f"unknown RAM resampling {resample!r}: {' | '.join(RAM_RESAMPLING)}")
+            raise ConfigError(f"unknown RAM resampling {resample!r}: {' | '.join(RAM_RESAMPLING)}")
         self.model = load_ram_model(path, device)
         self.tags, self.thresholds = tag_list(), class_thresholds(self.model.shape.classes).to(device)
         self.size, self.resample, self.device = self.model.shape.swin.image_size, resample, device
@@ -129,7 +129,8 @@ class RamTagger:
 
         from .ram.model import IMAGE_MEAN, IMAGE_STD
 
-        resized = Image.fromarray(np.asarray(image)).convert("RGB").resize((self.size, self.size), RAM_RESAMPLING[self.resample])
+        resample = getattr(Image.Resampling, self.resample.upper())
+        resized = Image.fromarray(np.asarray(image)).convert("RGB").resize((self.size, self.size), resample)
         x = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
         x = (x - torch.tensor(IMAGE_MEAN)[:, None, None]) / torch.tensor(IMAGE_STD)[:, None, None]
         return x.unsqueeze(0).to(self.device)
