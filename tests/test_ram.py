@@ -160,3 +160,17 @@ def test_the_ram_file_defines_calibrating_runs(weights_dir, tmp_path):
     assert Path(MODEL_PATHS["tagger"](official)).name == "ram_demo.pth"
     assert Path(MODEL_PATHS["tagger"](official.updated({"calibration.tagger": "ram"}))).name == "ram_demo.pth"
     assert MODEL_PATHS["tagger"](official.updated({"weights_dir": str(tmp_path), "calibration.tagger": "ram"})) is None
+
+
+@pytest.mark.parametrize("descriptions", [1, 51])
+def test_full_size_shapes_are_read_back_from_the_state_dict(descriptions, tmp_path):
+    """Swin-L 384 px with the q2l head (RAM) and its 4585 x 51 descriptions (RAM++): every size read off the tensors."""
+    from iapas.backends.ram import RamModel, RamShape
+    from iapas.backends.ram.loader import shape_of
+
+    shape = RamShape(descriptions=descriptions)
+    with torch.device("meta"):
+        state = RamModel(shape).state_dict()
+    assert shape_of(state, tmp_path / "x.pth") == shape
+    assert state["label_embed"].shape == (4585 * descriptions, 512) and state["visual_encoder.norm.weight"].shape == (1536,)
+    assert ("reweight_scale" in state) == (descriptions > 1)
