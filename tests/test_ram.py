@@ -125,7 +125,7 @@ def test_calibrate_with_the_ram_tagger_end_to_end(weights_dir, tmp_path, capsys)
     normal = tmp_path / "normal"
     normal.mkdir()
     rng = np.random.default_rng(0)
-    images = [synth_sample("washer", None, rng, 96)[0] for _ in range(3)]
+    images = [synth_sample("washer", None, rng, 96)[0] for _ in range(2)]
     for index, image in enumerate(images):
         Image.fromarray(image).save(normal / f"{index}.png")
     out = tmp_path / "c.json"
