@@ -37,8 +37,11 @@ def reference(tmp_path_factory) -> Path:
     """The reference's RAM and RAM++ checkpoints, image, pixels, logits and tags."""
     copy = reference_copy("recognize-anything", tmp_path_factory.mktemp("ram-source"))
     absent = [str(path) for path in REFERENCE_PATHS if not path.is_dir()]
-    if absent:
-        pytest.skip(f"needs the reference-only packages in {', '.join(absent)} (make install puts them there)")
+    if absent:  # as for the source itself: CI must never pass without comparing against the authors' code
+        message = f"needs the reference-only packages in {', '.join(absent)} (make install puts them there)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
     out = tmp_path_factory.mktemp("ram-reference")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, REFERENCE_PATHS)), "PYTHONDONTWRITEBYTECODE": "1",
            "OMP_NUM_THREADS": "1"}  # as the Grounding DINO reference runs: fair to a shared machine
