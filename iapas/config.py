@@ -81,6 +81,11 @@ class DetectionConfig:
     int8: bool = False  # CPU only: int8 dynamic quantisation of the linear layers (iapas/acceleration/quantisation.py; --int8)
     # keep only the K highest-scoring boxes of each image, before NMS; 0: all (the paper and the official code)
     max_boxes: int = 0
+    # the inverse-sigmoid clamp of Grounding DINO's box refinement: 1e-3 as the original code (groundingdino
+    # util/misc.py inverse_sigmoid), which every released checkpoint was trained with; 1e-5 is transformers' port
+    refinement_eps: float = 1e-3
+    # where boxes are clamped to the image: at-detection (before NMS and the size rule) | before-masking (official)
+    box_clamp: str = "at-detection"
 
 
 @dataclass
@@ -267,6 +272,9 @@ def validate_config(config: Config) -> Config:
         at_least_one(_setting(config, dotted), dotted)
     if config.precision not in PRECISIONS:
         raise ValueRangeError(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
+    eps = config.detection.refinement_eps
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 0.5:
+        raise ValueRangeError(f"detection.refinement_eps must be a number in (0, 0.5), got {eps!r}")
     if config.detection.input_size < 0:
         raise ValueRangeError(f"detection.input_size must be 0 (the model's own) or a size in pixels, got {config.detection.input_size}")
     if isinstance(config.detection.max_boxes, bool) or config.detection.max_boxes < 0:

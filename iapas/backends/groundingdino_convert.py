@@ -341,12 +341,40 @@ def convert_groundingdino_checkpoint(checkpoint: Path, bert_dir: Path, out_dir: 
     return out_dir
 
 
-def converted_once(checkpoint: Path, convert: Callable[[Path], Path], what: str) -> Path:
-    """<file>.hf/ made by `convert` on first use (into <file>.hf.partial/, renamed when complete) and reused after."""
+CONVERSION_RECORD = "iapas-conversion.json"  # inside <file>.hf/: which converter, at which version, made it
+# Grounding DINO's converter version. 2: conversions are recorded, and those made before the box-refinement epsilon
+# became a recipe setting (config detection.refinement_eps) are made again rather than trusted.
+GROUNDING_DINO_CONVERTER_VERSION = 2
+
+
+def conversion_is_current(target: Path, what: str, version: int) -> bool:
+    """Whether <file>.hf/ is complete and was made by this converter at this version."""
+    import json
+
+    try:
+        record = json.loads((target / CONVERSION_RECORD).read_text())
+    except (OSError, ValueError):
+        return False
+    return (target / "config.json").is_file() and record == {"converter": what, "version": version}
+
+
+def converted_once(checkpoint: Path, convert: Callable[[Path], Path], what: str, version: int = 1) -> Path:
+    """<file>.hf/ made by `convert` on first use (into <file>.hf.partial/, renamed when complete) and reused after.
+
+    A conversion made by another version of the converter (or by none that recorded itself) is made again.
+    """
+    import json
+
     target = checkpoint.with_name(checkpoint.name + ".hf")
-    if not (target / "config.json").is_file():
-        print(f"note: converting {what} checkpoint {checkpoint} to {target}/ (once)", file=sys.stderr)
-        atomic_directory(target, convert)
+    if not conversion_is_current(target, what, version):
+        again = " again: it was made by another converter version" if target.exists() else " (once)"
+        print(f"note: converting {what} checkpoint {checkpoint} to {target}/{again}", file=sys.stderr)
+
+        def fill(out: Path) -> None:
+            convert(out)
+            (out / CONVERSION_RECORD).write_text(json.dumps({"converter": what, "version": version}))
+
+        atomic_directory(target, fill)
     return target
 
 
@@ -362,4 +390,5 @@ def converted_groundingdino_dir(checkpoint: Path, bert_dir: Path | None = None) 
     """The transformers conversion of an original .pth, with the BERT directory beside it unless one is given."""
     checkpoint = Path(checkpoint)
     bert_dir = Path(bert_dir) if bert_dir else bert_dir_beside(checkpoint)
-    return converted_once(checkpoint, lambda out: convert_groundingdino_checkpoint(checkpoint, bert_dir, out), "Grounding DINO")
+    return converted_once(checkpoint, lambda out: convert_groundingdino_checkpoint(checkpoint, bert_dir, out),
+                          "Grounding DINO", GROUNDING_DINO_CONVERTER_VERSION)
