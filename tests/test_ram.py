@@ -118,6 +118,15 @@ def test_wrong_files_are_one_line_errors(weights_dir, tmp_path):
     torch.save({"model": state}, tmp_path / "short.pth")
     with pytest.raises(WeightsError, match="label_embed has 100 rows; RAM's tag list has 4585 tags"):
         load_ram_model(tmp_path / "short.pth")
+    state = torch.load(weights_dir / "demo" / "ram_demo.pth", weights_only=True)["model"]
+    del state["tagging_head.encoder.layer.1.output.dense.bias"]
+    state["visual_encoder.head.weight"] = torch.zeros(3)  # unknown to RAM: ignored, as the reference's loader does
+    torch.save({"model": state}, tmp_path / "partial.pth")
+    with pytest.raises(WeightsError, match="lacks RAM tensors \\(tagging_head.encoder.layer.1.output.dense.bias"):
+        load_ram_model(tmp_path / "partial.pth")
+    state["tagging_head.encoder.layer.1.output.dense.bias"] = torch.zeros(32)
+    torch.save({"model": state}, tmp_path / "extra.pth")
+    assert load_ram_model(tmp_path / "extra.pth").shape.head.hidden == 32
 
 
 def test_calibrate_with_the_ram_tagger_end_to_end(weights_dir, tmp_path, capsys):

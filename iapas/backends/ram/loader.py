@@ -108,10 +108,10 @@ def load_ram_model(path: Path, device: str | torch.device = "cpu") -> RamModel:
         raise WeightsError(f"{path} is not a RAM checkpoint (incomplete: {error})") from None
     with torch.device("meta"):
         model = RamModel(shape)
-    result = model.load_state_dict(state, strict=False, assign=True)
-    if result.missing_keys or result.unexpected_keys:
-        named = (result.missing_keys or result.unexpected_keys)[:3]
-        what = "lacks" if result.missing_keys else "has unknown"
-        raise WeightsError(f"{path} {what} RAM tensors ({', '.join(named)}...); is it a RAM checkpoint?")
+    # utils.py load_checkpoint_swinlarge loads with strict=False: tensors the model has no place for are
+    # ignored there and here; a tensor the model needs and the file lacks is an error here (RAM would keep zeros)
+    missing = model.load_state_dict(state, strict=False, assign=True).missing_keys
+    if missing:
+        raise WeightsError(f"{path} lacks RAM tensors ({', '.join(missing[:3])}...); is it a RAM checkpoint?")
     model.rebuild_buffers()
     return model.float().eval().to(device)
