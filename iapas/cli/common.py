@@ -39,6 +39,7 @@ CONFIG_OPTIONS = {
     "clip_weights": "clip_methods.weights",
     "adaclip_prompts": "clip_methods.adaclip_prompts",
     "genclip_prompts": "clip_methods.genclip_prompts",
+    "adaclip_image_size": "clip_methods.adaclip_image_size",
     "winclip_variant": "clip_methods.winclip_variant",
     "shots": "clip_methods.shots",
     "reference_images": "clip_methods.reference_images",
@@ -148,7 +149,15 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adaclip-prompts", help="AdaCLIP weights: ours (`iapas train adaclip`), an official pretrained_*.pth, or a manifest name")
     parser.add_argument("--prompts", help="trained prompts of a learned method (`iapas train METHOD`, or AnomalyCLIP's released epoch_15.pth)")
     parser.add_argument("--genclip-prompts", help="trained GenCLIP prompts (from `iapas train genclip`; --prompts works too)")
+    add_adaclip_size_option(parser)
     add_winclip_options(parser)
+
+
+def add_adaclip_size_option(parser: argparse.ArgumentParser) -> None:
+    """AdaCLIP's input size (segment, bench and eval)."""
+    parser.add_argument("--adaclip-image-size", type=non_negative_int,
+                        help="AdaCLIP input size in px, a multiple of the CLIP's patch size (default 0: the checkpoint's; 518 "
+                             "for a released one); --recipe official also resizes with PIL and rounds prompts to fp16")
 
 
 def add_winclip_options(parser: argparse.ArgumentParser) -> None:

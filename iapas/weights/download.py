@@ -219,6 +219,21 @@ def download_entry(source: DownloadSource, entry: WeightEntry, weights_dir: Path
         os.replace(staging, target)
         return target
 
+    if entry.format != "hf-dir":  # one checkpoint file kept in a hub repository (RAM's .pth), not a model folder
+        if len(source.files) != 1:
+            raise WeightsError(f"{entry.name}: a {entry.format} entry downloads one hub file, the sources list {len(source.files)}")
+        cached, published = fetch_hub_file(source, source.files[0], cache_dir)
+        key = f"{entry.name}/{source.files[0]}"
+        actual = check_hash(cached, key, source.sha256.get(source.files[0], ""), published, lock)
+        staging = weights_dir / ".downloads" / Path(entry.expected_path).name
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cached, staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, target)
+        if not source.sha256.get(source.files[0]):
+            lock.record(key, actual)
+        return target
+
     def fill(partial: Path) -> None:
         for filename in source.files:
             cached, published = fetch_hub_file(source, filename, cache_dir)
