@@ -120,8 +120,8 @@ def test_trained_rows_name_their_training_command_and_paper_only_rows_their_reas
                               overrides={"weights_dir": str(inputs / "weights"), "device": "cpu"}, progress=False, skip_missing=True)
     _, cells, outcome = plan(wanted)
     lines = [item.line() for item in outcome.missing]
-    assert any(f"iapas train genclip --dataset visa --root <visa root> -o {inputs / 'weights' / 'genclip-visa'}" in line for line in lines)
-    assert any(f"iapas train genclip --dataset mvtec --root {inputs / 'data' / 'mvtec_anomaly_detection'}" in line for line in lines)
+    assert any(f"iapas train genclip --recipe official --dataset visa --root <visa root> -o {inputs / 'weights' / 'genclip-visa'}" in line for line in lines)
+    assert any(f"iapas train genclip --recipe official --dataset mvtec --root {inputs / 'data' / 'mvtec_anomaly_detection'}" in line for line in lines)
     assert cells == [] and "not run" in outcome.notes["GenCLIP"] and "CoOp: not implemented in iapas" in outcome.notes["CoOp"]
     hepe = ReproduceOptions("hepe-table1", tmp_path, data_root=inputs / "data", datasets=("mvtec",), rows=("hepe",),
                             overrides={"weights_dir": str(inputs / "weights")}, progress=False)

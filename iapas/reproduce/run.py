@@ -152,7 +152,8 @@ def checkpoint_setting(row: Row, dataset: str, config: Config, roots: Mapping[st
     if kind == "train":
         path = Path(config.weights_dir) / f"{row.method}-{name}" / f"{row.method}_prompts.pt"
         root = roots.get(name, Path(f"<{name} root>"))
-        command = f"iapas train {row.method} --dataset {name} --root {root} -o {path.parent}"
+        recipe = f" --recipe {row.recipe}" if row.recipe != "iapas" else ""  # trained under the rules it is tested with
+        command = f"iapas train {row.method}{recipe} --dataset {name} --root {root} -o {path.parent}"
         released = dict(row.released).get(name)
         where = (f"train it (`{command}`), or put the released {released} there" if released
                  else f"no checkpoint is released; train it first: `{command}`")

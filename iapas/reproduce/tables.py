@@ -145,8 +145,12 @@ TABLES.register("table3")(TableSpec(
 # (AnomalyCLIP, FAPrompt, GenCLIP and AdaCLIP's papers). AdaCLIP's released checkpoints follow it (its test.sh).
 CROSS_TRAINED = (("mvtec", "train:visa"), ("*", "train:mvtec"))
 ADACLIP_RELEASED = (("mvtec", "manifest:adaclip-pretrained-visa-clinicdb"), ("*", "manifest:adaclip-pretrained-mvtec-colondb"))
-CLIP_PROTOCOL_NOTE = ("Measured under iapas's `full` protocol (every test image at its own size, masks > 0): the CLIP "
-                      "papers' own evaluation scripts differ in resolution and smoothing, so expect small differences.")
+CLIP_PROTOCOL_NOTE = ("Measured under the `anomalyclip-test` protocol (zqhang/AnomalyCLIP test.py's, which FAPrompt's and "
+                      "AdaCLIP's share: maps and masks at 518 px), with the CLIP methods' `official` recipe (their authors' "
+                      "code's rules; `iapas config show --recipe official`).")
+CLIP_PROTOCOL = "anomalyclip-test"
+OFFICIAL = "official"
+
 # AnomalyCLIP's own files (github zqhang/AnomalyCLIP test.sh): 9_12_4_multiscale for MVTec AD, 9_12_4_multiscale_visa for the rest
 ANOMALYCLIP_RELEASED = (("visa", "github zqhang/AnomalyCLIP checkpoints/9_12_4_multiscale/epoch_15.pth"),
                         ("mvtec", "github zqhang/AnomalyCLIP checkpoints/9_12_4_multiscale_visa/epoch_15.pth"))
@@ -155,13 +159,13 @@ HEPE_TRAIN = "`iapas train hepe --dataset mvtec --root MVTEC -o weights/hepe-mvt
 TABLES.register("hepe-table1")(TableSpec(
     name="hepe-table1",
     title="HEPE paper, Table 1: image- and pixel-level AUROC and max-F1 (%) on seven industrial datasets",
-    rows=(Row("SAA", "saa"), Row("WinCLIP", "winclip"), Row("DINOv2", note=f"DINOv2 (fine-tuned): {NOT_IN_IAPAS}"),
+    rows=(Row("SAA", "saa"), Row("WinCLIP", "winclip", recipe=OFFICIAL), Row("DINOv2", note=f"DINOv2 (fine-tuned): {NOT_IN_IAPAS}"),
           Row("SAM", note=f"SAM (fine-tuned): {NOT_IN_IAPAS}"), Row("APRIL-GAN", note=f"APRIL-GAN: {NOT_IN_IAPAS}"),
-          Row("AdaCLIP", "adaclip", checkpoints=ADACLIP_RELEASED),
+          Row("AdaCLIP", "adaclip", recipe=OFFICIAL, checkpoints=ADACLIP_RELEASED),
           Row("HEPE", "hepe", trained_by=HEPE_TRAIN, checkpoints=CROSS_TRAINED)),
     datasets=("mvtec", "visa", "mpdd", "btad", "ksdd1", "dagm", "dtd"),
     metrics=("image_auroc", "image_f1_max", "pixel_auroc", "pixel_f1_max"),
-    protocol="full",
+    protocol=CLIP_PROTOCOL,
     paper=paper_file_numbers("hepe_table1"),
     note="HEPE has no released code or checkpoint. " + CLIP_PROTOCOL_NOTE,
 ))
@@ -169,14 +173,14 @@ TABLES.register("hepe-table1")(TableSpec(
 TABLES.register("genclip-table1")(TableSpec(
     name="genclip-table1",
     title="GenCLIP paper, Table 1: pixel AUROC and PRO, image AUROC and AP (%) on six industrial datasets",
-    rows=(Row("CLIP", note=f"CLIP: {NOT_IN_IAPAS}"), Row("CoOp", note=f"CoOp: {NOT_IN_IAPAS}"), Row("WinCLIP", "winclip"),
-          Row("AnomalyCLIP", "anomalyclip", trained_by="iapas train anomalyclip", checkpoints=CROSS_TRAINED,
+    rows=(Row("CLIP", note=f"CLIP: {NOT_IN_IAPAS}"), Row("CoOp", note=f"CoOp: {NOT_IN_IAPAS}"), Row("WinCLIP", "winclip", recipe=OFFICIAL),
+          Row("AnomalyCLIP", "anomalyclip", recipe=OFFICIAL, trained_by="iapas train anomalyclip", checkpoints=CROSS_TRAINED,
               released=ANOMALYCLIP_RELEASED),
-          Row("AdaCLIP", "adaclip", checkpoints=ADACLIP_RELEASED),
-          Row("GenCLIP", "genclip", trained_by="iapas train genclip", checkpoints=CROSS_TRAINED)),
+          Row("AdaCLIP", "adaclip", recipe=OFFICIAL, checkpoints=ADACLIP_RELEASED),
+          Row("GenCLIP", "genclip", recipe=OFFICIAL, trained_by="iapas train genclip", checkpoints=CROSS_TRAINED)),
     datasets=("mvtec", "visa", "mpdd", "btad", "ksdd1", "dtd"),
     metrics=("pixel_auroc", "pixel_aupro", "image_auroc", "image_ap"),
-    protocol="full",
+    protocol=CLIP_PROTOCOL,
     paper=paper_file_numbers("genclip_table1"),
     note="GenCLIP has no released checkpoint: train it first. " + CLIP_PROTOCOL_NOTE,
 ))
@@ -184,15 +188,15 @@ TABLES.register("genclip-table1")(TableSpec(
 TABLES.register("faprompt-table2")(TableSpec(
     name="faprompt-table2",
     title="FAPrompt paper, Table 2: pixel-level AUROC and PRO (%) on the industrial datasets iapas loads",
-    rows=(Row("CLIP", note=f"CLIP: {NOT_IN_IAPAS}"), Row("CLIP-AC", note=f"CLIP-AC: {NOT_IN_IAPAS}"), Row("WinCLIP", "winclip"),
+    rows=(Row("CLIP", note=f"CLIP: {NOT_IN_IAPAS}"), Row("CLIP-AC", note=f"CLIP-AC: {NOT_IN_IAPAS}"), Row("WinCLIP", "winclip", recipe=OFFICIAL),
           Row("APRIL-GAN", note=f"APRIL-GAN: {NOT_IN_IAPAS}"), Row("AnoVL", note=f"AnoVL: {NOT_IN_IAPAS}"),
           Row("CoOp", note=f"CoOp: {NOT_IN_IAPAS}"), Row("CoCoOp", note=f"CoCoOp: {NOT_IN_IAPAS}"),
-          Row("AnomalyCLIP", "anomalyclip", trained_by="iapas train anomalyclip", checkpoints=CROSS_TRAINED,
+          Row("AnomalyCLIP", "anomalyclip", recipe=OFFICIAL, trained_by="iapas train anomalyclip", checkpoints=CROSS_TRAINED,
               released=ANOMALYCLIP_RELEASED),
-          Row("FAPrompt", "faprompt", trained_by="iapas train faprompt", checkpoints=CROSS_TRAINED)),
+          Row("FAPrompt", "faprompt", recipe=OFFICIAL, trained_by="iapas train faprompt", checkpoints=CROSS_TRAINED)),
     datasets=("mvtec", "visa", "ksdd1", "btad", "mpdd", "dagm", "dtd"),
     metrics=("pixel_auroc", "pixel_aupro"),
-    protocol="full",
+    protocol=CLIP_PROTOCOL,
     paper=paper_file_numbers("faprompt_table2"),
     note=CLIP_PROTOCOL_NOTE,
 ))
