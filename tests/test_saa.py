@@ -128,3 +128,30 @@ def test_method_on_tiny_random_models(saa):
     assert result.anomaly_map.shape == (60, 90) and 0 <= result.anomaly_map.min() and result.anomaly_map.max() < 1
     np.testing.assert_allclose(result.anomaly_map * np.exp(3), parts["map"], rtol=1e-5, atol=1e-6)
     assert output_map(parts["map"]).shape == (400, 400)  # upstream's output size (SaaPlus.official_map)
+
+
+class GridFeatures:
+    """A saliency net that hands back fixed (1, C, h, w) features, whatever the image."""
+
+    def __init__(self, features):
+        self.grid = torch.tensor(features, dtype=torch.float32)
+
+    def features(self, image, size):
+        return self.grid
+
+
+def test_multi_object_saliency_scores_each_object_against_the_others():
+    from iapas.methods.saa.saliency import multi_object_saliency
+
+    # three positions in a row: unit features (1, 0), (0, 1), (1, 0); object A = position 0, object B = positions 1 and 2
+    net = GridFeatures([[[[1.0, 0.0, 1.0]], [[0.0, 1.0, 0.0]]]])
+    image = np.zeros((1, 3, 3), np.uint8)
+    masks = np.array([[[True, False, False]], [[False, True, True]]])
+    # A's position matches B's position 2 (cos 1): 0; B's position 1 is orthogonal to A (cos 0): 0.5; position 2 matches A: 0
+    np.testing.assert_allclose(multi_object_saliency(net, image, masks), [[0.0, 0.5, 0.0]])
+    # B also covers position 0. For A, that position of B is zeroed (it is A's own): A's best is still B's position 2 (0).
+    # For B, all its positions are zeroed, A's only position among them: B's best cosine is 0 everywhere (0.5); the max: 0.5
+    overlapping = np.array([[[True, False, False]], [[True, True, True]]])
+    np.testing.assert_allclose(multi_object_saliency(net, image, overlapping), [[0.5, 0.5, 0.5]])
+    # fewer than two objects: nothing to compare (upstream fails there), zeros
+    np.testing.assert_allclose(multi_object_saliency(net, image, masks[:1]), np.zeros((1, 3)))
