@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ..files import atomic_directory
+from ..files import built_once
 from ..errors import WeightsError
 
 if TYPE_CHECKING:  # transformers is imported where it is used: `iapas --help` stays fast
@@ -344,10 +344,8 @@ def convert_groundingdino_checkpoint(checkpoint: Path, bert_dir: Path, out_dir: 
 def converted_once(checkpoint: Path, convert: Callable[[Path], Path], what: str) -> Path:
     """<file>.hf/ made by `convert` on first use (into <file>.hf.partial/, renamed when complete) and reused after."""
     target = checkpoint.with_name(checkpoint.name + ".hf")
-    if not (target / "config.json").is_file():
-        print(f"note: converting {what} checkpoint {checkpoint} to {target}/ (once)", file=sys.stderr)
-        atomic_directory(target, convert)
-    return target
+    return built_once(target, convert, lambda done: (done / "config.json").is_file(),  # one process converts, others wait
+                      lambda: print(f"note: converting {what} checkpoint {checkpoint} to {target}/ (once)", file=sys.stderr))
 
 
 def bert_dir_beside(checkpoint: Path) -> Path:
