@@ -117,6 +117,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--limit", type=int, default=0, help="at most N training images")
         parser.add_argument("--clip", dest="clip_weights", help="CLIP directory or open_clip file (default: the weights dir's)")
         parser.add_argument("--no-progress", action="store_true")
+        parser.add_argument("--overwrite", action="store_true",
+                            help="start over in a folder holding a run of other settings (default: refuse, naming what changed)")
         trainer.add_options(parser)
         add_model_options(parser)
         parser.set_defaults(handler=run, trainer=name)
@@ -152,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         dataset="+".join(args.dataset), root=sources[0][1], out_dir=Path(args.output), clip=clip, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, limit=args.limit,
         device=str(resolve_device(config.device)), progress=not args.no_progress,
+        sources=tuple((name, str(root)) for name, root in sources), overwrite=args.overwrite,
     )
     architecture = imported(trainer.architecture)(**trainer.architecture_options(args))
     extra = {"sources": sources} if trainer.several_datasets else {}
