@@ -372,8 +372,8 @@ def read_config_data(path: str | Path) -> dict[str, Any]:
             data = json.loads(text)
         else:
             raise ConfigError(f"config file must end in .yaml, .yml, .toml or .json: {path}")
-    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
-        first_line = str(error).splitlines()[0]
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError, RecursionError) as error:
+        first_line = (str(error).splitlines() or ["nested too deep"])[0]  # RecursionError: "[[[[..." a parser cannot descend
         raise ConfigError(f"cannot parse {path}: {first_line}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file must hold a mapping: {path}")

@@ -91,6 +91,10 @@ class LocalServer:
             def do_GET(self) -> None:
                 self._answer(body=True)
 
+            def do_POST(self) -> None:  # an API endpoint: the request body is read and the served bytes answer it
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self._answer(body=True)
+
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"

@@ -118,8 +118,9 @@ class Lock:
             raise WeightsError(f"lock file {self.path} is not a file; {fix}")
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as error:
-            raise WeightsError(f"lock file {self.path} is not valid JSON ({str(error).splitlines()[0]}); {fix}") from None
+        except (ValueError, RecursionError) as error:  # RecursionError: nested too deep for the parser
+            reason = (str(error).splitlines() or ["nested too deep"])[0]
+            raise WeightsError(f"lock file {self.path} is not valid JSON ({reason}); {fix}") from None
         except OSError as error:
             raise WeightsError(f"cannot read lock file {self.path}: {error.strerror or error}") from None
         if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
