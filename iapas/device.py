@@ -28,18 +28,26 @@ def resolve_device(name: str) -> torch.device:
 
 class _ModelLocks:
     """One re-entrant lock per live model object, forgotten with the model (kept outside it: a lock cannot be pickled
-    or deep-copied, and models are both, by Ray and by quantisation)."""
+    or deep-copied, and models are both, by Ray and by quantisation). Keyed by id: a dataclass method is unhashable."""
 
     def __init__(self) -> None:
-        self._locks: "weakref.WeakKeyDictionary[object, threading.RLock]" = weakref.WeakKeyDictionary()
+        self._locks: dict[int, threading.RLock] = {}
         self._guard = threading.Lock()
 
     def of(self, model: object) -> threading.RLock:
         with self._guard:
-            lock = self._locks.get(model)
+            lock = self._locks.get(id(model))
             if lock is None:
-                lock = self._locks[model] = threading.RLock()
+                lock = self._locks[id(model)] = threading.RLock()
+                try:  # the id may be reused once the model is gone: drop its lock then
+                    weakref.finalize(model, self._forget, id(model))
+                except TypeError:  # not weak-referenceable: its lock stays (a few bytes)
+                    pass
             return lock
+
+    def _forget(self, key: int) -> None:
+        with self._guard:
+            self._locks.pop(key, None)
 
 
 _MODEL_LOCKS = _ModelLocks()  # process-wide on purpose: threads sharing a model must find the same lock
