@@ -141,16 +141,40 @@ NUMERIC_OPTIONS = {
 }
 
 
+def _finite(value: float, name: str) -> float:
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueRangeError(f"{name} must be a finite number, got {value}")
+    return value
+
+
+UNLISTED = {int: _argument_type(lambda value, name: value, "int"), float: _argument_type(_finite, "float")}
+
+
+def unlisted_numeric_options(parser: argparse.ArgumentParser) -> list[str]:
+    """The numeric options with no NUMERIC_OPTIONS rule (tests/test_numeric_and_training.py requires none)."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                found += unlisted_numeric_options(command)
+        elif action.dest not in NUMERIC_OPTIONS and action.type in (int, float, *UNLISTED.values()):
+            found.append("/".join(action.option_strings) or action.dest)
+    return found
+
+
 def apply_numeric_rules(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Give every numeric option of `parser` and its sub-commands its NUMERIC_OPTIONS type; a numeric one missing is a bug."""
+    """Give every numeric option of `parser` and its sub-commands its NUMERIC_OPTIONS type.
+
+    An option missing from the table (one added since) still refuses NaN and inf, and a test names it.
+    """
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for command in action.choices.values():
                 apply_numeric_rules(command)
         elif action.dest in NUMERIC_OPTIONS:
             action.type = NUMERIC_OPTIONS[action.dest]
-        elif action.type in (int, float):
-            raise TypeError(f"numeric option {action.option_strings} has no rule in iapas/cli/common.py NUMERIC_OPTIONS")
+        elif action.type in UNLISTED:
+            action.type = UNLISTED[action.type]
     return parser
 
 
