@@ -12,25 +12,27 @@ EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples" / "images"
 BOX_COLUMNS = ["phrase", "score", "x0", "y0", "x1", "y1", "mask area"]
 
 
-def uploaded_image_class():
-    """gr.Image that hands the handler the uploaded file itself, unconverted (16 bit, EXIF and the rest intact).
+def uploaded_image(**options):
+    """A gr.Image that hands the handler the uploaded file itself, unconverted (16 bit, EXIF and the rest intact).
 
     Gradio's own preprocessing opens the upload with PIL first: a text file, an empty file or a forged
     400 MP header then fails inside Gradio with its generic error, and a 16-bit PNG comes back clipped
     to 8 bit. iapas's loader reads the file instead (`handlers.read_upload`), with the CLI's rules and
-    messages. Pasted or webcam images (data URLs) keep Gradio's path.
+    messages. Pasted or webcam images (data URLs) keep Gradio's path. The instance's preprocess is
+    replaced rather than subclassing gr.Image, whose metaclass would write a .pyi stub into this package.
     """
     import gradio as gr
 
-    class UploadedImage(gr.Image):
-        is_template = True  # Gradio's mark for a subclass drawn by its base's front end (the image widget)
+    widget = gr.Image(type="filepath", **options)
+    gradio_preprocess = widget.preprocess
 
-        def preprocess(self, payload):
-            if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
-                return payload.path
-            return super().preprocess(payload)
+    def preprocess(payload):
+        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
+            return payload.path
+        return gradio_preprocess(payload)
 
-    return UploadedImage
+    widget.preprocess = preprocess
+    return widget
 
 
 RESULT_CACHE_BOUND_S = (600, 3600)  # Gradio's copies of result files: swept every 10 min, removed after an hour
@@ -76,7 +78,7 @@ def build_app(config: Config | None = None, cache: ModelCache | None = None, exa
         with gr.Tab("Segment"):
             with gr.Row():
                 with gr.Column():
-                    image = uploaded_image_class()(type="filepath", label="image", elem_id="input-image")
+                    image = uploaded_image(label="image", elem_id="input-image")
                     method = gr.Dropdown(METHODS.names(), value="iapas", label="method", elem_id="method")
                     prompts = gr.Textbox(label="prompts (comma-separated; IAP-AS)", placeholder="abnormal, defect, scratch")
                     calibration = gr.File(label="calibration file (IAP-AS)", file_types=[".json"])
