@@ -22,6 +22,7 @@ import os
 import shutil
 import tomllib
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,7 +285,12 @@ def fetch_hub_file(source: DownloadSource, filename: str, cache_dir: str | None,
     staged = staging / filename
     if staged.is_file() and metadata.size is not None and staged.stat().st_size == metadata.size:
         return staged, published  # fetched whole by an earlier run that failed on another file
-    target = fetch_url(url, staging / filename, progress, stall_timeout, headers, metadata.size or 0)
+    # LFS files redirect to a CDN whose signed URL must not get the hub token: fetch from where the HEAD pointed,
+    # with the hub's headers only on the hub's own host
+    location = metadata.location or url
+    same_host = urllib.parse.urlsplit(location).netloc == urllib.parse.urlsplit(url).netloc
+    target = fetch_url(location, staging / filename, progress, stall_timeout,
+                       headers if same_host else {"user-agent": headers.get("user-agent", "iapas")}, metadata.size or 0)
     return target, published
 
 
