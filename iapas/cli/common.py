@@ -39,6 +39,7 @@ CONFIG_OPTIONS = {
     "clip_weights": "clip_methods.weights",
     "adaclip_prompts": "clip_methods.adaclip_prompts",
     "genclip_prompts": "clip_methods.genclip_prompts",
+    "adaclip_image_size": "clip_methods.adaclip_image_size",
     "winclip_variant": "clip_methods.winclip_variant",
     "shots": "clip_methods.shots",
     "reference_images": "clip_methods.reference_images",
@@ -135,7 +136,8 @@ NUMERIC_OPTIONS = {
     "llm_timeout": positive_seconds, "stall_timeout": positive_seconds, "connect_timeout": positive_seconds,
     "epochs": positive_int, "lr": positive_float, "limit": non_negative_int, "image_size": positive_int,
     "input_size": positive_int, "prompt_length": positive_int, "prompt_depth": non_negative_int,
-    "head_width": positive_int, "workers": non_negative_int, "port": port_int, "repeat": positive_int,
+    "head_width": positive_int, "vision_head_width": positive_int, "text_head_width": positive_int,
+    "workers": non_negative_int, "port": port_int, "repeat": positive_int,
     "warmup": non_negative_int, "images": non_negative_int, "size": positive_int, "train_good": positive_int,
     "test_good": non_negative_int, "per_defect": non_negative_int,
 }
@@ -222,7 +224,15 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adaclip-prompts", help="AdaCLIP weights: ours (`iapas train adaclip`), an official pretrained_*.pth, or a manifest name")
     parser.add_argument("--prompts", help="trained prompts of a learned method (`iapas train METHOD`, or AnomalyCLIP's released epoch_15.pth)")
     parser.add_argument("--genclip-prompts", help="trained GenCLIP prompts (from `iapas train genclip`; --prompts works too)")
+    add_adaclip_size_option(parser)
     add_winclip_options(parser)
+
+
+def add_adaclip_size_option(parser: argparse.ArgumentParser) -> None:
+    """AdaCLIP's input size (segment, bench and eval)."""
+    parser.add_argument("--adaclip-image-size", type=non_negative_int,
+                        help="AdaCLIP input size in px, a multiple of the CLIP's patch size (default 0: the checkpoint's; 518 "
+                             "for a released one); --recipe official also resizes with PIL and rounds prompts to fp16")
 
 
 def add_winclip_options(parser: argparse.ArgumentParser) -> None:

@@ -33,6 +33,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     segment.add_argument("--list", dest="list_file", help="a text file of image paths or URIs, one a line")
     segment.add_argument("--bit-window", type=window_option, metavar="LOW,HIGH",
                          help="16-bit/float images: map raw values LOW..HIGH to 0..255 (default: value/257, floats 0..1)")
+    segment.add_argument("--tags", nargs="+", metavar="TAG",
+                         help="IAP-AS: the object tag(s) the official recipe's size rule looks for on every image "
+                              "(default: the calibration's, else the config's calibration.tags)")
     add_model_options(segment)
     add_speed_options(segment)
     add_runtime_options(segment)
@@ -163,7 +166,8 @@ def check_method_options(args: argparse.Namespace) -> None:
     if args.method == "iapas":
         return
     ignored = [option for option, value in (("--prompt", args.prompt), ("--calibration", args.calibration),
-                                            ("--no-size-filter", args.no_size_filter)) if value]
+                                            ("--no-size-filter", args.no_size_filter),
+                                            ("--tags", getattr(args, "tags", None))) if value]
     if ignored:
         raise IapasError(f"{', '.join(ignored)} only apply to --method iapas, not {args.method}")
 
@@ -177,5 +181,6 @@ def calibration_with_overrides(args: argparse.Namespace) -> Calibration:
         "box_threshold": args.box_threshold,
         "text_threshold": args.text_threshold,
         "size_threshold": args.size_threshold,
+        "tags": tuple(args.tags) if getattr(args, "tags", None) else None,
     }
     return dataclasses.replace(calibration, **{k: v for k, v in overrides.items() if v is not None})

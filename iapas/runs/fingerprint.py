@@ -80,8 +80,10 @@ MODEL_PATHS: dict[str, Callable[["Config"], Path | str | None]] = {
     "segmenter": lambda c: _found("segmenter", c.masking.weights, c.weights_dir, c.masking.backend),
     "clip": lambda c: _found("clip", c.clip_methods.weights, c.weights_dir),
     "adaclip_prompts": lambda c: c.clip_methods.adaclip_prompts or Path(c.weights_dir) / "adaclip" / "adaclip_prompts.pt",
-    "tagger": lambda c: c.calibration.tagger_weights or (_found("clip", c.clip_methods.weights, c.weights_dir)
-                                                          if c.calibration.tagger in ("auto", "clip") else None),
+    # the RAM taggers' file when present (auto-ram falls back to auto's CLIP without it), else auto's or clip's CLIP
+    "tagger": lambda c: c.calibration.tagger_weights
+    or (c.calibration.tagger in ("ram", "auto-ram") and _found("tagger-ram", "", c.weights_dir))
+    or (_found("clip", c.clip_methods.weights, c.weights_dir) if c.calibration.tagger in ("auto", "clip", "auto-ram") else None),
     "llm": lambda c: c.calibration.llm_model if c.calibration.llm_model and Path(c.calibration.llm_model).exists() else None,
 }
 # method -> the models its results depend on; "calibrates" adds the preprocessing models (eval calibrates itself)

@@ -292,12 +292,42 @@ def build_demo_omdet_turbo(directory: Path, seed: int = 0, image_size: int = DEM
     return directory
 
 
+DEMO_RAM_TAGS = 8  # the demo RAM's bias is set so that about this many tags pass on a grey image
+
+
+def build_demo_ram(path: Path, seed: int = 0) -> Path:
+    """Save a tiny RAM (Swin at 224 px, narrow 2-layer head, the real 4585 tags) as the releases are saved.
+
+    The file holds {"model": state dict} under the released names, so `--tagger ram` loads it through the
+    same loader as ram_swin_large_14m.pth. fc's bias is chosen so that a few tags pass on a grey image.
+    """
+    from ..backends.ram import RamModel, RamShape, class_thresholds
+    from ..backends.ram.swin import SwinShape
+    from ..backends.ram.tagging_head import HeadShape
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = RamShape(swin=SwinShape(image_size=224, embed_dim=8, depths=(1, 1, 2, 1), num_heads=(1, 1, 2, 2), window_size=7),
+                     head=HeadShape(hidden=32, intermediate=64))
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        model = RamModel(shape).eval()
+        model.label_embed.normal_()
+        logits = model(torch.zeros(1, 3, 224, 224))[0]  # the normalised grey image
+        margin = logits - torch.logit(class_thresholds(shape.classes))
+        ranked = margin.topk(DEMO_RAM_TAGS + 1).values
+        model.fc.bias -= (ranked[-2] + ranked[-1]) / 2  # halfway between the last tag kept and the first left out
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
 def make_demo_weights(weights_dir: Path) -> list[Path]:
     """Write the demo detector, segmenter and CLIP where the manifest's demo entries expect them."""
     from .manifest import load_manifest
 
     builders = {"grounding-dino-demo": build_demo_grounding_dino, "sam-demo": build_demo_sam_checkpoint, "clip-demo": build_demo_clip,
-                "sam2-demo": build_demo_sam2, "edgetam-demo": build_demo_edgetam, "omdet-turbo-demo": build_demo_omdet_turbo}
+                "sam2-demo": build_demo_sam2, "edgetam-demo": build_demo_edgetam, "omdet-turbo-demo": build_demo_omdet_turbo,
+                "ram-demo": build_demo_ram}
     written = []
     for entry in load_manifest():
         if entry.demo and entry.name in builders:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import WeightsError
-from ..files import atomic_directory, atomic_write_text, check_writable_folder, exclusive, is_disk_full
+from ..files import atomic_directory, atomic_write, atomic_write_text, check_writable_folder, exclusive, is_disk_full
 from .manifest import WeightEntry, load_manifest, sha256_of
 
 DOWNLOADS_PATH = Path(__file__).parents[1] / "resources" / "downloads.toml"
@@ -324,6 +324,9 @@ def download_entry(source: DownloadSource, entry: WeightEntry, weights_dir: Path
         return target
 
     staging = weights_dir / STAGING / entry.name
+    single = entry.format != "hf-dir"  # one checkpoint file kept in a hub repository (RAM's .pth), not a model folder
+    if single and len(source.files) != 1:
+        raise WeightsError(f"{entry.name}: a {entry.format} entry downloads one hub file, the sources list {len(source.files)}")
 
     fetched = []  # every file is fetched and checked first: a failure keeps the others staged for the next run
     for filename in source.files:
@@ -338,6 +341,16 @@ def download_entry(source: DownloadSource, entry: WeightEntry, weights_dir: Path
         fetched.append((filename, path))
         if not source.sha256.get(filename):
             lock.record(key, actual)
+
+    if single:
+        (_, path), = fetched
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_relative_to(staging):
+            os.replace(path, target)
+        else:  # from the hub's cache, which keeps its own copy: copied aside, then moved into place whole
+            atomic_write(target, lambda temporary: shutil.copyfile(path, temporary))
+        shutil.rmtree(staging, ignore_errors=True)
+        return target
 
     def fill(partial: Path) -> None:
         for filename, path in fetched:
