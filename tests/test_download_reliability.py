@@ -164,3 +164,37 @@ def test_a_cache_is_built_by_one_of_several_processes_at_once(tmp_path):
     assert len(builds) == 1
     assert sorted(p.name for p in target.iterdir()) == ["config.json", "weights.bin"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt.hf"]
+
+
+def test_a_single_file_hub_entry_resumes_and_lands_whole(hub_env, tmp_path):
+    """A checkpoint kept as one file in a hub repository (RAM's .pth): the same resumable path as a folder's files."""
+    data = bytes(range(256)) * 400
+    hub_env.serve_hub_file("iapas-test/tagger", "tagger.pth", data, lfs=True)
+    hub_env.files["/iapas-test/tagger/resolve/main/tagger.pth"].cut_once_after = 30_000
+    manifest, sources = write_test_manifest(tmp_path, hashlib.sha256(SAM_BYTES).hexdigest())
+    manifest.write_text(manifest.read_text() + '''
+[[model]]
+name = "tiny-tagger"
+family = "ram"
+role = "tagger"
+format = "pth"
+expected_path = "tagger.pth"
+source = "test"
+''')
+    sources.write_text(sources.read_text() + '''
+[[download]]
+entry = "tiny-tagger"
+profiles = ["default"]
+hub = "iapas-test/tagger"
+files = ["tagger.pth"]
+''')
+    weights = tmp_path / "weights"
+
+    def fetch():
+        return download(["tiny-tagger"], None, weights, str(tmp_path / "cache"), report=lambda line: None,
+                        manifest_path=manifest, sources_path=sources)[0]
+
+    assert fetch().status == "failed"
+    assert fetch().status == "downloaded"
+    assert ("GET", "/iapas-test/tagger/resolve/main/tagger.pth", "bytes=30000-") in hub_env.requests
+    assert (weights / "tagger.pth").read_bytes() == data and not (weights / ".downloads" / "tiny-tagger").exists()
