@@ -20,26 +20,32 @@ from test_download import HUB_FILES, HUB_REPO, SAM_BYTES, hub_env, run_download,
 SECOND_REPO = "iapas-test/tiny-detector-b"
 
 
-def two_hub_entries(tmp_path: Path, server) -> tuple[Path, Path]:
-    """The test manifest plus a second hub directory entry served from another repository."""
-    manifest, sources = write_test_manifest(tmp_path, hashlib.sha256(SAM_BYTES).hexdigest())
-    manifest.write_text(manifest.read_text() + '''
+def append_hub_entry(manifest: Path, sources: Path, name: str, repo: str, fmt: str, expected: str, files: list[str]) -> None:
+    """One more manifest entry and its hub download source."""
+    manifest.write_text(manifest.read_text() + f'''
 [[model]]
-name = "tiny-detector-b"
-family = "grounding-dino"
-role = "detector"
-format = "hf-dir"
-expected_path = "tiny-detector-b"
+name = "{name}"
+family = "test"
+role = "{"detector" if fmt == "hf-dir" else "tagger"}"
+format = "{fmt}"
+expected_path = "{expected}"
 source = "test"
-required_files = ["config.json", "model.safetensors"]
+required_files = {json.dumps(files) if fmt == "hf-dir" else "[]"}
 ''')
     sources.write_text(sources.read_text() + f'''
 [[download]]
-entry = "tiny-detector-b"
+entry = "{name}"
 profiles = ["default"]
-hub = "{SECOND_REPO}"
-files = ["config.json", "model.safetensors"]
+hub = "{repo}"
+files = {json.dumps(files)}
 ''')
+
+
+def two_hub_entries(tmp_path: Path, server) -> tuple[Path, Path]:
+    """The test manifest plus a second hub directory entry served from another repository."""
+    manifest, sources = write_test_manifest(tmp_path, hashlib.sha256(SAM_BYTES).hexdigest())
+    append_hub_entry(manifest, sources, "tiny-detector-b", SECOND_REPO, "hf-dir", "tiny-detector-b",
+                     ["config.json", "model.safetensors"])
     for name, data in HUB_FILES.items():
         server.serve_hub_file(SECOND_REPO, name, data[::-1], lfs=name.endswith(".safetensors"))
     return manifest, sources
@@ -172,22 +178,7 @@ def test_a_single_file_hub_entry_resumes_and_lands_whole(hub_env, tmp_path):
     hub_env.serve_hub_file("iapas-test/tagger", "tagger.pth", data, lfs=True)
     hub_env.files["/iapas-test/tagger/resolve/main/tagger.pth"].cut_once_after = 30_000
     manifest, sources = write_test_manifest(tmp_path, hashlib.sha256(SAM_BYTES).hexdigest())
-    manifest.write_text(manifest.read_text() + '''
-[[model]]
-name = "tiny-tagger"
-family = "ram"
-role = "tagger"
-format = "pth"
-expected_path = "tagger.pth"
-source = "test"
-''')
-    sources.write_text(sources.read_text() + '''
-[[download]]
-entry = "tiny-tagger"
-profiles = ["default"]
-hub = "iapas-test/tagger"
-files = ["tagger.pth"]
-''')
+    append_hub_entry(manifest, sources, "tiny-tagger", "iapas-test/tagger", "pth", "tagger.pth", ["tagger.pth"])
     weights = tmp_path / "weights"
 
     def fetch():
