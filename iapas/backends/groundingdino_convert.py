@@ -369,12 +369,15 @@ def converted_once(checkpoint: Path, convert: Callable[[Path], Path], what: str,
     if version is None:
         return built_once(target, convert, lambda done: (done / "config.json").is_file(),  # one process converts, others wait
                           lambda: print(f"note: converting {what} checkpoint {checkpoint} to {target}/ (once)", file=sys.stderr))
+    if _versioned_conversion(checkpoint, target, convert, what, version, check_only=True):
+        return target  # current: no lock taken, so a read-only weights folder works
     with exclusive(target):  # two processes converting at once: one converts, the other waits and finds it current
         return _versioned_conversion(checkpoint, target, convert, what, version)
 
 
-def _versioned_conversion(checkpoint: Path, target: Path, convert: Callable[[Path], Path], what: str, version: int) -> Path:
-    """converted_once's versioned rule, under the target's lock."""
+def _versioned_conversion(checkpoint: Path, target: Path, convert: Callable[[Path], Path], what: str, version: int,
+                          check_only: bool = False) -> Path | None:
+    """converted_once's versioned rule (under the target's lock unless `check_only`: then None when it must be made)."""
     record_path = target / CONVERSION_RECORD
     present = (target / "config.json").is_file()
     try:
@@ -383,9 +386,11 @@ def _versioned_conversion(checkpoint: Path, target: Path, convert: Callable[[Pat
         known = {}
     current = _source_record(checkpoint, version, known)
     if present and known.get("converter_version") == version and known.get("sha256") == current["sha256"]:
-        if known != current:  # the same bytes touched: remember the new size and time, no new conversion
+        if known != current and not check_only:  # the same bytes touched: remember the new size and time
             atomic_write_text(record_path, json.dumps(current) + "\n")
-        return target
+        return target if known == current or not check_only else None
+    if check_only:
+        return None
     why = "once" if not present else ("the converter changed" if known.get("converter_version") != version else "the file changed")
     print(f"note: converting {what} checkpoint {checkpoint} to {target}/ ({why})", file=sys.stderr)
 
