@@ -189,3 +189,28 @@ def test_a_single_file_hub_entry_resumes_and_lands_whole(hub_env, tmp_path):
     assert fetch().status == "downloaded"
     assert ("GET", "/iapas-test/tagger/resolve/main/tagger.pth", "bytes=30000-") in hub_env.requests
     assert (weights / "tagger.pth").read_bytes() == data and not (weights / ".downloads" / "tiny-tagger").exists()
+
+
+def test_a_versioned_conversion_is_made_once_by_concurrent_first_uses(tmp_path):
+    """converted_once with a converter version (the `.hf/` record of version and source hash): one thread converts."""
+    from iapas.backends.groundingdino_convert import converted_once
+
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"weights")
+    made, gate = [], threading.Event()
+
+    def convert(out: Path) -> Path:
+        made.append(out)
+        gate.wait(5)
+        (out / "config.json").write_text("{}")
+        return out
+
+    threads = [threading.Thread(target=converted_once, args=(checkpoint, convert, "test", 1)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    threading.Event().wait(0.3)
+    gate.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(made) == 1 and (tmp_path / "model.pt.hf" / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "model.pt.hf"]
