@@ -303,3 +303,17 @@ def make_demo_weights(weights_dir: Path) -> list[Path]:
         if entry.demo and entry.name in builders:
             written.append(builders[entry.name](entry.location(Path(weights_dir))))
     return written
+
+
+def build_demo_dinov2(directory: Path, seed: int = 0, image_size: int = 28) -> Path:
+    """Save a tiny transformers Dinov2Model (2 blocks, patch 7) with random weights to `directory`."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    directory = Path(directory)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, patch_size=7,
+                          image_size=image_size)
+    with torch.random.fork_rng(devices=[]), quiet_loading():
+        torch.manual_seed(seed)
+        Dinov2Model(config).eval().save_pretrained(directory)
+    (directory / "DEMO_WEIGHTS").write_text(DEMO_NOTE, encoding="utf-8")
+    return directory
