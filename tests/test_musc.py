@@ -201,3 +201,68 @@ def test_dinov2_features_are_the_normed_blocks(dinov2_dir):
     musc = MuSc(DinoFeatures(backbone), size=28)
     results = musc.segment_set(images(5, seed=1))
     assert all(0 <= r.anomaly_map.min() and r.anomaly_map.max() <= 1 for r in results)
+
+
+def write_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, picture in enumerate(images(count, seed)):
+        paths.append(folder / f"img{index}.png")
+        Image.fromarray(picture).save(paths[-1])
+    return paths
+
+
+def test_segment_folder_scores_the_set_together_and_resumes_as_one_unit(tmp_path, clip_dir, capsys):
+    from tests.cli_runner import error_lines, run
+
+    folder, out = tmp_path / "set", tmp_path / "out"
+    write_images(folder, 5)
+    config = tmp_path / "musc.yaml"
+    config.write_text("musc:\n  image_size: 32\n", encoding="utf-8")
+    common = ("--method", "musc", "--clip", clip_dir, "--config", config, "--no-progress", "-o", out)
+    code, _, err = run(capsys, "segment", folder, *common)
+    assert code == 0, err
+    records = [json.loads((out / f"img{i}.png.json").read_text()) for i in range(5)]
+    assert {r["fingerprint"] for r in records} == {records[0]["fingerprint"]} and "+set-" in records[0]["fingerprint"]
+    assert records[0]["set"]["images"] == 5 and records[0]["method"] == "musc"
+    first = np.load(out / "img0.png.npy")
+    code, _, err = run(capsys, "segment", folder, *common)  # the same set: nothing to do
+    assert code == 0 and "5 skipped" in err
+    write_images(folder / "more", 1, seed=9)  # one more image: the whole set is rescored, and the run says so
+    code, _, err = run(capsys, "segment", folder, *common)
+    assert code == 0 and "5 of the 6 images have results from another set" in err and "6 segmented" in err
+    assert not np.array_equal(np.load(out / "img0.png.npy"), first)  # img0's score now depends on six images
+    few = tmp_path / "few"
+    write_images(few, 4)
+    code, _, err = run(capsys, "segment", few, *common[:-1], tmp_path / "out-few")
+    assert code == 2 and error_lines(err) == ["iapas: error: --method musc scores a set of at least 5 images together; 4 images given"]
+    code, _, err = run(capsys, "segment", folder, *common[:-1], tmp_path / "out-ray", "--engine", "ray")
+    assert code == 2 and "use --engine local" in err
+
+
+def test_eval_scores_each_category_as_one_set(tmp_path, clip_dir, capsys):
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from iapas.backends.clip import ClipBackbone
+    from iapas.cli import main
+    from iapas.data.datasets import load_dataset
+    from iapas.data.synth import SynthSpec, write_synth_dataset
+    from iapas.images import load_image
+
+    root = write_synth_dataset(tmp_path / "synth", SynthSpec(categories=("washer",), defects=("scratch", "hole"), train_good=1,
+                                                             test_good=3, per_defect=2, size=48, seed=5))
+    config = tmp_path / "musc.yaml"
+    config.write_text("musc:\n  image_size: 32\n", encoding="utf-8")
+    argv = ["eval", "--dataset", "mvtec", "--root", str(root), "-o", str(tmp_path / "eval"), "--method", "musc",
+            "--clip", str(clip_dir), "--config", str(config), "--no-progress"]
+    assert main(argv) == 0, capsys.readouterr().err
+    record = json.loads(next((tmp_path / "eval").rglob("categories/washer.json")).read_text())
+    samples = load_dataset("mvtec", root).samples("washer")
+    assert record["images"] == len(samples) == 7
+    musc = MuSc(ClipFeatures(ClipBackbone(clip_dir)), size=32, dataset="mvtec")
+    results = musc.segment_set([load_image(s.image_path).pixels for s in samples], [s.image_path.parent.name for s in samples])
+    labels, scores = [s.label for s in samples], [r.image_score for r in results]
+    assert record["metrics"]["image_auroc"] == pytest.approx(roc_auc_score(labels, scores))
+    assert record["metrics"]["image_ap"] == pytest.approx(average_precision_score(labels, scores))

@@ -82,6 +82,7 @@ MODEL_PATHS: dict[str, Callable[["Config"], Path | str | None]] = {
     "adaclip_prompts": lambda c: c.clip_methods.adaclip_prompts or Path(c.weights_dir) / "adaclip" / "adaclip_prompts.pt",
     "tagger": lambda c: c.calibration.tagger_weights or (_found("clip", c.clip_methods.weights, c.weights_dir)
                                                           if c.calibration.tagger in ("auto", "clip") else None),
+    "dinov2": lambda c: _found("dinov2", c.musc.weights, c.weights_dir),
     "llm": lambda c: c.calibration.llm_model if c.calibration.llm_model and Path(c.calibration.llm_model).exists() else None,
 }
 # method -> the models its results depend on; "calibrates" adds the preprocessing models (eval calibrates itself)
@@ -89,6 +90,7 @@ METHOD_MODELS: dict[str, tuple[str, ...]] = {
     "iapas": ("detector", "segmenter"),
     "winclip": ("clip",),
     "adaclip": ("clip", "adaclip_prompts"),
+    "musc": ("clip", "dinov2"),
 }
 PREPROCESSING_MODELS = ("tagger", "llm")
 
