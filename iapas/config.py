@@ -175,6 +175,16 @@ class MuscConfig:
 
 
 @dataclass
+class AnomalyDinoConfig:
+    """AnomalyDINO (iapas/methods/anomalydino); K shots come from clip_methods.shots / reference_images (--shots, --reference-images)."""
+
+    weights: str = ""  # a DINOv2 directory; empty: the manifest's dinov2-small (ViT-S/14, the authors' default)
+    resolution: int = 448  # run_anomalydino.py --resolution: the shorter side after resizing
+    preprocess: str = "agnostic"  # run_anomalydino.py --preprocess: src/utils.py get_dataset_info's modes
+    neighbours: int = 1  # run_anomalydino.py --k_neighbors
+
+
+@dataclass
 class Config:
     """Every setting of a pipeline run."""
 
@@ -196,6 +206,7 @@ class Config:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     clip_methods: ClipMethodsConfig = field(default_factory=ClipMethodsConfig)
     musc: MuscConfig = field(default_factory=MuscConfig)
+    anomalydino: AnomalyDinoConfig = field(default_factory=AnomalyDinoConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
