@@ -139,7 +139,7 @@ def add_speed_options(parser: argparse.ArgumentParser) -> None:
 
 def add_method_options(parser: argparse.ArgumentParser) -> None:
     """Options choosing the method and what it is prompted with (segment and bench)."""
-    parser.add_argument("--method", default="iapas", help="iapas (default), winclip, adaclip, anomalyclip, faprompt or genclip")
+    parser.add_argument("--method", default="iapas", help="iapas (default), winclip, adaclip, anomalyclip, faprompt, genclip, musc (a set of images) or anomalydino (--shots K)")
     parser.add_argument("--prompt", action="append", help="text prompt; repeat for several (default: abnormal, defect)")
     parser.add_argument("--calibration", help="calibration file from `iapas calibrate` (P_final, S_threshold, thresholds)")
     parser.add_argument("--no-size-filter", action="store_true", help="skip step 2-2's size filter (ablation)")

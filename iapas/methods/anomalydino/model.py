@@ -48,7 +48,7 @@ def rotated(image: np.ndarray, angle: float) -> np.ndarray:
 
 def background_mask(features: np.ndarray, grid: tuple[int, int], seed: int = 0) -> np.ndarray:
     """(P,) foreground patches: the first principal component above 10, its sign flipped when the centre is mostly
-    background, then a 3x3 dilation and closing (src/backbones.py compute_background_mask).
+    background, then a 3x3 dilation and closing of the patch column (src/backbones.py compute_background_mask).
 
     The authors' PCA is sklearn's randomized solver with no seed; iapas fixes `seed` so a run is repeatable.
     """
@@ -61,8 +61,10 @@ def background_mask(features: np.ndarray, grid: tuple[int, int], seed: int = 0) 
     centre = mask.reshape(grid)[int(rows * MASK_BORDER):int(rows * (1 - MASK_BORDER)), int(cols * MASK_BORDER):int(cols * (1 - MASK_BORDER))]
     if centre.sum() <= centre.size * 0.35:  # the object is assumed to sit in the centre
         mask = -first > MASK_THRESHOLD
+    # the authors dilate and close the (P, 1) column of patches, not the 2-D grid: a patch's neighbours are the ones
+    # before and after it in row-major order (wrapping from one row's end to the next row's start)
     kernel = np.ones((MASK_KERNEL, MASK_KERNEL), np.uint8)
-    mask = cv2.dilate(mask.reshape(grid).astype(np.uint8), kernel)
+    mask = cv2.dilate(mask.astype(np.uint8), kernel)
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel).astype(bool)
     return mask.reshape(-1)
 
