@@ -65,6 +65,10 @@ def base_config(args: argparse.Namespace) -> Config:
     if getattr(args, "int8", False):
         overrides["detection.int8"] = overrides["masking.int8"] = True
     config = config.updated(overrides)
+    if config.detection.backend == "sam3" and getattr(args, "text_threshold", None) is not None:
+        # SAM 3 scores instances, not caption tokens (iapas/backends/sam3.py): --box-threshold is its score threshold
+        raise ValueRangeError("--text-threshold does not apply to SAM 3 (it has no per-token text scores); "
+                              "--box-threshold is its instance score threshold")
     from ..acceleration.threads import configure_threads
 
     configure_threads(config.threads)  # once per command; library users set threads themselves (Pipeline does only when > 0)
@@ -110,7 +114,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="named preset of every rule: iapas (default) or official (the authors' code); see README")
     parser.add_argument("--profile", choices=profile_names(),
                         help="speed preset over the recipe: fast (SAM 2.1 Hiera-T, 512 px detector input), fast-edgetam, "
-                             "fast-omdet (OmDet-Turbo detector); see README 'Fast profile'")
+                             "fast-omdet (OmDet-Turbo detector), sam3 (SAM 3 detects and masks); see README 'Fast profile'")
     parser.add_argument("--config", help="YAML, TOML or JSON config file over the recipe (see `iapas config show`)")
     parser.add_argument("--weights", help="weights dir laid out as `iapas weights list` shows (iapas/resources/manifest.toml; default: weights)")
     parser.add_argument("--detector", help="Grounding DINO directory (overrides the weights dir)")

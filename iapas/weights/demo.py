@@ -317,3 +317,33 @@ def build_demo_dinov2(directory: Path, seed: int = 0, image_size: int = 28) -> P
         Dinov2Model(config).eval().save_pretrained(directory)
     (directory / "DEMO_WEIGHTS").write_text(DEMO_NOTE, encoding="utf-8")
     return directory
+
+
+def build_demo_sam3(directory: Path, seed: int = 0, image_size: int = 112) -> Path:
+    """Save a tiny transformers Sam3Model (2-block ViT, patch 14, 10 queries) and its processor to `directory`."""
+    from transformers import Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
+
+    directory = Path(directory)
+    tokenizer = write_char_clip_tokenizer(directory)
+    vocab = tokenizer.get_vocab()
+    grid = image_size // 14
+    hidden = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2)
+    config = Sam3Config(
+        vision_config=dict(backbone_config=dict(model_type="sam3_vit_model", num_hidden_layers=2, image_size=image_size, patch_size=14,
+                                                pretrain_image_size=image_size // 2, window_size=4, global_attn_indexes=[1], **hidden),
+                           fpn_hidden_size=32, backbone_feature_sizes=[[grid * 4, grid * 4], [grid * 2, grid * 2], [grid, grid]]),
+        text_config=dict(vocab_size=len(vocab), num_hidden_layers=1, max_position_embeddings=32, projection_dim=32,
+                         bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"],
+                         **hidden),
+        geometry_encoder_config=dict(num_layers=1, **hidden),
+        detr_encoder_config=dict(num_layers=1, **hidden),
+        detr_decoder_config=dict(num_layers=1, num_queries=10, **hidden),
+        mask_decoder_config=dict(hidden_size=32, num_attention_heads=2),
+    )
+    with torch.random.fork_rng(devices=[]), quiet_loading():
+        torch.manual_seed(seed)
+        Sam3Model(config).eval().save_pretrained(directory)
+    processor = Sam3Processor(image_processor=Sam3ImageProcessor(size={"height": image_size, "width": image_size}), tokenizer=tokenizer)
+    processor.save_pretrained(directory)
+    (directory / "DEMO_WEIGHTS").write_text(DEMO_NOTE, encoding="utf-8")
+    return directory
