@@ -266,3 +266,31 @@ def test_eval_scores_each_category_as_one_set(tmp_path, clip_dir, capsys):
     labels, scores = [s.label for s in samples], [r.image_score for r in results]
     assert record["metrics"]["image_auroc"] == pytest.approx(roc_auc_score(labels, scores))
     assert record["metrics"]["image_ap"] == pytest.approx(average_precision_score(labels, scores))
+
+    # an interrupted category (a partial state of 2 images, here with false scores) is scored again as a whole set
+    from iapas.evaluation.evaluate import CategoryState
+    from iapas.evaluation.protocols import PROTOCOLS
+
+    result_path = next((tmp_path / "eval").rglob("categories/washer.json"))
+    run_dir = result_path.parents[1]
+    state = CategoryState(PROTOCOLS.get("full").scorer(100, run_dir / "partial" / "washer.maps"), record["fingerprint"])
+    state.done, state.labels, state.scores = [str(samples[0].image_path.relative_to(root)), "x"], [0, 1], [9.0, -9.0]
+    state.save(run_dir / "partial" / "washer.npz")
+    result_path.unlink()
+    assert main(argv) == 0, capsys.readouterr().err
+    again = json.loads(result_path.read_text())
+    assert again["images"] == 7 and again["metrics"] == pytest.approx(record["metrics"])
+
+
+def test_a_second_run_on_a_set_being_scored_is_refused(tmp_path, clip_dir, capsys):
+    from iapas.runs.claims import claim_path, try_claim
+    from iapas.runs.sets import SET_CLAIM
+    from tests.cli_runner import run
+
+    folder, out = tmp_path / "set", tmp_path / "out"
+    write_images(folder, 5)
+    config = tmp_path / "musc.yaml"
+    config.write_text("musc:\n  image_size: 32\n", encoding="utf-8")
+    with try_claim(claim_path(out, SET_CLAIM)):  # another run holds the set
+        code, _, err = run(capsys, "segment", folder, "--method", "musc", "--clip", clip_dir, "--config", config, "--no-progress", "-o", out)
+    assert code == 1 and "another run is scoring a set in" in err and not list(out.glob("*.png.json"))
