@@ -209,3 +209,30 @@ def test_segment_cli_with_reference_images(dino_dir, tmp_path, capsys):
     assert record["method"] == "anomalydino" and record["image_score"] == pytest.approx(method.segment(picture(16, defect=True)).image_score)
     code, _, err = run(capsys, "segment", inputs, "--method", "anomalydino", "--config", config, "--no-progress", "-o", tmp_path / "o2")
     assert code == 2 and error_lines(err) == ["iapas: error: --shots 1 needs --reference-images DIR (a folder of normal images)"]
+
+
+def test_eval_uses_the_first_k_normal_images_and_the_method_score(dino_dir, tmp_path, capsys):
+    import json
+
+    from sklearn.metrics import roc_auc_score
+
+    from iapas.backends.dinov2 import Dinov2Backbone
+    from iapas.cli import main
+    from iapas.data.datasets import load_dataset
+    from iapas.data.synth import SynthSpec, write_synth_dataset
+    from iapas.images import load_image
+
+    root = write_synth_dataset(tmp_path / "synth", SynthSpec(categories=("washer",), defects=("scratch",), train_good=3,
+                                                             test_good=2, per_defect=2, size=64, seed=3))
+    config = tmp_path / "dino.yaml"
+    config.write_text(f"anomalydino:\n  weights: {dino_dir}\n  resolution: 56\n", encoding="utf-8")
+    assert main(["eval", "--dataset", "mvtec", "--root", str(root), "-o", str(tmp_path / "eval"), "--method", "anomalydino",
+                 "--shots", "2", "--config", str(config), "--no-progress"]) == 0, capsys.readouterr().err
+    record = json.loads(next((tmp_path / "eval").rglob("categories/washer.json")).read_text())
+    dataset = load_dataset("mvtec", root)
+    method = AnomalyDino(Dinov2Backbone(dino_dir), shots=2, resolution=56, dataset="mvtec")
+    method.prepare("washer", dataset.calibration_images("washer"), "object", tmp_path)
+    assert [p.name for p in method.references] == sorted(p.name for p in dataset.calibration_images("washer"))[:2]
+    samples = dataset.samples("washer")
+    scores = [method.segment(load_image(s.image_path).pixels).image_score for s in samples]
+    assert record["metrics"]["image_auroc"] == pytest.approx(roc_auc_score([s.label for s in samples], scores))
