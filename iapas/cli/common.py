@@ -159,7 +159,7 @@ def add_winclip_options(parser: argparse.ArgumentParser) -> None:
     """WinCLIP's reimplementation and WinCLIP+'s few-shot references (segment, bench and eval)."""
     parser.add_argument("--winclip-variant", choices=("caoyunkang", "anomalib"),
                         help="whose WinCLIP rules: caoyunkang (default; IAP-AS Table 1) or anomalib")
-    parser.add_argument("--shots", type=int, help="WinCLIP+: K normal reference images (paper: 1, 2, 4; default 0)")
+    parser.add_argument("--shots", type=int, help="K normal reference images: WinCLIP+ (paper: 1, 2, 4; default 0, zero-shot) and AnomalyDINO (paper: 1, 2, 4, 8, 16; 0 means 1)")
     parser.add_argument("--reference-images", help="folder of normal images for --shots (eval default: the category's)")
 
 
