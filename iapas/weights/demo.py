@@ -146,6 +146,13 @@ def build_demo_hf_sam(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
+def tiny_clip_text(vocab: dict[str, int], **sizes: int) -> dict:
+    """A tiny CLIP text tower's settings over the character tokenizer's `vocab` (demo CLIP and SAM 3 share it)."""
+    return dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"],
+                **sizes)
+
+
 def build_demo_clip(directory: Path, seed: int = 0, image_size: int = 32) -> Path:
     """Save a tiny transformers CLIPModel with a character-level BPE tokenizer to `directory`."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
@@ -154,11 +161,7 @@ def build_demo_clip(directory: Path, seed: int = 0, image_size: int = 32) -> Pat
     tokenizer = write_char_clip_tokenizer(directory)
     vocab = tokenizer.get_vocab()
     config = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-            pad_token_id=vocab["<|endoftext|>"],
-        ),
+        text_config=tiny_clip_text(vocab, num_hidden_layers=2, max_position_embeddings=77),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                            image_size=image_size, patch_size=8),
         projection_dim=16,
@@ -332,9 +335,7 @@ def build_demo_sam3(directory: Path, seed: int = 0, image_size: int = 112) -> Pa
         vision_config=dict(backbone_config=dict(model_type="sam3_vit_model", num_hidden_layers=2, image_size=image_size, patch_size=14,
                                                 pretrain_image_size=image_size // 2, window_size=4, global_attn_indexes=[1], **hidden),
                            fpn_hidden_size=32, backbone_feature_sizes=[[grid * 4, grid * 4], [grid * 2, grid * 2], [grid, grid]]),
-        text_config=dict(vocab_size=len(vocab), num_hidden_layers=1, max_position_embeddings=32, projection_dim=32,
-                         bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"],
-                         **hidden),
+        text_config=tiny_clip_text(vocab, num_hidden_layers=1, max_position_embeddings=32, projection_dim=32),
         geometry_encoder_config=dict(num_layers=1, **hidden),
         detr_encoder_config=dict(num_layers=1, **hidden),
         detr_decoder_config=dict(num_layers=1, num_queries=10, **hidden),
