@@ -184,6 +184,29 @@ class ClipMethodsConfig:
 
 
 @dataclass
+class MuscConfig:
+    """MuSc (iapas/methods/musc): the defaults are the official configs/musc.yaml and scripts/musc.sh."""
+
+    backbone: str = "clip"  # clip (clip_methods.weights, else ViT-L-14-336 when present) | dinov2 (musc.weights, else the manifest's)
+    weights: str = ""  # a DINOv2 directory for backbone = dinov2
+    image_size: int = 0  # input side; 0: 518 where the patch size divides it (the paper's), else 512 (the ViT-B scripts')
+    layers: list[int] = field(default_factory=list)  # 1-based blocks; empty: the four quarters (6 12 18 24 of ViT-L)
+    degrees: list[int] = field(default_factory=lambda: [1, 3, 5])  # LNAMD's r
+    divide: int = 1  # divide_num: the set is scored as this many subsets, drawn evenly from each folder
+    rscin: list[int] = field(default_factory=list)  # RsCIN's k list; empty: the dataset's (visa 1 8 9, else 1 2 3); [0]: off
+
+
+@dataclass
+class AnomalyDinoConfig:
+    """AnomalyDINO (iapas/methods/anomalydino); K shots come from clip_methods.shots / reference_images (--shots, --reference-images)."""
+
+    weights: str = ""  # a DINOv2 directory; empty: the manifest's dinov2-small (ViT-S/14, the authors' default)
+    resolution: int = 448  # run_anomalydino.py --resolution: the shorter side after resizing
+    preprocess: str = "agnostic"  # run_anomalydino.py --preprocess: src/utils.py get_dataset_info's modes
+    neighbours: int = 1  # run_anomalydino.py --k_neighbors
+
+
+@dataclass
 class Config:
     """Every setting of a pipeline run."""
 
@@ -204,6 +227,8 @@ class Config:
     prompts: PromptConfig = field(default_factory=PromptConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     clip_methods: ClipMethodsConfig = field(default_factory=ClipMethodsConfig)
+    musc: MuscConfig = field(default_factory=MuscConfig)
+    anomalydino: AnomalyDinoConfig = field(default_factory=AnomalyDinoConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

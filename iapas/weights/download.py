@@ -53,6 +53,7 @@ class DownloadSource:
     sha256: dict[str, str] = field(default_factory=dict)  # hub file -> pinned sha256
     url: str = ""
     sha256_prefix: str = ""  # a url file's published hash prefix (open_clip names its files with one)
+    gated: bool = False  # a hub repository whose licence the user must accept (and log in) before it serves files
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def load_sources(path: Path = DOWNLOADS_PATH) -> list[DownloadSource]:
     return [DownloadSource(entry=raw["entry"], profiles=tuple(raw.get("profiles", ())), hub=raw.get("hub", ""),
                            revision=raw.get("revision", "main"), files=tuple(raw.get("files", ())),
                            sha256=dict(raw.get("sha256", {})), url=raw.get("url", ""),
-                           sha256_prefix=raw.get("sha256_prefix", ""))
+                           sha256_prefix=raw.get("sha256_prefix", ""), gated=bool(raw.get("gated", False)))
             for raw in data.get("download", [])]
 
 
@@ -269,6 +270,9 @@ def fetch_hub_file(source: DownloadSource, filename: str, cache_dir: str | None,
         metadata = get_hf_file_metadata(url, headers=headers, timeout=stall_timeout)
     except HfHubHTTPError as error:
         status = getattr(getattr(error, "response", None), "status_code", "?")
+        if type(error).__name__ == "GatedRepoError" or (source.gated and status in (401, 403)):
+            raise WeightsError(f"{source.hub} is gated: accept its licence at https://huggingface.co/{source.hub} and log in "
+                               "(`hf auth login`), then download again") from None
         raise WeightsError(f"{where}: HTTP {status} from the hub") from None
     except Exception as error:  # the hub client's connection errors have their own classes; all mean "not fetched"
         message = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
