@@ -147,6 +147,17 @@ def test_a_full_disk_on_a_hub_entry_is_one_line(hub_env, tmp_path):
     assert outcomes["tiny-detector"].status == "failed" and "free space" in detail and "\n" not in detail
 
 
+def at_once(count: int, call, gate: threading.Event) -> None:
+    """`call` in `count` threads started together; `gate` opens once they have had time to arrive, then all finish."""
+    threads = [threading.Thread(target=call) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    threading.Event().wait(0.3)
+    gate.set()
+    for thread in threads:
+        thread.join(timeout=30)
+
+
 def test_a_cache_is_built_by_one_of_several_processes_at_once(tmp_path):
     """The `.hf/` conversion and export caches: concurrent first uses build once, the others wait and reuse."""
     from iapas.files import built_once
@@ -159,14 +170,7 @@ def test_a_cache_is_built_by_one_of_several_processes_at_once(tmp_path):
         (partial / "weights.bin").write_bytes(b"x" * 1000)
         (partial / "config.json").write_text("{}")
 
-    threads = [threading.Thread(target=built_once, args=(target, fill, lambda t: (t / "config.json").is_file()))
-               for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    threading.Event().wait(0.3)
-    gate.set()
-    for thread in threads:
-        thread.join(timeout=30)
+    at_once(4, lambda: built_once(target, fill, lambda t: (t / "config.json").is_file()), gate)
     assert len(builds) == 1
     assert sorted(p.name for p in target.iterdir()) == ["config.json", "weights.bin"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt.hf"]
@@ -205,12 +209,6 @@ def test_a_versioned_conversion_is_made_once_by_concurrent_first_uses(tmp_path):
         (out / "config.json").write_text("{}")
         return out
 
-    threads = [threading.Thread(target=converted_once, args=(checkpoint, convert, "test", 1)) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    threading.Event().wait(0.3)
-    gate.set()
-    for thread in threads:
-        thread.join(timeout=30)
+    at_once(3, lambda: converted_once(checkpoint, convert, "test", 1), gate)
     assert len(made) == 1 and (tmp_path / "model.pt.hf" / "config.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "model.pt.hf"]
