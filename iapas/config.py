@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
+import numpy as np
 import yaml
 
 from .errors import ConfigError, ValueRangeError
@@ -50,8 +52,11 @@ def kind_of(category: str | None, dataset: str | None = None) -> str:
 
 
 def unit_interval(value: Any, name: str) -> float:
-    """`value` as a float in [0, 1], or a one-line ValueRangeError naming the setting (NaN included)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """`value` as a float in [0, 1], or a one-line ValueRangeError naming the setting (NaN included).
+
+    Any real number is one: numpy's scalars (np.float32(0.5)) register as numbers.Real; bool does not count.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise ValueRangeError(f"{name} must be a number in [0, 1], got {value!r}")
     if not 0.0 <= float(value) <= 1.0:  # False for NaN too
         raise ValueRangeError(f"{name} must be in [0, 1], got {value!r}")
@@ -60,9 +65,9 @@ def unit_interval(value: Any, name: str) -> float:
 
 def at_least_one(value: Any, name: str) -> int:
     """`value` as an int >= 1, or a one-line ValueRangeError naming the setting."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueRangeError(f"{name} must be a whole number of at least 1, got {value!r}")
-    return value
+    return int(value)
 
 
 @dataclass
@@ -179,6 +184,29 @@ class ClipMethodsConfig:
 
 
 @dataclass
+class MuscConfig:
+    """MuSc (iapas/methods/musc): the defaults are the official configs/musc.yaml and scripts/musc.sh."""
+
+    backbone: str = "clip"  # clip (clip_methods.weights, else ViT-L-14-336 when present) | dinov2 (musc.weights, else the manifest's)
+    weights: str = ""  # a DINOv2 directory for backbone = dinov2
+    image_size: int = 0  # input side; 0: 518 where the patch size divides it (the paper's), else 512 (the ViT-B scripts')
+    layers: list[int] = field(default_factory=list)  # 1-based blocks; empty: the four quarters (6 12 18 24 of ViT-L)
+    degrees: list[int] = field(default_factory=lambda: [1, 3, 5])  # LNAMD's r
+    divide: int = 1  # divide_num: the set is scored as this many subsets, drawn evenly from each folder
+    rscin: list[int] = field(default_factory=list)  # RsCIN's k list; empty: the dataset's (visa 1 8 9, else 1 2 3); [0]: off
+
+
+@dataclass
+class AnomalyDinoConfig:
+    """AnomalyDINO (iapas/methods/anomalydino); K shots come from clip_methods.shots / reference_images (--shots, --reference-images)."""
+
+    weights: str = ""  # a DINOv2 directory; empty: the manifest's dinov2-small (ViT-S/14, the authors' default)
+    resolution: int = 448  # run_anomalydino.py --resolution: the shorter side after resizing
+    preprocess: str = "agnostic"  # run_anomalydino.py --preprocess: src/utils.py get_dataset_info's modes
+    neighbours: int = 1  # run_anomalydino.py --k_neighbors
+
+
+@dataclass
 class Config:
     """Every setting of a pipeline run."""
 
@@ -199,6 +227,8 @@ class Config:
     prompts: PromptConfig = field(default_factory=PromptConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     clip_methods: ClipMethodsConfig = field(default_factory=ClipMethodsConfig)
+    musc: MuscConfig = field(default_factory=MuscConfig)
+    anomalydino: AnomalyDinoConfig = field(default_factory=AnomalyDinoConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -420,8 +450,8 @@ def read_config_data(path: str | Path) -> dict[str, Any]:
             data = json.loads(text)
         else:
             raise ConfigError(f"config file must end in .yaml, .yml, .toml or .json: {path}")
-    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
-        first_line = str(error).splitlines()[0]
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError, RecursionError) as error:
+        first_line = (str(error).splitlines() or ["nested too deep"])[0]  # RecursionError: "[[[[..." a parser cannot descend
         raise ConfigError(f"cannot parse {path}: {first_line}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file must hold a mapping: {path}")

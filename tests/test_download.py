@@ -218,3 +218,18 @@ def test_one_checkpoint_file_from_a_hub_repository(hub_env, tmp_path):
     (tmp_path / "w" / "tagger.pth").unlink()
     [failed] = download([], "default", tmp_path / "w", str(tmp_path / "cache2"), manifest_path=manifest, sources_path=sources)
     assert failed.status == "failed" and "content hash differs" in failed.detail and not (tmp_path / "w" / "tagger.pth").exists()
+
+
+def test_gated_hub_repository_says_to_accept_the_licence_and_log_in(hub_env, tmp_path):
+    """A gated repository (SAM 3) answers 401 with the hub's GatedRepo code: one line saying what the user must do."""
+    manifest, sources = write_test_manifest(tmp_path, hashlib.sha256(SAM_BYTES).hexdigest())
+    sources.write_text(sources.read_text().replace('hub = "', 'gated = true\nhub = "', 1))
+    for name in HUB_FILES:
+        hub_env.files[f"/{HUB_REPO}/resolve/main/{name}"] = Served(b"", {"X-Error-Code": "GatedRepo",
+                                                                        "X-Error-Message": "Access restricted"}, status=401)
+    messages = []
+    outcomes = download(["tiny-detector"], None, tmp_path / "weights", str(tmp_path / "hub-cache"), report=messages.append,
+                        manifest_path=manifest, sources_path=sources)
+    assert outcomes[0].status == "failed"
+    assert outcomes[0].detail == (f"{HUB_REPO} is gated: accept its licence at https://huggingface.co/{HUB_REPO} and log in "
+                                  "(`hf auth login`), then download again")

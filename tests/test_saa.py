@@ -108,7 +108,7 @@ def test_saliency_is_each_positions_mean_of_its_400_largest_dissimilarities(saa)
 
 
 def test_method_on_tiny_random_models(saa):
-    saa.set_dataset("mvtec")
+    saa.use_dataset("mvtec")
     saa.prepare("metal_nut", [], "object", None)
     image = np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8)
     parts = saa.run(image)

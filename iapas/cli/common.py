@@ -66,6 +66,10 @@ def base_config(args: argparse.Namespace) -> Config:
     if getattr(args, "int8", False):
         overrides["detection.int8"] = overrides["masking.int8"] = True
     config = config.updated(overrides)
+    if config.detection.backend == "sam3" and getattr(args, "text_threshold", None) is not None:
+        # SAM 3 scores instances, not caption tokens (iapas/backends/sam3.py): --box-threshold is its score threshold
+        raise ValueRangeError("--text-threshold does not apply to SAM 3 (it has no per-token text scores); "
+                              "--box-threshold is its instance score threshold")
     from ..acceleration.threads import configure_threads
 
     configure_threads(config.threads)  # once per command; library users set threads themselves (Pipeline does only when > 0)
@@ -99,10 +103,85 @@ def _positive_seconds(value: float, name: str) -> float:
     return value
 
 
+def _positive_finite(value: float, name: str) -> float:
+    if not 0 < value < float("inf"):  # False for NaN too
+        raise ValueRangeError(f"{name} must be a positive finite number, got {value}")
+    return value
+
+
+def _seed(value: int, name: str) -> int:
+    if not 0 <= value < 2 ** 32:  # numpy's generators take seeds in [0, 2**32)
+        raise ValueRangeError(f"{name} must be a whole number from 0 to {2 ** 32 - 1}, got {value}")
+    return value
+
+
+def _port(value: int, name: str) -> int:
+    if not 0 <= value <= 65535:
+        raise ValueRangeError(f"{name} must be a TCP port from 0 to 65535, got {value}")
+    return value
+
+
 unit_float = _argument_type(unit_interval, "float")  # thresholds: a number in [0, 1], NaN refused
 positive_int = _argument_type(at_least_one, "int")  # counts: 1 or more
 non_negative_int = _argument_type(_non_negative, "int")  # limits where 0 means none
 positive_seconds = _argument_type(_positive_seconds, "float")
+positive_float = _argument_type(_positive_finite, "float")  # rates and scales: finite and above 0
+seed_int = _argument_type(_seed, "int")
+port_int = _argument_type(_port, "int")
+
+# THE ONE PLACE every numeric command-line option is validated: option destination -> its checked type.
+# build_parser() installs these on every command (whatever group or module declares the option) and refuses
+# a numeric option missing here, so a new one cannot slip through unchecked. Defaults are not re-parsed, so
+# an option whose default 0 means "automatic" (train's --image-size) still refuses an explicit 0.
+NUMERIC_OPTIONS = {
+    "batch_size": positive_int, "box_threshold": unit_float, "text_threshold": unit_float, "nms_iou": unit_float,
+    "size_threshold": unit_float, "detector_input_size": non_negative_int, "max_boxes": non_negative_int,
+    "threads": non_negative_int, "shots": non_negative_int, "n_images": positive_int, "seed": seed_int,
+    "llm_timeout": positive_seconds, "stall_timeout": positive_seconds, "connect_timeout": positive_seconds,
+    "epochs": positive_int, "lr": positive_float, "limit": non_negative_int, "image_size": positive_int,
+    "input_size": positive_int, "prompt_length": positive_int, "prompt_depth": non_negative_int,
+    "head_width": positive_int, "vision_head_width": positive_int, "text_head_width": positive_int,
+    "workers": non_negative_int, "port": port_int, "repeat": positive_int,
+    "warmup": non_negative_int, "images": non_negative_int, "size": positive_int, "train_good": positive_int,
+    "test_good": non_negative_int, "per_defect": non_negative_int,
+}
+
+
+def _finite(value: float, name: str) -> float:
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueRangeError(f"{name} must be a finite number, got {value}")
+    return value
+
+
+UNLISTED = {int: _argument_type(lambda value, name: value, "int"), float: _argument_type(_finite, "float")}
+
+
+def unlisted_numeric_options(parser: argparse.ArgumentParser) -> list[str]:
+    """The numeric options with no NUMERIC_OPTIONS rule (tests/test_numeric_and_training.py requires none)."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                found += unlisted_numeric_options(command)
+        elif action.dest not in NUMERIC_OPTIONS and action.type in (int, float, *UNLISTED.values()):
+            found.append("/".join(action.option_strings) or action.dest)
+    return found
+
+
+def apply_numeric_rules(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Give every numeric option of `parser` and its sub-commands its NUMERIC_OPTIONS type.
+
+    An option missing from the table (one added since) still refuses NaN and inf, and a test names it.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                apply_numeric_rules(command)
+        elif action.dest in NUMERIC_OPTIONS:
+            action.type = NUMERIC_OPTIONS[action.dest]
+        elif action.type in UNLISTED:
+            action.type = UNLISTED[action.type]
+    return parser
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +190,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="named preset of every rule: iapas (default) or official (the authors' code); see README")
     parser.add_argument("--profile", choices=profile_names(),
                         help="speed preset over the recipe: fast (SAM 2.1 Hiera-T, 512 px detector input), fast-edgetam, "
-                             "fast-omdet (OmDet-Turbo detector); see README 'Fast profile'")
+                             "fast-omdet (OmDet-Turbo detector), sam3 (SAM 3 detects and masks); see README 'Fast profile'")
     parser.add_argument("--config", help="YAML, TOML or JSON config file over the recipe (see `iapas config show`)")
     parser.add_argument("--weights", help="weights dir laid out as `iapas weights list` shows (iapas/resources/manifest.toml; default: weights)")
     parser.add_argument("--detector", help="Grounding DINO directory (overrides the weights dir)")
@@ -140,7 +219,7 @@ def add_speed_options(parser: argparse.ArgumentParser) -> None:
 
 def add_method_options(parser: argparse.ArgumentParser) -> None:
     """Options choosing the method and what it is prompted with (segment and bench)."""
-    parser.add_argument("--method", default="iapas", help="iapas (default), winclip, adaclip, anomalyclip, faprompt or genclip")
+    parser.add_argument("--method", default="iapas", help="iapas (default), winclip, adaclip, anomalyclip, faprompt, genclip, musc (a set of images) or anomalydino (--shots K)")
     parser.add_argument("--prompt", action="append", help="text prompt; repeat for several (default: abnormal, defect)")
     parser.add_argument("--calibration", help="calibration file from `iapas calibrate` (P_final, S_threshold, thresholds)")
     parser.add_argument("--no-size-filter", action="store_true", help="skip step 2-2's size filter (ablation)")
@@ -164,7 +243,7 @@ def add_winclip_options(parser: argparse.ArgumentParser) -> None:
     """WinCLIP's reimplementation and WinCLIP+'s few-shot references (segment, bench and eval)."""
     parser.add_argument("--winclip-variant", choices=("caoyunkang", "anomalib"),
                         help="whose WinCLIP rules: caoyunkang (default; IAP-AS Table 1) or anomalib")
-    parser.add_argument("--shots", type=int, help="WinCLIP+: K normal reference images (paper: 1, 2, 4; default 0)")
+    parser.add_argument("--shots", type=int, help="K normal reference images: WinCLIP+ (paper: 1, 2, 4; default 0, zero-shot) and AnomalyDINO (paper: 1, 2, 4, 8, 16; 0 means 1)")
     parser.add_argument("--reference-images", help="folder of normal images for --shots (eval default: the category's)")
 
 

@@ -15,5 +15,7 @@ METHODS.register_lazy("faprompt", "iapas.methods.faprompt:build")
 METHODS.register_lazy("genclip", "iapas.methods.genclip:build")
 METHODS.register_lazy("clipseg", "iapas.methods.clipseg:build")
 METHODS.register_lazy("saa", "iapas.methods.saa:build")
+METHODS.register_lazy("musc", "iapas.methods.musc:build")
+METHODS.register_lazy("anomalydino", "iapas.methods.anomalydino:build")
 
 __all__ = ["METHODS", "Method", "MethodBuilder"]

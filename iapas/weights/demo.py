@@ -146,14 +146,17 @@ def build_demo_hf_sam(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
+def tiny_clip_text(vocab: dict[str, int], **sizes: int) -> dict:
+    """A tiny CLIP text tower's settings over the character tokenizer's `vocab` (demo CLIP and SAM 3 share it)."""
+    return dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"],
+                **sizes)
+
+
 def tiny_clip_towers(vocab: dict[str, int], image_size: int) -> dict[str, dict]:
-    """Text and vision tower settings of the tiny CLIPs (CLIPModel, CLIPSeg): two narrow layers each, 8 px patches."""
+    """Text and vision tower settings of the tiny CLIPs (the demo CLIPModel and CLIPSeg): two narrow layers each, 8 px patches."""
     return {
-        "text_config": dict(
-            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-            pad_token_id=vocab["<|endoftext|>"],
-        ),
+        "text_config": tiny_clip_text(vocab, num_hidden_layers=2, max_position_embeddings=77),
         "vision_config": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                               image_size=image_size, patch_size=8),
     }
@@ -379,3 +382,45 @@ def make_demo_weights(weights_dir: Path) -> list[Path]:
         if entry.demo and entry.name in builders:
             written.append(builders[entry.name](entry.location(Path(weights_dir))))
     return written
+
+
+def build_demo_dinov2(directory: Path, seed: int = 0, image_size: int = 28) -> Path:
+    """Save a tiny transformers Dinov2Model (2 blocks, patch 7) with random weights to `directory`."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    directory = Path(directory)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, patch_size=7,
+                          image_size=image_size)
+    with torch.random.fork_rng(devices=[]), quiet_loading():
+        torch.manual_seed(seed)
+        Dinov2Model(config).eval().save_pretrained(directory)
+    (directory / "DEMO_WEIGHTS").write_text(DEMO_NOTE, encoding="utf-8")
+    return directory
+
+
+def build_demo_sam3(directory: Path, seed: int = 0, image_size: int = 112) -> Path:
+    """Save a tiny transformers Sam3Model (2-block ViT, patch 14, 10 queries) and its processor to `directory`."""
+    from transformers import Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
+
+    directory = Path(directory)
+    tokenizer = write_char_clip_tokenizer(directory)
+    vocab = tokenizer.get_vocab()
+    grid = image_size // 14
+    hidden = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2)
+    config = Sam3Config(
+        vision_config=dict(backbone_config=dict(model_type="sam3_vit_model", num_hidden_layers=2, image_size=image_size, patch_size=14,
+                                                pretrain_image_size=image_size // 2, window_size=4, global_attn_indexes=[1], **hidden),
+                           fpn_hidden_size=32, backbone_feature_sizes=[[grid * 4, grid * 4], [grid * 2, grid * 2], [grid, grid]]),
+        text_config=tiny_clip_text(vocab, num_hidden_layers=1, max_position_embeddings=32, projection_dim=32),
+        geometry_encoder_config=dict(num_layers=1, **hidden),
+        detr_encoder_config=dict(num_layers=1, **hidden),
+        detr_decoder_config=dict(num_layers=1, num_queries=10, **hidden),
+        mask_decoder_config=dict(hidden_size=32, num_attention_heads=2),
+    )
+    with torch.random.fork_rng(devices=[]), quiet_loading():
+        torch.manual_seed(seed)
+        Sam3Model(config).eval().save_pretrained(directory)
+    processor = Sam3Processor(image_processor=Sam3ImageProcessor(size={"height": image_size, "width": image_size}), tokenizer=tokenizer)
+    processor.save_pretrained(directory)
+    (directory / "DEMO_WEIGHTS").write_text(DEMO_NOTE, encoding="utf-8")
+    return directory

@@ -10,7 +10,7 @@ iapas's run differs. Training-free. Example::
     from iapas.config import Config
 
     saa = METHODS.get("saa")(Config(weights_dir="weights"), ())
-    saa.set_dataset("mvtec"); saa.prepare("bottle", [], "object", out_dir)
+    saa.use_dataset("mvtec"); saa.prepare("bottle", [], "object", out_dir)
     result = saa.segment(rgb_image)      # map at the image's size, in [0, 1]
     upstream = saa.official_map(rgb_image)  # upstream's 400 x 400 map, its own scale
 """

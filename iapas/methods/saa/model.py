@@ -54,7 +54,8 @@ class SaaPlus:
         """The category's prompts (training-free: no image is used)."""
         self.prompts = prompts_for(self.dataset, category)
 
-    def set_dataset(self, dataset: str) -> None:
+    def use_dataset(self, dataset: str) -> None:
+        """The dataset whose SAA+ prompt file `prepare` reads (iapas eval calls it, as for MuSc)."""
         self.dataset = dataset
 
     def propose(self, image: np.ndarray, captions: Sequence[tuple[str, str]], max_area: float) -> Proposals:
