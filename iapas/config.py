@@ -174,7 +174,7 @@ class ClipMethodsConfig:
     adaclip_resize: str = "antialiased"  # antialiased: float bicubic, antialiased | pil: PIL bicubic of the uint8 image (official)
     adaclip_prompt_precision: str = "fp32"  # fp32 | fp16: every inserted prompt rounded through fp16 (official .half())
     # AnomalyCLIP / FAPrompt: official rules (the official recipe sets each to what the authors' code does;
-    # iapas/prompt_learning/rules.py reads them; docs/notes/clip-official-a.md compares the two)
+    # iapas/prompt_learning/rules.py reads them; docs/methods/official-anomalyclip-faprompt.md compares the two)
     anomalyclip_focal: str = "binary"  # binary: focal on the abnormal map | two-class: loss.py FocalLoss on both, smooth 1e-5
     anomalyclip_deep_prompts: str = "fp32"  # fp32 | fp16: deep text prompts rounded to fp16 (AnomalyCLIP_lib .half())
     anomalyclip_input_resize: str = "float"  # float: antialiased bicubic of float pixels | pil-uint8: PIL bicubic of the uint8 image
