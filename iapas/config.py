@@ -168,6 +168,14 @@ class ClipMethodsConfig:
     adaclip_image_size: int = 0  # AdaCLIP input px; 0: the checkpoint's (518 for a released one: train.py/test.py --image_size)
     adaclip_resize: str = "antialiased"  # antialiased: float bicubic, antialiased | pil: PIL bicubic of the uint8 image (official)
     adaclip_prompt_precision: str = "fp32"  # fp32 | fp16: every inserted prompt rounded through fp16 (official .half())
+    # HEPE (iapas/methods/hepe, docs/methods/hepe.md): its prompt agent, DINOv2 and Eq. 1's scale
+    hepe_mllm_url: str = ""  # OpenAI-compatible endpoint of the step-one MLLM; empty: hepe_mllm_model as a local directory
+    hepe_mllm_model: str = ""  # the endpoint's model name, or a local transformers VLM directory; neither: fixed prompts
+    hepe_step_two: str = "mllm"  # mllm (the step-one model) | openai | gguf | hf (with calibration.llm_url / llm_model)
+    hepe_descriptions: str = "image"  # image: one agent call per test image (paper Fig. 2) | category: the first test image's, reused
+    hepe_prompt_version: str = "v1"  # resources/prompts/hepe_*_<version>.txt
+    hepe_dinov2: str = ""  # DINOv2 ViT-S directory; empty: the first 'dinov2' manifest entry in the weights dir
+    hepe_logit_scale: float = 1.0  # Eq. 1: softmax of the plain cosine (1); AdaCLIP's code: 100
 
 
 @dataclass
@@ -295,6 +303,8 @@ def validate_config(config: Config) -> Config:
 # AdaCLIP's official rules: the choices of each (iapas/prompt_learning/vision.py PIXEL_RESIZES, methods/adaclip/model.py PROMPT_PRECISIONS)
 ADACLIP_RESIZES = ("antialiased", "pil")
 ADACLIP_PROMPT_PRECISIONS = ("fp32", "fp16")
+HEPE_STEP_TWO = ("mllm", "openai", "gguf", "hf", "lexicon")  # lexicon is refused by the agent in its own words
+HEPE_DESCRIPTIONS = ("image", "category")
 
 
 def check_clip_method_rules(clip_methods: ClipMethodsConfig) -> None:
@@ -306,6 +316,13 @@ def check_clip_method_rules(clip_methods: ClipMethodsConfig) -> None:
                                  ("adaclip_prompt_precision", clip_methods.adaclip_prompt_precision, ADACLIP_PROMPT_PRECISIONS)):
         if value not in choices:
             raise ValueRangeError(f"clip_methods.{name} must be one of {', '.join(choices)}, got {value!r}")
+    for name, value, choices in (("hepe_step_two", clip_methods.hepe_step_two, HEPE_STEP_TWO),
+                                 ("hepe_descriptions", clip_methods.hepe_descriptions, HEPE_DESCRIPTIONS)):
+        if value not in choices:
+            raise ValueRangeError(f"clip_methods.{name} must be one of {', '.join(choices)}, got {value!r}")
+    scale = clip_methods.hepe_logit_scale
+    if isinstance(scale, bool) or not 0 < scale < float("inf"):
+        raise ValueRangeError(f"clip_methods.hepe_logit_scale must be a positive number, got {scale!r}")
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
