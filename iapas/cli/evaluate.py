@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 
-from .common import (EXIT_OK, add_adaclip_size_option, add_model_options, add_preprocessing_options, add_speed_options, add_winclip_options, base_config,
+from .common import (EXIT_OK, add_adaclip_size_option, add_model_options, add_preprocessing_options, add_hepe_options, add_speed_options, add_winclip_options, base_config,
                      comma_list, non_negative_int)
 
 
@@ -41,6 +41,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--prompts", help="trained prompts of a learned method (anomalyclip, faprompt, adaclip)")
     evaluate.add_argument("--genclip-prompts", help="trained GenCLIP prompts")
     add_winclip_options(evaluate)
+    add_hepe_options(evaluate)
     add_preprocessing_options(evaluate)
     add_model_options(evaluate)
     add_speed_options(evaluate)  # --batch-size through each method's batched entry point, --precision
