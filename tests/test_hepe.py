@@ -301,3 +301,34 @@ def test_a_few_training_steps_lower_the_loss(backbones):
         losses.append(float(loss))
     assert losses[-1] < losses[0]
     assert model.prompts.attention.odconv.weight.grad is not None  # the attention branch learns
+
+
+# ---- the command line -------------------------------------------------------------------------------
+def test_cli_trains_then_segments_and_evaluates_with_ablations(capsys, clip_dir, dinov2_dir, endpoint, tmp_path):
+    from iapas.cli import main
+    from iapas.data.synth import SynthSpec, write_synth_dataset
+
+    root = write_synth_dataset(tmp_path / "aux", SynthSpec(categories=("washer",), defects=("hole",), train_good=2,
+                                                            test_good=1, per_defect=2, size=56))
+    common = ["--clip", str(clip_dir), "--dinov2", str(dinov2_dir), "--no-progress"]
+    ckpt = tmp_path / "ckpt"
+    assert main(["train", "hepe", "--dataset", "mvtec", "--root", str(root), "-o", str(ckpt), "--epochs", "1",
+                 "--image-size", "56", *common]) == 0
+    prompts = str(ckpt / "hepe_prompts.pt")
+    assert "HEPE prompts: " in capsys.readouterr().err
+    run = ["--clip", str(clip_dir), "--dinov2", str(dinov2_dir), "--prompts", prompts]
+    picture = next((root / "washer" / "test" / "hole").glob("*.png"))
+    assert main(["segment", str(picture), "--method", "hepe", "--category", "washer", "-o", str(tmp_path / "seg"), *run]) == 0
+    assert "no MLLM configured" in capsys.readouterr().err  # fixed prompts, said in one line
+    assert np.load(tmp_path / "seg" / f"{picture.name}.npy").shape == (56, 56)
+    agent = ["--mllm-url", endpoint, "--mllm-model", "stub", "--cache-dir", str(tmp_path / "cache")]
+    for ablate in ("", "vfm"):
+        out = tmp_path / f"eval-{ablate or 'full'}"
+        assert main(["eval", "--dataset", "mvtec", "--root", str(root), "--categories", "washer", "--method", "hepe",
+                     "-o", str(out), "--limit", "2", *run, *agent, *(["--ablate", ablate] if ablate else [])]) == 0
+    assert any(isinstance(r["messages"][0]["content"], list) for r in Endpoint.requests)  # the agent was asked
+    fingerprint = json.loads(next((tmp_path / "eval-full").rglob("iapas-fingerprint.json")).read_text())
+    assert "hepe_prompt_version" in json.dumps(fingerprint) and endpoint in json.dumps(fingerprint)
+    assert main(["eval", "--dataset", "mvtec", "--root", str(root), "--categories", "washer", "--method", "hepe",
+                 "-o", str(tmp_path / "bad"), "--ablate", "afs", *run]) == 2
+    assert "retrain with `iapas train hepe --ablate afs`" in capsys.readouterr().err
