@@ -20,6 +20,7 @@ from iapas.methods.hepe import parts_and_agent_settings
 from iapas.methods.hepe.afs import DepthwiseSeparableConv2d, ODConv2d
 from iapas.methods.hepe.agent import AgentSettings, PromptAgent, agent_for_config, phrases, step_two_for_config
 from iapas.methods.hepe.model import Hepe, HepeParts, key_sentences, text_key
+from test_adaclip import vitl_like_dir  # noqa: F401  (the tiny CLIP fixture, shared)
 
 STEP_ONE_ANSWER = "The test sample has a thin scratch near the top edge and is rotated by 90 degrees."
 STEP_TWO_ANSWER = "1. thin scratch near the top edge\n2. dent in the centre"
@@ -175,24 +176,9 @@ def test_dsconv_is_depthwise_then_pointwise():
 
 # ---- the model --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    """A tiny random CLIP (patch 14, 4 layers each) saved as transformers saves it."""
-    from transformers import CLIPConfig, CLIPModel
-
-    from iapas.weights.demo import build_demo_clip
-
-    directory = build_demo_clip(tmp_path_factory.mktemp("clip") / "clip-tiny")
-    tokens = json.loads((directory / "vocab.json").read_text())
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokens), hidden_size=24, intermediate_size=32, num_hidden_layers=4,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokens["<|startoftext|>"],
-                         eos_token_id=tokens["<|endoftext|>"], pad_token_id=tokens["<|endoftext|>"]),
-        vision_config=dict(hidden_size=32, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2,
-                           image_size=28, patch_size=14),
-        projection_dim=24)
-    torch.manual_seed(1)
-    CLIPModel(config).eval().save_pretrained(directory)
-    return directory
+def clip_dir(vitl_like_dir):
+    """A tiny random CLIP with ViT-L-14-336's proportions (patch 14), saved as transformers saves it."""
+    return vitl_like_dir
 
 
 @pytest.fixture(scope="module")
