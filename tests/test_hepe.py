@@ -318,3 +318,55 @@ def test_cli_trains_then_segments_and_evaluates_with_ablations(capsys, clip_dir,
     assert main(["eval", "--dataset", "mvtec", "--root", str(root), "--categories", "washer", "--method", "hepe",
                  "-o", str(tmp_path / "bad"), "--ablate", "afs", *run]) == 2
     assert "retrain with `iapas train hepe --ablate afs`" in capsys.readouterr().err
+
+
+# ---- a local transformers VLM -----------------------------------------------------------------------
+def build_tiny_qwen2_vl(out: Path) -> Path:
+    """A tiny random Qwen2-VL directory (byte-level vocabulary, one layer each) saved as transformers saves it."""
+    from transformers import Qwen2TokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    specials = ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    tokenizer = Qwen2TokenizerFast(vocab=vocab, merges=[], unk_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": specials})
+    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+                "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+                "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112), tokenizer=tokenizer,
+                     video_processor=Qwen2VLVideoProcessor(), chat_template=template).save_pretrained(out)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in specials + ["<|im_end|>", "<|endoftext|>"]}
+    config = Qwen2VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+                         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], bos_token_id=None),
+        vision_config=dict(depth=1, embed_dim=16, num_heads=2, hidden_size=32, mlp_ratio=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, in_chans=3),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    torch.manual_seed(0)
+    Qwen2VLForConditionalGeneration(config).eval().save_pretrained(out)
+    return out
+
+
+def test_a_local_transformers_vlm_directory_answers_both_steps_deterministically(tmp_path):
+    from iapas.backends.llm import GenerationOptions
+    from iapas.methods.hepe.agent import TransformersVLM
+
+    directory = build_tiny_qwen2_vl(tmp_path / "qwen2-vl-tiny")
+    test, normal = images(size=40)
+    config = Config()
+    config.clip_methods.hepe_mllm_model, config.calibration.cache_dir = str(directory), str(tmp_path / "cache")
+    agent = agent_for_config(config, replace(AgentSettings(), version="v1"))
+    assert isinstance(agent.mllm.llm, TransformersVLM) and agent.llm.llm is agent.mllm.llm  # step two: the same model
+    agent.options = GenerationOptions(max_new_tokens=6)
+    first = agent.describe(test, normal, "screw")
+    assert first.differences and first == agent.describe(test, normal, "screw")
+    assert agent.mllm.hits == 1  # the second time from the cache
+    fresh = TransformersVLM(directory)
+    assert fresh.generate(agent.step_one_messages(test, normal), ["screw"], agent.options) == first.differences  # greedy
+    with pytest.raises(ConfigError, match="not a transformers model directory"):
+        TransformersVLM(tmp_path / "missing")
