@@ -370,3 +370,17 @@ def test_a_local_transformers_vlm_directory_answers_both_steps_deterministically
     assert fresh.generate(agent.step_one_messages(test, normal), ["screw"], agent.options) == first.differences  # greedy
     with pytest.raises(ConfigError, match="not a transformers model directory"):
         TransformersVLM(tmp_path / "missing")
+
+
+def test_per_category_descriptions_ask_once_per_category(backbones, endpoint, tmp_path):
+    model = tiny_hepe(backbones, HepeParts(vfm=False), agent=agent_at(endpoint, tmp_path), descriptions="category",
+                      reference_images=[])
+    from PIL import Image
+
+    good = tmp_path / "good.png"
+    Image.fromarray(images(7, 56)[0]).save(good)
+    model.prepare("screw", [good], "object", tmp_path)
+    keys = model.text_keys([images(1, 56)[0]]) + model.text_keys([images(2, 56)[0], images(3, 56)[0]])
+    assert len(set(keys)) == 1 and len(Endpoint.requests) == 2  # one step one, one step two, reused
+    model.prepare("nut", [good], "object", tmp_path)  # a new category asks again
+    assert model.text_keys([images(1, 56)[0]])[0].startswith("nut\n")

@@ -150,12 +150,13 @@ class Hepe(AdaClip):
         from dataclasses import replace
 
         from ..adaclip.checkpoint import load_into, read_checkpoint
+        from ..adaclip.model import check_input_size
 
         trained = checkpoint_parts(path)
         check_parts(trained, parts, path)
         settings, state, clip = read_checkpoint(path, backbone.depth)
         if image_size:
-            settings = replace(settings, image_size=image_size)
+            settings = replace(settings, image_size=check_input_size(image_size, backbone))
         model = cls(backbone, dinov2, settings, parts=parts, **rules)
         if not parts.vfm:  # the checkpoint's attention branch is not used (Table 2's first two rows)
             state = {key: value for key, value in state.items() if not key.startswith("attention.")}
