@@ -318,6 +318,9 @@ def test_cli_trains_then_segments_and_evaluates_with_ablations(capsys, clip_dir,
     assert main(["eval", "--dataset", "mvtec", "--root", str(root), "--categories", "washer", "--method", "hepe",
                  "-o", str(tmp_path / "bad"), "--ablate", "afs", *run]) == 2
     assert "retrain with `iapas train hepe --ablate afs`" in capsys.readouterr().err
+    assert main(["train", "hepe", "--dataset", "mvtec", "--root", str(root), "-o", str(tmp_path / "x"), "--ablate", "text",
+                 *common]) == 2
+    assert "the agent's ablations apply at `iapas eval`" in capsys.readouterr().err
 
 
 # ---- a local transformers VLM -----------------------------------------------------------------------

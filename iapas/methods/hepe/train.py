@@ -22,6 +22,8 @@ from ..adaclip.model import INPUT_SIZE, PROMPT_LENGTH, AdaClipSettings, check_in
 from ..adaclip.train import BETAS, AdaClipBatches, auxiliary_samples
 from .model import EQ1_LOGIT_SCALE, PROMPTS_FILE, Hepe, HepeParts
 
+TRAINED_ABLATIONS = ("vfm", "afs")  # Table 2's rows that change what is learned
+
 
 @dataclass(frozen=True)
 class HepeArchitecture:
@@ -42,6 +44,11 @@ def train_hepe(options: TrainOptions, architecture: HepeArchitecture = HepeArchi
     """Train (or resume) HEPE on `sources` (default: the options' one dataset); returns the file and the losses."""
     from . import parts_and_agent_settings
 
+    from ...errors import ConfigError
+
+    if set(architecture.ablate) - set(TRAINED_ABLATIONS):
+        raise ConfigError(f"`iapas train hepe --ablate` takes {', '.join(TRAINED_ABLATIONS)} (the learned parts); "
+                          f"got {', '.join(architecture.ablate)}; the agent's ablations apply at `iapas eval`")
     parts, _ = parts_and_agent_settings(architecture.ablate)
     parts = HepeParts(text_prompts=False, vfm=parts.vfm, afs=parts.afs)  # training uses the fixed prompts (see above)
     torch.manual_seed(options.seed)
