@@ -252,6 +252,7 @@ def test_each_table2_ablation_removes_exactly_its_part(backbones, endpoint, tmp_
     described = full.text_keys([image])
     assert described[0].split("\n")[1:] == ["thin scratch near the top edge", "dent in the centre"]
     assert not torch.allclose(reference, run_map(full, image, described))
+    assert full.segment(image).prompts[2:] == ("thin scratch near the top edge", "dent in the centre")  # shown in the Result
     assert tiny_hepe(backbones, HepeParts(text_prompts=False), agent=full.agent).agent is None
 
 

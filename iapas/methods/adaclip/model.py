@@ -250,6 +250,11 @@ class AdaClip(BatchedMethod, torch.nn.Module):
         """One text key per image (see `sentences`): AdaCLIP's is the category's name for every image."""
         return [self.class_name] * len(images)
 
+    def shown_prompts(self, key: str) -> tuple[str, ...]:
+        """The prompts a Result reports: the first normal and the first abnormal sentence of the image's text key."""
+        normal, abnormal = self.sentences(key)
+        return normal[0], abnormal[0]
+
     def anomaly_map(self, layer_logits: torch.Tensor) -> torch.Tensor:
         """(B, S, S) test-time map: layers' logits averaged, upsampled to the input size, softmax (before smoothing).
 
@@ -267,7 +272,7 @@ class AdaClip(BatchedMethod, torch.nn.Module):
         self.class_name = category or DEFAULT_CLASS
 
     @torch.inference_mode()
-    def encode_batch(self, images: list[np.ndarray]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], dict[str, float]]:
+    def encode_batch(self, images: list[np.ndarray]) -> tuple[list[tuple[torch.Tensor, torch.Tensor, str]], dict[str, float]]:
         """One prompted-CLIP forward over the batch: each image's test map at the input size (before smoothing) and HSF probabilities.
 
         The text prompts and HSF stay per image inside `forward`, as the reference computes them at batch 1.
@@ -275,22 +280,22 @@ class AdaClip(BatchedMethod, torch.nn.Module):
         (method/adaclip.py, method/trainer.py `autocast`) is `--precision fp16`.
         """
         start = time.perf_counter()
-        output = self(self.pixels(images), self.text_keys(images))
+        keys = self.text_keys(images)
+        output = self(self.pixels(images), keys)
         heat = self.anomaly_map(output.layer_logits)
-        return list(zip(heat, output.image_probabilities)), {"prompted_clip": time.perf_counter() - start}
+        return list(zip(heat, output.image_probabilities, keys)), {"prompted_clip": time.perf_counter() - start}
 
     @torch.inference_mode()
-    def finish(self, image: np.ndarray, encoded: tuple[torch.Tensor, torch.Tensor], timings: dict[str, float]) -> Result:
+    def finish(self, image: np.ndarray, encoded: tuple[torch.Tensor, torch.Tensor, str], timings: dict[str, float]) -> Result:
         """The smoothed map (computed at the input size, then resized to the image) and the HSF image score."""
         start = time.perf_counter()
-        heat, probabilities = encoded
+        heat, probabilities, key = encoded
         height, width = image.shape[:2]
         smoothed = torch.from_numpy(gaussian_smooth(heat, MAP_SIGMA))[None, None]
         resized = F.interpolate(smoothed, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
-        sentences = prompt_sentences(self.class_name)
         timed(timings, "smoothing", start)
         return Result(resized.numpy().astype(np.float32), Boxes.empty(), Masks.empty(height, width),
-                      (sentences[0][0], sentences[1][0]), timings, self.name, float(probabilities[1]))
+                      self.shown_prompts(key), timings, self.name, float(probabilities[1]))
 
     def loss(self, pixels: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> torch.Tensor:
         """The training loss of one batch (see `train.adaclip_loss`)."""

@@ -95,6 +95,10 @@ class Hepe(AdaClip):
             return [self.category_key] * len(images)
         return [text_key(self.class_name, self.agent.describe(image, self.reference, self.class_name)) for image in images]
 
+    def shown_prompts(self, key: str) -> tuple[str, ...]:
+        """AdaCLIP's first normal and abnormal sentence, then the agent's defect phrases (the explainable prompts)."""
+        return (*super().shown_prompts(key), *key.split(KEY_SEPARATOR)[1:])
+
     # ---- attention prompts ------------------------------------------------------------------------
     def attention_embedding(self, pixels: torch.Tensor, grid: int) -> torch.Tensor:
         """(B, g*g, E) attention prompts: DINOv2 on the same image (its own normalisation), AFS, on CLIP's g x g grid.
