@@ -60,8 +60,13 @@ def build(config: Config, ablate: Sequence[str]) -> "Method":
     dinov2 = None
     if parts.vfm:
         from ...backends.dinov2 import dinov2_for_config
+        from ...errors import WeightsError
 
-        dinov2 = dinov2_for_config(rules.hepe_dinov2, config)
+        try:
+            dinov2 = dinov2_for_config(rules.hepe_dinov2, config)
+        except WeightsError as error:  # say what HEPE needs it for, and the way round it
+            raise WeightsError(f"{error}; HEPE's attention prompts need DINOv2 ViT-S (facebook/dinov2-small as a "
+                               "transformers directory): give --dinov2 DIR, or in eval --ablate vfm") from None
     references = [image for image, _ in collect_inputs([rules.reference_images])] if rules.reference_images else []
     return Hepe.load(prompts_path(config), adaclip_backbone(config), dinov2, rules.adaclip_image_size, parts=parts,
                      logit_scale=rules.hepe_logit_scale, agent=agent, descriptions=rules.hepe_descriptions,
