@@ -307,6 +307,16 @@ def test_cli_trains_then_segments_and_evaluates_with_ablations(capsys, clip_dir,
     picture = next((root / "washer" / "test" / "hole").glob("*.png"))
     assert main(["segment", str(picture), "--method", "hepe", "--category", "washer", "-o", str(tmp_path / "seg"), *run]) == 0
     assert "no MLLM configured" in capsys.readouterr().err  # fixed prompts, said in one line
+    with socket.socket() as probe:  # an endpoint that refuses: one line, exit 2
+        probe.bind(("127.0.0.1", 0))
+        refused = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+        good = tmp_path / "good"
+        good.mkdir()
+        (good / "g.png").write_bytes(next((root / "washer" / "train" / "good").glob("*.png")).read_bytes())
+        assert main(["segment", str(picture), "--method", "hepe", "--category", "washer", "-o", str(tmp_path / "seg2"), *run,
+                     "--mllm-url", refused, "--reference-images", str(good), "--llm-timeout", "5"]) == 1  # the image failed
+    error = capsys.readouterr().err
+    assert "cannot reach LLM endpoint" in error and "Traceback" not in error
     assert np.load(tmp_path / "seg" / f"{picture.name}.npy").shape == (56, 56)
     agent = ["--mllm-url", endpoint, "--mllm-model", "stub", "--cache-dir", str(tmp_path / "cache")]
     for ablate in ("", "vfm"):

@@ -156,7 +156,7 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--genclip-prompts", help="trained GenCLIP prompts (from `iapas train genclip`; --prompts works too)")
     add_adaclip_size_option(parser)
     add_winclip_options(parser)
-    add_hepe_options(parser)
+    add_hepe_options(parser, with_timeout=True)
 
 
 def add_adaclip_size_option(parser: argparse.ArgumentParser) -> None:
@@ -174,8 +174,13 @@ def add_winclip_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference-images", help="folder of normal images for --shots (eval default: the category's)")
 
 
-def add_hepe_options(parser: argparse.ArgumentParser) -> None:
-    """HEPE's prompt agent and DINOv2 (segment, bench and eval; step two also reads --llm-url/--llm-model/--llm-timeout)."""
+def add_hepe_options(parser: argparse.ArgumentParser, with_timeout: bool = False) -> None:
+    """HEPE's prompt agent and DINOv2 (segment, bench and eval; step two also reads --llm-url/--llm-model/--llm-timeout).
+
+    `with_timeout` adds --llm-timeout for the commands without the preprocessing options (segment, bench).
+    """
+    if with_timeout:
+        parser.add_argument("--llm-timeout", type=positive_seconds, help="HEPE: seconds the MLLM endpoint may take to answer (default 120)")
     parser.add_argument("--mllm-url", help="HEPE: OpenAI-compatible endpoint of the step-one multimodal LLM (images sent as base64)")
     parser.add_argument("--mllm-model", help="HEPE: the endpoint's model name, or a local transformers VLM directory")
     parser.add_argument("--step-two-llm", choices=("mllm", "openai", "gguf", "hf", "lexicon"),
