@@ -168,6 +168,14 @@ class ClipMethodsConfig:
     adaclip_image_size: int = 0  # AdaCLIP input px; 0: the checkpoint's (518 for a released one: train.py/test.py --image_size)
     adaclip_resize: str = "antialiased"  # antialiased: float bicubic, antialiased | pil: PIL bicubic of the uint8 image (official)
     adaclip_prompt_precision: str = "fp32"  # fp32 | fp16: every inserted prompt rounded through fp16 (official .half())
+    # AnomalyCLIP / FAPrompt: official rules (the official recipe sets each to what the authors' code does;
+    # iapas/prompt_learning/rules.py reads them; docs/notes/clip-official-a.md compares the two)
+    anomalyclip_focal: str = "binary"  # binary: focal on the abnormal map | two-class: loss.py FocalLoss on both, smooth 1e-5
+    anomalyclip_deep_prompts: str = "fp32"  # fp32 | fp16: deep text prompts rounded to fp16 (AnomalyCLIP_lib .half())
+    anomalyclip_input_resize: str = "float"  # float: antialiased bicubic of float pixels | pil-uint8: PIL bicubic of the uint8 image
+    anomalyclip_train_masks: str = "nearest"  # nearest | bilinear: PIL bilinear to the input size, then > 0.5
+    anomalyclip_train_precision: str = "auto"  # auto: bf16 autocast on a GPU | fp32
+    faprompt_prior_patches: str = "top"  # top: the k patches of highest abnormality (paper Eq. 6) | first: patches 0..k-1
     # HEPE (iapas/methods/hepe, docs/methods/hepe.md): its prompt agent, DINOv2 and Eq. 1's scale
     hepe_mllm_url: str = ""  # OpenAI-compatible endpoint of the step-one MLLM; empty: hepe_mllm_model as a local directory
     hepe_mllm_model: str = ""  # the endpoint's model name, or a local transformers VLM directory; neither: fixed prompts
@@ -176,6 +184,29 @@ class ClipMethodsConfig:
     hepe_prompt_version: str = "v1"  # resources/prompts/hepe_*_<version>.txt
     hepe_dinov2: str = ""  # DINOv2 ViT-S directory; empty: the first 'dinov2' manifest entry in the weights dir
     hepe_logit_scale: float = 1.0  # Eq. 1: softmax of the plain cosine (1); AdaCLIP's code: 100
+
+
+@dataclass
+class MuscConfig:
+    """MuSc (iapas/methods/musc): the defaults are the official configs/musc.yaml and scripts/musc.sh."""
+
+    backbone: str = "clip"  # clip (clip_methods.weights, else ViT-L-14-336 when present) | dinov2 (musc.weights, else the manifest's)
+    weights: str = ""  # a DINOv2 directory for backbone = dinov2
+    image_size: int = 0  # input side; 0: 518 where the patch size divides it (the paper's), else 512 (the ViT-B scripts')
+    layers: list[int] = field(default_factory=list)  # 1-based blocks; empty: the four quarters (6 12 18 24 of ViT-L)
+    degrees: list[int] = field(default_factory=lambda: [1, 3, 5])  # LNAMD's r
+    divide: int = 1  # divide_num: the set is scored as this many subsets, drawn evenly from each folder
+    rscin: list[int] = field(default_factory=list)  # RsCIN's k list; empty: the dataset's (visa 1 8 9, else 1 2 3); [0]: off
+
+
+@dataclass
+class AnomalyDinoConfig:
+    """AnomalyDINO (iapas/methods/anomalydino); K shots come from clip_methods.shots / reference_images (--shots, --reference-images)."""
+
+    weights: str = ""  # a DINOv2 directory; empty: the manifest's dinov2-small (ViT-S/14, the authors' default)
+    resolution: int = 448  # run_anomalydino.py --resolution: the shorter side after resizing
+    preprocess: str = "agnostic"  # run_anomalydino.py --preprocess: src/utils.py get_dataset_info's modes
+    neighbours: int = 1  # run_anomalydino.py --k_neighbors
 
 
 @dataclass
@@ -199,6 +230,8 @@ class Config:
     prompts: PromptConfig = field(default_factory=PromptConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     clip_methods: ClipMethodsConfig = field(default_factory=ClipMethodsConfig)
+    musc: MuscConfig = field(default_factory=MuscConfig)
+    anomalydino: AnomalyDinoConfig = field(default_factory=AnomalyDinoConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -269,6 +302,24 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 COUNT_SETTINGS = ("calibration.n_images", "calibration.top_k", "detection.max_text_tokens", "max_image_pixels", "batch_size")
 
 
+# The CLIP methods' official rules, the values each may take (the first is the default; AdaCLIP's:
+# iapas/prompt_learning/vision.py PIXEL_RESIZES, methods/adaclip/model.py PROMPT_PRECISIONS)
+ADACLIP_RESIZES = ("antialiased", "pil")
+ADACLIP_PROMPT_PRECISIONS = ("fp32", "fp16")
+CLIP_RULE_CHOICES = {  # the CLIP methods' official-rule settings and the values each takes
+    "adaclip_resize": ADACLIP_RESIZES,
+    "adaclip_prompt_precision": ADACLIP_PROMPT_PRECISIONS,
+    "anomalyclip_focal": ("binary", "two-class"),
+    "anomalyclip_deep_prompts": ("fp32", "fp16"),
+    "anomalyclip_input_resize": ("float", "pil-uint8"),
+    "anomalyclip_train_masks": ("nearest", "bilinear"),
+    "anomalyclip_train_precision": ("auto", "fp32"),
+    "faprompt_prior_patches": ("top", "first"),
+    "hepe_step_two": ("mllm", "openai", "gguf", "hf", "lexicon"),  # lexicon is refused by the agent in its own words
+    "hepe_descriptions": ("image", "category"),
+}
+
+
 def _setting(config: Config, dotted: str) -> Any:
     node: Any = config
     for key in dotted.split("."):
@@ -300,24 +351,13 @@ def validate_config(config: Config) -> Config:
     return config
 
 
-# AdaCLIP's official rules: the choices of each (iapas/prompt_learning/vision.py PIXEL_RESIZES, methods/adaclip/model.py PROMPT_PRECISIONS)
-ADACLIP_RESIZES = ("antialiased", "pil")
-ADACLIP_PROMPT_PRECISIONS = ("fp32", "fp16")
-HEPE_STEP_TWO = ("mllm", "openai", "gguf", "hf", "lexicon")  # lexicon is refused by the agent in its own words
-HEPE_DESCRIPTIONS = ("image", "category")
-
-
 def check_clip_method_rules(clip_methods: ClipMethodsConfig) -> None:
     """The CLIP methods' official-rule settings: a one-line ValueRangeError for the first bad one."""
     size = clip_methods.adaclip_image_size
     if isinstance(size, bool) or size < 0:
         raise ValueRangeError(f"clip_methods.adaclip_image_size must be 0 (the checkpoint's) or a size in pixels, got {size!r}")
-    for name, value, choices in (("adaclip_resize", clip_methods.adaclip_resize, ADACLIP_RESIZES),
-                                 ("adaclip_prompt_precision", clip_methods.adaclip_prompt_precision, ADACLIP_PROMPT_PRECISIONS)):
-        if value not in choices:
-            raise ValueRangeError(f"clip_methods.{name} must be one of {', '.join(choices)}, got {value!r}")
-    for name, value, choices in (("hepe_step_two", clip_methods.hepe_step_two, HEPE_STEP_TWO),
-                                 ("hepe_descriptions", clip_methods.hepe_descriptions, HEPE_DESCRIPTIONS)):
+    for name, choices in CLIP_RULE_CHOICES.items():
+        value = getattr(clip_methods, name)
         if value not in choices:
             raise ValueRangeError(f"clip_methods.{name} must be one of {', '.join(choices)}, got {value!r}")
     scale = clip_methods.hepe_logit_scale

@@ -180,6 +180,6 @@ def test_ram_tagger_errors_are_one_line(capsys, weights_dir, normal_dir, tmp_pat
     assert error.startswith("iapas: error: RAM weights not found") and "ram_swin_large_14m.pth" in error
     checkpoint = tmp_path / "ram.pth"
     checkpoint.write_bytes(b"not really")
-    assert main(base + ["--tagger-weights", str(checkpoint)]) == 2  # recognize-anything is not on PyPI, so not here
+    assert main(base + ["--tagger-weights", str(checkpoint)]) == 2  # iapas's own RAM reads the file: not a checkpoint
     [error] = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("WARNING")]
-    assert error.startswith("iapas: error:") and "recognize-anything" in error and not (tmp_path / "c.json").exists()
+    assert error.startswith("iapas: error: cannot read checkpoint") and "ram.pth" in error and not (tmp_path / "c.json").exists()

@@ -13,12 +13,14 @@ from ..errors import WeightsError
 
 
 def converted_openclip_dir(checkpoint: Path) -> Path:
-    """The transformers conversion of an open_clip file, made on first use as <file>.hf/ and reused after."""
-    from .openclip_convert import convert_openclip_checkpoint
+    """The transformers conversion of an open_clip or OpenAI file, made on first use as <file>.hf/ and reused while the
+    converter's version and the file's sha256 stay those it recorded; the activation is the file's family's."""
+    from .openclip_convert import CONVERTER_VERSION, convert_openclip_checkpoint
 
     from .groundingdino_convert import converted_once
 
-    return converted_once(checkpoint, lambda partial: convert_openclip_checkpoint(checkpoint, partial), "open_clip")
+    return converted_once(checkpoint, lambda partial: convert_openclip_checkpoint(checkpoint, partial, activation="auto"),
+                          "open_clip", CONVERTER_VERSION)
 
 
 class ClipBackbone(torch.nn.Module):

@@ -73,18 +73,53 @@ def run(args: argparse.Namespace) -> int:
     config = base_config(args)
     check_method_runtimes(args.method, config)  # before any model loads, and before a Ray worker would meet it
     check_method_options(args)  # likewise: under --engine ray the segmenter is built inside an actor
+    min_images = set_scored(args.method)
+    if min_images and args.engine != "local":
+        raise IapasError(f"--method {args.method} scores the inputs as one set in one process: use --engine local")
     window = parse_window(config.bit_window)
     options = {"prompts": args.prompt, "calibration": args.calibration, "no_size_filter": args.no_size_filter,
                "category": args.category if args.method != "iapas" else None}
     fingerprint = build_fingerprint(RunSpec(config, args.method, options), SEGMENT_FIELDS)
     digest = check_fingerprint(out_dir, fingerprint, overwrite=args.overwrite)  # before any model loads
     record_fingerprint(out_dir, fingerprint)
+    if min_images:  # MuSc: the inputs are one set, scored together (iapas/runs/sets.py)
+        summary = segment_as_set(args, config, inputs, out_dir, digest, window, min_images)
+        print(summary.line(), file=sys.stderr)
+        return EXIT_OK if summary.complete else EXIT_PARTIAL
     summary = engine(functools.partial(segmenter_only, args, config), inputs, out_dir, overwrite=args.overwrite,
                      max_pixels=config.max_image_pixels, progress=not args.no_progress, extra_record=extra_record(args),
                      fingerprint=digest, bit_window=window, address=args.address, workers=args.workers, uris=uris,
                      batch_size=config.batch_size)
     print(summary.line(), file=sys.stderr)
     return EXIT_OK if summary.complete else EXIT_PARTIAL
+
+
+def set_scored(method: str) -> int:
+    """The fewest images a set-scoring method (MuSc) needs, 0 for a method that scores each image alone."""
+    from ..methods import METHODS
+
+    return int(getattr(METHODS.get(method), "min_set_size", 0))
+
+
+def segment_as_set(args: argparse.Namespace, config: Config, inputs: list, out_dir: Path, digest: str, window,
+                   min_images: int):
+    """Every input scored as one set by a set-scoring method, in this process (iapas/runs/sets.py)."""
+    from ..methods import METHODS
+    from ..runs.sets import progress_ticks, run_set
+
+    if len(inputs) < min_images:  # before any model loads
+        raise IapasError(f"--method {args.method} scores a set of at least {min_images} images together; "
+                         f"{len(inputs)} image{'s' if len(inputs) != 1 else ''} given")
+
+    def segment_set(images: list, groups: list) -> list:
+        method = METHODS.get(args.method)(config, ())  # built only when the set is not already done
+        method.prepare(args.category or "object", [], "object", out_dir)
+        method.progress = progress_ticks(not args.no_progress)
+        return method.segment_set(images, groups)
+
+    return run_set(segment_set, inputs, out_dir, min_images, overwrite=args.overwrite,
+                   max_pixels=config.max_image_pixels, progress=not args.no_progress, extra_record=extra_record(args),
+                   fingerprint=digest, bit_window=window, method=args.method)
 
 
 def listed_inputs(list_file: str | None) -> list[str]:

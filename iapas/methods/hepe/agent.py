@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ...backends.llm import CachedLLM, GenerationOptions, LLMSpec, LLMS, OpenAICompatibleLLM, as_messages
-from ...config import HEPE_STEP_TWO
+from ...config import CLIP_RULE_CHOICES
 from ...errors import ConfigError
 from ..iapas.prompting import NUMBERING, load_template
 
@@ -32,7 +32,7 @@ MAX_PHRASES = 5  # hepe_refine_v1.txt asks for at most 5 phrases; a longer answe
 MLLM_IMAGE_SIDE = 672  # our choice: images are sent with the longest side at most this (bounds the MLLM's image tokens)
 # deterministic: greedy decoding (temperature 0) under a fixed seed; a description needs more tokens than a word list
 AGENT_OPTIONS = GenerationOptions(temperature=0.0, max_new_tokens=256)
-STEP_TWO_BACKENDS = HEPE_STEP_TWO  # mllm: the step-one model answers step two as well
+STEP_TWO_BACKENDS = CLIP_RULE_CHOICES["hepe_step_two"]  # mllm: the step-one model answers step two as well
 
 
 @dataclass(frozen=True)

@@ -76,12 +76,15 @@ class Pipeline:
         # an explicit backend (a profile's) only finds weights of its own family in the weights dir
         detector_path = chosen_or_found("detector", config.detection.weights, config.weights_dir,
                                         weights_family(config.detection.backend))
-        segmenter_path = chosen_or_found("segmenter", config.masking.weights, config.weights_dir,
-                                         weights_family(config.masking.backend))
         detector = load_detector(config.detection.backend, detector_path, device, config.detection.input_size)
         if hasattr(detector, "refinement_eps"):  # Grounding DINO's box-refinement clamp is the recipe's, whatever the file
             detector.refinement_eps = config.detection.refinement_eps
-        segmenter = load_segmenter(config.masking.backend, segmenter_path, device)
+        if config.masking.backend == getattr(detector, "also_segments", None):  # SAM 3: one model, one image encoding
+            segmenter, segmenter_path = detector, detector_path
+        else:
+            segmenter_path = chosen_or_found("segmenter", config.masking.weights, config.weights_dir,
+                                             weights_family(config.masking.backend))
+            segmenter = load_segmenter(config.masking.backend, segmenter_path, device)
         use_runtime(detector, config.detection.runtime, detector_path, device)
         use_runtime(segmenter, config.masking.runtime, segmenter_path, device)
         if config.detection.int8:
