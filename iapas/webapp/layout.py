@@ -12,6 +12,32 @@ EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples" / "images"
 BOX_COLUMNS = ["phrase", "score", "x0", "y0", "x1", "y1", "mask area"]
 
 
+def uploaded_image(**options):
+    """A gr.Image that hands the handler the uploaded file itself, unconverted (16 bit, EXIF and the rest intact).
+
+    Gradio's own preprocessing opens the upload with PIL first: a text file, an empty file or a forged
+    400 MP header then fails inside Gradio with its generic error, and a 16-bit PNG comes back clipped
+    to 8 bit. iapas's loader reads the file instead (`handlers.read_upload`), with the CLI's rules and
+    messages. Pasted or webcam images (data URLs) keep Gradio's path. The instance's preprocess is
+    replaced rather than subclassing gr.Image, whose metaclass would write a .pyi stub into this package.
+    """
+    import gradio as gr
+
+    widget = gr.Image(type="filepath", **options)
+    gradio_preprocess = widget.preprocess
+
+    def preprocess(payload):
+        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
+            return payload.path
+        return gradio_preprocess(payload)
+
+    widget.preprocess = preprocess
+    return widget
+
+
+RESULT_CACHE_BOUND_S = (600, 3600)  # Gradio's copies of result files: swept every 10 min, removed after an hour
+
+
 def error_line(error: Exception) -> str:
     """The CLI's one-line message for a user's mistake."""
     return f"iapas: error: {error}"
@@ -33,11 +59,12 @@ def build_app(config: Config | None = None, cache: ModelCache | None = None, exa
             return None, None, [], [], None, error_line(error)
         score = response.result.image_score
         status = f"{len(response.boxes_table)} boxes, image score {score:.3f}, {sum(t for _, t in response.timings_table):.0f} ms"
-        return (response.overlay, response.heat, response.boxes_table, response.timings_table, response.files, status)
+        return (response.overlay_file, response.heat_file, response.boxes_table, response.timings_table, response.files,
+                status)  # files, not arrays: see SegmentResponse
 
     def on_calibrate(folder, category, n_images, progress=gr.Progress()):
         try:
-            calibration, path = calibrate_folder(cache, folder, category or "", int(n_images) if n_images else None,
+            calibration, path = calibrate_folder(cache, folder, category or "", n_images,  # 0 is refused, not the default
                                                  lambda fraction, message: progress(fraction, desc=message))
         except IapasError as error:
             return None, None, error_line(error)
@@ -46,12 +73,12 @@ def build_app(config: Config | None = None, cache: ModelCache | None = None, exa
                    "text_threshold": calibration.text_threshold, "kind": calibration.kind}
         return summary, path, f"calibrated {calibration.category or 'category'}: {len(calibration.p_final)} prompts"
 
-    with gr.Blocks(title="iapas") as app:
+    with gr.Blocks(title="iapas", delete_cache=RESULT_CACHE_BOUND_S) as app:
         gr.Markdown("# iapas: zero-shot industrial anomaly segmentation")
         with gr.Tab("Segment"):
             with gr.Row():
                 with gr.Column():
-                    image = gr.Image(type="numpy", label="image", elem_id="input-image")
+                    image = uploaded_image(label="image", elem_id="input-image")
                     method = gr.Dropdown(METHODS.names(), value="iapas", label="method", elem_id="method")
                     prompts = gr.Textbox(label="prompts (comma-separated; IAP-AS)", placeholder="abnormal, defect, scratch")
                     calibration = gr.File(label="calibration file (IAP-AS)", file_types=[".json"])
