@@ -181,6 +181,14 @@ class ClipMethodsConfig:
     anomalyclip_train_masks: str = "nearest"  # nearest | bilinear: PIL bilinear to the input size, then > 0.5
     anomalyclip_train_precision: str = "auto"  # auto: bf16 autocast on a GPU | fp32
     faprompt_prior_patches: str = "top"  # top: the k patches of highest abnormality (paper Eq. 6) | first: patches 0..k-1
+    # HEPE (iapas/methods/hepe, docs/methods/hepe.md): its prompt agent, DINOv2 and Eq. 1's scale
+    hepe_mllm_url: str = ""  # OpenAI-compatible endpoint of the step-one MLLM; empty: hepe_mllm_model as a local directory
+    hepe_mllm_model: str = ""  # the endpoint's model name, or a local transformers VLM directory; neither: fixed prompts
+    hepe_step_two: str = "mllm"  # mllm (the step-one model) | openai | gguf | hf (with calibration.llm_url / llm_model)
+    hepe_descriptions: str = "image"  # image: one agent call per test image (paper Fig. 2) | category: the first test image's, reused
+    hepe_prompt_version: str = "v1"  # resources/prompts/hepe_*_<version>.txt
+    hepe_dinov2: str = ""  # DINOv2 ViT-S directory; empty: the first 'dinov2' manifest entry in the weights dir
+    hepe_logit_scale: float = 1.0  # Eq. 1: softmax of the plain cosine (1); AdaCLIP's code: 100
 
 
 @dataclass
@@ -312,6 +320,8 @@ CLIP_RULE_CHOICES = {  # the CLIP methods' official-rule settings and the values
     "anomalyclip_train_masks": ("nearest", "bilinear"),
     "anomalyclip_train_precision": ("auto", "fp32"),
     "faprompt_prior_patches": ("top", "first"),
+    "hepe_step_two": ("mllm", "openai", "gguf", "hf", "lexicon"),  # lexicon is refused by the agent in its own words
+    "hepe_descriptions": ("image", "category"),
 }
 
 
@@ -355,6 +365,9 @@ def check_clip_method_rules(clip_methods: ClipMethodsConfig) -> None:
         value = getattr(clip_methods, name)
         if value not in choices:
             raise ValueRangeError(f"clip_methods.{name} must be one of {', '.join(choices)}, got {value!r}")
+    scale = clip_methods.hepe_logit_scale
+    if isinstance(scale, bool) or not 0 < scale < float("inf"):
+        raise ValueRangeError(f"clip_methods.hepe_logit_scale must be a positive number, got {scale!r}")
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

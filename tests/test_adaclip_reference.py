@@ -144,7 +144,7 @@ def iapas_output(path: Path, backbone, picture: np.ndarray, **rules) -> tuple[np
 
     model = AdaClip.load(path, backbone, **rules)
     model.prepare(CLASS_NAME, [], "object", Path("."))
-    [(heat, probabilities)], _ = model.encode_batch([picture])
+    [(heat, probabilities, _)], _ = model.encode_batch([picture])  # the third item: the image's text key
     return heat.numpy(), float(probabilities[1])
 
 

@@ -48,6 +48,11 @@ CONFIG_OPTIONS = {
     "precision": "precision",
     "prompts": "clip_methods.prompts",
     "threads": "threads",
+    "mllm_url": "clip_methods.hepe_mllm_url",
+    "mllm_model": "clip_methods.hepe_mllm_model",
+    "step_two_llm": "clip_methods.hepe_step_two",
+    "descriptions": "clip_methods.hepe_descriptions",
+    "dinov2": "clip_methods.hepe_dinov2",
 }
 
 
@@ -230,6 +235,7 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--genclip-prompts", help="trained GenCLIP prompts (from `iapas train genclip`; --prompts works too)")
     add_adaclip_size_option(parser)
     add_winclip_options(parser)
+    add_hepe_options(parser, with_timeout=True)
 
 
 def add_adaclip_size_option(parser: argparse.ArgumentParser) -> None:
@@ -245,6 +251,22 @@ def add_winclip_options(parser: argparse.ArgumentParser) -> None:
                         help="whose WinCLIP rules: caoyunkang (default; IAP-AS Table 1) or anomalib")
     parser.add_argument("--shots", type=int, help="K normal reference images: WinCLIP+ (paper: 1, 2, 4; default 0, zero-shot) and AnomalyDINO (paper: 1, 2, 4, 8, 16; 0 means 1)")
     parser.add_argument("--reference-images", help="folder of normal images for --shots (eval default: the category's)")
+
+
+def add_hepe_options(parser: argparse.ArgumentParser, with_timeout: bool = False) -> None:
+    """HEPE's prompt agent and DINOv2 (segment, bench and eval; step two also reads --llm-url/--llm-model/--llm-timeout).
+
+    `with_timeout` adds --llm-timeout for the commands without the preprocessing options (segment, bench).
+    """
+    if with_timeout:
+        parser.add_argument("--llm-timeout", type=positive_seconds, help="HEPE: seconds the MLLM endpoint may take to answer (default 120)")
+    parser.add_argument("--mllm-url", help="HEPE: OpenAI-compatible endpoint of the step-one multimodal LLM (images sent as base64)")
+    parser.add_argument("--mllm-model", help="HEPE: the endpoint's model name, or a local transformers VLM directory")
+    parser.add_argument("--step-two-llm", choices=("mllm", "openai", "gguf", "hf", "lexicon"),
+                        help="HEPE step two: mllm (default: the step-one model), or a text backend with --llm-url/--llm-model")
+    parser.add_argument("--descriptions", choices=("image", "category"),
+                        help="HEPE: one agent call per test image (default, paper Fig. 2) or per category (the first image's)")
+    parser.add_argument("--dinov2", help="HEPE: DINOv2 ViT-S directory (default: the weights dir's)")
 
 
 def add_threshold_options(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 
-from .common import (EXIT_OK, add_adaclip_size_option, add_model_options, add_preprocessing_options, add_speed_options, add_winclip_options, base_config,
+from .common import (EXIT_OK, add_adaclip_size_option, add_model_options, add_preprocessing_options, add_hepe_options, add_speed_options, add_winclip_options, base_config,
                      comma_list, non_negative_int)
 
 
@@ -21,7 +21,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--root", required=True, help="dataset root folder")
     evaluate.add_argument("--categories", nargs="+", help="default: every category found")
     evaluate.add_argument("--method", default="iapas", choices=METHODS.names())
-    evaluate.add_argument("--ablate", help="comma list of IAP-AS steps to switch off: tagging,llm,filter (Table 3)")
+    evaluate.add_argument("--ablate", help="comma list of steps to switch off: IAP-AS tagging,llm,filter (Table 3); "
+                                           "HEPE text,vfm,afs (Table 2), anti-false-alarm,normal-image (Table 3)")
     evaluate.add_argument("-o", "--output", default="results")
     evaluate.add_argument("--protocol", default="full", choices=PROTOCOLS.names(),
                           help="full (default): every test image at its own size; paper: how Table 1 was measured (400x400, category min-max)")
@@ -41,6 +42,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--prompts", help="trained prompts of a learned method (anomalyclip, faprompt, adaclip)")
     evaluate.add_argument("--genclip-prompts", help="trained GenCLIP prompts")
     add_winclip_options(evaluate)
+    add_hepe_options(evaluate)
     add_preprocessing_options(evaluate)
     add_model_options(evaluate)
     add_speed_options(evaluate)  # --batch-size through each method's batched entry point, --precision

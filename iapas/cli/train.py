@@ -78,6 +78,13 @@ def genclip_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=int, default=518, help="input pixels (GenCLIP §4.1: 518)")
 
 
+def hepe_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--layers", type=layer_list, default=(), help="comma list of ViT layers (HEPE §5.1: 6,12,18,24)")
+    parser.add_argument("--image-size", type=int, default=518, help="input size in pixels (AdaCLIP's 518; HEPE gives none)")
+    parser.add_argument("--dinov2", type=Path, help="DINOv2 ViT-S directory (transformers Dinov2Model) for the attention prompts")
+    parser.add_argument("--ablate", type=comma_list, default=[], help="train a Table 2 row without its part: vfm, afs")
+
+
 TRAINERS: Registry[Trainer] = Registry("trainable method")
 TRAINERS.register("adaclip")(Trainer(
     "AdaCLIP", "train AdaCLIP on auxiliary datasets (the reference: VisA + ClinicDB to test on MVTec AD, "
@@ -102,6 +109,14 @@ TRAINERS.register("genclip")(Trainer(
     # GenCLIP B.4: 15 epochs, Adam lr 4e-5; batch 8 is our choice (the paper gives none; AnomalyCLIP's default)
     epochs=15, batch_size=8, learning_rate=4e-5, add_options=genclip_options,
     architecture_options=lambda a: {"layers": a.layers, "input_size": a.input_size}))
+TRAINERS.register("hepe")(Trainer(
+    "HEPE", "train HEPE's prompts, heads and attention branch on AdaCLIP's auxiliary datasets (paper §5.1: 5 epochs, lr 0.01)",
+    "iapas.methods.hepe.train:train_hepe", "iapas.methods.hepe.train:HepeArchitecture",
+    epochs=5, batch_size=1, learning_rate=0.01, add_options=hepe_options,  # HEPE §5.1; batch 1: AdaCLIP's train.py
+    architecture_options=lambda a: {"layers": a.layers, "image_size": a.image_size, "dinov2": a.dinov2, "ablate": tuple(a.ablate)},
+    several_datasets=True,
+    config_options=lambda c: {"resize": c.clip_methods.adaclip_resize, "prompt_precision": c.clip_methods.adaclip_prompt_precision,
+                              "logit_scale": c.clip_methods.hepe_logit_scale}))
 TRAINERS.register("faprompt")(Trainer(
     "FAPrompt", "train FAPrompt's fine-grained abnormality prompts and prior network (paper App. B defaults)",
     "iapas.methods.faprompt.train:train_faprompt", "iapas.methods.faprompt.train:FAPromptArchitecture",

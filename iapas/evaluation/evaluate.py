@@ -21,7 +21,10 @@ from ..files import atomic_write, atomic_write_text, check_writable_folder, remo
 from ..runs.fingerprint import EVAL_FIELDS, RunSpec, build_fingerprint, check_fingerprint, record_fingerprint
 from ..images import Window, load_image, parse_window
 from ..methods import METHODS, Method
+from ..methods.hepe import ABLATIONS as HEPE_ABLATIONS
 from ..methods.iapas import IAPAS_ABLATIONS
+
+METHOD_ABLATIONS = {"iapas": IAPAS_ABLATIONS, "hepe": HEPE_ABLATIONS}  # what `--ablate` may switch off, per method
 from .metrics import DEFAULT_BINS, image_metrics
 from .protocols import PROTOCOLS, EvalProtocol, Scorer
 from .reports import write_pr_curve, write_tables
@@ -308,11 +311,12 @@ def check_maps_options(options: EvalOptions) -> None:
 def run_eval(options: EvalOptions, config: Config) -> Path:
     """Evaluate every chosen category; write per-category JSON, PR curves, tables and run.json."""
     check_writable_folder(options.out_dir)  # a file or a read-only folder: one line, before anything loads
-    unknown = sorted(set(options.ablate) - set(IAPAS_ABLATIONS))
+    ablations = METHOD_ABLATIONS.get(options.method, ())
+    if options.ablate and not ablations:
+        raise IapasError(f"--ablate applies to --method {' and '.join(METHOD_ABLATIONS)} only")
+    unknown = sorted(set(options.ablate) - set(ablations))
     if unknown:
-        raise IapasError(f"cannot ablate {unknown[0]!r} (choose from {', '.join(IAPAS_ABLATIONS)})")
-    if options.ablate and options.method != "iapas":
-        raise IapasError("--ablate applies to --method iapas only")
+        raise IapasError(f"cannot ablate {unknown[0]!r} (choose from {', '.join(ablations)})")
     protocol = PROTOCOLS.get(options.protocol)
     check_maps_options(options)
     dataset = load_dataset(options.dataset, options.root)

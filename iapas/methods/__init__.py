@@ -17,5 +17,6 @@ METHODS.register_lazy("clipseg", "iapas.methods.clipseg:build")
 METHODS.register_lazy("saa", "iapas.methods.saa:build")
 METHODS.register_lazy("musc", "iapas.methods.musc:build")
 METHODS.register_lazy("anomalydino", "iapas.methods.anomalydino:build")
+METHODS.register_lazy("hepe", "iapas.methods.hepe:build")
 
 __all__ = ["METHODS", "Method", "MethodBuilder"]

@@ -123,6 +123,7 @@ class AdaClip(BatchedMethod, torch.nn.Module):
 
     name = "adaclip"
     default_image_score = "method"  # `iapas eval` ranks images by HSF, as the reference's test.py does
+    logit_scale = LOGIT_SCALE  # HEPE (a subclass) follows its paper's Eq. 1 instead: the plain cosine
 
     def __init__(self, backbone: ClipBackbone, settings: AdaClipSettings | None = None, *, resize: str = "antialiased",
                  prompt_precision: str = "fp32") -> None:
@@ -160,14 +161,21 @@ class AdaClip(BatchedMethod, torch.nn.Module):
     def _tokens(self, class_name: str) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Token ids, EOS positions and the normal count of a class's 48 sentences (cached per class)."""
         if class_name not in self._sentence_ids:
-            normal, abnormal = prompt_sentences(class_name)
+            normal, abnormal = self.sentences(class_name)
             with torch.inference_mode(False):  # cached: usable later in training as well as at test time
                 self._sentence_ids[class_name] = self._tokenise(normal, abnormal)
         return self._sentence_ids[class_name]
 
+    def sentences(self, key: str) -> tuple[list[str], list[str]]:
+        """The normal and abnormal sentences of a text key: here the class name (HEPE's keys also carry descriptions)."""
+        return prompt_sentences(key)
+
     def _tokenise(self, normal: list[str], abnormal: list[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Token ids padded to the longest sentence (the causal mask makes later padding irrelevant), EOS positions."""
-        ids = self.backbone.tokenizer(normal + abnormal, padding=True, return_tensors="pt")["input_ids"]
+        """Token ids padded to the longest sentence (the causal mask makes later padding irrelevant), EOS positions.
+
+        A sentence longer than the CLIP's context is cut there, its EOS kept (AdaCLIP's own never are; HEPE's may be).
+        """
+        ids = self.backbone.tokenizer(normal + abnormal, padding=True, truncation=True, return_tensors="pt")["input_ids"]
         eos = (ids == self.backbone.clip.text_model.eos_token_id).int().argmax(-1)
         return ids.to(self.backbone.device), eos.to(self.backbone.device), len(normal)
 
@@ -222,16 +230,30 @@ class AdaClip(BatchedMethod, torch.nn.Module):
         image_embedding, hidden = self.encode_image(tokens, visual_dynamic)
         cls = F.normalize(prompts.cls_token_layer.head[0](image_embedding).float(), dim=-1)
         patches = [F.normalize(head(h[:, 1:]).float(), dim=-1) for head, h in zip(prompts.patch_token_layer.head, hidden)]
+        patches = self.merge_attention(pixels, patches)
         grid = int(round(patches[0].shape[1] ** 0.5))
         layer_logits, image_probabilities = [], []
         for b, class_name in enumerate(class_names):  # the reference runs batch 1: text prompts are per image
             text = self.text_embeddings(class_name, text_dynamic[b]).float()  # (2, E)
-            logits = [LOGIT_SCALE * layer[b] @ text.T for layer in patches]  # per layer (g*g, 2)
+            logits = [self.logit_scale * layer[b] @ text.T for layer in patches]  # per layer (g*g, 2)
             anomaly = torch.stack(logits).mean(0).softmax(-1)[:, 1]
             centre = cluster_centre([layer[b] for layer in patches], anomaly.detach(), HSF_CLUSTERS)
-            image_probabilities.append((LOGIT_SCALE * fuse(centre, cls[b]) @ text.T).softmax(-1))
+            image_probabilities.append((self.logit_scale * fuse(centre, cls[b]) @ text.T).softmax(-1))
             layer_logits.append(torch.stack([l.T.reshape(2, grid, grid) for l in logits]))
         return AdaClipOutput(torch.stack(layer_logits), torch.stack(image_probabilities))
+
+    def merge_attention(self, pixels: torch.Tensor, patches: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The unit patch embeddings the text is compared with: AdaCLIP's as they are (HEPE merges its attention prompts)."""
+        return patches
+
+    def text_keys(self, images: Sequence[np.ndarray]) -> list[str]:
+        """One text key per image (see `sentences`): AdaCLIP's is the category's name for every image."""
+        return [self.class_name] * len(images)
+
+    def shown_prompts(self, key: str) -> tuple[str, ...]:
+        """The prompts a Result reports: the first normal and the first abnormal sentence of the image's text key."""
+        normal, abnormal = self.sentences(key)
+        return normal[0], abnormal[0]
 
     def anomaly_map(self, layer_logits: torch.Tensor) -> torch.Tensor:
         """(B, S, S) test-time map: layers' logits averaged, upsampled to the input size, softmax (before smoothing).
@@ -250,7 +272,7 @@ class AdaClip(BatchedMethod, torch.nn.Module):
         self.class_name = category or DEFAULT_CLASS
 
     @torch.inference_mode()
-    def encode_batch(self, images: list[np.ndarray]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], dict[str, float]]:
+    def encode_batch(self, images: list[np.ndarray]) -> tuple[list[tuple[torch.Tensor, torch.Tensor, str]], dict[str, float]]:
         """One prompted-CLIP forward over the batch: each image's test map at the input size (before smoothing) and HSF probabilities.
 
         The text prompts and HSF stay per image inside `forward`, as the reference computes them at batch 1.
@@ -258,22 +280,22 @@ class AdaClip(BatchedMethod, torch.nn.Module):
         (method/adaclip.py, method/trainer.py `autocast`) is `--precision fp16`.
         """
         start = time.perf_counter()
-        output = self(self.pixels(images), [self.class_name] * len(images))
+        keys = self.text_keys(images)
+        output = self(self.pixels(images), keys)
         heat = self.anomaly_map(output.layer_logits)
-        return list(zip(heat, output.image_probabilities)), {"prompted_clip": time.perf_counter() - start}
+        return list(zip(heat, output.image_probabilities, keys)), {"prompted_clip": time.perf_counter() - start}
 
     @torch.inference_mode()
-    def finish(self, image: np.ndarray, encoded: tuple[torch.Tensor, torch.Tensor], timings: dict[str, float]) -> Result:
+    def finish(self, image: np.ndarray, encoded: tuple[torch.Tensor, torch.Tensor, str], timings: dict[str, float]) -> Result:
         """The smoothed map (computed at the input size, then resized to the image) and the HSF image score."""
         start = time.perf_counter()
-        heat, probabilities = encoded
+        heat, probabilities, key = encoded
         height, width = image.shape[:2]
         smoothed = torch.from_numpy(gaussian_smooth(heat, MAP_SIGMA))[None, None]
         resized = F.interpolate(smoothed, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
-        sentences = prompt_sentences(self.class_name)
         timed(timings, "smoothing", start)
         return Result(resized.numpy().astype(np.float32), Boxes.empty(), Masks.empty(height, width),
-                      (sentences[0][0], sentences[1][0]), timings, self.name, float(probabilities[1]))
+                      self.shown_prompts(key), timings, self.name, float(probabilities[1]))
 
     def loss(self, pixels: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> torch.Tensor:
         """The training loss of one batch (see `train.adaclip_loss`)."""
