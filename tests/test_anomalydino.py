@@ -13,7 +13,7 @@ from PIL import Image
 from iapas.errors import ConfigError, IapasError
 from iapas.methods.anomalydino.model import AnomalyDino, mean_top_percent, prepared_pixels
 from iapas.methods.anomalydino.preprocess import settings
-from tests.reference_source import reference_copy
+from tests.reference_source import reference_copy, reference_imports
 
 FAISS = Path(sys.prefix) / "reference-faiss"  # `make install`: faiss-cpu for the reference side only
 
@@ -82,19 +82,10 @@ def authors(tmp_path_factory):
     if not (FAISS / "faiss").is_dir():
         pytest.skip(f"faiss-cpu for the reference side is absent ({FAISS}; `make install` puts it there)")
     folder = reference_copy("AnomalyDINO", tmp_path_factory.mktemp("anomalydino"))
-    sys.dont_write_bytecode = True
-    sys.path[:0] = [str(folder), str(FAISS)]
-    saved = {name: sys.modules.pop(name) for name in list(sys.modules) if name == "src" or name.startswith("src.")}
-    try:
+    with reference_imports(folder, also_on_path=[FAISS], shadowed=["src"]):
         import src.backbones as backbones
         import src.detection as detection
         yield backbones, detection
-    finally:
-        for name in [name for name in sys.modules if name == "src" or name.startswith("src.")]:
-            del sys.modules[name]
-        sys.modules.update(saved)
-        for path in (str(folder), str(FAISS)):
-            sys.path.remove(path)
 
 
 @pytest.mark.parametrize("masking, rotation", [(False, False), (True, True)])

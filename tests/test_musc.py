@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from iapas.errors import IapasError
 from iapas.methods.musc import MIN_SET_SIZE
 from iapas.methods.musc.model import ClipFeatures, DinoFeatures, MuSc, default_layers, min_set_size
 from iapas.methods.musc.scoring import aggregate, mutual_scores, rescore, subsets
-from tests.reference_source import reference_copy
+from tests.reference_source import reference_copy, reference_imports
 
 
 def reference_module(folder: Path, relative: str, name: str):
@@ -28,8 +27,9 @@ def reference_module(folder: Path, relative: str, name: str):
 @pytest.fixture(scope="module")
 def official(tmp_path_factory):
     folder = reference_copy("MuSc", tmp_path_factory.mktemp("musc"))
-    sys.dont_write_bytecode = True
-    return {name: reference_module(folder, f"models/modules/_{name}.py", f"musc_reference_{name}") for name in ("LNAMD", "MSM", "RsCIN")}
+    with reference_imports(folder):
+        return {name: reference_module(folder, f"models/modules/_{name}.py", f"musc_reference_{name}")
+                for name in ("LNAMD", "MSM", "RsCIN")}
 
 
 def random_tokens(count: int, grid: int, channels: int, layers: int, seed: int = 0) -> list[torch.Tensor]:
