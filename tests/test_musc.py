@@ -130,13 +130,6 @@ def test_subsets_follow_the_reference_division():
     assert subsets(groups, 1) == [list(range(9))]
 
 
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    from iapas.weights.demo import build_demo_clip
-
-    return build_demo_clip(tmp_path_factory.mktemp("clip") / "clip-demo")
-
-
 def images(count: int, seed: int = 0, size=(40, 48)) -> list[np.ndarray]:
     generator = np.random.default_rng(seed)
     return [generator.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(count)]
