@@ -13,7 +13,7 @@ from PIL import Image
 from iapas.errors import ConfigError, IapasError
 from iapas.methods.anomalydino.model import AnomalyDino, mean_top_percent, prepared_pixels
 from iapas.methods.anomalydino.preprocess import settings
-from tests.reference_source import reference_copy, reference_imports
+from reference_source import reference_copy, reference_imports
 
 FAISS = Path(sys.prefix) / "reference-faiss"  # `make install`: faiss-cpu for the reference side only
 
@@ -181,7 +181,7 @@ def test_one_line_errors(dino_dir, tmp_path):
 def test_segment_cli_with_reference_images(dino_dir, tmp_path, capsys):
     import json
 
-    from tests.cli_runner import error_lines, run
+    from cli_runner import error_lines, run
 
     references, inputs = tmp_path / "normal", tmp_path / "inputs"
     references.mkdir()

@@ -13,7 +13,7 @@ from iapas.errors import IapasError
 from iapas.methods.musc import MIN_SET_SIZE
 from iapas.methods.musc.model import ClipFeatures, DinoFeatures, MuSc, default_layers, min_set_size
 from iapas.methods.musc.scoring import aggregate, mutual_scores, rescore, subsets
-from tests.reference_source import reference_copy, reference_imports
+from reference_source import reference_copy, reference_imports
 
 
 def reference_module(folder: Path, relative: str, name: str):
@@ -208,7 +208,7 @@ def write_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
 
 
 def test_segment_folder_scores_the_set_together_and_resumes_as_one_unit(tmp_path, clip_dir, capsys):
-    from tests.cli_runner import error_lines, run
+    from cli_runner import error_lines, run
 
     folder, out = tmp_path / "set", tmp_path / "out"
     write_images(folder, 5)
@@ -278,7 +278,7 @@ def test_eval_scores_each_category_as_one_set(tmp_path, clip_dir, capsys):
 def test_a_second_run_on_a_set_being_scored_is_refused(tmp_path, clip_dir, capsys):
     from iapas.runs.claims import claim_path, try_claim
     from iapas.runs.sets import SET_CLAIM
-    from tests.cli_runner import run
+    from cli_runner import run
 
     folder, out = tmp_path / "set", tmp_path / "out"
     write_images(folder, 5)
