@@ -11,7 +11,6 @@ where it is random: KMeans is unseeded there, seeded 111 in iapas (point 14 of i
 """
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from reference_source import reference_copy
+from reference_source import reference_copy, reference_imports
 
 # the by-hand check this test replaces (scripts/check_adaclip_against_reference.py) found 2.4e-6 between the two float32 stacks:
 # open_clip-style and transformers attention sum in different orders. 1e-5 leaves room for that and stays below
@@ -62,16 +61,11 @@ class Reference:
         (folder / "method" / "__init__.py").write_text("", encoding="utf-8")
         bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"  # the copy here is a git-lfs pointer
         (folder / "method" / bpe.name).write_bytes(bpe.read_bytes())
-        sys.path.insert(0, str(folder))
-        try:
+        with reference_imports(folder):  # nothing named `method` stays importable for other tests
             from method.adaclip import AdaCLIP
             from method.clip_model import CLIP, resize_pos_embed
             from method.custom_clip import image_transform
             from loss import BinaryDiceLoss, FocalLoss
-        finally:
-            sys.path.remove(str(folder))
-            for module in [m for m in sys.modules if m in ("method", "loss") or m.startswith("method.")]:
-                del sys.modules[module]  # nothing named `method` stays importable for other tests
         self.AdaCLIP, self.CLIP, self.resize_pos_embed, self.image_transform = AdaCLIP, CLIP, resize_pos_embed, image_transform
         self.FocalLoss, self.BinaryDiceLoss = FocalLoss, BinaryDiceLoss
 

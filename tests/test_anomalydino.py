@@ -13,7 +13,7 @@ from PIL import Image
 from iapas.errors import ConfigError, IapasError
 from iapas.methods.anomalydino.model import AnomalyDino, mean_top_percent, prepared_pixels
 from iapas.methods.anomalydino.preprocess import settings
-from tests.reference_source import reference_copy
+from reference_source import reference_copy, reference_imports
 
 FAISS = Path(sys.prefix) / "reference-faiss"  # `make install`: faiss-cpu for the reference side only
 
@@ -82,19 +82,10 @@ def authors(tmp_path_factory):
     if not (FAISS / "faiss").is_dir():
         pytest.skip(f"faiss-cpu for the reference side is absent ({FAISS}; `make install` puts it there)")
     folder = reference_copy("AnomalyDINO", tmp_path_factory.mktemp("anomalydino"))
-    sys.dont_write_bytecode = True
-    sys.path[:0] = [str(folder), str(FAISS)]
-    saved = {name: sys.modules.pop(name) for name in list(sys.modules) if name == "src" or name.startswith("src.")}
-    try:
+    with reference_imports(folder, also_on_path=[FAISS], shadowed=["src"]):
         import src.backbones as backbones
         import src.detection as detection
         yield backbones, detection
-    finally:
-        for name in [name for name in sys.modules if name == "src" or name.startswith("src.")]:
-            del sys.modules[name]
-        sys.modules.update(saved)
-        for path in (str(folder), str(FAISS)):
-            sys.path.remove(path)
 
 
 @pytest.mark.parametrize("masking, rotation", [(False, False), (True, True)])
@@ -190,7 +181,7 @@ def test_one_line_errors(dino_dir, tmp_path):
 def test_segment_cli_with_reference_images(dino_dir, tmp_path, capsys):
     import json
 
-    from tests.cli_runner import error_lines, run
+    from cli_runner import error_lines, run
 
     references, inputs = tmp_path / "normal", tmp_path / "inputs"
     references.mkdir()

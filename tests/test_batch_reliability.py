@@ -168,10 +168,13 @@ def test_fingerprint_fields_models_and_limit(tmp_path, weights_dir):
     check_or_record(tmp_path / "run", limited)
     with pytest.raises(Exception, match=r"limit 4 -> 0"):
         check_or_record(tmp_path / "run", full)
-    # a model file that changed (same path, new contents) changes the fingerprint
+    # a model file that changed (same path, new contents) changes the fingerprint; a changed file is the folder's
+    # newest (its identity is the newest mtime), so the bump goes past every file's, not only config.json's own:
+    # on a loaded machine the demo weights are saved more than a second after their config.json
     detector = Path(limited["models"]["detector"]["path"])
     stamp = os.stat(detector / "config.json")
-    os.utime(detector / "config.json", ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
+    newest = max(path.stat().st_mtime_ns for path in detector.rglob("*") if path.is_file())
+    os.utime(detector / "config.json", ns=(stamp.st_atime_ns, newest + 10**9))
     try:
         with pytest.raises(Exception, match=r"models.detector changed"):
             check_or_record(tmp_path / "run", build_fingerprint(spec, EVAL_FIELDS))

@@ -16,27 +16,13 @@ from iapas import Pipeline
 from iapas.config import build_config
 from iapas.types import Boxes
 from cli_runner import error_lines, run
+from scripted_detector import ScriptedDetector  # defects first, then the object pass
 
 IMAGE = np.zeros((100, 100, 3), np.uint8)
 # the object box reaches 50 px past the top and left edges: 2.25 of the image as predicted, 1.0 once cut
 OBJECT = Boxes([[-50, -50, 100, 100]], [0.9], ("washer",))
 # a defect inside the image (0.81 of it) and one reaching past the bottom-right corner (0.49 as predicted, 0.16 cut)
 DEFECTS = Boxes([[0, 0, 90, 90], [60, 60, 130, 130]], [0.5, 0.4], ("scratch", "dent"))
-
-
-@dataclass
-class ScriptedDetector:
-    """Answers each detector call with the next given boxes (defects first, then the object pass)."""
-
-    answers: list
-    asked: list = field(default_factory=list)
-
-    def fits(self, caption):
-        return True
-
-    def detect_captions(self, image, captions, box_threshold, text_threshold, phrase_rule="words"):
-        self.asked.append(tuple(captions))
-        return self.answers.pop(0)
 
 
 @dataclass

@@ -13,10 +13,8 @@ put in sys.modules while their code is imported: `thop` (imported, never used), 
 from __future__ import annotations
 
 import builtins
-import sys
 import types
 from collections import OrderedDict
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +29,7 @@ from iapas.config import build_config
 from iapas.methods.anomalyclip.model import AnomalyClip, AnomalyClipSettings
 from iapas.methods.faprompt.model import FAPrompt, FAPromptSettings
 from iapas.prompt_learning.rules import PromptRules
-from reference_source import reference_copy
+from reference_source import reference_copy, reference_imports
 
 OFFICIAL = PromptRules.from_config(build_config("official").clip_methods)
 INPUT = 518  # the official --image_size
@@ -59,26 +57,14 @@ def _stand_ins() -> dict[str, types.ModuleType]:
             "iopath.common": types.ModuleType("iopath.common"), "iopath.common.file_io": file_io}
 
 
-@contextmanager
-def reference_imports(folder: Path):
-    """Import from one copy of the authors' repository; every module it brought is forgotten afterwards."""
-    before = set(sys.modules)
-    stand_ins = _stand_ins()
-    sys.modules.update(stand_ins)
-    sys.path.insert(0, str(folder))
-    writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
-    try:
-        yield
-    finally:
-        sys.dont_write_bytecode = writes_bytecode
-        sys.path.remove(str(folder))
-        for name in set(sys.modules) - before:
-            del sys.modules[name]
+def official_imports(folder: Path):
+    """Import from one copy of the authors' repository, with the stand-ins; its modules are forgotten afterwards."""
+    return reference_imports(folder, stand_ins=_stand_ins())
 
 
 def tiny_openai_file(folder: Path, directory: Path) -> Path:
     """A tiny CLIP built with the reference's own CLIP class, saved as OpenAI's state dict (with its integers)."""
-    with reference_imports(folder):
+    with official_imports(folder):
         from AnomalyCLIP_lib.CLIP import CLIP
 
         torch.manual_seed(0)
@@ -117,7 +103,7 @@ def textured_picture(seed: int = 0) -> np.ndarray:
 
 def reference_pixels(folder: Path, picture: np.ndarray) -> torch.Tensor:
     """The picture as the reference's test.py feeds it: its utils.get_transform on the PIL image."""
-    with reference_imports(folder):
+    with official_imports(folder):
         from utils import get_transform
 
         preprocess, _ = get_transform(types.SimpleNamespace(image_size=INPUT))
@@ -167,7 +153,7 @@ def test_anomalyclip_equals_the_authors_code(shared, tmp_path):
               "learnabel_text_embedding_length": settings.text_length}
     dpam = VISION_LAYERS - settings.vv_from + 2  # DAPM_replace(DPAM_layer=20) on 24 layers: V-V from layer 6
     pixels = reference_pixels(shared.anomalyclip, picture)
-    with reference_imports(shared.anomalyclip):
+    with official_imports(shared.anomalyclip):
         import AnomalyCLIP_lib
         from prompt_ensemble import AnomalyCLIP_PromptLearner
 
@@ -221,7 +207,7 @@ def test_faprompt_equals_the_authors_code(shared, tmp_path):
               "learnabel_text_embedding_length": settings.text_length}  # test.py's defaults, depth scaled to the CLIP
     dpam = VISION_LAYERS - settings.vv_from + 2
     pixels = reference_pixels(shared.faprompt, picture)
-    with reference_imports(shared.faprompt):
+    with official_imports(shared.faprompt):
         import AnomalyCLIP_lib
         from FAPrompt import FAPrompt as ReferencePrompts
 
@@ -289,7 +275,7 @@ def test_two_class_focal_and_dice_equal_the_authors_loss(tmp_path):
     abnormal[0, 0, 0, :3] = torch.tensor([0.0, 1.0, 1e-7])  # saturated pixels: where the label smoothing shows
     maps = torch.cat([1 - abnormal, abnormal], dim=1)  # (B, 2, H, W) softmax pairs, as get_similarity_map gives them
     masks = (torch.rand(2, 6, 6, generator=generator) > 0.6).float()
-    with reference_imports(folder):
+    with official_imports(folder):
         from loss import BinaryDiceLoss, FocalLoss
 
         focal, dice = FocalLoss(), BinaryDiceLoss()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from iapas.errors import IapasError
 from iapas.methods.musc import MIN_SET_SIZE
 from iapas.methods.musc.model import ClipFeatures, DinoFeatures, MuSc, default_layers, min_set_size
 from iapas.methods.musc.scoring import aggregate, mutual_scores, rescore, subsets
-from tests.reference_source import reference_copy
+from reference_source import reference_copy, reference_imports
 
 
 def reference_module(folder: Path, relative: str, name: str):
@@ -28,8 +27,9 @@ def reference_module(folder: Path, relative: str, name: str):
 @pytest.fixture(scope="module")
 def official(tmp_path_factory):
     folder = reference_copy("MuSc", tmp_path_factory.mktemp("musc"))
-    sys.dont_write_bytecode = True
-    return {name: reference_module(folder, f"models/modules/_{name}.py", f"musc_reference_{name}") for name in ("LNAMD", "MSM", "RsCIN")}
+    with reference_imports(folder):
+        return {name: reference_module(folder, f"models/modules/_{name}.py", f"musc_reference_{name}")
+                for name in ("LNAMD", "MSM", "RsCIN")}
 
 
 def random_tokens(count: int, grid: int, channels: int, layers: int, seed: int = 0) -> list[torch.Tensor]:
@@ -130,13 +130,6 @@ def test_subsets_follow_the_reference_division():
     assert subsets(groups, 1) == [list(range(9))]
 
 
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    from iapas.weights.demo import build_demo_clip
-
-    return build_demo_clip(tmp_path_factory.mktemp("clip") / "clip-demo")
-
-
 def images(count: int, seed: int = 0, size=(40, 48)) -> list[np.ndarray]:
     generator = np.random.default_rng(seed)
     return [generator.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(count)]
@@ -215,7 +208,7 @@ def write_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
 
 
 def test_segment_folder_scores_the_set_together_and_resumes_as_one_unit(tmp_path, clip_dir, capsys):
-    from tests.cli_runner import error_lines, run
+    from cli_runner import error_lines, run
 
     folder, out = tmp_path / "set", tmp_path / "out"
     write_images(folder, 5)
@@ -285,7 +278,7 @@ def test_eval_scores_each_category_as_one_set(tmp_path, clip_dir, capsys):
 def test_a_second_run_on_a_set_being_scored_is_refused(tmp_path, clip_dir, capsys):
     from iapas.runs.claims import claim_path, try_claim
     from iapas.runs.sets import SET_CLAIM
-    from tests.cli_runner import run
+    from cli_runner import run
 
     folder, out = tmp_path / "set", tmp_path / "out"
     write_images(folder, 5)

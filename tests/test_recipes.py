@@ -1,6 +1,5 @@
 """Recipes and the official rules, each on hand-computed cases; the reference detection rule on controlled logits."""
 import json
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from iapas.stages.filtering import ObjectSizeFilterStage, object_size
 from iapas.stages.scoring import anomaly_map
 from iapas.stages.tagging import TopOneTagStage, official_tag_caption, top_phrase
 from iapas.types import Boxes, Masks
+from scripted_detector import ScriptedDetector
 
 # ---------------------------------------------------------------- recipes
 
@@ -165,21 +165,6 @@ def test_top_one_phrase_over_images():
     assert top_phrase([("screw", 0.4), ("metal", 0.6), ("screw", 0.7), ("bolt", 0.7), ("", 0.95)]) == "bolt"
     assert top_phrase([("screw", 0.4), ("metal", 0.6)]) == "metal"
     assert top_phrase([("", 0.9)]) is None
-
-
-@dataclass
-class ScriptedDetector:
-    """Returns given boxes per caption: lets a test set what Grounding DINO 'found' and check what it was asked."""
-
-    answers: list
-    asked: list = field(default_factory=list)
-
-    def fits(self, caption):
-        return True
-
-    def detect_captions(self, image, captions, box_threshold, text_threshold, phrase_rule="words"):
-        self.asked.append((tuple(captions), box_threshold, text_threshold))
-        return self.answers.pop(0)
 
 
 def test_top_one_tag_stage_over_several_images():

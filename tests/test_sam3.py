@@ -78,7 +78,7 @@ def test_segmenting_boxes_it_did_not_detect_is_refused(sam3_dir):
 def test_text_threshold_is_refused_under_the_sam3_profile(sam3_dir, tmp_path, capsys):
     from PIL import Image
 
-    from tests.cli_runner import error_lines, run
+    from cli_runner import error_lines, run
 
     Image.fromarray(image()).save(tmp_path / "part.png")
     code, _, err = run(capsys, "segment", tmp_path / "part.png", "--profile", "sam3", "--text-threshold", "0.3", "--prompt", "scratch",

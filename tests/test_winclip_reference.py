@@ -10,14 +10,13 @@ PIL transform; few-shot references converted to RGB first), iapas from the RGB i
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from reference_source import reference_copy
+from reference_source import reference_copy, reference_imports
 
 SIZE = 40  # tiny CLIP: 40 px, 8 px patches, a 5 x 5 grid
 SCALES = (2, 3)  # eval_WinCLIP.py --scales default
@@ -35,14 +34,9 @@ def rgb(seed: int, shape=(60, 70, 3)) -> np.ndarray:
 def winclip_reference(tmp_path_factory):
     """The reference's WinCLIP module (imported from a copy) and a tiny random CLIPAD model with its open_clip file."""
     folder = reference_copy("WinClip", tmp_path_factory.mktemp("reference"))
-    sys.path.insert(0, str(folder))
-    try:
+    with reference_imports(folder):  # nothing named WinCLIP stays importable for other tests
         import WinCLIP
         from WinCLIP import CLIPAD
-    finally:
-        sys.path.remove(str(folder))
-        for name in [m for m in sys.modules if m == "WinCLIP" or m.startswith("WinCLIP.")]:
-            del sys.modules[name]  # nothing named WinCLIP stays importable for other tests
     torch.manual_seed(0)
     model = CLIPAD.CLIP(embed_dim=16, vision_cfg=dict(layers=2, width=64, head_width=64, patch_size=8, image_size=SIZE),
                         text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=2), scales=SCALES).eval()

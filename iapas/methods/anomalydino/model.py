@@ -181,10 +181,7 @@ class AnomalyDino:
 
         self.category = category
         self.rules = settings(self.preprocess, self.dataset, category)
-        pool, where = reference_pool(self.reference_dir, normal_images, self.shots, category)
-        pool = sorted(pool, key=lambda path: Path(path).name)
-        if len(pool) < self.shots:
-            raise IapasError(f"--shots {self.shots} needs {self.shots} normal reference images; {where} has {len(pool)}")
+        pool = sorted(reference_pool(self.reference_dir, normal_images, self.shots, category), key=lambda path: Path(path).name)
         chosen = tuple(pool[:self.shots])  # src/detection.py: sorted(os.listdir(...))[seed * k:(seed + 1) * k], seed 0
         self.set_references([load_image(path).pixels for path in chosen])
         self.references = chosen

@@ -21,12 +21,9 @@ DEFAULT_VARIANT = "caoyunkang"  # the implementation IAP-AS Table 1 ran (github 
 DEFAULT_SEED = 111  # IAP-AS test_zsas.py setup_seed, also caoyunkang eval_WinCLIP.py's first seed
 
 
-def draw_references(pool: Sequence[Path], shots: int, seed: int, where: str) -> list[Path]:
-    """`shots` normal images drawn from `pool` with `seed` (the same ones on every run)."""
-    pool = sorted(pool)
-    if len(pool) < shots:
-        raise IapasError(f"--shots {shots} needs {shots} normal reference images; {where} has {len(pool)}")
-    return sorted(random.Random(seed).sample(pool, shots))
+def draw_references(pool: Sequence[Path], shots: int, seed: int) -> list[Path]:
+    """`shots` normal images drawn from `pool` (at least `shots` of them: `reference_pool`) with `seed`, the same on every run."""
+    return sorted(random.Random(seed).sample(sorted(pool), shots))
 
 
 @dataclass
@@ -117,8 +114,7 @@ class WinClip(BatchedMethod):
             raise IapasError("--reference-images needs --shots K (the paper uses K = 1, 2 or 4)")
         if not self.shots:
             return
-        pool, where = reference_pool(self.reference_dir, normal_images, self.shots, category)
-        chosen = draw_references(pool, self.shots, self.seed, where)
+        chosen = draw_references(reference_pool(self.reference_dir, normal_images, self.shots, category), self.shots, self.seed)
         if tuple(chosen) != self.references:
             self.set_references([load_image(path).pixels for path in chosen])
             self.references = tuple(chosen)
