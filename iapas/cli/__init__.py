@@ -6,6 +6,7 @@ import os
 import sys
 from typing import Sequence
 
+from .. import __version__
 from ..errors import IapasError
 from . import calibrate, data, evaluate, export, segment, serve, tools, train, weights
 from .common import EXIT_ERROR
@@ -17,6 +18,7 @@ COMMAND_MODULES = (segment, calibrate, evaluate, train, data, weights, tools, se
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every command module's sub-commands."""
     parser = argparse.ArgumentParser(prog="iapas", description="Training-free zero-shot industrial anomaly segmentation (IAP-AS).")
+    parser.add_argument("--version", action="version", version=f"iapas {__version__}", help="print iapas's version and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     commands = parser.add_subparsers(dest="command", required=True)
     for module in COMMAND_MODULES:

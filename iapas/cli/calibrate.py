@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rich.console import Console
 
 from ..errors import IapasError
 from .common import EXIT_OK, add_model_options, add_preprocessing_options, base_config, comma_list, positive_int
@@ -31,6 +30,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write a calibration file from normal images, or print one with --show."""
+    from rich.console import Console
+
     from ..calibration import calibration_table, load_calibration
 
     console = Console(width=160)

@@ -6,14 +6,17 @@ import dataclasses
 import functools
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..runs.batch import Segment
-from ..calibration import Calibration
 from ..config import Config
 from ..errors import IapasError
 from .common import (EXIT_OK, EXIT_PARTIAL, add_method_options, add_model_options, add_speed_options, add_threshold_options,
                      base_config)
 from .export import add_runtime_options
+
+if TYPE_CHECKING:
+    from ..calibration import Calibration
+    from ..runs.batch import Segment
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

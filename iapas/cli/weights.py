@@ -5,8 +5,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
 
 from ..errors import IapasError
 from .common import EXIT_ERROR, EXIT_OK
@@ -51,6 +49,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_list(args: argparse.Namespace) -> int:
     """Print the manifest with what is present in the weights dir."""
+    from rich.console import Console
+    from rich.table import Table
+
     from ..weights.manifest import is_present, load_manifest
 
     table = Table(title=f"weights known to iapas (dir: {args.dir})")
@@ -66,6 +67,9 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     """Check sizes and hashes; exit 2 when a checkpoint is wrong or none is there."""
+    from rich.console import Console
+    from rich.table import Table
+
     from ..weights.manifest import load_manifest, verify_entry
 
     weights_dir = Path(args.dir)
