@@ -15,6 +15,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from .errors import ConfigError, ValueRangeError
+from .folders import default_weights_dir
 
 PAPER_OBJECT_THRESHOLD = 0.2  # box and text threshold for object datasets
 PAPER_TEXTURE_THRESHOLD = 0.1  # box and text threshold for texture datasets
@@ -168,7 +169,8 @@ class Config:
     recipe: str = DEFAULT_RECIPE  # the named preset of rules this config started from (resources/recipes/)
     recipe_version: int = 1
     profile: str = ""  # the speed preset laid over the recipe (resources/profiles/), "" for none
-    weights_dir: str = "weights"
+    # --weights; default: $IAPAS_WEIGHTS, else ./weights when it holds files, else the per-user folder (iapas/folders.py)
+    weights_dir: str = field(default_factory=lambda: str(default_weights_dir()))
     device: str = "auto"
     threads: int = 0  # torch CPU threads; 0: the CPUs this process may use, unless OMP_NUM_THREADS is set (iapas/acceleration/threads.py)
     max_image_pixels: int = 80_000_000  # larger images are refused rather than exhausting memory

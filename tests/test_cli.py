@@ -187,7 +187,7 @@ def test_bench_reports_every_stage_of_the_chosen_method(capsys, weights_dir):
     assert main(["bench", "missing.png", "--weights", str(weights_dir)]) == 2
     assert capsys.readouterr().err.strip() == "iapas: error: image not found: missing.png"
     assert main(["bench", image, "--weights", str(weights_dir), "--method", "winclip", "--prompt", "crack"]) == 2
-    assert "--prompt only apply to --method iapas" in capsys.readouterr().err
+    assert "--prompt is IAP-AS's detector prompt word; the CLIP methods take --category NAME" in capsys.readouterr().err
 
 
 def test_bench_throughput_against_the_naive_loop_writes_json(capsys, weights_dir, tmp_path):

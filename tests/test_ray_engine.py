@@ -155,8 +155,10 @@ def test_segment_actor_batches_its_rows_and_fails_one_image_in_its_place(pipelin
     assert [rows_per_call(size) for size in (1, 2, 3, 8)] == [4, 4, 6, 8]  # whole method batches per Ray Data call
 
 
-@pytest.mark.parametrize("extra, named", [(["--prompt", "scratch"], "--prompt"),
-                                          (["--calibration", "cal.json", "--no-size-filter"], "--calibration, --no-size-filter")])
+@pytest.mark.parametrize("extra, named", [
+    (["--prompt", "scratch"], "--prompt is IAP-AS's detector prompt word; the CLIP methods take --category NAME"),
+    (["--calibration", "cal.json", "--no-size-filter"],
+     "--calibration is IAP-AS's calibration file; --method winclip does not use it (also misplaced: --no-size-filter)")])
 def test_iapas_only_options_with_a_clip_method_are_refused_before_the_ray_engine_starts(
         synthetic_folder, weights_dir, tmp_path, capsys, monkeypatch, extra, named):
     """Under --engine ray the segmenter is built inside an actor; the check must come first, as one line."""
@@ -168,5 +170,5 @@ def test_iapas_only_options_with_a_clip_method_are_refused_before_the_ray_engine
     argv = ["segment", str(synthetic_folder), "-o", str(out), "--weights", str(weights_dir), "--no-progress",
             "--engine", "ray", "--method", "winclip", *extra]
     assert main(argv) == 2
-    assert capsys.readouterr().err.splitlines() == [f"iapas: error: {named} only apply to --method iapas, not winclip"]
+    assert capsys.readouterr().err.splitlines() == [f"iapas: error: {named}"]
     assert started == [] and not (out / "iapas-fingerprint.json").exists()  # refused before the engine or any record

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 from ..config import Config
 from ..errors import IapasError
-from .common import (EXIT_OK, EXIT_PARTIAL, add_method_options, add_model_options, add_speed_options, add_threshold_options,
-                     base_config)
+from .common import (ENGINE, EXIT_OK, EXIT_PARTIAL, INPUTS_OUTPUTS, add_method_options, add_model_options, add_speed_options,
+                     add_threshold_options, base_config, group, non_negative_int)
+from .method_options import check_method_options
 from .export import add_runtime_options
 
 if TYPE_CHECKING:
@@ -21,22 +22,28 @@ if TYPE_CHECKING:
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register `iapas segment`."""
+    from ..engines import ENGINES  # names and import paths only
+
     segment = commands.add_parser("segment", help="segment images or folders of images")
-    segment.add_argument("inputs", nargs="*", help="image files and/or folders (png, jpg, bmp, tif); URIs with --engine ray")
-    segment.add_argument("-o", "--output", default="iapas-out", help="output folder (default: iapas-out)")
+    io, engine = group(segment, INPUTS_OUTPUTS), group(segment, ENGINE)
+    io.add_argument("inputs", nargs="*", help="image files and/or folders (png, jpg, bmp, tif); URIs with --engine ray")
+    io.add_argument("-o", "--output", default="iapas-out", help="output folder (default: iapas-out)")
+    io.add_argument("--list", dest="list_file", help="a text file of image paths or URIs, one a line")
+    io.add_argument("--bit-window", type=window_option, metavar="LOW,HIGH",
+                    help="16-bit/float images: map raw values LOW..HIGH to 0..255 (default: value/257, floats 0..1)")
+    io.add_argument("--overwrite", action="store_true", help="redo images whose results already exist")
+    io.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_method_options(segment)
     add_threshold_options(segment)
-    segment.add_argument("--overwrite", action="store_true", help="redo images whose results already exist")
-    segment.add_argument("--no-progress", action="store_true", help="no progress bar")
-    segment.add_argument("--engine", default="local", help="local (default) or ray: the same pipeline on a Ray cluster")
-    segment.add_argument("--address", help="Ray cluster address (default: start a local Ray, or RAY_ADDRESS)")
-    segment.add_argument("--workers", type=int, default=0, help="Ray actors (default: one per GPU, else one per CPU)")
-    segment.add_argument("--list", dest="list_file", help="a text file of image paths or URIs, one a line")
-    segment.add_argument("--bit-window", type=window_option, metavar="LOW,HIGH",
-                         help="16-bit/float images: map raw values LOW..HIGH to 0..255 (default: value/257, floats 0..1)")
     add_model_options(segment)
     add_speed_options(segment)
     add_runtime_options(segment)
+    engine.add_argument("--engine", default="local", choices=ENGINES.names(),
+                        help="local (default) or ray: the same pipeline on a Ray cluster")
+    engine.add_argument("--address", help="Ray cluster address (default: start a local Ray, or RAY_ADDRESS)")
+    engine.add_argument("--workers", type=non_negative_int, default=0,
+                        help="Ray actors (default 0: one per GPU, else one per CPU)")
+    engine.add_argument("--verbose", action="store_true", help="let Ray print its own logs (quiet by default)")
     segment.set_defaults(handler=run)
 
 
@@ -157,16 +164,6 @@ def clip_segmenter(args: argparse.Namespace, config: Config) -> tuple[Segment, d
     method = METHODS.get(args.method)(config, ())
     method.prepare(category, [], "object", Path(getattr(args, "output", None) or "."))
     return MethodSegment(method), {"category": category}  # `many`: a batch through one CLIP forward (--batch-size)
-
-
-def check_method_options(args: argparse.Namespace) -> None:
-    """Refuse, in one line, the IAP-AS-only options given with another method (before any engine or model starts)."""
-    if args.method == "iapas":
-        return
-    ignored = [option for option, value in (("--prompt", args.prompt), ("--calibration", args.calibration),
-                                            ("--no-size-filter", args.no_size_filter)) if value]
-    if ignored:
-        raise IapasError(f"{', '.join(ignored)} only apply to --method iapas, not {args.method}")
 
 
 def calibration_with_overrides(args: argparse.Namespace) -> Calibration:

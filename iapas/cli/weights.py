@@ -7,44 +7,66 @@ from pathlib import Path
 
 
 from ..errors import IapasError
-from .common import EXIT_ERROR, EXIT_OK
+from ..folders import default_weights_dir
+from .common import EXIT_ERROR, EXIT_OK, INPUTS_OUTPUTS, group
+
+DIR_HELP = "weights dir (default: $IAPAS_WEIGHTS, else ./weights when it holds files, else the per-user folder; `iapas weights where`)"
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register `iapas weights` and its sub-commands."""
     weights = commands.add_parser("weights", help="list, verify or build model weights")
     weights_commands = weights.add_subparsers(dest="weights_command", required=True)
+    where = weights_commands.add_parser("where", help="print the weights dir commands use when --weights is not given")
+    where.set_defaults(handler=run_where)
     listing = weights_commands.add_parser("list", help="the checkpoints iapas knows and which are present")
-    listing.add_argument("dir", nargs="?", default="weights")
+    group(listing, INPUTS_OUTPUTS).add_argument("dir", nargs="?", help=DIR_HELP)
     listing.set_defaults(handler=run_list)
     verify = weights_commands.add_parser("verify", help="check sizes and sha256 of the checkpoints in DIR")
-    verify.add_argument("dir", nargs="?", default="weights")
-    verify.add_argument("--no-hash", action="store_true", help="check presence and size only")
+    group(verify, INPUTS_OUTPUTS).add_argument("dir", nargs="?", help=DIR_HELP)
+    group(verify, INPUTS_OUTPUTS).add_argument("--no-hash", action="store_true", help="check presence and size only")
     verify.set_defaults(handler=run_verify)
     convert = weights_commands.add_parser("convert-openclip", help="turn an open_clip checkpoint into a transformers CLIP directory")
-    convert.add_argument("checkpoint", help="open_clip .pt/.bin/.safetensors state dict (e.g. ViT-B-16-plus-240)")
-    convert.add_argument("-o", "--output", required=True)
-    convert.add_argument("--tokenizer", help="a transformers CLIP directory to take the tokenizer from (default: open_clip's BPE)")
-    convert.add_argument("--head-width", type=int, default=64, help="attention head width (64 in every open_clip ViT)")
-    convert.add_argument("--activation", choices=("gelu", "quick_gelu"), default="gelu", help="quick_gelu for OpenAI weights")
+    io = group(convert, INPUTS_OUTPUTS)
+    io.add_argument("checkpoint", help="open_clip .pt/.bin/.safetensors state dict (e.g. ViT-B-16-plus-240)")
+    io.add_argument("-o", "--output", required=True, help="the transformers CLIP directory to write")
+    io.add_argument("--tokenizer", help="a transformers CLIP directory to take the tokenizer from (default: open_clip's BPE)")
+    io.add_argument("--head-width", type=int, default=64, help="attention head width (64 in every open_clip ViT)")
+    io.add_argument("--activation", choices=("gelu", "quick_gelu"), default="gelu", help="quick_gelu for OpenAI weights")
     convert.set_defaults(handler=run_convert_openclip)
     fetch = weights_commands.add_parser("download", help="fetch checkpoints (hub or URL), sha256-checked, into the weights dir")
-    fetch.add_argument("names", nargs="*", help="manifest entries to fetch (default: those of --profile)")
-    fetch.add_argument("--profile", choices=("default", "official", "fast", "all"),
-                       help="default: Grounding DINO-T + SAM ViT-B; official: the authors' files; all: everything")
-    fetch.add_argument("--weights", dest="dir", default="weights", help="weights dir (default: weights)")
-    fetch.add_argument("--cache-dir", help="huggingface_hub cache (default: its own, HF_HOME)")
+    io = group(fetch, INPUTS_OUTPUTS)
+    io.add_argument("names", nargs="*", help="manifest entries to fetch (default: those of --profile)")
+    io.add_argument("--profile", choices=("default", "official", "fast", "all"),
+                    help="default: Grounding DINO-T + SAM ViT-B; official: the authors' files; all: everything")
+    io.add_argument("--weights", dest="dir", help=DIR_HELP)
+    io.add_argument("--cache-dir", help="huggingface_hub cache (default: its own, HF_HOME)")
     fetch.set_defaults(handler=run_download, needs_network=True)
     gdino = weights_commands.add_parser(
         "convert-groundingdino", help="turn an original Grounding DINO .pth into a transformers Grounding DINO directory"
     )
-    gdino.add_argument("checkpoint", help="groundingdino_swint_ogc.pth or groundingdino_swinb_cogcoor.pth (IDEA-Research)")
-    gdino.add_argument("--bert", required=True, help="a bert-base-uncased directory (config.json, vocab.txt): the text side")
-    gdino.add_argument("-o", "--output", required=True)
+    io = group(gdino, INPUTS_OUTPUTS)
+    io.add_argument("checkpoint", help="groundingdino_swint_ogc.pth or groundingdino_swinb_cogcoor.pth (IDEA-Research)")
+    io.add_argument("--bert", required=True, help="a bert-base-uncased directory (config.json, vocab.txt): the text side")
+    io.add_argument("-o", "--output", required=True, help="the transformers Grounding DINO directory to write")
     gdino.set_defaults(handler=run_convert_groundingdino)
     demo = weights_commands.add_parser("make-demo", help="build tiny RANDOM models (meaningless output) for demos")
-    demo.add_argument("dir", nargs="?", default="weights")
+    group(demo, INPUTS_OUTPUTS).add_argument("dir", nargs="?", help=DIR_HELP)
     demo.set_defaults(handler=run_make_demo)
+
+
+def weights_dir_of(args: argparse.Namespace) -> Path:
+    """The folder the command reads or writes: the one given, else the default (iapas/folders.py)."""
+    return Path(args.dir) if args.dir else default_weights_dir()
+
+
+def run_where(args: argparse.Namespace) -> int:
+    """Print the default weights dir, and on stderr how it was found."""
+    from ..folders import weights_search
+
+    print(default_weights_dir())
+    print("looked at: " + "; ".join(f"{what} ({path})" if path else what for path, what in weights_search()), file=sys.stderr)
+    return EXIT_OK
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -54,12 +76,13 @@ def run_list(args: argparse.Namespace) -> int:
 
     from ..weights.manifest import is_present, load_manifest
 
-    table = Table(title=f"weights known to iapas (dir: {args.dir})")
+    weights_dir = weights_dir_of(args)
+    table = Table(title=f"weights known to iapas (dir: {weights_dir})")
     for column in ("name", "role", "format", "expected path", "size", "present", "source"):
         table.add_column(column, overflow="fold")
     for entry in load_manifest():
         size = f"{entry.size / 1e6:.0f} MB" if entry.size else "-"
-        present = "yes" if is_present(entry, Path(args.dir)) else "no"
+        present = "yes" if is_present(entry, weights_dir) else "no"
         table.add_row(entry.name, entry.role, entry.format, entry.expected_path, size, present, entry.source)
     Console(width=200).print(table)
     return EXIT_OK
@@ -72,7 +95,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
     from ..weights.manifest import load_manifest, verify_entry
 
-    weights_dir = Path(args.dir)
+    weights_dir = weights_dir_of(args)
     if not weights_dir.is_dir():
         raise IapasError(f"weights dir not found: {weights_dir}")
     results = [verify_entry(entry, weights_dir, check_hash=not args.no_hash) for entry in load_manifest()]
@@ -97,8 +120,10 @@ def run_make_demo(args: argparse.Namespace) -> int:
     """Build the tiny random demo models, warning that their output is meaningless."""
     from ..weights.demo import make_demo_weights
 
-    for path in make_demo_weights(Path(args.dir)):
+    weights_dir = weights_dir_of(args)
+    for path in make_demo_weights(weights_dir):
         print(f"wrote {path}")
+    print(f"demo weights are in {weights_dir}", file=sys.stderr)
     print("WARNING: these are RANDOM demo weights: anything segmented with them is meaningless.", file=sys.stderr)
     return EXIT_OK
 
@@ -136,7 +161,9 @@ def run_download(args: argparse.Namespace) -> int:
         bars.clear()
         print(line, file=sys.stderr)
 
-    outcomes = download(args.names, args.profile, Path(args.dir), args.cache_dir, report=report,
+    weights_dir = weights_dir_of(args)
+    print(f"weights dir: {weights_dir}", file=sys.stderr)
+    outcomes = download(args.names, args.profile, weights_dir, args.cache_dir, report=report,
                         progress_factory=progress_for)
     for bar in bars.values():
         bar.close()
