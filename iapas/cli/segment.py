@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from ..images import collect_inputs, parse_window
     from ..acceleration.runtimes import check_method_runtimes
 
+    check_method_options(args)  # first: under --engine ray the segmenter is built inside an actor
     out_dir = Path(args.output)
     items = list(args.inputs) + listed_inputs(args.list_file)
     if not items:
@@ -79,7 +80,6 @@ def run(args: argparse.Namespace) -> int:
     inputs = collect_inputs(local, exclude=[out_dir]) if local else []  # bad paths too; the output folder is never an input
     config = base_config(args)
     check_method_runtimes(args.method, config)  # before any model loads, and before a Ray worker would meet it
-    check_method_options(args)  # likewise: under --engine ray the segmenter is built inside an actor
     window = parse_window(config.bit_window)
     options = {"prompts": args.prompt, "calibration": args.calibration, "no_size_filter": args.no_size_filter,
                "category": args.category if args.method != "iapas" else None}
@@ -157,7 +157,6 @@ def clip_segmenter(args: argparse.Namespace, config: Config) -> tuple[Segment, d
     from ..acceleration.runtimes import check_method_runtimes
 
     check_method_runtimes(args.method, config)
-    check_method_options(args)  # `iapas bench` builds its segmenter here; `segment` has checked before its engine started
     category = args.category or "object"
     from ..methods.batching import MethodSegment
 

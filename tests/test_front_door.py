@@ -1,0 +1,182 @@
+"""The front door: every command's help in named groups, misplaced options refused per method family, the weights folder found from anywhere."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import pytest
+
+from cli_runner import error_lines, run
+from iapas.cli import build_parser, main
+from iapas.cli.common import (BENCHMARK, CLIP_METHODS, CONFIGURATION, DATASET, ENGINE, EVALUATION, EXPORT, IAPAS_DETECTOR,
+                              INPUTS_OUTPUTS, METHOD, MODELS, PREPROCESSING, SERVER, SPEED, TRAINING)
+from iapas.cli.method_options import check_method_options
+from iapas.errors import ConfigError, WeightsError
+
+# command -> the option groups its help must show
+EXPECTED_GROUPS = {
+    ("segment",): {INPUTS_OUTPUTS, CONFIGURATION, METHOD, IAPAS_DETECTOR, CLIP_METHODS, MODELS, SPEED, ENGINE},
+    ("bench",): {BENCHMARK, CONFIGURATION, METHOD, IAPAS_DETECTOR, CLIP_METHODS, MODELS, SPEED},
+    ("eval",): {INPUTS_OUTPUTS, CONFIGURATION, METHOD, EVALUATION, CLIP_METHODS, PREPROCESSING, MODELS, SPEED},
+    ("calibrate",): {INPUTS_OUTPUTS, CONFIGURATION, PREPROCESSING, MODELS},
+    ("train", "adaclip"): {INPUTS_OUTPUTS, TRAINING, CLIP_METHODS, CONFIGURATION, MODELS},
+    ("train", "faprompt"): {INPUTS_OUTPUTS, TRAINING, CLIP_METHODS, CONFIGURATION, MODELS},
+    ("data", "synth"): {INPUTS_OUTPUTS, DATASET},
+    ("export",): {EXPORT, CONFIGURATION, MODELS},
+    ("serve",): {SERVER, CLIP_METHODS, CONFIGURATION, MODELS},
+    ("config", "show"): {CONFIGURATION, MODELS},
+    ("weights", "download"): {INPUTS_OUTPUTS},
+    ("weights", "make-demo"): {INPUTS_OUTPUTS},
+}
+
+
+def leaf_parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """Every command's parser with its words, e.g. (("train", "adaclip"), parser)."""
+    subcommands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subcommands:
+        yield path, parser
+    for action in subcommands:
+        for name, sub in action.choices.items():
+            yield from leaf_parsers(sub, path + (name,))
+
+
+def shown_groups(help_text: str) -> set[str]:
+    """The section titles of an argparse help text (lines ending in ':' at the left margin)."""
+    return {line[:-1] for line in help_text.splitlines() if line.endswith(":") and not line.startswith(" ")}
+
+
+def test_every_help_exits_0_and_lists_its_groups(capsys):
+    commands = dict(leaf_parsers(build_parser()))
+    assert set(EXPECTED_GROUPS) <= set(commands)
+    for words, parser in commands.items():
+        with pytest.raises(SystemExit) as exit_info:
+            main([*words, "--help"])
+        help_text = capsys.readouterr().out
+        assert exit_info.value.code == 0, words
+        assert help_text.startswith(f"usage: iapas {' '.join(words)}"), words
+        assert EXPECTED_GROUPS.get(words, set()) <= shown_groups(help_text), (words, shown_groups(help_text))
+        assert "positional arguments" not in shown_groups(help_text) or words == (), words  # every positional in a group too
+        for action in parser._actions:  # every option says what it is for
+            assert action.help, f"iapas {' '.join(words)} {action.option_strings or action.dest} has no help"
+
+
+def parsed(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args([str(a) for a in argv])
+
+
+@pytest.mark.parametrize("argv, message", [
+    # IAP-AS: a learned method's checkpoint, a CLIP class name, WinCLIP+'s shots
+    (["segment", "x.png", "--prompts", "p.pt"], "--prompts is a learned method's checkpoint; IAP-AS takes --prompt WORD"),
+    (["segment", "x.png", "--category", "bottle"],
+     "--category is the CLIP methods' class name; IAP-AS takes --prompt WORD or a --calibration file"),
+    (["bench", "x.png", "--shots", "2"], "--shots is WinCLIP+'s number of reference images; --method iapas does not use it"),
+    (["eval", "--dataset", "mvtec", "--root", "r", "--genclip-prompts", "g.pt"],
+     "--genclip-prompts is GenCLIP's trained prompts; --method iapas does not use it"),
+    # CLIP (zero-shot): IAP-AS's detector options, a learned checkpoint
+    (["segment", "x.png", "--method", "winclip", "--box-threshold", "0.3"],
+     "--box-threshold is IAP-AS's Grounding DINO box threshold; --method winclip does not use it"),
+    (["segment", "x.png", "--method", "winclip", "--prompts", "p.pt"], "--prompts is a learned method's checkpoint; WinCLIP learns nothing"),
+    # learned CLIP: IAP-AS's word, WinCLIP's rules, another method's checkpoint
+    (["segment", "x.png", "--method", "anomalyclip", "--prompt", "crack"],
+     "--prompt is IAP-AS's detector prompt word; the CLIP methods take --category NAME"),
+    (["bench", "x.png", "--method", "faprompt", "--winclip-variant", "anomalib"],
+     "--winclip-variant is WinCLIP's choice of rules; --method faprompt does not use it"),
+    (["eval", "--dataset", "mvtec", "--root", "r", "--method", "anomalyclip", "--adaclip-prompts", "a.pth"],
+     "--adaclip-prompts is AdaCLIP's trained weights; --method anomalyclip does not use it"),
+    (["train", "adaclip", "--dataset", "mvtec", "--root", "r", "-o", "o", "--detector", "gd"],
+     "--detector is IAP-AS's Grounding DINO weights; iapas train adaclip does not use it"),
+])
+def test_a_misplaced_option_is_refused_in_one_line_naming_what_it_is_for(argv, message):
+    args = parsed(*argv)
+    method = getattr(args, "method", None) or args.trainer
+    with pytest.raises(ConfigError) as raised:
+        check_method_options(args, method, f"iapas train {args.trainer}" if args.command == "train" else None)
+    assert str(raised.value) == message
+
+
+@pytest.mark.parametrize("argv", [
+    ["segment", "x.png", "--prompt", "crack", "--box-threshold", "0.3", "--calibration", "c.json"],
+    ["segment", "x.png", "--method", "winclip", "--category", "bottle", "--shots", "2", "--clip", "c"],
+    ["segment", "x.png", "--method", "adaclip", "--prompts", "p.pt", "--adaclip-prompts", "a.pth"],
+    ["bench", "x.png", "--method", "genclip", "--genclip-prompts", "g.pt", "--category", "bottle"],
+    ["eval", "--dataset", "mvtec", "--root", "r", "--clip", "c"],  # eval's --clip is the tagger's too
+])
+def test_options_where_they_belong_pass(argv):
+    check_method_options(parsed(*argv))
+
+
+def test_every_registered_method_has_a_family():
+    from iapas.methods import METHODS
+    from iapas.methods.families import METHOD_FAMILIES
+
+    assert set(METHODS.names()) <= set(METHOD_FAMILIES)
+
+
+def test_the_refusal_reaches_the_command_line_before_anything_is_written(capsys, tmp_path):
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "segment", tmp_path / "x.png", "-o", out, "--prompts", "scratch")
+    assert code == 2 and error_lines(err) == ["iapas: error: --prompts is a learned method's checkpoint; IAP-AS takes --prompt WORD"]
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+# --- the weights folder ----------------------------------------------------------------------------
+
+@pytest.fixture
+def places(tmp_path, monkeypatch):
+    """A current folder and a per-user data folder of this test's own; $IAPAS_WEIGHTS unset."""
+    here, data = tmp_path / "here", tmp_path / "user-data"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    monkeypatch.delenv("IAPAS_WEIGHTS", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(data))  # platformdirs' per-user data folder on Linux
+    return here, data / "iapas" / "weights"
+
+
+def test_the_weights_folder_is_the_variable_then_a_local_weights_folder_then_the_users(places, tmp_path, monkeypatch):
+    from iapas.config import Config
+    from iapas.folders import default_weights_dir
+
+    here, user = places
+    assert default_weights_dir() == user and Config().weights_dir == str(user)
+    (here / "weights").mkdir()
+    (here / "weights" / "README.md").write_text("what goes here\n")
+    assert default_weights_dir() == user  # a checkout's weights/ with its README alone does not count
+    (here / "weights" / "sam_vit_b_01ec64.pth").write_bytes(b"x")
+    assert default_weights_dir() == here / "weights" and Config().weights_dir == str(here / "weights")
+    monkeypatch.setenv("IAPAS_WEIGHTS", str(tmp_path / "chosen"))
+    assert default_weights_dir() == tmp_path / "chosen" and Config().weights_dir == str(tmp_path / "chosen")
+    args = parsed("config", "show", "--weights", "elsewhere")
+    from iapas.cli.common import base_config
+
+    assert base_config(args).weights_dir == "elsewhere"  # --weights wins over all of them
+
+
+def test_missing_weights_name_every_folder_looked_at(places):
+    from iapas.config import Config
+    from iapas.weights.manifest import find_weights
+
+    here, user = places
+    with pytest.raises(WeightsError) as raised:
+        find_weights("detector", Config().weights_dir)
+    message = str(raised.value)
+    assert f"no detector weights in {user}/" in message
+    assert "$IAPAS_WEIGHTS not set" in message and str(here / "weights") in message and str(user) in message
+    with pytest.raises(WeightsError) as chosen:
+        find_weights("detector", here / "mine")
+    assert "looked at" not in str(chosen.value)  # a folder the user named is the only one
+
+
+def test_make_demo_writes_to_the_default_folder_and_any_folder_then_finds_it(places, capsys, tmp_path, monkeypatch):
+    from iapas.config import Config
+    from iapas.weights.manifest import find_weights
+
+    here, user = places
+    code, out, err = run(capsys, "weights", "make-demo")
+    assert code == 0 and f"demo weights are in {user}" in err and str(user) in out
+    code, out, err = run(capsys, "weights", "where")
+    assert code == 0 and out.strip() == str(user)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert find_weights("segmenter", Config().weights_dir)[1].is_relative_to(user)
