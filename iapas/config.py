@@ -160,6 +160,8 @@ class ClipMethodsConfig:
     adaclip_prompts: str = ""  # a checkpoint (ours or an official pretrained_*.pth) or a manifest name; empty: <weights_dir>/adaclip/adaclip_prompts.pt, else a released one found
     prompts: str = ""  # trained prompts of the chosen learned method (--prompts); empty: <weights_dir>/<method>/<method>_prompts.pt
     genclip_prompts: str = ""  # trained prompts from `iapas train genclip`; empty: <weights_dir>/genclip/genclip_prompts.pt
+    # the CLIP forwards' autocast: fp32 (the reference numbers) unless asked; `--precision` sets it and the top-level one
+    precision: str = "fp32"
 
 
 @dataclass
@@ -176,7 +178,9 @@ class Config:
     max_image_pixels: int = 80_000_000  # larger images are refused rather than exhausting memory
     bit_window: list[float] = field(default_factory=list)  # [LOW, HIGH] for 16-bit/float images; empty: iapas/images.py's rule
     batch_size: int = 1  # images per detector/encoder forward (--batch-size); results equal one-by-one (Pipeline.segment_many)
-    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast for the models (iapas/acceleration/precision.py); fp32 keeps the reference numbers
+    # fp32 | bf16 | fp16 | auto: autocast of IAP-AS's models (iapas/acceleration/precision.py). A bare Config keeps fp32, the
+    # reference numbers; the iapas recipe (the CLI's default) runs auto, the official recipe fp32; tolerance: tests/test_batching.py
+    precision: str = "fp32"
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     filtering: FilteringConfig = field(default_factory=FilteringConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
@@ -251,6 +255,7 @@ UNIT_INTERVAL_SETTINGS = ("detection.box_threshold", "detection.text_threshold",
                           "filtering.size_threshold", "calibration.size_cap")
 # model arithmetic; iapas/acceleration/precision.py maps each to its autocast dtype (auto: bf16 where the device has native bf16)
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+PRECISION_SETTINGS = ("precision", "clip_methods.precision")  # IAP-AS's models, the CLIP methods' CLIP
 COUNT_SETTINGS = ("calibration.n_images", "calibration.top_k", "detection.max_text_tokens", "max_image_pixels", "batch_size")
 
 
@@ -267,8 +272,9 @@ def validate_config(config: Config) -> Config:
         unit_interval(_setting(config, dotted), dotted)
     for dotted in COUNT_SETTINGS:
         at_least_one(_setting(config, dotted), dotted)
-    if config.precision not in PRECISIONS:
-        raise ValueRangeError(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
+    for dotted in PRECISION_SETTINGS:
+        if _setting(config, dotted) not in PRECISIONS:
+            raise ValueRangeError(f"{dotted} must be one of {', '.join(PRECISIONS)}, got {_setting(config, dotted)!r}")
     if config.detection.input_size < 0:
         raise ValueRangeError(f"detection.input_size must be 0 (the model's own) or a size in pixels, got {config.detection.input_size}")
     if isinstance(config.detection.max_boxes, bool) or config.detection.max_boxes < 0:
@@ -284,9 +290,12 @@ def validate_config(config: Config) -> Config:
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Build a Config from nested plain data, rejecting unknown keys, wrong types and out-of-range values."""
     config = validate_config(_build(Config, data, ""))
-    if config.precision == "auto" and (config.detection.int8 or config.masking.int8):
-        # int8 layers take float32 inputs: a profile's `auto` yields to int8 (an explicit bf16/fp16 is refused at load)
-        config = dataclasses.replace(config, precision="fp32")
+    if config.detection.int8 or config.masking.int8:
+        # int8 layers take float32 inputs: the recipe's or a profile's `auto` yields to int8 (an explicit bf16/fp16 is refused at load)
+        if config.precision == "auto":
+            config = dataclasses.replace(config, precision="fp32")
+        if config.clip_methods.precision == "auto":
+            config = dataclasses.replace(config, clip_methods=dataclasses.replace(config.clip_methods, precision="fp32"))
     return config
 
 

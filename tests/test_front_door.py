@@ -180,3 +180,53 @@ def test_make_demo_writes_to_the_default_folder_and_any_folder_then_finds_it(pla
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     assert find_weights("segmenter", Config().weights_dir)[1].is_relative_to(user)
+
+
+# --- precision: auto for IAP-AS under its default recipe --------------------------------------------
+
+def test_auto_is_iapas_default_under_the_iapas_recipe_only_and_the_fingerprint_records_asked_and_ran(monkeypatch):
+    import torch
+
+    from iapas.cli.common import base_config
+    from iapas.runs.fingerprint import SEGMENT_FIELDS, RunSpec, build_fingerprint
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})  # a CPU with native bf16
+    default = base_config(parsed("segment", "x.png", "--device", "cpu"))
+    assert (default.precision, default.clip_methods.precision) == ("auto", "fp32")
+    official = base_config(parsed("segment", "x.png", "--device", "cpu", "--recipe", "official"))
+    assert (official.precision, official.clip_methods.precision) == ("fp32", "fp32")
+    asked = base_config(parsed("segment", "x.png", "--device", "cpu", "--precision", "bf16"))
+    assert (asked.precision, asked.clip_methods.precision) == ("bf16", "bf16")  # --precision asks every method
+
+    def recorded(config, method):
+        fingerprint = build_fingerprint(RunSpec(config, method, {}), SEGMENT_FIELDS)
+        return fingerprint["config"]["precision"], fingerprint["config"]["clip_methods.precision"], fingerprint["arithmetic"]
+
+    assert recorded(default, "iapas") == ("auto", "fp32", "bf16")  # asked auto, ran bf16
+    assert recorded(default, "winclip") == ("auto", "fp32", "fp32")  # the CLIP methods stay fp32 unless asked
+    assert recorded(asked, "anomalyclip") == ("bf16", "bf16", "bf16")
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True})  # no native bf16
+    assert recorded(default, "iapas") == ("auto", "fp32", "fp32")
+
+
+def test_the_default_recipe_on_a_bf16_cpu_keeps_segment_maps_within_the_stated_tolerance(capsys, weights_dir, tmp_path, monkeypatch):
+    """`iapas segment` with no precision option: bf16 where the CPU has it, maps within test_batching.py's bf16 tolerance."""
+    import json
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    from test_batching import BF16_MAP_MEAN_ABS
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
+    image = tmp_path / "part.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(image)
+    maps = {}
+    for name, extra in (("default", []), ("fp32", ["--precision", "fp32"])):
+        out = tmp_path / name
+        code, _, err = run(capsys, "segment", image, "-o", out, "--weights", weights_dir, "--device", "cpu", "--no-progress", *extra)
+        assert code == 0, err
+        assert json.loads((out / "iapas-fingerprint.json").read_text())["arithmetic"] == ("bf16" if name == "default" else "fp32")
+        maps[name] = np.load(out / "part.png.npy")
+    assert not np.array_equal(maps["default"], maps["fp32"])  # bf16 did run
+    assert np.abs(maps["default"] - maps["fp32"]).mean() < BF16_MAP_MEAN_ABS

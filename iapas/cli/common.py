@@ -64,6 +64,8 @@ def base_config(args: argparse.Namespace) -> Config:
         overrides[own_key] = args.prompts  # --prompts is generic; AdaCLIP and GenCLIP read their own keys
     if getattr(args, "int8", False):
         overrides["detection.int8"] = overrides["masking.int8"] = True
+    if getattr(args, "precision", None):
+        overrides["clip_methods.precision"] = args.precision  # --precision asks every method; the recipe's auto is IAP-AS's
     config = config.updated(overrides)
     from ..acceleration.threads import configure_threads
 

@@ -117,12 +117,16 @@ def defining_config(config: "Config", skip: tuple[str, ...] = ()) -> dict[str, A
     return flat
 
 
-def resolved_arithmetic(config: "Config") -> str:
-    """The precision the models run at on this machine (`auto` resolved by the config's device)."""
+def resolved_arithmetic(config: "Config", method: str = "iapas") -> str:
+    """The precision `method`'s models run at on this machine: its precision setting, `auto` resolved by the config's device."""
     from ..device import resolve_device
     from ..acceleration.precision import resolve_precision
+    from ..methods.families import precision_setting
 
-    return resolve_precision(config.precision, resolve_device(config.device))
+    asked = config.to_dict()
+    for key in precision_setting(method).split("."):
+        asked = asked[key]
+    return resolve_precision(asked, resolve_device(config.device))
 
 
 # The fields of each command's fingerprint; a new result-defining field is one more line.
@@ -131,8 +135,8 @@ COMMON_FIELDS: dict[str, Field] = {
     "method": lambda run: run.method,
     "config": lambda run: defining_config(run.config),
     "models": model_identities,
-    # the arithmetic that ran: precision `auto` is bf16 on one machine and fp32 on another
-    "arithmetic": lambda run: resolved_arithmetic(run.config),
+    # the arithmetic that ran (the precision asked for is in "config"): `auto` is bf16 on one machine and fp32 on another
+    "arithmetic": lambda run: resolved_arithmetic(run.config, run.method),
 }
 SEGMENT_FIELDS: dict[str, Field] = {
     **COMMON_FIELDS,
