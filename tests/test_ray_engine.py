@@ -172,3 +172,29 @@ def test_iapas_only_options_with_a_clip_method_are_refused_before_the_ray_engine
     assert main(argv) == 2
     assert capsys.readouterr().err.splitlines() == [f"iapas: error: {named}"]
     assert started == [] and not (out / "iapas-fingerprint.json").exists()  # refused before the engine or any record
+
+
+def test_a_two_image_ray_run_shows_the_local_engines_progress_and_warning_and_no_ray_logs(weights_dir, tmp_path):
+    """A real `iapas segment --engine ray` in a fresh process, so Ray starts (and logs) as it does for a user."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(2):
+        Image.fromarray(np.random.default_rng(index).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "COLUMNS": "100"}
+    done = subprocess.run([sys.executable, "-m", "iapas", "segment", str(folder), "-o", str(tmp_path / "out"), "--weights",
+                           str(weights_dir), "--engine", "ray", "--workers", "1", "--device", "cpu"],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = [line.strip() for line in re.split(r"[\r\n]+", done.stderr) if line.strip()]
+    assert any(re.match(r"segment: 100%.* 2/2 ", line) for line in lines)  # the local engine's bar, finished
+    assert lines[-1].startswith("2 images: 2 segmented, 0 skipped")  # its summary line
+    assert sum("holds RANDOM WEIGHTS" in line for line in lines) == 2  # the detector's and the segmenter's warning
+    ours = re.compile(r"^(segment: +\d+%|WARNING: .* holds RANDOM WEIGHTS|2 images: )")
+    assert [line for line in lines if not ours.match(line)] == []  # nothing of Ray's own
+    assert done.stdout == ""

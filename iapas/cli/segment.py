@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     from ..engines import ENGINES
     from ..engines.ray_engine import is_uri
     from ..files import check_writable_folder
-    from ..runs.fingerprint import SEGMENT_FIELDS, RunSpec, build_fingerprint, check_fingerprint, record_fingerprint
+    from ..runs.fingerprint import (SEGMENT_FIELDS, RunSpec, build_fingerprint, check_fingerprint, model_paths,
+                                    record_fingerprint)
     from ..images import collect_inputs, parse_window
     from ..acceleration.runtimes import check_method_runtimes
 
@@ -83,13 +84,15 @@ def run(args: argparse.Namespace) -> int:
     window = parse_window(config.bit_window)
     options = {"prompts": args.prompt, "calibration": args.calibration, "no_size_filter": args.no_size_filter,
                "category": args.category if args.method != "iapas" else None}
-    fingerprint = build_fingerprint(RunSpec(config, args.method, options), SEGMENT_FIELDS)
+    run_spec = RunSpec(config, args.method, options)
+    fingerprint = build_fingerprint(run_spec, SEGMENT_FIELDS)
     digest = check_fingerprint(out_dir, fingerprint, overwrite=args.overwrite)  # before any model loads
     record_fingerprint(out_dir, fingerprint)
     summary = engine(functools.partial(segmenter_only, args, config), inputs, out_dir, overwrite=args.overwrite,
                      max_pixels=config.max_image_pixels, progress=not args.no_progress, extra_record=extra_record(args),
                      fingerprint=digest, bit_window=window, address=args.address, workers=args.workers, uris=uris,
-                     batch_size=config.batch_size)
+                     batch_size=config.batch_size, verbose=args.verbose,
+                     model_paths=tuple(Path(p) for p in model_paths(run_spec).values() if p))
     print(summary.line(), file=sys.stderr)
     return EXIT_OK if summary.complete else EXIT_PARTIAL
 

@@ -16,7 +16,7 @@ input size, softmax, Gaussian smoothing with sigma 4; the image score is the HSF
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -29,40 +29,12 @@ from ...errors import WeightsError
 from ...acceleration.precision import full_precision
 from ..batching import BatchedMethod, timed
 from ...prompt_learning import gaussian_smooth
-from ...prompt_learning.vision import evenly_spaced_layers
 from ...types import Boxes, Masks, Result
 from .hsf import HSF_CLUSTERS, cluster_centre, fuse
+from .loss import adaclip_loss
+from .settings import (DEFAULT_CLASS, INPUT_SIZE, LOGIT_SCALE, MAP_SIGMA, PROMPT_DEPTH, PROMPT_LENGTH, STATIC_STD,  # noqa: F401
+                       AdaClipSettings, default_layers)
 from .text import prompt_sentences
-
-INPUT_SIZE = 518  # caoyunkang/AdaCLIP train.py / test.py --image_size (37 x 37 patches on ViT-L-14-336)
-PROMPT_DEPTH = 4  # train.py --prompting_depth
-PROMPT_LENGTH = 5  # train.py --prompting_length
-LOGIT_SCALE = 100.0  # method/adaclip.py `visual_text_similarity`: 100 x cosine, not CLIP's learned scale
-MAP_SIGMA = 4.0  # method/trainer.py `evaluation`: gaussian_filter(sigma=4)
-STATIC_STD = 0.02  # method/adaclip.py `PromptLayer`: static prompts ~ N(0, 0.02)
-DEFAULT_CLASS = "object"
-
-
-def default_layers(depth: int) -> tuple[int, ...]:
-    """Four evenly spaced feature layers ending at the last: 6, 12, 18, 24 for a 24-layer ViT (train.py `substage`)."""
-    return evenly_spaced_layers(depth)
-
-
-@dataclass(frozen=True)
-class AdaClipSettings:
-    """Architecture of the learned parts and the input size; stored in every checkpoint of ours."""
-
-    layers: tuple[int, ...]
-    prompt_length: int = PROMPT_LENGTH
-    prompt_depth: int = PROMPT_DEPTH
-    image_size: int = INPUT_SIZE
-
-    @classmethod
-    def for_backbone(cls, backbone: ClipBackbone, layers: Sequence[int] = (), prompt_length: int = PROMPT_LENGTH,
-                     prompt_depth: int = 0, image_size: int = INPUT_SIZE) -> "AdaClipSettings":
-        """Settings that fit the backbone: four evenly spaced layers and AdaCLIP's depth, capped by a shallow CLIP."""
-        depth = prompt_depth or min(PROMPT_DEPTH, backbone.depth, backbone.text_depth)
-        return cls(tuple(layers) or default_layers(backbone.depth), prompt_length, depth, image_size)
 
 
 class StaticPrompts(torch.nn.Module):
@@ -251,9 +223,7 @@ class AdaClip(BatchedMethod, torch.nn.Module):
                       (sentences[0][0], sentences[1][0]), timings, self.name, float(probabilities[1]))
 
     def loss(self, pixels: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> torch.Tensor:
-        """The training loss of one batch (see `train.adaclip_loss`)."""
-        from .train import adaclip_loss
-
+        """The training loss of one batch (see `loss.adaclip_loss`)."""
         return adaclip_loss(self, pixels, masks, labels, class_names)
 
     def settings_record(self) -> dict:
