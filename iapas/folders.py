@@ -32,7 +32,10 @@ def weights_search() -> list[tuple[Path | None, str]]:
     chosen = os.environ.get(WEIGHTS_ENV, "").strip()
     if chosen:
         return [(Path(chosen).expanduser(), f"${WEIGHTS_ENV}")]
-    local = Path.cwd() / LOCAL_WEIGHTS
+    try:
+        local = Path.cwd() / LOCAL_WEIGHTS
+    except OSError:  # the current folder was deleted under us: there is no ./weights
+        local = Path(LOCAL_WEIGHTS)
     if holds_files(local):
         return [(None, f"${WEIGHTS_ENV} not set"), (local, "./weights")]
     return [(None, f"${WEIGHTS_ENV} not set"), (local, "./weights: no files"), (user_weights_dir(), "the per-user folder")]

@@ -84,6 +84,8 @@ def parsed(*argv: str) -> argparse.Namespace:
      "--winclip-variant is WinCLIP's choice of rules; --method faprompt does not use it"),
     (["eval", "--dataset", "mvtec", "--root", "r", "--method", "anomalyclip", "--adaclip-prompts", "a.pth"],
      "--adaclip-prompts is AdaCLIP's trained weights; --method anomalyclip does not use it"),
+    (["eval", "--dataset", "mvtec", "--root", "r", "--method", "winclip", "--llm", "gguf"],
+     "--llm is IAP-AS's preprocessing LLM; --method winclip does not use it"),
     (["train", "adaclip", "--dataset", "mvtec", "--root", "r", "-o", "o", "--detector", "gd"],
      "--detector is IAP-AS's Grounding DINO weights; iapas train adaclip does not use it"),
 ])

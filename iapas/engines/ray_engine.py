@@ -146,7 +146,7 @@ def run_ray(make_segment: Callable[[], Segment], inputs: list[tuple[Path, Path |
         warn_if_demo(Path(path))
     started_here = not ray.is_initialized()
     if started_here:
-        with core_log_level("info" if verbose else "fatal"):
+        with core_log_level("info" if verbose else "fatal"), quiet_stderr(not verbose):
             ray.init(address=address, include_dashboard=False, log_to_driver=verbose, ignore_reinit_error=True,
                      logging_level=logging.INFO if verbose else logging.ERROR)
     bar = tqdm(total=summary.total, initial=summary.skipped, desc="segment", unit="img", disable=not progress,
@@ -201,6 +201,30 @@ def core_log_level(level: str):
     finally:
         if chosen is None:
             os.environ.pop("RAY_BACKEND_LOG_LEVEL", None)
+
+
+@contextlib.contextmanager
+def quiet_stderr(quiet: bool):
+    """Around `ray.init`: what Ray's processes write straight to this process's stderr (fd 2) at start-up goes nowhere.
+
+    Python's exceptions still carry their message; only Ray's own start-up lines (the C++ core's among them,
+    which no Python logger reaches) are dropped.
+    """
+    if not quiet:
+        yield
+        return
+    import os
+
+    sys.stderr.flush()
+    saved, sink = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(sink, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(sink)
 
 
 def quiet_ray_data(ray: Any, verbose: bool) -> None:

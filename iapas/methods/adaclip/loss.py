@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 import torch.nn.functional as F
 
-from ...prompt_learning import two_class_focal_loss
+from ...prompt_learning import dice_loss, two_class_focal_loss
 
 if TYPE_CHECKING:
     from .model import AdaClip
