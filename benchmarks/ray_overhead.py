@@ -3,7 +3,8 @@
 Both engines segment the same N small procedural images (default 40, 128x128) in fresh processes; from each
 run: the wall time, the time to the first finished image, and the steady per-image time (from the first to
 the last result file's writing time, over N - 1 images), so start-up (Ray's cluster, the actors' model
-loading) and per-image overhead are told apart.
+loading) and per-image overhead are told apart. Both run the same torch thread count (--threads, default 1: what
+a one-CPU Ray actor runs), so the difference is the engine's.
 
     PYTHONPATH=. python benchmarks/ray_overhead.py [--images 40] [--workers 1] [--json out.json]
 """
@@ -40,6 +41,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=1, help="Ray actors (default 1: the local engine's one process)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads in both engines (default 1: a Ray actor with one CPU runs one thread)")
     parser.add_argument("--json", help="also write the numbers to this file")
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -53,7 +56,8 @@ def main() -> None:
         rng = np.random.default_rng(0)
         for index in range(args.images):
             Image.fromarray(rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)).save(images / f"{index:03d}.png")
-        base = [python, "-m", "iapas", "segment", str(images), "--weights", str(weights), "--device", "cpu", "--no-progress"]
+        base = [python, "-m", "iapas", "segment", str(images), "--weights", str(weights), "--device", "cpu", "--no-progress",
+                "--threads", str(args.threads)]
         report = {
             "local": timed_run([*base, "-o", str(scratch / "local")], scratch / "local", env),
             "ray": timed_run([*base, "-o", str(scratch / "ray"), "--engine", "ray", "--workers", str(args.workers)],
