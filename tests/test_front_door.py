@@ -70,7 +70,8 @@ def parsed(*argv: str) -> argparse.Namespace:
     (["segment", "x.png", "--prompts", "p.pt"], "--prompts is a learned method's checkpoint; IAP-AS takes --prompt WORD"),
     (["segment", "x.png", "--category", "bottle"],
      "--category is the CLIP methods' class name; IAP-AS takes --prompt WORD or a --calibration file"),
-    (["bench", "x.png", "--shots", "2"], "--shots is WinCLIP+'s number of reference images; --method iapas does not use it"),
+    (["bench", "x.png", "--shots", "2"],
+     "--shots is the few-shot methods' number of normal reference images (WinCLIP+, AnomalyDINO); --method iapas does not use it"),
     (["eval", "--dataset", "mvtec", "--root", "r", "--genclip-prompts", "g.pt"],
      "--genclip-prompts is GenCLIP's trained prompts; --method iapas does not use it"),
     # CLIP (zero-shot): IAP-AS's detector options, a learned checkpoint

@@ -5,7 +5,7 @@ import argparse
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..methods.families import CLIP, IAPAS, LEARNED_CLIP, family, methods_of
+from ..methods.families import ANOMALYDINO, CLIP, IAPAS, LEARNED_CLIP, MUSC, family, methods_of
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,8 @@ class MethodOption:
 
 
 IAPAS_ONLY = methods_of(IAPAS)
+CLIP_WEIGHTS = methods_of(CLIP, LEARNED_CLIP, MUSC)  # MuSc reads a CLIP too (or DINOv2)
+FEW_SHOT = frozenset({"winclip", *methods_of(ANOMALYDINO)})  # WinCLIP+ and AnomalyDINO take K normal references
 CLIP_METHODS = methods_of(CLIP, LEARNED_CLIP)
 LEARNED = methods_of(LEARNED_CLIP)
 PROMPT_WORD = {CLIP: "the CLIP methods take --category NAME", LEARNED_CLIP: "the CLIP methods take --category NAME"}
@@ -48,14 +50,15 @@ METHOD_OPTIONS = (
     MethodOption("--cache-dir", "cache_dir", IAPAS_ONLY, "IAP-AS's LLM answer cache"),
     MethodOption("--category", "category", CLIP_METHODS, "the CLIP methods' class name",
                  {IAPAS: "IAP-AS takes --prompt WORD or a --calibration file"}),
-    MethodOption("--clip", "clip_weights", CLIP_METHODS, "the CLIP methods' CLIP weights", every_method_in=("eval",)),
+    MethodOption("--clip", "clip_weights", CLIP_WEIGHTS, "the CLIP methods' CLIP weights", every_method_in=("eval",)),
     MethodOption("--prompts", "prompts", LEARNED, "a learned method's checkpoint",
                  {IAPAS: "IAP-AS takes --prompt WORD", CLIP: "WinCLIP learns nothing"}),
     MethodOption("--adaclip-prompts", "adaclip_prompts", frozenset({"adaclip"}), "AdaCLIP's trained weights"),
     MethodOption("--genclip-prompts", "genclip_prompts", frozenset({"genclip"}), "GenCLIP's trained prompts"),
     MethodOption("--winclip-variant", "winclip_variant", frozenset({"winclip"}), "WinCLIP's choice of rules"),
-    MethodOption("--shots", "shots", frozenset({"winclip"}), "WinCLIP+'s number of reference images"),
-    MethodOption("--reference-images", "reference_images", frozenset({"winclip"}), "WinCLIP+'s reference images"),
+    MethodOption("--adaclip-image-size", "adaclip_image_size", frozenset({"adaclip"}), "AdaCLIP's input size"),
+    MethodOption("--shots", "shots", FEW_SHOT, "the few-shot methods' number of normal reference images (WinCLIP+, AnomalyDINO)"),
+    MethodOption("--reference-images", "reference_images", FEW_SHOT, "the few-shot methods' reference images (WinCLIP+, AnomalyDINO)"),
 )
 
 

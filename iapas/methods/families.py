@@ -6,6 +6,7 @@ a run's fingerprint records the precision of the setting its method reads.
 from __future__ import annotations
 
 IAPAS, CLIP, LEARNED_CLIP = "IAP-AS", "CLIP", "learned CLIP"
+MUSC, ANOMALYDINO = "MuSc", "AnomalyDINO"  # zero-shot from the test set's own patches; few-shot DINOv2 patch matching
 # method -> family; a new method is one line here beside its line in iapas/methods/__init__.py
 METHOD_FAMILIES: dict[str, str] = {
     "iapas": IAPAS,
@@ -14,10 +15,13 @@ METHOD_FAMILIES: dict[str, str] = {
     "anomalyclip": LEARNED_CLIP,
     "faprompt": LEARNED_CLIP,
     "genclip": LEARNED_CLIP,
+    "musc": MUSC,  # (registered on main by the new-methods branch)
+    "anomalydino": ANOMALYDINO,
 }
 # family -> the config key of the precision its models run at: IAP-AS runs `auto` under its default recipe,
 # the CLIP methods fp32 unless asked (`--precision` sets both)
-PRECISION_SETTINGS = {IAPAS: "precision", CLIP: "clip_methods.precision", LEARNED_CLIP: "clip_methods.precision"}
+PRECISION_SETTINGS = {IAPAS: "precision", CLIP: "clip_methods.precision", LEARNED_CLIP: "clip_methods.precision",
+                      MUSC: "clip_methods.precision", ANOMALYDINO: "clip_methods.precision"}
 
 
 def family(method: str) -> str:
