@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-WEIGHTS ?= weights
+# empty: the default weights dir ($IAPAS_WEIGHTS, else ./weights when it holds files, else the per-user folder;
+# `iapas weights where` prints it), so any command run from any folder finds what `make demo` put there
+WEIGHTS ?=
+WEIGHTS_OPTION := $(if $(WEIGHTS),--weights $(WEIGHTS))
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo test docs bench clean
@@ -40,11 +43,12 @@ install: $(STAMP)
 # (Grounding DINO-T from the hub, SAM ViT-B; sha256-checked); when that fails (no network), tiny RANDOM
 # demo weights are built instead and the output is meaningless (it says so loudly).
 demo: install
-	@$(BIN)/iapas weights download --profile default --weights $(WEIGHTS) || \
+	@$(BIN)/iapas weights download --profile default $(WEIGHTS_OPTION) || \
 		{ echo "*** could not fetch real weights: falling back to RANDOM demo weights (meaningless output) ***"; \
-		  [ -e $(WEIGHTS)/demo/sam_demo.pth ] || $(BIN)/iapas weights make-demo $(WEIGHTS); }
-	$(BIN)/iapas segment examples/images -o out/demo --weights $(WEIGHTS)
-	@echo "results: out/demo (score maps .npy/_map.png, overlays _overlay.png, boxes .json)"
+		  dir="$(or $(WEIGHTS),$$($(BIN)/iapas weights where 2>/dev/null))"; \
+		  [ -e "$$dir/demo/sam_demo.pth" ] || $(BIN)/iapas weights make-demo $(WEIGHTS); }
+	$(BIN)/iapas segment examples/images -o out/demo $(WEIGHTS_OPTION)
+	@echo "results: out/demo (score maps .npy/_map.png, overlays _overlay.png, boxes .json); weights in $$($(BIN)/iapas weights where 2>/dev/null)"
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -55,8 +59,9 @@ docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: install
-	@if [ ! -e $(WEIGHTS)/demo/sam_demo.pth ]; then $(BIN)/iapas weights make-demo $(WEIGHTS); fi
-	$(BIN)/iapas bench examples/images/washer_scratch.png --weights $(WEIGHTS)
+	@dir="$(or $(WEIGHTS),$$($(BIN)/iapas weights where 2>/dev/null))"; \
+		[ -e "$$dir/demo/sam_demo.pth" ] || $(BIN)/iapas weights make-demo $(WEIGHTS)
+	$(BIN)/iapas bench examples/images/washer_scratch.png $(WEIGHTS_OPTION)
 
 clean:
 	rm -rf out iapas-out .pytest_cache site

@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 
 from .errors import ConfigError, ValueRangeError
+from .folders import default_weights_dir
 
 PAPER_OBJECT_THRESHOLD = 0.2  # box and text threshold for object datasets
 PAPER_TEXTURE_THRESHOLD = 0.1  # box and text threshold for texture datasets
@@ -189,6 +190,8 @@ class ClipMethodsConfig:
     hepe_prompt_version: str = "v1"  # resources/prompts/hepe_*_<version>.txt
     hepe_dinov2: str = ""  # DINOv2 ViT-S directory; empty: the first 'dinov2' manifest entry in the weights dir
     hepe_logit_scale: float = 1.0  # Eq. 1: softmax of the plain cosine (1); AdaCLIP's code: 100
+    # the CLIP forwards' autocast: fp32 (the reference numbers) unless asked; `--precision` sets it and the top-level one
+    precision: str = "fp32"
 
 
 @dataclass
@@ -221,13 +224,16 @@ class Config:
     recipe: str = DEFAULT_RECIPE  # the named preset of rules this config started from (resources/recipes/)
     recipe_version: int = 1
     profile: str = ""  # the speed preset laid over the recipe (resources/profiles/), "" for none
-    weights_dir: str = "weights"
+    # --weights; default: $IAPAS_WEIGHTS, else ./weights when it holds files, else the per-user folder (iapas/folders.py)
+    weights_dir: str = field(default_factory=lambda: str(default_weights_dir()))
     device: str = "auto"
     threads: int = 0  # torch CPU threads; 0: the CPUs this process may use, unless OMP_NUM_THREADS is set (iapas/acceleration/threads.py)
     max_image_pixels: int = 80_000_000  # larger images are refused rather than exhausting memory
     bit_window: list[float] = field(default_factory=list)  # [LOW, HIGH] for 16-bit/float images; empty: iapas/images.py's rule
     batch_size: int = 1  # images per detector/encoder forward (--batch-size); results equal one-by-one (Pipeline.segment_many)
-    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast for the models (iapas/acceleration/precision.py); fp32 keeps the reference numbers
+    # fp32 | bf16 | fp16 | auto: autocast of IAP-AS's models (iapas/acceleration/precision.py). A bare Config keeps fp32, the
+    # reference numbers; the iapas recipe (the CLI's default) runs auto, the official recipe fp32; tolerance: tests/test_batching.py
+    precision: str = "fp32"
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     filtering: FilteringConfig = field(default_factory=FilteringConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
@@ -304,6 +310,7 @@ UNIT_INTERVAL_SETTINGS = ("detection.box_threshold", "detection.text_threshold",
                           "filtering.size_threshold", "calibration.size_cap")
 # model arithmetic; iapas/acceleration/precision.py maps each to its autocast dtype (auto: bf16 where the device has native bf16)
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+PRECISION_SETTINGS = ("precision", "clip_methods.precision")  # IAP-AS's models, the CLIP methods' CLIP
 COUNT_SETTINGS = ("calibration.n_images", "calibration.top_k", "detection.max_text_tokens", "max_image_pixels", "batch_size")
 
 
@@ -338,8 +345,9 @@ def validate_config(config: Config) -> Config:
         unit_interval(_setting(config, dotted), dotted)
     for dotted in COUNT_SETTINGS:
         at_least_one(_setting(config, dotted), dotted)
-    if config.precision not in PRECISIONS:
-        raise ValueRangeError(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
+    for dotted in PRECISION_SETTINGS:
+        if _setting(config, dotted) not in PRECISIONS:
+            raise ValueRangeError(f"{dotted} must be one of {', '.join(PRECISIONS)}, got {_setting(config, dotted)!r}")
     eps = config.detection.refinement_eps
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 0.5:
         raise ValueRangeError(f"detection.refinement_eps must be a number in (0, 0.5), got {eps!r}")
@@ -373,9 +381,12 @@ def check_clip_method_rules(clip_methods: ClipMethodsConfig) -> None:
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Build a Config from nested plain data, rejecting unknown keys, wrong types and out-of-range values."""
     config = validate_config(_build(Config, data, ""))
-    if config.precision == "auto" and (config.detection.int8 or config.masking.int8):
-        # int8 layers take float32 inputs: a profile's `auto` yields to int8 (an explicit bf16/fp16 is refused at load)
-        config = dataclasses.replace(config, precision="fp32")
+    if config.detection.int8 or config.masking.int8:
+        # int8 layers take float32 inputs: the recipe's or a profile's `auto` yields to int8 (an explicit bf16/fp16 is refused at load)
+        if config.precision == "auto":
+            config = dataclasses.replace(config, precision="fp32")
+        if config.clip_methods.precision == "auto":
+            config = dataclasses.replace(config, clip_methods=dataclasses.replace(config.clip_methods, precision="fp32"))
     return config
 
 

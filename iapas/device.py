@@ -4,17 +4,20 @@ from __future__ import annotations
 import threading
 import weakref
 from contextlib import ExitStack, contextmanager
-from typing import Iterator
-
-import torch
+from typing import TYPE_CHECKING, Iterator
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name: str) -> torch.device:
     """Turn "auto" | "cpu" | "cuda" | "cuda:N" into a usable torch.device."""
+    import torch  # here, so DEVICE_CHOICES reaches the CLI's parser without torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":

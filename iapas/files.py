@@ -21,6 +21,8 @@ except ImportError:  # pragma: no cover - Windows
 
 from .errors import OutputError
 
+FINGERPRINT_FILE = "iapas-fingerprint.json"  # marks a folder of iapas results (iapas/runs/fingerprint.py writes it)
+
 TEMP_MARKER = ".iapas-tmp."
 NEW_FILE_MODE = 0o666  # what open() asks for; the user's umask takes its bits off, as for any other program
 

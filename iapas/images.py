@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ConfigError, InputImageError
-from .runs.fingerprint import FINGERPRINT_FILE
+from .files import FINGERPRINT_FILE
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 INTEGER_WINDOW = (0.0, 65535.0)  # the full 16-bit range: value / 257

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,10 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# the default weights folder (iapas/folders.py) is pinned to an empty folder of this session, so no test reads
+# the weights of the user running it (./weights or the per-user folder); a test that needs weights names them
+_PINNED_WEIGHTS = Path(tempfile.mkdtemp(prefix="iapas-test-weights-"))
+os.environ["IAPAS_WEIGHTS"] = str(_PINNED_WEIGHTS)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,8 @@ from iapas.methods.adaclip.checkpoint import OFFICIAL_PREFIX, load_into, read_ch
 from iapas.methods.adaclip.hsf import cluster_centre, fuse
 from iapas.methods.adaclip.model import AdaClip, AdaClipPrompts, AdaClipSettings, default_layers
 from iapas.methods.adaclip.text import prompt_sentences
-from iapas.methods.adaclip.train import AdaClipArchitecture, reference_dice, train_adaclip
+from iapas.methods.adaclip.loss import reference_dice
+from iapas.methods.adaclip.train import AdaClipArchitecture, train_adaclip
 from iapas.prompt_learning import TrainOptions, dice_loss, focal_loss, gaussian_smooth, mosaic, two_class_focal_loss
 from iapas.weights.manifest import find_weights
 

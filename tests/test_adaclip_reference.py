@@ -216,7 +216,7 @@ def test_training_loss_and_gradients_equal_the_authors(reference, built):
     import copy
 
     from iapas.methods.adaclip.model import AdaClip
-    from iapas.methods.adaclip.train import adaclip_loss
+    from iapas.methods.adaclip.loss import adaclip_loss
 
     model, path, backbone = built
     theirs = copy.deepcopy(model)

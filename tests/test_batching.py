@@ -406,6 +406,6 @@ def test_auto_precision_is_bf16_only_where_the_device_has_it(monkeypatch):
     for capability, expected in (((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")):  # T4 emulates bf16; A100, H100 have it
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
         assert resolve_precision("auto", torch.device("cuda")) == expected
-    # the fast profiles ask for it; the recipes stay fp32, the reference arithmetic
+    # the fast profiles and the iapas recipe (the default) ask for it; official and a bare Config stay fp32, the reference
     assert {build_config(profile=name).precision for name in ("fast", "fast-edgetam", "fast-omdet")} == {"auto"}
-    assert build_config().precision == build_config("official").precision == "fp32"
+    assert build_config().precision == "auto" and build_config("official").precision == Config().precision == "fp32"

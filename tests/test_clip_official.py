@@ -267,7 +267,7 @@ def test_faprompt_equals_the_authors_code(shared, tmp_path):
 
 def test_two_class_focal_and_dice_equal_the_authors_loss(tmp_path):
     """The official recipe's segmentation loss is AnomalyCLIP's loss.py FocalLoss + two BinaryDiceLoss terms."""
-    from iapas.methods.anomalyclip.train import segmentation_loss
+    from iapas.methods.anomalyclip.loss import segmentation_loss
 
     folder = reference_copy("AnomalyCLIP", tmp_path)
     generator = torch.Generator().manual_seed(0)

@@ -13,7 +13,7 @@ from iapas.cli import main
 from iapas.config import build_config
 from iapas.errors import ValueRangeError
 from iapas.methods.anomalyclip.model import AnomalyClip, AnomalyClipSettings
-from iapas.methods.anomalyclip.train import anomalyclip_loss
+from iapas.methods.anomalyclip.loss import anomalyclip_loss
 from iapas.methods.faprompt.model import FAPrompt
 from iapas.prompt_learning import dice_loss, two_class_focal_loss
 from iapas.prompt_learning.rules import PromptRules

@@ -106,7 +106,7 @@ def test_fp16_on_the_cpu_and_int8_with_bf16_are_refused_before_the_weights_load(
     from iapas.backends.clip import configured_backbone
     from iapas.config import Config
 
-    config = Config().updated({"device": "cpu", "precision": "bf16", "masking.int8": True})
+    config = Config().updated({"device": "cpu", "clip_methods.precision": "bf16", "masking.int8": True})
     with pytest.raises(ConfigError, match="^--int8 and --precision bf16 exclude each other"):
         configured_backbone(missing, config)
 

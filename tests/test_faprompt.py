@@ -8,7 +8,8 @@ import torch
 from iapas.cli import main
 from iapas.errors import WeightsError
 from iapas.methods.faprompt.model import FAPrompt, image_score, orthogonality_loss, top_patch_tokens
-from iapas.methods.faprompt.train import faprompt_loss, image_focal_loss, prior_loss, train_faprompt
+from iapas.methods.faprompt.loss import faprompt_loss, image_focal_loss, prior_loss
+from iapas.methods.faprompt.train import train_faprompt
 from iapas.prompt_learning import TrainOptions
 
 

@@ -23,7 +23,8 @@ from scripted_detector import ScriptedDetector
 
 def test_shipped_recipes_and_the_default():
     assert recipe_names() == ["iapas", "official"]
-    assert build_config("iapas").to_dict() == Config().to_dict()  # the iapas recipe is exactly the defaults
+    # the iapas recipe is exactly the defaults but its precision: auto, where a bare Config keeps the reference fp32
+    assert build_config("iapas").to_dict() == Config(precision="auto").to_dict()
     official = build_config("official")
     assert (official.recipe, official.recipe_version) == ("official", 1)
     assert (official.detection.box_threshold, official.detection.text_threshold, official.filtering.nms_iou) == (0.1, 0.1, 0.5)

@@ -249,10 +249,11 @@ def configured_backbone(path: Path, config) -> ClipBackbone:
     from ..acceleration.precision import check_precision
 
     device = resolve_device(config.device)
-    check_precision(config.precision, device)
+    precision = config.clip_methods.precision  # fp32 unless asked: the recipe's `auto` is IAP-AS's alone
+    check_precision(precision, device)
     if clip_int8(config):
-        check_int8(device, config.precision)
-    backbone = ClipBackbone(path, device, config.precision)
+        check_int8(device, precision)
+    backbone = ClipBackbone(path, device, precision)
     return backbone.quantise_encoders() if clip_int8(config) else backbone
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import IapasError, WeightsError
+
+if TYPE_CHECKING:
+    from .llm import LLMSpec
 
 CONTEXT_TOKENS = 2048  # the IAP prompt and a 512-token answer fit with room to spare
 
@@ -84,3 +87,16 @@ class LlamaCppLLM:
         text, cut = self.runner.chat(as_messages(prompt), options.max_new_tokens, options.temperature, options.top_p,
                                      options.seed)
         return drop_unfinished_item(text) if cut else text
+
+
+def load_gguf(spec: "LLMSpec") -> "LlamaCppLLM":
+    """A .gguf file (or a folder holding one, or the packaged `smollm2`) as an LLM: the `gguf` entry of llm.LLMS."""
+    from .llm import _require_model, packaged_smollm2
+
+    path = packaged_smollm2() if spec.model == "smollm2" else _require_model(spec)
+    if path.is_dir():
+        found = sorted(path.glob("*.gguf"))
+        if not found:
+            raise WeightsError(f"no .gguf file in {path}")
+        path = found[0]
+    return LlamaCppLLM(path)

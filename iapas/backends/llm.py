@@ -289,17 +289,9 @@ def load_lexicon(spec: LLMSpec) -> LLM:
     return LexiconLLM(Path(spec.model) if spec.model else LEXICON_FILE)
 
 
-@LLMS.register("gguf")
-def load_gguf(spec: LLMSpec) -> LLM:
-    path = packaged_smollm2() if spec.model == "smollm2" else _require_model(spec)
-    if path.is_dir():
-        found = sorted(path.glob("*.gguf"))
-        if not found:
-            raise WeightsError(f"no .gguf file in {path}")
-        path = found[0]
-    from .llamacpp import LlamaCppLLM  # quantised weights run as they are; transformers would dequantise them
-
-    return LlamaCppLLM(path)
+# quantised weights run as they are through llama.cpp (transformers would dequantise them); llamacpp.py imports
+# this module, so its loader is named here and imported on first use (no import cycle)
+LLMS.register_lazy("gguf", "iapas.backends.llamacpp:load_gguf")
 
 
 @LLMS.register("hf")

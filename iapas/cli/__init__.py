@@ -6,9 +6,10 @@ import os
 import sys
 from typing import Sequence
 
+from .. import __version__
 from ..errors import IapasError
 from . import calibrate, data, evaluate, export, reproduce, segment, serve, tools, train, weights
-from .common import EXIT_ERROR, apply_numeric_rules
+from .common import EXIT_ERROR, CommandParser, apply_numeric_rules
 
 # each module registers its own sub-commands; a new command is one new module added here
 COMMAND_MODULES = (segment, calibrate, evaluate, train, data, weights, tools, serve, export, reproduce)
@@ -16,7 +17,8 @@ COMMAND_MODULES = (segment, calibrate, evaluate, train, data, weights, tools, se
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every command module's sub-commands."""
-    parser = argparse.ArgumentParser(prog="iapas", description="Training-free zero-shot industrial anomaly segmentation (IAP-AS).")
+    parser = CommandParser(prog="iapas", description="Training-free zero-shot industrial anomaly segmentation (IAP-AS).")
+    parser.add_argument("--version", action="version", version=f"iapas {__version__}", help="print iapas's version and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     commands = parser.add_subparsers(dest="command", required=True)
     for module in COMMAND_MODULES:

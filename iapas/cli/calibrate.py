@@ -4,26 +4,27 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rich.console import Console
 
 from ..errors import IapasError
-from .common import EXIT_OK, add_model_options, add_preprocessing_options, base_config, comma_list, positive_int
+from .common import (EXIT_OK, INPUTS_OUTPUTS, PREPROCESSING, add_model_options, add_preprocessing_options, base_config, comma_list,
+                     group, positive_int)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register `iapas calibrate`."""
     calibrate = commands.add_parser("calibrate", help="preprocessing: tags, size threshold and LLM prompts -> calibration file")
-    calibrate.add_argument("normal_dir", nargs="?", help="folder of normal images")
-    calibrate.add_argument("--show", metavar="FILE", help="print a calibration file as a table and exit")
-    calibrate.add_argument("--anomalous-dir", help="images for the size threshold (default: the chosen normal images)")
-    calibrate.add_argument("--category", help="category name (fixed tag when there is no tagger; texture categories set --kind)")
-    calibrate.add_argument("--kind", choices=("object", "texture"), help="box/text thresholds 0.2 (object) or 0.1 (texture)")
-    calibrate.add_argument("-o", "--output", default="calib.json")
-    calibrate.add_argument("--n-images", type=positive_int, help="normal images to tag (default 3)")
-    calibrate.add_argument("--clip", dest="clip_weights", help="CLIP directory (the clip tagger; default: the weights dir's)")
-    calibrate.add_argument("--tags", nargs="+", help="fixed tags (the fixed tagger)")
-    calibrate.add_argument("--template", help="prompt template name or .txt path (default iap_v1)")
-    calibrate.add_argument("--ablate", help="comma list of preprocessing steps to skip: tagging,llm")
+    io, preprocessing = group(calibrate, INPUTS_OUTPUTS), group(calibrate, PREPROCESSING)
+    io.add_argument("normal_dir", nargs="?", help="folder of normal images")
+    io.add_argument("--show", metavar="FILE", help="print a calibration file as a table and exit")
+    io.add_argument("--anomalous-dir", help="images for the size threshold (default: the chosen normal images)")
+    io.add_argument("-o", "--output", default="calib.json", help="calibration file to write (default: calib.json)")
+    preprocessing.add_argument("--category", help="category name (fixed tag when there is no tagger; texture categories set --kind)")
+    preprocessing.add_argument("--kind", choices=("object", "texture"), help="box/text thresholds 0.2 (object) or 0.1 (texture)")
+    preprocessing.add_argument("--n-images", type=positive_int, help="normal images to tag (default 3)")
+    preprocessing.add_argument("--clip", dest="clip_weights", help="CLIP directory (the clip tagger; default: the weights dir's)")
+    preprocessing.add_argument("--tags", nargs="+", help="fixed tags (the fixed tagger)")
+    preprocessing.add_argument("--template", help="prompt template name or .txt path (default iap_v1)")
+    preprocessing.add_argument("--ablate", help="comma list of preprocessing steps to skip: tagging,llm")
     add_preprocessing_options(calibrate)
     add_model_options(calibrate)
     calibrate.set_defaults(handler=run)
@@ -31,6 +32,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write a calibration file from normal images, or print one with --show."""
+    from rich.console import Console
+
     from ..calibration import calibration_table, load_calibration
 
     console = Console(width=160)

@@ -70,6 +70,8 @@ def base_config(args: argparse.Namespace) -> Config:
         overrides[own_key] = args.prompts  # --prompts is generic; AdaCLIP and GenCLIP read their own keys
     if getattr(args, "int8", False):
         overrides["detection.int8"] = overrides["masking.int8"] = True
+    if getattr(args, "precision", None):
+        overrides["clip_methods.precision"] = args.precision  # --precision asks every method; the recipe's auto is IAP-AS's
     config = config.updated(overrides)
     if config.detection.backend == "sam3" and getattr(args, "text_threshold", None) is not None:
         # SAM 3 scores instances, not caption tokens (iapas/backends/sam3.py): --box-threshold is its score threshold
@@ -189,68 +191,110 @@ def apply_numeric_rules(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
+# The option groups of every command's help, in the order they are shown (a group with no options is not).
+# A command's option joins one with `group(parser, TITLE).add_argument(...)`.
+CONFIGURATION = "configuration"
+INPUTS_OUTPUTS = "inputs and outputs"
+METHOD = "method"
+IAPAS_DETECTOR = "IAP-AS detector (--method iapas)"
+CLIP_METHODS = "CLIP methods (--method winclip, adaclip, anomalyclip, faprompt, genclip)"
+DECISIONS = "decisions"
+PREPROCESSING = "preprocessing (tags and LLM prompts)"
+EVALUATION = "evaluation"
+BENCHMARK = "benchmark"
+TRAINING = "training"
+ARCHITECTURE = "architecture (the method's own)"
+DATASET = "dataset"
+EXPORT = "export"
+SERVER = "server"
+MODELS = "models, weights and device"
+SPEED = "speed"
+ENGINE = "engine"
+GROUP_TITLES = (CONFIGURATION, INPUTS_OUTPUTS, METHOD, IAPAS_DETECTOR, CLIP_METHODS, DECISIONS, PREPROCESSING, EVALUATION,
+                BENCHMARK, TRAINING, ARCHITECTURE, DATASET, EXPORT, SERVER, MODELS, SPEED, ENGINE)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An ArgumentParser whose options sit in named groups (GROUP_TITLES), shown in that order; sub-commands inherit it."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.option_groups = {title: self.add_argument_group(title) for title in GROUP_TITLES}
+
+
+def group(parser: argparse.ArgumentParser, title: str) -> argparse._ArgumentGroup:
+    """The parser's option group called `title` (made on first use for a parser that is not a CommandParser)."""
+    groups = parser.__dict__.setdefault("option_groups", {})
+    if title not in groups:
+        groups[title] = parser.add_argument_group(title)
+    return groups[title]
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """Options naming the recipe, the config file, the weights and the device."""
-    parser.add_argument("--recipe", choices=recipe_names(),
-                        help="named preset of every rule: iapas (default) or official (the authors' code); see README")
-    parser.add_argument("--profile", choices=profile_names(),
-                        help="speed preset over the recipe: fast (SAM 2.1 Hiera-T, 512 px detector input), fast-edgetam, "
-                             "fast-omdet (OmDet-Turbo detector), sam3 (SAM 3 detects and masks); see README 'Fast profile'")
-    parser.add_argument("--config", help="YAML, TOML or JSON config file over the recipe (see `iapas config show`)")
-    parser.add_argument("--weights", help="weights dir laid out as `iapas weights list` shows (iapas/resources/manifest.toml; default: weights)")
-    parser.add_argument("--detector", help="Grounding DINO directory (overrides the weights dir)")
-    parser.add_argument("--segmenter", help="SAM .pth file or SamModel/Sam2Model/EdgeTamModel directory (overrides the weights dir)")
-    parser.add_argument("--detector-backend", help="auto (default: by the directory's model_type), hf-grounding-dino or omdet-turbo")
-    parser.add_argument("--segmenter-backend", help="auto (default), sam, hf-sam, hf-sam2 or hf-edgetam")
-    parser.add_argument("--detector-input-size", type=non_negative_int,
+    configuration, models, speed = group(parser, CONFIGURATION), group(parser, MODELS), group(parser, SPEED)
+    configuration.add_argument("--recipe", choices=recipe_names(),
+                               help="named preset of every rule: iapas (default) or official (the authors' code); see docs/recipes.md")
+    configuration.add_argument("--profile", choices=profile_names(),
+                               help="speed preset over the recipe: fast (SAM 2.1 Hiera-T, 512 px detector input), fast-edgetam, "
+                                    "fast-omdet (OmDet-Turbo detector), sam3 (SAM 3 detects and masks); see docs/recipes.md")
+    configuration.add_argument("--config", help="YAML, TOML or JSON config file over the recipe (see `iapas config show`)")
+    models.add_argument("--weights", help="weights dir laid out as `iapas weights list` shows (default: $IAPAS_WEIGHTS, "
+                                          "else ./weights when it exists, else the per-user data folder)")
+    models.add_argument("--detector", help="Grounding DINO directory (overrides the weights dir)")
+    models.add_argument("--segmenter", help="SAM .pth file or SamModel/Sam2Model/EdgeTamModel directory (overrides the weights dir)")
+    models.add_argument("--detector-backend", help="auto (default: by the directory's model_type), hf-grounding-dino or omdet-turbo")
+    models.add_argument("--segmenter-backend", help="auto (default), sam, hf-sam, hf-sam2 or hf-edgetam")
+    models.add_argument("--detector-input-size", type=non_negative_int,
                         help="detector input size in px (Grounding DINO's shortest edge; 0: the model's own, 800)")
-    parser.add_argument("--device", choices=DEVICE_CHOICES, help="default: auto (GPU when there is one)")
-    parser.add_argument("--threads", type=non_negative_int,
-                        help="torch CPU threads (default 0: the CPUs this process may use, or OMP_NUM_THREADS when set)")
-    parser.add_argument("--int8", action="store_true", default=None,
-                        help="CPU only: int8 dynamic quantisation of Grounding DINO's and SAM's linear layers, or of the CLIP "
-                             "methods' CLIP encoders (faster, maps within a tested tolerance of float32; see README)")
+    models.add_argument("--device", choices=DEVICE_CHOICES, help="default: auto (GPU when there is one)")
+    speed.add_argument("--threads", type=non_negative_int,
+                       help="torch CPU threads (default 0: the CPUs this process may use, or OMP_NUM_THREADS when set)")
+    speed.add_argument("--int8", action="store_true", default=None,
+                       help="CPU only: int8 dynamic quantisation of Grounding DINO's and SAM's linear layers, or of the CLIP "
+                            "methods' CLIP encoders (faster, maps within a tested tolerance of float32; see README)")
 
 
 def add_speed_options(parser: argparse.ArgumentParser) -> None:
     """Batching and mixed precision (every method) for segment, bench and eval."""
-    parser.add_argument("--batch-size", type=positive_int, help="images per encoder forward: Grounding DINO / SAM, or the CLIP "
-                                                                "methods' CLIP (default 1; both engines); results equal one-by-one")
-    parser.add_argument("--precision", choices=PRECISIONS,
-                        help="fp32 (default), bf16 or fp16 autocast of the models' forwards, CLIP methods included "
-                        "(fp16: CUDA only), or auto: bf16 where the device has native bf16 (recent GPUs; CPUs with "
-                        "AMX or AVX512-BF16), else fp32")
+    speed = group(parser, SPEED)
+    speed.add_argument("--batch-size", type=positive_int, help="images per encoder forward: Grounding DINO / SAM, or the CLIP "
+                                                               "methods' CLIP (default 1; both engines); results equal one-by-one")
+    speed.add_argument("--precision", choices=PRECISIONS,
+                       help="autocast of the models' forwards: fp32, bf16, fp16 (CUDA only), or auto: bf16 where the device "
+                            "has native bf16 (GPUs sm80+; CPUs with AMX or AVX512-BF16), else fp32. Default: auto for "
+                            "IAP-AS under the iapas recipe, fp32 under official and for the CLIP methods")
 
 
 def add_method_options(parser: argparse.ArgumentParser) -> None:
     """Options choosing the method and what it is prompted with (segment and bench)."""
-    parser.add_argument("--method", default="iapas", help="iapas (default), winclip, adaclip, anomalyclip, faprompt, genclip, musc (a set of images) or anomalydino (--shots K)")
-    parser.add_argument("--prompt", action="append", help="text prompt; repeat for several (default: abnormal, defect)")
-    parser.add_argument("--calibration", help="calibration file from `iapas calibrate` (P_final, S_threshold, thresholds)")
-    parser.add_argument("--no-size-filter", action="store_true", help="skip step 2-2's size filter (ablation)")
-    parser.add_argument("--category", help="class name for the CLIP methods' prompts (default: object)")
-    parser.add_argument("--clip", dest="clip_weights", help="CLIP directory or open_clip file for --method winclip/adaclip")
-    parser.add_argument("--adaclip-prompts", help="AdaCLIP weights: ours (`iapas train adaclip`), an official pretrained_*.pth, or a manifest name")
-    parser.add_argument("--prompts", help="trained prompts of a learned method (`iapas train METHOD`, or AnomalyCLIP's released epoch_15.pth)")
-    parser.add_argument("--genclip-prompts", help="trained GenCLIP prompts (from `iapas train genclip`; --prompts works too)")
-    add_adaclip_size_option(parser)
-    add_winclip_options(parser)
+    method, detector = group(parser, METHOD), group(parser, IAPAS_DETECTOR)
+    method.add_argument("--method", default="iapas", choices=method_names(),
+                        help="the method (default: iapas); the others are the comparison methods (docs/methods/); "
+                             "musc scores a set of images together")
+    method.add_argument("--category", help="class name for the CLIP methods' prompts (default: object)")
+    detector.add_argument("--prompt", action="append", help="text prompt; repeat for several (default: abnormal, defect)")
+    detector.add_argument("--calibration", help="calibration file from `iapas calibrate` (P_final, S_threshold, thresholds)")
+    detector.add_argument("--no-size-filter", action="store_true", help="skip step 2-2's size filter (ablation)")
+    add_clip_options(parser, "CLIP directory or open_clip file for the CLIP methods")
     add_hepe_options(parser, with_timeout=True)
 
 
-def add_adaclip_size_option(parser: argparse.ArgumentParser) -> None:
-    """AdaCLIP's input size (segment, bench and eval)."""
-    parser.add_argument("--adaclip-image-size", type=non_negative_int,
-                        help="AdaCLIP input size in px, a multiple of the CLIP's patch size (default 0: the checkpoint's; 518 "
-                             "for a released one); --recipe official also resizes with PIL and rounds prompts to fp16")
-
-
-def add_winclip_options(parser: argparse.ArgumentParser) -> None:
-    """WinCLIP's reimplementation and WinCLIP+'s few-shot references (segment, bench and eval)."""
-    parser.add_argument("--winclip-variant", choices=("caoyunkang", "anomalib"),
-                        help="whose WinCLIP rules: caoyunkang (default; IAP-AS Table 1) or anomalib")
-    parser.add_argument("--shots", type=int, help="K normal reference images: WinCLIP+ (paper: 1, 2, 4; default 0, zero-shot) and AnomalyDINO (paper: 1, 2, 4, 8, 16; 0 means 1)")
-    parser.add_argument("--reference-images", help="folder of normal images for --shots (eval default: the category's)")
+def add_clip_options(parser: argparse.ArgumentParser, clip_help: str) -> None:
+    """The CLIP methods' weights and trained prompts, AdaCLIP's input size and WinCLIP's options (segment, bench, eval)."""
+    clip = group(parser, CLIP_METHODS)
+    clip.add_argument("--clip", dest="clip_weights", help=clip_help)
+    clip.add_argument("--prompts", help="trained prompts of a learned method (`iapas train METHOD`, or AnomalyCLIP's released epoch_15.pth)")
+    clip.add_argument("--adaclip-prompts", help="AdaCLIP weights: ours (`iapas train adaclip`), an official pretrained_*.pth, or a manifest name")
+    clip.add_argument("--genclip-prompts", help="trained GenCLIP prompts (from `iapas train genclip`; --prompts works too)")
+    clip.add_argument("--adaclip-image-size", type=non_negative_int,
+                      help="AdaCLIP input size in px, a multiple of the CLIP's patch size (default 0: the checkpoint's; 518 "
+                           "for a released one); --recipe official also resizes with PIL and rounds prompts to fp16")
+    clip.add_argument("--winclip-variant", choices=("caoyunkang", "anomalib"),
+                      help="whose WinCLIP rules: caoyunkang (default; IAP-AS Table 1) or anomalib")
+    clip.add_argument("--shots", type=int, help="K normal reference images: WinCLIP+ (paper: 1, 2, 4; default 0, zero-shot) "
+                                                "and AnomalyDINO (paper: 1, 2, 4, 8, 16; 0 means 1)")
+    clip.add_argument("--reference-images", help="folder of normal images for --shots (eval default: the category's)")
 
 
 def add_hepe_options(parser: argparse.ArgumentParser, with_timeout: bool = False) -> None:
@@ -258,37 +302,47 @@ def add_hepe_options(parser: argparse.ArgumentParser, with_timeout: bool = False
 
     `with_timeout` adds --llm-timeout for the commands without the preprocessing options (segment, bench).
     """
+    hepe = group(parser, CLIP_METHODS)
     if with_timeout:
-        parser.add_argument("--llm-timeout", type=positive_seconds, help="HEPE: seconds the MLLM endpoint may take to answer (default 120)")
-    parser.add_argument("--mllm-url", help="HEPE: OpenAI-compatible endpoint of the step-one multimodal LLM (images sent as base64)")
-    parser.add_argument("--mllm-model", help="HEPE: the endpoint's model name, or a local transformers VLM directory")
-    parser.add_argument("--step-two-llm", choices=("mllm", "openai", "gguf", "hf", "lexicon"),
-                        help="HEPE step two: mllm (default: the step-one model), or a text backend with --llm-url/--llm-model")
-    parser.add_argument("--descriptions", choices=("image", "category"),
-                        help="HEPE: one agent call per test image (default, paper Fig. 2) or per category (the first image's)")
-    parser.add_argument("--dinov2", help="HEPE: DINOv2 ViT-S directory (default: the weights dir's)")
+        hepe.add_argument("--llm-timeout", type=positive_seconds, help="HEPE: seconds the MLLM endpoint may take to answer (default 120)")
+    hepe.add_argument("--mllm-url", help="HEPE: OpenAI-compatible endpoint of the step-one multimodal LLM (images sent as base64)")
+    hepe.add_argument("--mllm-model", help="HEPE: the endpoint's model name, or a local transformers VLM directory")
+    hepe.add_argument("--step-two-llm", choices=("mllm", "openai", "gguf", "hf", "lexicon"),
+                      help="HEPE step two: mllm (default: the step-one model), or a text backend with --llm-url/--llm-model")
+    hepe.add_argument("--descriptions", choices=("image", "category"),
+                      help="HEPE: one agent call per test image (default, paper Fig. 2) or per category (the first image's)")
+    hepe.add_argument("--dinov2", help="HEPE: DINOv2 ViT-S directory (default: the weights dir's)")
 
 
 def add_threshold_options(parser: argparse.ArgumentParser) -> None:
     """The detection and filtering thresholds, with the paper's values as defaults."""
-    parser.add_argument("--box-threshold", type=unit_float, help="default 0.2 (paper, objects; 0.1 for textures)")
-    parser.add_argument("--text-threshold", type=unit_float, help="default 0.2 (paper, objects; 0.1 for textures)")
-    parser.add_argument("--nms-iou", type=unit_float, help="default 0.5 (paper)")
-    parser.add_argument("--size-threshold", type=unit_float, help="box area / image area cap, default 0.8 (paper)")
-    parser.add_argument("--max-boxes", type=non_negative_int,
-                        help="keep the K highest-scoring boxes per image before NMS (default 0: all, as the paper)")
+    detector = group(parser, IAPAS_DETECTOR)
+    detector.add_argument("--box-threshold", type=unit_float, help="default 0.2 (paper, objects; 0.1 for textures)")
+    detector.add_argument("--text-threshold", type=unit_float, help="default 0.2 (paper, objects; 0.1 for textures)")
+    detector.add_argument("--nms-iou", type=unit_float, help="default 0.5 (paper)")
+    detector.add_argument("--size-threshold", type=unit_float, help="box area / image area cap, default 0.8 (paper)")
+    detector.add_argument("--max-boxes", type=non_negative_int,
+                          help="keep the K highest-scoring boxes per image before NMS (default 0: all, as the paper)")
 
 
 def add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
     """Options of the preprocessing steps (tagging and LLM prompting) shared by calibrate and eval."""
-    parser.add_argument("--seed", type=int, help="random seed for choosing normal images (default 111, the paper's)")
-    parser.add_argument("--tagger", help="auto | clip | ram | fixed (default auto)")
-    parser.add_argument("--tagger-weights", help="the tagger's own weights (RAM checkpoint, or a CLIP other than --clip)")
-    parser.add_argument("--llm", help="lexicon | gguf | hf | openai (default lexicon, offline)")
-    parser.add_argument("--llm-model", help=".gguf file (or smollm2), transformers directory, or the endpoint's model name")
-    parser.add_argument("--llm-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1")
-    parser.add_argument("--llm-timeout", type=positive_seconds, help="seconds the endpoint may take to answer (default 120)")
-    parser.add_argument("--cache-dir", help="LLM answer cache (default ~/.cache/iapas/llm)")
+    preprocessing = group(parser, PREPROCESSING)
+    preprocessing.add_argument("--seed", type=int, help="random seed for choosing normal images (default 111, the paper's)")
+    preprocessing.add_argument("--tagger", help="auto | clip | ram | fixed (default auto)")
+    preprocessing.add_argument("--tagger-weights", help="the tagger's own weights (RAM checkpoint, or a CLIP other than --clip)")
+    preprocessing.add_argument("--llm", help="lexicon | gguf | hf | openai (default lexicon, offline)")
+    preprocessing.add_argument("--llm-model", help=".gguf file (or smollm2), transformers directory, or the endpoint's model name")
+    preprocessing.add_argument("--llm-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1")
+    preprocessing.add_argument("--llm-timeout", type=positive_seconds, help="seconds the endpoint may take to answer (default 120)")
+    preprocessing.add_argument("--cache-dir", help="LLM answer cache (default ~/.cache/iapas/llm)")
+
+
+def method_names() -> list[str]:
+    """The registered methods' names (the registry holds names and import paths only: nothing heavy loads)."""
+    from ..methods import METHODS
+
+    return METHODS.names()
 
 
 def comma_list(text: str | None) -> list[str]:

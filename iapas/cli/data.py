@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import IapasError
-from .common import EXIT_OK
+from .common import DATASET, EXIT_OK, INPUTS_OUTPUTS, group, non_negative_int, positive_int
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -12,13 +12,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     data = commands.add_parser("data", help="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     synth = data_commands.add_parser("synth", help="write a procedural MVTec-layout anomaly dataset with exact masks")
-    synth.add_argument("-o", "--output", required=True)
-    synth.add_argument("--categories", nargs="+", help="tile fabric washer board (default: all)")
-    synth.add_argument("--train-good", type=int, default=4)
-    synth.add_argument("--test-good", type=int, default=2)
-    synth.add_argument("--per-defect", type=int, default=2)
-    synth.add_argument("--size", type=int, default=256)
-    synth.add_argument("--seed", type=int, default=111)
+    group(synth, INPUTS_OUTPUTS).add_argument("-o", "--output", required=True, help="folder to write the dataset to")
+    dataset = group(synth, DATASET)
+    dataset.add_argument("--categories", nargs="+", help="tile fabric washer board (default: all)")
+    dataset.add_argument("--train-good", type=non_negative_int, default=4, help="normal training images per category (default 4)")
+    dataset.add_argument("--test-good", type=non_negative_int, default=2, help="normal test images per category (default 2)")
+    dataset.add_argument("--per-defect", type=non_negative_int, default=2,
+                         help="anomalous test images per defect type and category (default 2)")
+    dataset.add_argument("--size", type=positive_int, default=256, help="side of the square images in pixels (default 256)")
+    dataset.add_argument("--seed", type=int, default=111, help="random seed: the same seed writes the same dataset (default 111)")
     synth.set_defaults(handler=run_synth)
 
 

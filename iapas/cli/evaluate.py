@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 
-from .common import (EXIT_OK, add_adaclip_size_option, add_model_options, add_preprocessing_options, add_hepe_options, add_speed_options, add_winclip_options, base_config,
-                     comma_list, non_negative_int)
+from .common import (EVALUATION, EXIT_OK, INPUTS_OUTPUTS, METHOD, add_clip_options, add_hepe_options, add_model_options,
+                     add_preprocessing_options, add_speed_options, base_config, comma_list, group, non_negative_int)
+from .method_options import check_method_options
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -17,31 +18,27 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     from ..evaluation.protocols import PROTOCOLS
 
     evaluate = commands.add_parser("eval", help="evaluate a method on a dataset: metrics, tables, PR curves")
-    evaluate.add_argument("--dataset", required=True, choices=DATASETS.names())
-    evaluate.add_argument("--root", required=True, help="dataset root folder")
-    evaluate.add_argument("--categories", nargs="+", help="default: every category found")
-    evaluate.add_argument("--method", default="iapas", choices=METHODS.names())
-    evaluate.add_argument("--ablate", help="comma list of steps to switch off: IAP-AS tagging,llm,filter (Table 3); "
-                                           "HEPE text,vfm,afs (Table 2), anti-false-alarm,normal-image (Table 3)")
-    evaluate.add_argument("-o", "--output", default="results")
-    evaluate.add_argument("--protocol", default="full", choices=PROTOCOLS.names(),
-                          help="full (default): every test image at its own size; paper: how Table 1 was measured (400x400, category min-max)")
-    evaluate.add_argument("--from-maps", metavar="DIR", help="evaluate saved maps (DIR/<image path relative to the root>.npy) instead of running a method")
-    evaluate.add_argument("--save-maps", action="store_true", help="also keep every anomaly map as <run>/maps/<image path>.npy")
-    evaluate.add_argument("--image-score", choices=("max", "method"), default="",
-                          help="image score: max of the map, or the method's own (default: the method's rule; "
-                               "AdaCLIP: its HSF score, the others: max)")
-    evaluate.add_argument("--compare-paper", action="store_true", help="print the paper's Table 1 numbers beside ours (needs --protocol paper)")
-    evaluate.add_argument("--limit", type=non_negative_int, default=0,
-                          help="at most N test images per category, normal and anomalous alike, drawn with --seed (smoke runs)")
-    evaluate.add_argument("--no-progress", action="store_true")
-    evaluate.add_argument("--overwrite", action="store_true", help="redo finished categories (e.g. after changing settings)")
-    evaluate.add_argument("--clip", dest="clip_weights", help="CLIP directory (tagger, winclip, adaclip)")
-    evaluate.add_argument("--adaclip-prompts", help="AdaCLIP weights: ours, an official pretrained_*.pth, or a manifest name")
-    add_adaclip_size_option(evaluate)
-    evaluate.add_argument("--prompts", help="trained prompts of a learned method (anomalyclip, faprompt, adaclip)")
-    evaluate.add_argument("--genclip-prompts", help="trained GenCLIP prompts")
-    add_winclip_options(evaluate)
+    io, method, evaluation = group(evaluate, INPUTS_OUTPUTS), group(evaluate, METHOD), group(evaluate, EVALUATION)
+    io.add_argument("--dataset", required=True, choices=DATASETS.names(), help="the dataset's layout")
+    io.add_argument("--root", required=True, help="dataset root folder")
+    io.add_argument("--categories", nargs="+", help="default: every category found")
+    io.add_argument("-o", "--output", default="results", help="folder of the run folders (default: results)")
+    io.add_argument("--from-maps", metavar="DIR", help="evaluate saved maps (DIR/<image path relative to the root>.npy) instead of running a method")
+    io.add_argument("--save-maps", action="store_true", help="also keep every anomaly map as <run>/maps/<image path>.npy")
+    io.add_argument("--overwrite", action="store_true", help="redo finished categories (e.g. after changing settings)")
+    io.add_argument("--no-progress", action="store_true", help="no progress bar")
+    method.add_argument("--method", default="iapas", choices=METHODS.names(), help="the method to evaluate (default: iapas)")
+    method.add_argument("--ablate", help="comma list of steps to switch off: IAP-AS tagging,llm,filter (Table 3); "
+                                         "HEPE text,vfm,afs (Table 2), anti-false-alarm,normal-image (Table 3)")
+    evaluation.add_argument("--protocol", default="full", choices=PROTOCOLS.names(),
+                            help="full (default): every test image at its own size; paper: how Table 1 was measured (400x400, category min-max)")
+    evaluation.add_argument("--image-score", choices=("max", "method"), default="",
+                            help="image score: max of the map, or the method's own (default: the method's rule; "
+                                 "AdaCLIP: its HSF score, the others: max)")
+    evaluation.add_argument("--compare-paper", action="store_true", help="print the paper's Table 1 numbers beside ours (needs --protocol paper)")
+    evaluation.add_argument("--limit", type=non_negative_int, default=0,
+                            help="at most N test images per category, normal and anomalous alike, drawn with --seed (smoke runs)")
+    add_clip_options(evaluate, "CLIP directory (the tagger, and the CLIP methods)")
     add_hepe_options(evaluate)
     add_preprocessing_options(evaluate)
     add_model_options(evaluate)
@@ -58,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.compare_paper and args.protocol != "paper":
         raise ConfigError(f"--compare-paper needs --protocol paper: Table 1 was measured at 400x400 with per-category "
                           f"normalisation, not as --protocol {args.protocol} measures")
+    check_method_options(args)  # before any model loads
     config = base_config(args)
     options = EvalOptions(
         dataset=args.dataset, root=Path(args.root), out_dir=Path(args.output), method=args.method,

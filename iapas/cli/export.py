@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import EXIT_OK, add_model_options, base_config
+from .common import EXIT_OK, EXPORT, SPEED, add_model_options, base_config, group, positive_int
 
 # the models `--part` can name -> (config role, config section holding its backend and weights)
 EXPORT_ROLES = {"segmenter": "masking", "detector": "detection"}
@@ -13,12 +13,13 @@ EXPORT_ROLES = {"segmenter": "masking", "detector": "detection"}
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register `iapas export`."""
     export = commands.add_parser("export", help="export the image encoders to ONNX or OpenVINO IR for --runtime")
-    export.add_argument("--format", dest="export_format", required=True, help="onnx or openvino")
-    export.add_argument("-o", "--output", help="folder for the files (default: beside the weights, where --runtime finds them)")
-    export.add_argument("--part", default="all", choices=("all", *EXPORT_ROLES),
-                        help="which model's encoder: the SAM segmenter, the Grounding DINO detector, or all (default)")
-    export.add_argument("--image-size", type=int, default=1024,
-                        help="side of the square images the detector will see; its input size follows (default 1024)")
+    options = group(export, EXPORT)
+    options.add_argument("--format", dest="export_format", required=True, help="onnx or openvino")
+    options.add_argument("-o", "--output", help="folder for the files (default: beside the weights, where --runtime finds them)")
+    options.add_argument("--part", default="all", choices=("all", *EXPORT_ROLES),
+                         help="which model's encoder: the SAM segmenter, the Grounding DINO detector, or all (default)")
+    options.add_argument("--image-size", type=positive_int, default=1024,
+                         help="side of the square images the detector will see; its input size follows (default 1024)")
     add_model_options(export)
     export.set_defaults(handler=run)
 
@@ -36,11 +37,11 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     """`--runtime` and `--detector-runtime` (segment and bench)."""
     from ..acceleration.runtimes import RUNTIMES
 
-    names = RUNTIMES.names()
-    parser.add_argument("--runtime", choices=names, action=_BothRuntimes,
-                        help="run the image encoders with torch (default), onnx or openvino; exported on first use "
-                             "(see `iapas export`)")
-    parser.add_argument("--detector-runtime", choices=names, help="the detector's runtime alone (default: --runtime)")
+    names, speed = RUNTIMES.names(), group(parser, SPEED)
+    speed.add_argument("--runtime", choices=names, action=_BothRuntimes,
+                       help="IAP-AS: run the image encoders with torch (default), onnx or openvino; exported on first use "
+                            "(see `iapas export`)")
+    speed.add_argument("--detector-runtime", choices=names, help="the detector's runtime alone (default: --runtime)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,39 +6,50 @@ import dataclasses
 import functools
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..runs.batch import Segment
-from ..calibration import Calibration
 from ..config import Config
 from ..errors import IapasError
-from .common import (EXIT_OK, EXIT_PARTIAL, add_method_options, add_model_options, add_speed_options, add_threshold_options,
-                     base_config)
+from .common import (ENGINE, EXIT_OK, EXIT_PARTIAL, IAPAS_DETECTOR, INPUTS_OUTPUTS, add_method_options, add_model_options, add_speed_options,
+                     add_threshold_options, base_config, group, non_negative_int)
+from .method_options import check_method_options
 from .export import add_runtime_options
+
+if TYPE_CHECKING:
+    from ..calibration import Calibration
+    from ..runs.batch import Segment
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register `iapas segment`."""
+    from ..engines import ENGINES  # names and import paths only
+
     segment = commands.add_parser("segment", help="segment images or folders of images")
-    segment.add_argument("inputs", nargs="*", help="image files and/or folders (png, jpg, bmp, tif); URIs with --engine ray")
-    segment.add_argument("-o", "--output", default="iapas-out", help="output folder (default: iapas-out)")
+    io, engine = group(segment, INPUTS_OUTPUTS), group(segment, ENGINE)
+    io.add_argument("inputs", nargs="*", help="image files and/or folders (png, jpg, bmp, tif); URIs with --engine ray")
+    io.add_argument("-o", "--output", default="iapas-out", help="output folder (default: iapas-out)")
+    io.add_argument("--list", dest="list_file", help="a text file of image paths or URIs, one a line")
+    io.add_argument("--bit-window", type=window_option, metavar="LOW,HIGH",
+                    help="16-bit/float images: map raw values LOW..HIGH to 0..255 (default: value/257, floats 0..1)")
+    io.add_argument("--overwrite", action="store_true", help="redo images whose results already exist")
+    io.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_method_options(segment)
     add_threshold_options(segment)
-    segment.add_argument("--overwrite", action="store_true", help="redo images whose results already exist")
-    segment.add_argument("--no-progress", action="store_true", help="no progress bar")
-    segment.add_argument("--engine", default="local", help="local (default) or ray: the same pipeline on a Ray cluster")
-    segment.add_argument("--address", help="Ray cluster address (default: start a local Ray, or RAY_ADDRESS)")
-    segment.add_argument("--workers", type=int, default=0, help="Ray actors (default: one per GPU, else one per CPU)")
-    segment.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
-                         help="seconds --address may take to accept a connection before the run stops (default 30)")
-    segment.add_argument("--list", dest="list_file", help="a text file of image paths or URIs, one a line")
-    segment.add_argument("--bit-window", type=window_option, metavar="LOW,HIGH",
-                         help="16-bit/float images: map raw values LOW..HIGH to 0..255 (default: value/257, floats 0..1)")
-    segment.add_argument("--tags", nargs="+", metavar="TAG",
-                         help="IAP-AS: the object tag(s) the official recipe's size rule looks for on every image "
-                              "(default: the calibration's, else the config's calibration.tags)")
+    group(segment, IAPAS_DETECTOR).add_argument(
+        "--tags", nargs="+", metavar="TAG",
+        help="the object tag(s) the official recipe's size rule looks for on every image "
+             "(default: the calibration's, else the config's calibration.tags)")
     add_model_options(segment)
     add_speed_options(segment)
     add_runtime_options(segment)
+    engine.add_argument("--engine", default="local", choices=ENGINES.names(),
+                        help="local (default) or ray: the same pipeline on a Ray cluster")
+    engine.add_argument("--address", help="Ray cluster address (default: start a local Ray, or RAY_ADDRESS)")
+    engine.add_argument("--workers", type=non_negative_int, default=0,
+                        help="Ray actors (default 0: one per GPU, else one per CPU)")
+    engine.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="seconds --address may take to accept a connection before the run stops (default 30)")
+    engine.add_argument("--verbose", action="store_true", help="let Ray print its own logs (quiet by default)")
     segment.set_defaults(handler=run)
 
 
@@ -57,10 +68,12 @@ def run(args: argparse.Namespace) -> int:
     from ..engines import ENGINES
     from ..engines.ray_engine import is_uri
     from ..files import check_writable_folder
-    from ..runs.fingerprint import SEGMENT_FIELDS, RunSpec, build_fingerprint, check_fingerprint, record_fingerprint
+    from ..runs.fingerprint import (SEGMENT_FIELDS, RunSpec, build_fingerprint, check_fingerprint, model_paths,
+                                    record_fingerprint)
     from ..images import collect_inputs, parse_window
     from ..acceleration.runtimes import check_method_runtimes
 
+    check_method_options(args)  # first: under --engine ray the segmenter is built inside an actor
     out_dir = Path(args.output)
     items = list(args.inputs) + listed_inputs(args.list_file)
     if not items:
@@ -74,14 +87,14 @@ def run(args: argparse.Namespace) -> int:
     inputs = collect_inputs(local, exclude=[out_dir]) if local else []  # bad paths too; the output folder is never an input
     config = base_config(args)
     check_method_runtimes(args.method, config)  # before any model loads, and before a Ray worker would meet it
-    check_method_options(args)  # likewise: under --engine ray the segmenter is built inside an actor
     min_images = set_scored(args.method)
     if min_images and args.engine != "local":
         raise IapasError(f"--method {args.method} scores the inputs as one set in one process: use --engine local")
     window = parse_window(config.bit_window)
     options = {"prompts": args.prompt, "calibration": args.calibration, "no_size_filter": args.no_size_filter,
                "category": args.category if args.method != "iapas" else None}
-    fingerprint = build_fingerprint(RunSpec(config, args.method, options), SEGMENT_FIELDS)
+    run_spec = RunSpec(config, args.method, options)
+    fingerprint = build_fingerprint(run_spec, SEGMENT_FIELDS)
     digest = check_fingerprint(out_dir, fingerprint, overwrite=args.overwrite)  # before any model loads
     record_fingerprint(out_dir, fingerprint)
     if min_images:  # MuSc: the inputs are one set, scored together (iapas/runs/sets.py)
@@ -91,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     summary = engine(functools.partial(segmenter_only, args, config), inputs, out_dir, overwrite=args.overwrite,
                      max_pixels=config.max_image_pixels, progress=not args.no_progress, extra_record=extra_record(args),
                      fingerprint=digest, bit_window=window, address=args.address, workers=args.workers, uris=uris,
-                     batch_size=config.batch_size, connect_timeout=args.connect_timeout)
+                     batch_size=config.batch_size, connect_timeout=args.connect_timeout, verbose=args.verbose,
+                     model_paths=tuple(Path(p) for p in model_paths(run_spec).values() if p))
     print(summary.line(), file=sys.stderr)
     return EXIT_OK if summary.complete else EXIT_PARTIAL
 
@@ -187,24 +201,12 @@ def clip_segmenter(args: argparse.Namespace, config: Config) -> tuple[Segment, d
     from ..acceleration.runtimes import check_method_runtimes
 
     check_method_runtimes(args.method, config)
-    check_method_options(args)  # `iapas bench` builds its segmenter here; `segment` has checked before its engine started
     category = args.category or "object"
     from ..methods.batching import MethodSegment
 
     method = METHODS.get(args.method)(config, ())
     method.prepare(category, [], "object", Path(getattr(args, "output", None) or "."))
     return MethodSegment(method), {"category": category}  # `many`: a batch through one CLIP forward (--batch-size)
-
-
-def check_method_options(args: argparse.Namespace) -> None:
-    """Refuse, in one line, the IAP-AS-only options given with another method (before any engine or model starts)."""
-    if args.method == "iapas":
-        return
-    ignored = [option for option, value in (("--prompt", args.prompt), ("--calibration", args.calibration),
-                                            ("--no-size-filter", args.no_size_filter),
-                                            ("--tags", getattr(args, "tags", None))) if value]
-    if ignored:
-        raise IapasError(f"{', '.join(ignored)} only apply to --method iapas, not {args.method}")
 
 
 def calibration_with_overrides(args: argparse.Namespace) -> Calibration:

@@ -5,15 +5,16 @@ import argparse
 import os
 import sys
 
-from .common import EXIT_OK, add_model_options, base_config
+from .common import CLIP_METHODS, EXIT_OK, SERVER, add_model_options, base_config, group
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register `iapas serve`."""
     serve = commands.add_parser("serve", help="web app: segment images and calibrate categories in a browser")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    serve.add_argument("--clip", dest="clip_weights", help="CLIP directory or open_clip file for the CLIP methods")
+    server = group(serve, SERVER)
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    server.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    group(serve, CLIP_METHODS).add_argument("--clip", dest="clip_weights", help="CLIP directory or open_clip file for the CLIP methods")
     add_model_options(serve)
     serve.set_defaults(handler=run)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import EXIT_OK, add_method_options, add_model_options, add_speed_options, add_threshold_options, base_config
+from .common import (BENCHMARK, EXIT_OK, add_method_options, add_model_options, add_speed_options, add_threshold_options,
+                     base_config, group, non_negative_int, positive_int)
 from .export import add_runtime_options
 
 
@@ -17,18 +18,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     show.set_defaults(handler=run_config_show)
 
     bench = commands.add_parser("bench", help="time each stage on an image, or throughput over many")
-    bench.add_argument("image", nargs="?", help="image file to segment repeatedly, or a folder with --images")
-    bench.add_argument("--repeat", type=int, default=5)
-    bench.add_argument("--warmup", type=int, default=1)
-    bench.add_argument("--images", type=int, default=0, help="throughput over N distinct images (procedural ones "
-                                                              "at --size when no folder is given)")
-    bench.add_argument("--size", type=int, default=1024, help="side of the procedural images (default 1024)")
-    bench.add_argument("--random-full", action="store_true",
-                       help="time Grounding DINO-T + SAM ViT-B at their real sizes with random weights (no weights needed); "
-                            "with --profile fast*: SAM 2.1 Hiera-T, EdgeTAM or OmDet-Turbo")
-    bench.add_argument("--vs-naive", action="store_true", help="also run the official code's per-image loop and report the ratio")
-    bench.add_argument("--object-tag", default="object", help="the naive loop's object prompt (default: object)")
-    bench.add_argument("--json", dest="json_path", help="write the numbers to this JSON file")
+    timing = group(bench, BENCHMARK)
+    timing.add_argument("image", nargs="?", help="image file to segment repeatedly, or a folder with --images")
+    timing.add_argument("--repeat", type=positive_int, default=5, help="timed runs of the one image (default 5)")
+    timing.add_argument("--warmup", type=non_negative_int, default=1,
+                        help="untimed runs first, so one-off start-up costs are not counted (default 1)")
+    timing.add_argument("--images", type=non_negative_int, default=0,
+                        help="throughput over N distinct images (procedural ones at --size when no folder is given)")
+    timing.add_argument("--size", type=positive_int, default=1024, help="side of the procedural images (default 1024)")
+    timing.add_argument("--random-full", action="store_true",
+                        help="time Grounding DINO-T + SAM ViT-B at their real sizes with random weights (no weights needed); "
+                             "with --profile fast*: SAM 2.1 Hiera-T, EdgeTAM or OmDet-Turbo")
+    timing.add_argument("--vs-naive", action="store_true", help="also run the official code's per-image loop and report the ratio")
+    timing.add_argument("--object-tag", default="object", help="the naive loop's object prompt (default: object)")
+    timing.add_argument("--json", dest="json_path", help="write the numbers to this JSON file")
     add_method_options(bench)
     add_threshold_options(bench)
     add_model_options(bench)
@@ -48,12 +51,14 @@ def run_bench(args: argparse.Namespace) -> int:
     from ..bench.runner import BenchOptions, PipelineSegment, run_bench as bench
     from ..errors import ConfigError
     from ..acceleration.runtimes import check_method_runtimes
+    from .method_options import check_method_options
     from .segment import build_segmenter
 
     if args.image is None and not args.images:
         raise ConfigError("give an IMAGE, or --images N for throughput over N procedural images")
     if args.vs_naive and not args.images:
         raise ConfigError("--vs-naive compares throughput: add --images N")
+    check_method_options(args)  # an option the method would not read: one line, before any model loads
     config = base_config(args)
     check_method_runtimes(args.method, config)  # the CLIP methods' encoders are not exported: one line, not ignored
     if args.random_full:

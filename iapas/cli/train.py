@@ -15,7 +15,9 @@ from typing import Any, Callable
 
 from ..errors import IapasError
 from ..registry import Registry
-from .common import EXIT_OK, add_model_options, base_config, comma_list
+from .common import (ARCHITECTURE, CLIP_METHODS, EXIT_OK, INPUTS_OUTPUTS, TRAINING, add_model_options, base_config, comma_list,
+                     group, non_negative_int, positive_int)
+from .method_options import check_method_options
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ def layer_list(text: str) -> tuple[int, ...]:
 
 
 def adaclip_options(parser: argparse.ArgumentParser) -> None:
+    parser = group(parser, ARCHITECTURE)
     parser.add_argument("--layers", type=layer_list, default=(),
                         help="comma list of ViT layers, e.g. 6,12,18,24 (default: four evenly spaced)")
     parser.add_argument("--prompt-length", type=int, default=5, help="prompt tokens per layer (AdaCLIP: 5)")
@@ -63,17 +66,18 @@ def adaclip_options(parser: argparse.ArgumentParser) -> None:
 
 
 def image_size_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image-size", type=int, default=0,
+    group(parser, ARCHITECTURE).add_argument("--image-size", type=int, default=0,
                         help="input size in pixels (default: 518 for ViT-L/14-336, the same grid ratio for other CLIPs)")
 
 
 def anomalyclip_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--layers", type=layer_list, default=(),
+    group(parser, ARCHITECTURE).add_argument("--layers", type=layer_list, default=(),
                         help="ViT layers whose patch tokens make maps (default 6,12,18,24, or evenly spaced)")
     image_size_option(parser)
 
 
 def genclip_options(parser: argparse.ArgumentParser) -> None:
+    parser = group(parser, ARCHITECTURE)
     parser.add_argument("--layers", type=layer_list, default=(), help="comma list of ViT layers (default: 6,12,18,24 for ViT-L/14)")
     parser.add_argument("--input-size", type=int, default=518, help="input pixels (GenCLIP §4.1: 518)")
 
@@ -135,23 +139,28 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     for name in TRAINERS.names():
         trainer = TRAINERS.get(name)
         parser = train_commands.add_parser(name, help=trainer.help)
-        parser.add_argument("--dataset", required=True, action="append", choices=DATASETS.names(),
-                            help="an auxiliary dataset" + ("; repeat with --root for several, e.g. --dataset visa --root V "
-                                                          "--dataset medical --root ClinicDB" if trainer.several_datasets else ""))
-        parser.add_argument("--root", required=True, action="append", help="the root of each --dataset, in order")
-        parser.add_argument("-o", "--output", required=True, help="checkpoint folder; an existing one is resumed")
-        parser.add_argument("--epochs", type=int, default=trainer.epochs)
-        parser.add_argument("--batch-size", type=int, default=trainer.batch_size)
-        parser.add_argument("--lr", type=float, default=trainer.learning_rate)
-        parser.add_argument("--seed", type=int, default=111)
-        parser.add_argument("--limit", type=int, default=0, help="at most N training images")
-        parser.add_argument("--clip", dest="clip_weights", help="CLIP directory or open_clip file (default: the weights dir's)")
-        parser.add_argument("--no-progress", action="store_true")
-        parser.add_argument("--save-format", choices=trainer.save_formats, default="iapas",
-                            help="official: the prompt file in the authors' full key layout, which their test.py loads "
-                                 "(iapas reads both)" if len(trainer.save_formats) > 1 else "the prompt file's layout")
-        parser.add_argument("--overwrite", action="store_true",
-                            help="start over in a folder holding a run of other settings (default: refuse, naming what changed)")
+        io, training = group(parser, INPUTS_OUTPUTS), group(parser, TRAINING)
+        io.add_argument("--dataset", required=True, action="append", choices=DATASETS.names(),
+                        help="an auxiliary dataset" + ("; repeat with --root for several, e.g. --dataset visa --root V "
+                                                      "--dataset medical --root ClinicDB" if trainer.several_datasets else ""))
+        io.add_argument("--root", required=True, action="append", help="the root of each --dataset, in order")
+        io.add_argument("-o", "--output", required=True, help="checkpoint folder; an existing one is resumed")
+        io.add_argument("--no-progress", action="store_true", help="no progress bar")
+        training.add_argument("--epochs", type=positive_int, default=trainer.epochs,
+                              help=f"passes over the training images (default {trainer.epochs}, {trainer.title}'s)")
+        training.add_argument("--batch-size", type=positive_int, default=trainer.batch_size,
+                              help=f"images per optimiser step (default {trainer.batch_size})")
+        training.add_argument("--lr", type=float, default=trainer.learning_rate,
+                              help=f"learning rate (default {trainer.learning_rate:g}, {trainer.title}'s)")
+        training.add_argument("--seed", type=int, default=111, help="random seed of the prompts' start and the image order (default 111)")
+        training.add_argument("--limit", type=non_negative_int, default=0, help="at most N training images (default 0: all)")
+        group(parser, CLIP_METHODS).add_argument("--clip", dest="clip_weights",
+                                                 help="CLIP directory or open_clip file (default: the weights dir's)")
+        io.add_argument("--save-format", choices=trainer.save_formats, default="iapas",
+                        help="official: the prompt file in the authors' full key layout, which their test.py loads "
+                             "(iapas reads both)" if len(trainer.save_formats) > 1 else "the prompt file's layout")
+        io.add_argument("--overwrite", action="store_true",
+                        help="start over in a folder holding a run of other settings (default: refuse, naming what changed)")
         trainer.add_options(parser)
         add_model_options(parser)
         parser.set_defaults(handler=run, trainer=name)
@@ -176,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
         raise IapasError(f"give one --root per --dataset ({len(args.dataset)} datasets, {len(args.root)} roots)")
     if len(args.dataset) > 1 and not trainer.several_datasets:
         raise IapasError(f"{trainer.title} trains on one auxiliary dataset; got {len(args.dataset)}")
+    check_method_options(args, args.trainer, f"iapas train {args.trainer}")  # the detector's options, say
     check_writable_folder(args.output, "checkpoint folder")  # before any model loads
     if args.int8:  # add_model_options offers it; rather than ignore it silently, say why training cannot use it
         raise IapasError("--int8 is for inference (segment, eval, bench, serve): training back-propagates through the "

@@ -5,16 +5,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
 
 from ..errors import IapasError
+from ..folders import default_weights_dir
 from ..weights.download import DEFAULT_STALL_TIMEOUT_S  # light: urllib only
-from .common import EXIT_ERROR, EXIT_OK, positive_seconds
+from .common import EXIT_ERROR, EXIT_OK, INPUTS_OUTPUTS, group, positive_seconds
 
-
-# per method, "module:function(source, destination) -> Path" writing its official checkpoint layout (imported when run)
-# method -> (converter, whether it also needs the CLIP the prompts were trained on)
+DIR_HELP = "weights dir (default: $IAPAS_WEIGHTS, else ./weights when it holds files, else the per-user folder; `iapas weights where`)"
+# method -> (converter, whether it also needs the CLIP the prompts were trained on); imported when run
 OFFICIAL_CONVERTERS = {
     "adaclip": ("iapas.methods.adaclip.checkpoint:to_official", False),  # caoyunkang/AdaCLIP method/trainer.py save/load
     # zqhang/AnomalyCLIP and mala-lab/FAPrompt: the prompt learner's whole state dict, frozen embeddings included
@@ -27,40 +25,45 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register `iapas weights` and its sub-commands."""
     weights = commands.add_parser("weights", help="list, verify or build model weights")
     weights_commands = weights.add_subparsers(dest="weights_command", required=True)
+    where = weights_commands.add_parser("where", help="print the weights dir commands use when --weights is not given")
+    where.set_defaults(handler=run_where)
     listing = weights_commands.add_parser("list", help="the checkpoints iapas knows and which are present")
-    listing.add_argument("dir", nargs="?", default="weights")
+    group(listing, INPUTS_OUTPUTS).add_argument("dir", nargs="?", help=DIR_HELP)
     listing.set_defaults(handler=run_list)
     verify = weights_commands.add_parser("verify", help="check sizes and sha256 of the checkpoints in DIR")
-    verify.add_argument("dir", nargs="?", default="weights")
-    verify.add_argument("--no-hash", action="store_true", help="check presence and size only")
+    group(verify, INPUTS_OUTPUTS).add_argument("dir", nargs="?", help=DIR_HELP)
+    group(verify, INPUTS_OUTPUTS).add_argument("--no-hash", action="store_true", help="check presence and size only")
     verify.set_defaults(handler=run_verify)
     convert = weights_commands.add_parser("convert-openclip", help="turn an open_clip checkpoint into a transformers CLIP directory")
-    convert.add_argument("checkpoint", help="open_clip .pt/.bin/.safetensors state dict (e.g. ViT-B-16-plus-240)")
-    convert.add_argument("-o", "--output", required=True)
-    convert.add_argument("--tokenizer", help="a transformers CLIP directory to take the tokenizer from (default: open_clip's BPE)")
-    convert.add_argument("--head-width", type=int, default=64, help="attention head width of both towers (64 in every "
-                         "open_clip and OpenAI ViT)")
-    convert.add_argument("--vision-head-width", type=int, help="the vision tower's head width (default: --head-width)")
-    convert.add_argument("--text-head-width", type=int, help="the text tower's head width (default: --head-width)")
-    convert.add_argument("--activation", choices=("auto", "gelu", "quick_gelu"), default="auto",
-                         help="auto: quick_gelu for OpenAI's files (a TorchScript archive or its state dict), gelu for open_clip's")
+    io = group(convert, INPUTS_OUTPUTS)
+    io.add_argument("checkpoint", help="open_clip .pt/.bin/.safetensors state dict (e.g. ViT-B-16-plus-240)")
+    io.add_argument("-o", "--output", required=True, help="the transformers CLIP directory to write")
+    io.add_argument("--tokenizer", help="a transformers CLIP directory to take the tokenizer from (default: open_clip's BPE)")
+    io.add_argument("--head-width", type=int, default=64, help="attention head width of both towers (64 in every "
+                    "open_clip and OpenAI ViT)")
+    io.add_argument("--vision-head-width", type=int, help="the vision tower's head width (default: --head-width)")
+    io.add_argument("--text-head-width", type=int, help="the text tower's head width (default: --head-width)")
+    io.add_argument("--activation", choices=("auto", "gelu", "quick_gelu"), default="auto",
+                    help="auto: quick_gelu for OpenAI's files (a TorchScript archive or its state dict), gelu for open_clip's")
     convert.set_defaults(handler=run_convert_openclip)
     fetch = weights_commands.add_parser("download", help="fetch checkpoints (hub or URL), sha256-checked, into the weights dir")
-    fetch.add_argument("names", nargs="*", help="manifest entries to fetch (default: those of --profile)")
-    fetch.add_argument("--profile", choices=("default", "official", "fast", "all"),
-                       help="default: Grounding DINO-T + SAM ViT-B; official: the authors' files; all: everything")
-    fetch.add_argument("--weights", dest="dir", default="weights", help="weights dir (default: weights)")
-    fetch.add_argument("--cache-dir", help="huggingface_hub cache (default: its own, HF_HOME)")
-    fetch.add_argument("--stall-timeout", type=positive_seconds, default=DEFAULT_STALL_TIMEOUT_S, metavar="SECONDS",
-                       help="end a file when the server sends (almost) nothing for this long; a re-run resumes it "
-                            f"(default {DEFAULT_STALL_TIMEOUT_S:g})")
+    io = group(fetch, INPUTS_OUTPUTS)
+    io.add_argument("names", nargs="*", help="manifest entries to fetch (default: those of --profile)")
+    io.add_argument("--profile", choices=("default", "official", "fast", "all"),
+                    help="default: Grounding DINO-T + SAM ViT-B; official: the authors' files; all: everything")
+    io.add_argument("--weights", dest="dir", help=DIR_HELP)
+    io.add_argument("--cache-dir", help="huggingface_hub cache (default: its own, HF_HOME)")
+    io.add_argument("--stall-timeout", type=positive_seconds, default=DEFAULT_STALL_TIMEOUT_S, metavar="SECONDS",
+                    help="end a file when the server sends (almost) nothing for this long; a re-run resumes it "
+                         f"(default {DEFAULT_STALL_TIMEOUT_S:g})")
     fetch.set_defaults(handler=run_download, needs_network=True)
     gdino = weights_commands.add_parser(
         "convert-groundingdino", help="turn an original Grounding DINO .pth into a transformers Grounding DINO directory"
     )
-    gdino.add_argument("checkpoint", help="groundingdino_swint_ogc.pth or groundingdino_swinb_cogcoor.pth (IDEA-Research)")
-    gdino.add_argument("--bert", required=True, help="a bert-base-uncased directory (config.json, vocab.txt): the text side")
-    gdino.add_argument("-o", "--output", required=True)
+    io = group(gdino, INPUTS_OUTPUTS)
+    io.add_argument("checkpoint", help="groundingdino_swint_ogc.pth or groundingdino_swinb_cogcoor.pth (IDEA-Research)")
+    io.add_argument("--bert", required=True, help="a bert-base-uncased directory (config.json, vocab.txt): the text side")
+    io.add_argument("-o", "--output", required=True, help="the transformers Grounding DINO directory to write")
     gdino.set_defaults(handler=run_convert_groundingdino)
     official = weights_commands.add_parser(
         "to-official", help="write an iapas checkpoint of a learned method in the layout its authors' code loads")
@@ -68,23 +71,41 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     official.add_argument("checkpoint", help="a checkpoint from `iapas train METHOD`")
     official.add_argument("-o", "--output", required=True, help="the file to write (e.g. adaclip_official.pth, epoch_15.pth)")
     official.add_argument("--clip", help="AnomalyCLIP / FAPrompt: the CLIP the prompts were trained on (default: the weights dir's)")
-    official.add_argument("--weights", dest="dir", default="weights", help="weights dir (default: weights)")
+    official.add_argument("--weights", dest="dir", help=DIR_HELP)
     official.set_defaults(handler=run_to_official)
     demo = weights_commands.add_parser("make-demo", help="build tiny RANDOM models (meaningless output) for demos")
-    demo.add_argument("dir", nargs="?", default="weights")
+    group(demo, INPUTS_OUTPUTS).add_argument("dir", nargs="?", help=DIR_HELP)
     demo.set_defaults(handler=run_make_demo)
+
+
+def weights_dir_of(args: argparse.Namespace) -> Path:
+    """The folder the command reads or writes: the one given, else the default (iapas/folders.py)."""
+    return Path(args.dir) if args.dir else default_weights_dir()
+
+
+def run_where(args: argparse.Namespace) -> int:
+    """Print the default weights dir, and on stderr how it was found."""
+    from ..folders import weights_search
+
+    print(default_weights_dir())
+    print("looked at: " + "; ".join(f"{what} ({path})" if path else what for path, what in weights_search()), file=sys.stderr)
+    return EXIT_OK
 
 
 def run_list(args: argparse.Namespace) -> int:
     """Print the manifest with what is present in the weights dir."""
+    from rich.console import Console
+    from rich.table import Table
+
     from ..weights.manifest import is_present, load_manifest
 
-    table = Table(title=f"weights known to iapas (dir: {args.dir})")
+    weights_dir = weights_dir_of(args)
+    table = Table(title=f"weights known to iapas (dir: {weights_dir})")
     for column in ("name", "role", "format", "expected path", "size", "present", "source"):
         table.add_column(column, overflow="fold")
     for entry in load_manifest():
         size = f"{entry.size / 1e6:.0f} MB" if entry.size else "-"
-        present = "yes" if is_present(entry, Path(args.dir)) else "no"
+        present = "yes" if is_present(entry, weights_dir) else "no"
         table.add_row(entry.name, entry.role, entry.format, entry.expected_path, size, present, entry.source)
     Console(width=200).print(table)
     return EXIT_OK
@@ -92,9 +113,12 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     """Check sizes and hashes; exit 2 when a checkpoint is wrong or none is there."""
+    from rich.console import Console
+    from rich.table import Table
+
     from ..weights.manifest import load_manifest, verify_entry
 
-    weights_dir = Path(args.dir)
+    weights_dir = weights_dir_of(args)
     if not weights_dir.is_dir():
         raise IapasError(f"weights dir not found: {weights_dir}")
     results = [verify_entry(entry, weights_dir, check_hash=not args.no_hash) for entry in load_manifest()]
@@ -119,8 +143,10 @@ def run_make_demo(args: argparse.Namespace) -> int:
     """Build the tiny random demo models, warning that their output is meaningless."""
     from ..weights.demo import make_demo_weights
 
-    for path in make_demo_weights(Path(args.dir)):
+    weights_dir = weights_dir_of(args)
+    for path in make_demo_weights(weights_dir):
         print(f"wrote {path}")
+    print(f"demo weights are in {weights_dir}", file=sys.stderr)
     print("WARNING: these are RANDOM demo weights: anything segmented with them is meaningless.", file=sys.stderr)
     return EXIT_OK
 
@@ -165,7 +191,9 @@ def run_download(args: argparse.Namespace) -> int:
         bars.clear()
         print(line, file=sys.stderr)
 
-    outcomes = download(args.names, args.profile, Path(args.dir), args.cache_dir, report=report,
+    weights_dir = weights_dir_of(args)
+    print(f"weights dir: {weights_dir}", file=sys.stderr)
+    outcomes = download(args.names, args.profile, weights_dir, args.cache_dir, report=report,
                         progress_factory=progress_for, stall_timeout=args.stall_timeout)
     for bar in bars.values():
         bar.close()
@@ -200,7 +228,7 @@ def run_to_official(args: argparse.Namespace) -> int:
         held = checkpoint_record(Path(args.checkpoint))["method"]
         if held != args.method:
             raise IapasError(f"{args.checkpoint} holds {held} prompts, not {args.method}")
-        clip = chosen_or_found("clip", args.clip or "", args.dir)
+        clip = chosen_or_found("clip", args.clip or "", weights_dir_of(args))
         out = imported(target)(Path(args.checkpoint), clip, Path(args.output))
     else:
         out = imported(target)(Path(args.checkpoint), Path(args.output))

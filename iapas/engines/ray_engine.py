@@ -5,10 +5,15 @@ hands the rest to `Dataset.map_batches` over a pool of actors. Each actor builds
 (`make_segment`, pickled to it) on its own CPU or GPU, segments its batches, and writes each image's
 files with the local engine's atomic writer; the driver only collects one status row per image.
 Inputs are local paths (a folder, files, a list file) or URIs that Ray Data reads (s3://, gs://, ...).
+
+What the user sees is the local engine's: one progress bar on the driver (a row per finished image),
+the random-weights warning (said by the driver, since the models load in the actors) and the summary
+line; Ray's and Ray Data's own logs and bars are quiet unless `verbose` (`iapas segment --verbose`).
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import tempfile
@@ -17,6 +22,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from tqdm import tqdm
 
 from ..runs.batch import BatchSummary, Segment, failure_message, segment_each
 from ..errors import IapasError
@@ -138,10 +145,12 @@ def run_ray(make_segment: Callable[[], Segment], inputs: list[tuple[Path, Path |
             extra_record: dict[str, Any] | None = None, fingerprint: str = "", bit_window: Any = None,
             address: str | None = None, workers: int = 0, batch_size: int = 1,
             uris: list[str] | None = None, report: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
-            connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S, **_: Any) -> BatchSummary:
+            connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S, verbose: bool = False,
+            model_paths: tuple[Path, ...] = (), **_: Any) -> BatchSummary:
     """Segment `inputs` (and `uris`) on a Ray cluster; finished images are skipped, as locally.
 
     Each actor hands `batch_size` images at a time to the method (its `many`), as the local engine does.
+    `model_paths` are the files the actors will load: the driver warns here when they are random demo weights.
     """
     from ..config import at_least_one
 
@@ -161,20 +170,34 @@ def run_ray(make_segment: Callable[[], Segment], inputs: list[tuple[Path, Path |
     if not todo:
         summary.seconds = time.perf_counter() - start
         return summary
+    from ..backends.base import warn_if_demo
+
+    for path in model_paths:  # the actors' own warning goes to their logs, which the driver does not show
+        warn_if_demo(Path(path))
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+        with core_log_level("info" if verbose else "fatal"), quiet_stderr(not verbose):
+            ray.init(address=address, include_dashboard=False, log_to_driver=verbose, ignore_reinit_error=True,
+                     logging_level=logging.INFO if verbose else logging.ERROR)
+    bar = tqdm(total=summary.total, initial=summary.skipped, desc="segment", unit="img", disable=not progress,
+               dynamic_ncols=True)  # the local engine's bar
+    rows: list[dict[str, Any]] = []
     try:
+        quiet_ray_data(ray, verbose)
         dataset = _dataset(ray, todo, max_pixels)
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         pool = workers or max(1, gpus or int(resources.get("CPU", 1)))
-        rows = dataset.map_batches(
+        results = dataset.map_batches(
             SegmentActor, fn_constructor_args=(make_segment, str(out_dir), max_pixels, record, bit_window, overwrite,
                                                batch_size),
             batch_size=rows_per_call(batch_size), concurrency=pool, num_gpus=1 if gpus else 0, num_cpus=1,
-        ).select_columns(["source", "status", "message"]).take_all()
+        ).select_columns(["source", "status", "message"])
+        for row in results.iter_rows():  # one row per image, as its actor finishes it
+            rows.append(row)
+            bar.update()
     finally:
+        bar.close()
         if started_here:
             ray.shutdown()
     for row in rows:
@@ -189,6 +212,60 @@ def run_ray(make_segment: Callable[[], Segment], inputs: list[tuple[Path, Path |
             report(f"iapas: error: {row['message']}")
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+# loggers of Ray and Ray Data that print at INFO or WARNING on the driver during a run
+RAY_LOGGERS = ("ray", "ray.data", "ray.tune", "ray.serve", "ray.train")
+
+
+@contextlib.contextmanager
+def core_log_level(level: str):
+    """Around `ray.init`: the level of Ray's C++ core logs on this process's stderr (read once, at start), unless the user set it."""
+    import os
+
+    chosen = os.environ.get("RAY_BACKEND_LOG_LEVEL")
+    if chosen is None:
+        os.environ["RAY_BACKEND_LOG_LEVEL"] = level
+    try:
+        yield
+    finally:
+        if chosen is None:
+            os.environ.pop("RAY_BACKEND_LOG_LEVEL", None)
+
+
+@contextlib.contextmanager
+def quiet_stderr(quiet: bool):
+    """Around `ray.init`: what Ray's processes write straight to this process's stderr (fd 2) at start-up goes nowhere.
+
+    Python's exceptions still carry their message; only Ray's own start-up lines (the C++ core's among them,
+    which no Python logger reaches) are dropped.
+    """
+    if not quiet:
+        yield
+        return
+    import os
+
+    sys.stderr.flush()
+    saved, sink = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(sink, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(sink)
+
+
+def quiet_ray_data(ray: Any, verbose: bool) -> None:
+    """Ray Data's progress bars, execution banners and INFO logs: shown only when verbose (iapas has its own bar)."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = verbose
+    context.print_on_execution_start = verbose
+    if hasattr(context, "enable_operator_progress_bars"):
+        context.enable_operator_progress_bars = verbose
+    for name in RAY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 def _dataset(ray: Any, todo: list[tuple[str, str]], max_pixels: int):

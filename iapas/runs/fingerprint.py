@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from ..files import FINGERPRINT_FILE  # noqa: F401 - defined with the file helpers (images.py reads it there); named here too
+
 if TYPE_CHECKING:
     from ..config import Config
 
-FINGERPRINT_FILE = "iapas-fingerprint.json"
 FINGERPRINT_VERSION = 1  # bump when the meaning of a field changes: old folders then read as "changed"
 # Config keys that do not change a result (where and how fast it is computed), or that name a model file,
 # whose identity is in the "models" field instead of its path.
@@ -99,12 +100,17 @@ METHOD_MODELS: dict[str, tuple[str, ...]] = {
 PREPROCESSING_MODELS = ("tagger", "llm")
 
 
-def model_identities(run: RunSpec) -> dict[str, Any]:
-    """The identity of every model file the run's results depend on."""
+def model_paths(run: RunSpec) -> dict[str, Path | str | None]:
+    """Where every model file the run's results depend on is, by role (None where it is not found)."""
     roles = METHOD_MODELS.get(run.method, ())
     if run.method == "iapas" and run.options.get("calibrates"):
         roles = roles + PREPROCESSING_MODELS
-    return {role: path_identity(MODEL_PATHS[role](run.config)) for role in roles}
+    return {role: MODEL_PATHS[role](run.config) for role in roles}
+
+
+def model_identities(run: RunSpec) -> dict[str, Any]:
+    """The identity of every model file the run's results depend on."""
+    return {role: path_identity(path) for role, path in model_paths(run).items()}
 
 
 def defining_config(config: "Config", skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -123,12 +129,16 @@ def defining_config(config: "Config", skip: tuple[str, ...] = ()) -> dict[str, A
     return flat
 
 
-def resolved_arithmetic(config: "Config") -> str:
-    """The precision the models run at on this machine (`auto` resolved by the config's device)."""
+def resolved_arithmetic(config: "Config", method: str = "iapas") -> str:
+    """The precision `method`'s models run at on this machine: its precision setting, `auto` resolved by the config's device."""
     from ..device import resolve_device
     from ..acceleration.precision import resolve_precision
+    from ..methods.families import precision_setting
 
-    return resolve_precision(config.precision, resolve_device(config.device))
+    asked = config.to_dict()
+    for key in precision_setting(method).split("."):
+        asked = asked[key]
+    return resolve_precision(asked, resolve_device(config.device))
 
 
 # The fields of each command's fingerprint; a new result-defining field is one more line.
@@ -137,8 +147,8 @@ COMMON_FIELDS: dict[str, Field] = {
     "method": lambda run: run.method,
     "config": lambda run: defining_config(run.config),
     "models": model_identities,
-    # the arithmetic that ran: precision `auto` is bf16 on one machine and fp32 on another
-    "arithmetic": lambda run: resolved_arithmetic(run.config),
+    # the arithmetic that ran (the precision asked for is in "config"): `auto` is bf16 on one machine and fp32 on another
+    "arithmetic": lambda run: resolved_arithmetic(run.config, run.method),
 }
 SEGMENT_FIELDS: dict[str, Field] = {
     **COMMON_FIELDS,

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import supervision as sv
 
 from ..types import Boxes
 
@@ -30,6 +29,8 @@ def annotate_boxes(image: np.ndarray, boxes: Boxes) -> np.ndarray:
     """Draw boxes and "phrase score" labels with supervision's annotators."""
     if len(boxes) == 0:
         return image.copy()
+    import supervision as sv  # here: its import (scipy, matplotlib) costs some 2 s, and an image without boxes needs none
+
     phrases = sorted(set(boxes.phrases))
     detections = sv.Detections(
         xyxy=boxes.xyxy.astype(np.float64),

@@ -68,9 +68,12 @@ def find_weights(role: str, weights_dir: str | Path, family: str = "") -> tuple[
         if is_present(entry, weights_dir):
             return entry, entry.location(weights_dir)
     preferred = next((entry for entry in candidates if not entry.demo), candidates[0])
+    from ..folders import weights_search_note
+
     raise WeightsError(
         f"no {role} weights in {weights_dir}/: expected {preferred.location(weights_dir)} "
         f"(see {preferred.where_to_get()}), or run `iapas weights make-demo {weights_dir}` for meaningless demo weights"
+        f"{weights_search_note(weights_dir)}"
     )
 
 

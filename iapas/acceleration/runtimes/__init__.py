@@ -23,15 +23,27 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ...errors import ConfigError
 from ...files import atomic_write_text, exclusive
 from ...registry import Registry
-from .formats import FORMATS, Format, Runner
-from .parts import PARTS, EncoderPart, Shape, parts_of
+
+if TYPE_CHECKING:
+    import torch
+
+    from .formats import Format, Runner
+    from .parts import EncoderPart, Shape
+
+# torch, the formats and the parts load on first use, so `--runtime`'s choices (RUNTIMES) cost no torch import
+_LAZY = {"FORMATS": ".formats", "PARTS": ".parts", "parts_of": ".parts"}
+
+
+def __getattr__(name: str) -> Any:
+    """FORMATS, PARTS and parts_of, imported from their modules when first read."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name], __name__), name)
 
 DEFAULT_RUNTIME = "torch"
 EXPORT_IMAGE_SIZE = 1024  # the image side `iapas export` prepares the detector for (SAM's encoder input is its own 1024)
@@ -74,6 +86,8 @@ def check_method_runtimes(method: str, config: Any) -> None:
 
 def exported_format(name: str) -> Format:
     """The format registered as `name`, or a one-line error when it is unknown or its package is missing."""
+    from .formats import FORMATS
+
     fmt = FORMATS.get(name)
     if importlib.util.find_spec(fmt.package) is None:
         raise ConfigError(f"the {name} format needs the {fmt.package} package: pip install 'iapas[export]'")
@@ -127,6 +141,8 @@ def is_current(path: Path, weights: Path) -> bool:
 def export_part(backend: Any, part: EncoderPart, fmt: Format, weights: Path, shapes: Sequence[Shape], path: Path,
                 module: torch.nn.Module | None = None) -> Path:
     """Write the part's torch encoder (or `module`, kept from before a runtime replaced it) to `path`, and its record."""
+    import torch
+
     module = module if module is not None else part.module(backend)
     signature = part.signature(backend, tuple(shapes))
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
@@ -165,6 +181,8 @@ def use_runtime(backend: Any, runtime: str, weights: str | Path, device: torch.d
     chosen = RUNTIMES.get(runtime)
     if chosen.format is None:
         return backend
+    from .parts import PARTS, parts_of
+
     parts = parts_of(backend)
     if not parts:  # silently running torch under --runtime onnx would mislead a benchmark
         known = ", ".join(PARTS.names())
@@ -180,6 +198,8 @@ def use_runtime(backend: Any, runtime: str, weights: str | Path, device: torch.d
 def export_backend(backend: Any, format_name: str, weights: str | Path, out_dir: str | Path | None = None,
                    image_size: int = EXPORT_IMAGE_SIZE) -> list[Path]:
     """Export every image encoder of a loaded backend; files go to `out_dir`, else beside the weights."""
+    from .parts import parts_of
+
     fmt = exported_format(format_name)
     weights = Path(weights)
     written = []

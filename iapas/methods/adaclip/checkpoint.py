@@ -16,7 +16,7 @@ import torch
 
 from ...errors import WeightsError
 from ...files import atomic_write
-from .model import INPUT_SIZE, AdaClipSettings, check_input_size, default_layers
+from .settings import INPUT_SIZE, AdaClipSettings, check_input_size, default_layers
 
 if TYPE_CHECKING:
     from ...backends.clip import ClipBackbone

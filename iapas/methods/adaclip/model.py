@@ -16,7 +16,7 @@ input size, softmax, Gaussian smoothing with sigma 4; the image score is the HSF
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -29,50 +29,19 @@ from ...errors import ConfigError, WeightsError
 from ...acceleration.precision import full_precision
 from ..batching import BatchedMethod, timed
 from ...prompt_learning import gaussian_smooth
-from ...prompt_learning.vision import PIXEL_RESIZES, evenly_spaced_layers
+from ...prompt_learning.vision import PIXEL_RESIZES
 from ...types import Boxes, Masks, Result
 from .hsf import HSF_CLUSTERS, cluster_centre, fuse
+from .loss import adaclip_loss
+from .settings import (DEFAULT_CLASS, INPUT_SIZE, LOGIT_SCALE, MAP_SIGMA, PROMPT_DEPTH, PROMPT_LENGTH, STATIC_STD,  # noqa: F401
+                       AdaClipSettings, default_layers)
 from .text import prompt_sentences
 
-INPUT_SIZE = 518  # caoyunkang/AdaCLIP train.py / test.py --image_size (37 x 37 patches on ViT-L-14-336)
-PROMPT_DEPTH = 4  # train.py --prompting_depth
-PROMPT_LENGTH = 5  # train.py --prompting_length
-LOGIT_SCALE = 100.0  # method/adaclip.py `visual_text_similarity`: 100 x cosine, not CLIP's learned scale
-MAP_SIGMA = 4.0  # method/trainer.py `evaluation`: gaussian_filter(sigma=4)
-STATIC_STD = 0.02  # method/adaclip.py `PromptLayer`: static prompts ~ N(0, 0.02)
-DEFAULT_CLASS = "object"
+from .settings import check_input_size  # noqa: F401  (the model's public name, as before)
+
 # the dtype every inserted prompt is rounded through: None keeps float32 (our default); method/adaclip.py PromptLayer
 # `forward_text` / `forward_visual` cast each prompt `.half()` before it joins the sequence (the official recipe)
 PROMPT_PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16}
-
-
-def check_input_size(size: int, backbone: ClipBackbone) -> int:
-    """`size` when it is a positive multiple of the CLIP's patch size, else a one-line ConfigError."""
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % backbone.patch_size:
-        raise ConfigError(f"AdaCLIP input size must be a multiple of the CLIP's patch size {backbone.patch_size}, got {size!r}")
-    return size
-
-
-def default_layers(depth: int) -> tuple[int, ...]:
-    """Four evenly spaced feature layers ending at the last: 6, 12, 18, 24 for a 24-layer ViT (train.py `substage`)."""
-    return evenly_spaced_layers(depth)
-
-
-@dataclass(frozen=True)
-class AdaClipSettings:
-    """Architecture of the learned parts and the input size; stored in every checkpoint of ours."""
-
-    layers: tuple[int, ...]
-    prompt_length: int = PROMPT_LENGTH
-    prompt_depth: int = PROMPT_DEPTH
-    image_size: int = INPUT_SIZE
-
-    @classmethod
-    def for_backbone(cls, backbone: ClipBackbone, layers: Sequence[int] = (), prompt_length: int = PROMPT_LENGTH,
-                     prompt_depth: int = 0, image_size: int = INPUT_SIZE) -> "AdaClipSettings":
-        """Settings that fit the backbone: four evenly spaced layers and AdaCLIP's depth, capped by a shallow CLIP."""
-        depth = prompt_depth or min(PROMPT_DEPTH, backbone.depth, backbone.text_depth)
-        return cls(tuple(layers) or default_layers(backbone.depth), prompt_length, depth, image_size)
 
 
 class StaticPrompts(torch.nn.Module):
@@ -298,9 +267,7 @@ class AdaClip(BatchedMethod, torch.nn.Module):
                       self.shown_prompts(key), timings, self.name, float(probabilities[1]))
 
     def loss(self, pixels: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> torch.Tensor:
-        """The training loss of one batch (see `train.adaclip_loss`)."""
-        from .train import adaclip_loss
-
+        """The training loss of one batch (see `loss.adaclip_loss`)."""
         return adaclip_loss(self, pixels, masks, labels, class_names)
 
     def settings_record(self) -> dict:

@@ -19,7 +19,7 @@ from ...backends.clip import ClipBackbone
 from ...data.datasets import Sample, load_mask
 from ...errors import ConfigError
 from ...images import load_image
-from ...prompt_learning import PromptTrainer, TrainOptions, dice_loss, mosaic, training_samples, two_class_focal_loss
+from ...prompt_learning import PromptTrainer, TrainOptions, mosaic, training_samples
 from .model import INPUT_SIZE, PROMPT_LENGTH, AdaClip, AdaClipSettings, check_input_size
 
 PROMPTS_FILE = "adaclip_prompts.pt"
@@ -46,37 +46,6 @@ class AdaClipArchitecture:
     keep: str = "last"  # "best": the epoch with the highest pixel F1-max on the validation set below (train.py keeps its best)
     val_dataset: str = ""  # the validation set for keep="best": a dataset name and its root, named by the user
     val_root: Path | None = None
-
-
-def adaclip_loss(model: AdaClip, pixels: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
-                 class_names: Sequence[str]) -> torch.Tensor:
-    """method/trainer.py `train_one_batch`: focal on the image score + per layer focal + Dice(anomalous) + Dice(normal).
-
-    Each layer's logits are upsampled (bilinear, align_corners True) to the input size and soft-maxed on
-    their own (`aggregation=False`); the per-layer losses are summed, not averaged.
-    """
-    output = model(pixels, class_names)
-    size = pixels.shape[-1]
-    target = masks.float()
-    loss = two_class_focal_loss(output.image_probabilities.float(), labels.float())
-    for layer in range(output.layer_logits.shape[1]):
-        logits = output.layer_logits[:, layer].float()
-        probabilities = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=True).softmax(dim=1)
-        loss = loss + two_class_focal_loss(probabilities, target) + reference_dice(probabilities[:, 1], target) \
-            + reference_dice(probabilities[:, 0], 1 - target)
-    return loss
-
-
-def reference_dice(probability: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Dice loss grouped as the reference groups it: per image, but per row of the map for a batch of one.
-
-    method/trainer.py squeezes the (1, 1, H, W) mask to (H, W) and loss.py `BinaryDiceLoss` takes its
-    first dimension as the batch, so at the reference's batch size 1 every row is its own Dice term.
-    Checked against the official code on a random CLIP (docs/methods/adaclip.md).
-    """
-    if len(target) == 1:
-        return dice_loss(probability[0], target[0])
-    return dice_loss(probability, target)
 
 
 class AdaClipBatches:

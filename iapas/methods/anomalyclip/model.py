@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from ...backends.clip import ClipBackbone
 from ...errors import WeightsError
 from ..batching import BatchedMethod, timed
+from .loss import anomalyclip_loss
 from ...prompt_learning import gaussian_smooth
 from ...prompt_learning.checkpoints import (load_learned, load_prompt_learner, official_sentence_state, save_prompt_learner,
                                             unused_projections)
@@ -164,9 +165,7 @@ class AnomalyClip(BatchedMethod, ReferenceInput, torch.nn.Module):
         """Nothing per category: the prompts are object-agnostic."""
 
     def loss(self, pixels: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The training loss of one batch (see `train.anomalyclip_loss`)."""
-        from .train import anomalyclip_loss
-
+        """The training loss of one batch (see `loss.anomalyclip_loss`)."""
         return anomalyclip_loss(self, pixels, masks, labels)
 
     def settings_record(self) -> dict:

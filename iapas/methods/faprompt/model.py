@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from ...backends.clip import ClipBackbone
 from ...errors import WeightsError
 from ..batching import BatchedMethod, timed
+from .loss import faprompt_loss, orthogonality_loss  # orthogonality_loss: also the model's public name, as before
 from ...prompt_learning import gaussian_smooth
 from ...prompt_learning.checkpoints import (load_learned, load_prompt_learner, official_sentence_state, save_prompt_learner,
                                             unused_projections)
@@ -108,13 +109,6 @@ def first_patch_tokens(patches: torch.Tensor, k: int) -> torch.Tensor:
     with the loop counter k, so the prior network always reads the first k patch tokens.
     """
     return patches[:, :k]
-
-
-def orthogonality_loss(features: torch.Tensor) -> torch.Tensor:
-    """Sum over pairs of |cosine| between the abnormality prompt embeddings (P, E) (CAP, Eq. 4; FAPrompt train.py loss_ab)."""
-    unit = F.normalize(features, dim=-1)
-    cosine = unit @ unit.t()
-    return cosine.triu(diagonal=1).abs().sum()
 
 
 def image_score(text_probability: torch.Tensor, static_max: torch.Tensor, prior_max: torch.Tensor) -> torch.Tensor:
@@ -215,9 +209,7 @@ class FAPrompt(BatchedMethod, ReferenceInput, torch.nn.Module):
         """Nothing per category: the prompts are object-agnostic."""
 
     def loss(self, pixels: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The training loss of one batch (see `train.faprompt_loss`)."""
-        from .train import faprompt_loss
-
+        """The training loss of one batch (see `loss.faprompt_loss`)."""
         return faprompt_loss(self, pixels, masks, labels)
 
     def settings_record(self) -> dict:
