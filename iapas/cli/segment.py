@@ -13,6 +13,7 @@ from ..config import Config
 from ..errors import IapasError
 from .common import (EXIT_OK, EXIT_PARTIAL, add_method_options, add_model_options, add_speed_options, add_threshold_options,
                      base_config)
+from .decisions import EXIT_ANOMALY, add_decision_options
 from .export import add_runtime_options
 
 
@@ -34,6 +35,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_model_options(segment)
     add_speed_options(segment)
     add_runtime_options(segment)
+    add_decision_options(segment.add_argument_group("decisions", "verdicts, defect masks and regions (docs/decisions.md)"))
     segment.set_defaults(handler=run)
 
 
@@ -74,14 +76,37 @@ def run(args: argparse.Namespace) -> int:
     options = {"prompts": args.prompt, "calibration": args.calibration, "no_size_filter": args.no_size_filter,
                "category": args.category if args.method != "iapas" else None}
     fingerprint = build_fingerprint(RunSpec(config, args.method, options), SEGMENT_FIELDS)
+    from ..decisions.finish import finish_run
+    from .decisions import decision_settings, fingerprint_part
+
+    decisions = decision_settings(args, config, args.method, options)  # a thresholds file is checked before any model loads
+    if decisions.active:
+        fingerprint["decisions"] = fingerprint_part(decisions)  # another threshold, another result
     digest = check_fingerprint(out_dir, fingerprint, overwrite=args.overwrite)  # before any model loads
     record_fingerprint(out_dir, fingerprint)
+    record = {**(extra_record(args) or {}), "decisions": decisions.to_dict()}
     summary = engine(functools.partial(segmenter_only, args, config), inputs, out_dir, overwrite=args.overwrite,
-                     max_pixels=config.max_image_pixels, progress=not args.no_progress, extra_record=extra_record(args),
+                     max_pixels=config.max_image_pixels, progress=not args.no_progress, extra_record=record,
                      fingerprint=digest, bit_window=window, address=args.address, workers=args.workers, uris=uris,
                      batch_size=config.batch_size)
+    finish_run(out_dir, digest, decisions, summary.failures, f"iapas segment: {args.method}")
     print(summary.line(), file=sys.stderr)
-    return EXIT_OK if summary.complete else EXIT_PARTIAL
+    return exit_status(summary, out_dir, digest, args.fail_on_anomaly)
+
+
+def exit_status(summary, out_dir: Path, digest: str, fail_on_anomaly: bool) -> int:
+    """1 when images failed or the batch stopped (it wins: a failed image was not inspected), else 3 with
+    --fail-on-anomaly when any finished image is anomalous, else 0."""
+    if not summary.complete:
+        return EXIT_PARTIAL
+    if fail_on_anomaly:
+        from ..decisions.summary import result_records
+
+        anomalous = [name for name, record in result_records(out_dir, digest) if record.get("verdict") == "anomalous"]
+        if anomalous:
+            print(f"{len(anomalous)} image(s) judged anomalous, e.g. {anomalous[0]}", file=sys.stderr)
+            return EXIT_ANOMALY
+    return EXIT_OK
 
 
 def listed_inputs(list_file: str | None) -> list[str]:
