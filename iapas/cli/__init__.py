@@ -7,11 +7,11 @@ import sys
 from typing import Sequence
 
 from ..errors import IapasError
-from . import calibrate, data, evaluate, export, segment, serve, tools, train, weights
+from . import calibrate, data, evaluate, export, segment, serve, threshold, tools, train, weights
 from .common import EXIT_ERROR
 
 # each module registers its own sub-commands; a new command is one new module added here
-COMMAND_MODULES = (segment, calibrate, evaluate, train, data, weights, tools, serve, export)
+COMMAND_MODULES = (segment, calibrate, evaluate, train, data, weights, tools, serve, export, threshold)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,9 +27,9 @@ def area_option(text: str) -> float:
 def add_decision_options(group: argparse._ActionsContainer, exit_status: bool = True) -> None:
     """Add the decision options to a parser or argument group (segment; eval takes none of them)."""
     group.add_argument("--image-threshold", type=unit_float, metavar="T",
-                       help="image score at or above T: anomalous (overrides --thresholds' image threshold)")
+                       help="image score above T: anomalous (overrides --thresholds' image threshold)")
     group.add_argument("--pixel-threshold", type=unit_float, metavar="T",
-                       help="map value at or above T: defect pixel (default: the image threshold)")
+                       help="map value above T: defect pixel (default: the image threshold)")
     group.add_argument("--thresholds", metavar="FILE",
                        help="thresholds file from `iapas threshold` or `iapas eval` (refused if made for other settings)")
     group.add_argument("--binarize", choices=("threshold", "mebin"),

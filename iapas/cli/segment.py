@@ -73,8 +73,7 @@ def run(args: argparse.Namespace) -> int:
     check_method_runtimes(args.method, config)  # before any model loads, and before a Ray worker would meet it
     check_method_options(args)  # likewise: under --engine ray the segmenter is built inside an actor
     window = parse_window(config.bit_window)
-    options = {"prompts": args.prompt, "calibration": args.calibration, "no_size_filter": args.no_size_filter,
-               "category": args.category if args.method != "iapas" else None}
+    options = map_options(args)
     fingerprint = build_fingerprint(RunSpec(config, args.method, options), SEGMENT_FIELDS)
     from ..decisions.finish import finish_run
     from .decisions import decision_settings, fingerprint_part
@@ -107,6 +106,12 @@ def exit_status(summary, out_dir: Path, digest: str, fail_on_anomaly: bool) -> i
             print(f"{len(anomalous)} image(s) judged anomalous, e.g. {anomalous[0]}", file=sys.stderr)
             return EXIT_ANOMALY
     return EXIT_OK
+
+
+def map_options(args: argparse.Namespace) -> dict:
+    """The command's options that change maps (beside the config): in the fingerprint and the thresholds file."""
+    return {"prompts": args.prompt, "calibration": args.calibration, "no_size_filter": args.no_size_filter,
+            "category": args.category if args.method != "iapas" else None}
 
 
 def listed_inputs(list_file: str | None) -> list[str]:

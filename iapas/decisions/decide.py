@@ -3,9 +3,9 @@
 The rules, in order:
 - the region of interest (when given) is where the map counts: outside it scores are set to 0 and the
   image score is the map's maximum inside it;
-- the binary mask is the map at or above the pixel threshold (or MEBin's mask, per folder), inside the
+- the binary mask is the map above the pixel threshold (or MEBin's mask, per folder), inside the
   ROI, without 8-connected regions smaller than the minimum defect area;
-- with an image threshold the image is anomalous when its score is at or above it (and, when a minimum
+- with an image threshold the image is anomalous when its score is above it (and, when a minimum
   defect area is set, at least one region of that size remains); with only a pixel decision it is
   anomalous when a region remains; with neither it is "undecided".
 A pixel threshold defaults to the image threshold when only the latter is given.
@@ -115,14 +115,14 @@ def decide_map(anomaly_map: np.ndarray, image_score: float | None, settings: Dec
     score = float(values.max()) if image_score is None else float(image_score)
     threshold = settings.pixel_threshold
     if binary is None and threshold is not None:
-        binary = values >= threshold
+        binary = values > threshold
     mask, regions = None, []
     if binary is not None:
         binary = np.asarray(binary, bool) if roi is None else np.asarray(binary, bool) & roi
         least = min_area_pixels(settings.min_defect_area, *values.shape)
         mask, regions = defect_regions(binary, values, least, boxes)
     if settings.image_threshold is not None:
-        anomalous = score >= settings.image_threshold and (settings.min_defect_area <= 0 or mask is None or bool(regions))
+        anomalous = score > settings.image_threshold and (settings.min_defect_area <= 0 or mask is None or bool(regions))
         verdict = "anomalous" if anomalous else "normal"
     elif mask is not None:
         verdict = "anomalous" if regions else "normal"

@@ -1,8 +1,10 @@
 """Operating thresholds: from normal images only, F1-optimal on a labelled set, or by hand.
 
 Every threshold is on the scale of the maps `iapas segment` writes ([0, 1]; `docs/decisions.md` says
-what a value means per method), and a score at or above it is anomalous, as anomalib's post-processor
-and scikit-learn's precision-recall curve count a prediction (`score >= threshold`).
+what a value means per method), and a score strictly above it is anomalous (`score > threshold`): so a
+threshold of 0 flags any positive score and never an empty IAP-AS map, and the highest normal score
+itself stays normal. The F1-optimal threshold is placed halfway between the lowest score it flags and
+the next lower score, so `>` gives exactly the partition of the best point on the precision-recall curve.
 """
 from __future__ import annotations
 
@@ -82,7 +84,12 @@ class NormalImagesRule:
         if not np.isfinite(values).all():
             raise DecisionError(f"the normal images' {of} hold NaN or infinity; no threshold can be fitted")
         highest, spread = float(values.max()), float(values.std(ddof=1))
-        return Threshold(highest + margin * spread, "normal-images", {
+        value = highest + margin * spread
+        if value >= 1.0:  # the maps end at 1.0: no image could ever score above
+            raise DecisionError(f"the normal images' {of} reach {highest:.4f} (sd {spread:.4f}), so the threshold "
+                                f"{value:.4f} is at or above the top of the map scale (1.0) and nothing could be judged "
+                                f"anomalous; use a smaller margin, other settings or a region of interest")
+        return Threshold(value, "normal-images", {
             "rule": "max + margin_sd * sd", "of": of, "margin_sd": margin, "images": int(len(values)),
             "max": highest, "sd": spread, "mean": float(values.mean())})
 
@@ -90,8 +97,9 @@ class NormalImagesRule:
 def f1_optimal(labels: np.ndarray, scores: np.ndarray) -> Threshold:
     """The threshold of highest F1 over a labelled set (anomalib's F1AdaptiveThreshold: the PR curve's best point).
 
-    Candidate thresholds are the distinct scores; `score >= threshold` is predicted anomalous. Ties in F1
-    go to the highest threshold (the first on sklearn's curve, as torch.argmax picks in anomalib).
+    The best point of the curve flags the scores at or above some score c; the threshold returned lies
+    halfway between c and the next lower score (below c when there is none), so `score > threshold` flags
+    exactly those. Ties in F1 go to the highest c (the first point on the curve, as torch.argmax in anomalib).
     """
     from sklearn.metrics import precision_recall_curve
 
@@ -107,7 +115,10 @@ def f1_optimal(labels: np.ndarray, scores: np.ndarray) -> Threshold:
     precision, recall = precision[:-1], recall[:-1]  # the last point (precision 1, recall 0) has no threshold
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=precision + recall > 0)
     best = len(f1) - 1 - int(np.argmax(f1[::-1]))  # sklearn's thresholds ascend: the last of the ties is the highest
-    return Threshold(float(thresholds[best]), "f1-optimal", {
+    cutoff = float(thresholds[best])
+    below = scores[scores < cutoff]
+    value = (cutoff + float(below.max())) / 2 if below.size else cutoff - max(1e-6, abs(cutoff) * 1e-6)
+    return Threshold(value, "f1-optimal", {
         "rule": "max F1 over the labelled set", "f1": float(f1[best]), "precision": float(precision[best]),
         "recall": float(recall[best]), "examples": int(labels.size), "anomalous": int(labels.sum())})
 
@@ -116,7 +127,8 @@ def f1_optimal_from_counts(tp: np.ndarray, fp: np.ndarray, thresholds: np.ndarra
     """The F1-optimal threshold of binned counts (TP and FP at each threshold, highest threshold first).
 
     The pixel counterpart of `f1_optimal` for the streaming histograms of `iapas eval`: exact where no two
-    distinct scores share a bin, else within one bin width of the exact threshold.
+    distinct scores share a bin, else within one bin width of the exact threshold. The threshold is the
+    bin edge below the best bin (`score > edge` then flags that bin's scores, bar one exactly on the edge).
     """
     from ..evaluation.metrics import f1_scores, pr_from_counts
 

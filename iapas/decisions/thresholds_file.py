@@ -98,7 +98,9 @@ def setup_identity(config: "Config", method: str, options: Mapping[str, Any], im
     """What a threshold's meaning depends on: method, map-defining settings, models by content, score scale."""
     from ..runs.fingerprint import defining_config, content_hash
 
-    settings = defining_config(config, skip=("calibration.",))
+    # only the settings of the method's own stages change its maps: another box threshold leaves WinCLIP's as they were
+    own = ("clip_methods.",) if method == "iapas" else ("detection.", "filtering.", "scoring.", "masking.", "prompts.")
+    settings = defining_config(config, skip=("calibration.", *own))
     settings.update({
         "prompts": list(options.get("prompts") or []),
         "calibration": content_hash(options.get("calibration")),

@@ -29,19 +29,29 @@ def mask_contours(image: np.ndarray, mask: np.ndarray | None, thickness: int) ->
     return picture
 
 
-def labelled(image: np.ndarray, boxes: Boxes, regions: list, thickness: int) -> np.ndarray:
-    """Boxes (IAP-AS detections) and region labels through one label annotator, so none overlap."""
-    xyxy = [list(map(float, box)) for box in boxes.xyxy] + [list(map(float, r.box)) for r in regions]
-    if not xyxy:
-        return image
-    labels = box_labels(boxes) + [f"#{i} {r.peak_score:.2f}" + (f" {r.phrase}" if r.phrase else "")
-                                  for i, r in enumerate(regions, start=1)]
-    kinds = np.array([0] * len(boxes) + [1] * len(regions), dtype=int)
-    detections = sv.Detections(xyxy=np.array(xyxy, np.float64).reshape(-1, 4), class_id=kinds)
+MAX_LABELS = 8  # more labels than this cannot all find a free place on a small picture
+
+
+def labelled(image: np.ndarray, boxes: Boxes, regions: list, thickness: int, decided: bool) -> np.ndarray:
+    """Boxes (IAP-AS detections) and labels through one label annotator, so none overlap.
+
+    With a defect mask the regions are labelled (their rank, peak score and, for IAP-AS, phrase) and the
+    boxes drawn bare; without one the boxes are labelled as before. At most MAX_LABELS labels, highest first.
+    """
     scene = image.copy()
     if len(boxes):
-        box_only = detections[kinds == 0]
-        scene = sv.BoxAnnotator(thickness=thickness).annotate(scene=scene, detections=box_only)
+        drawn = sv.Detections(xyxy=boxes.xyxy.astype(np.float64), class_id=np.zeros(len(boxes), int))
+        scene = sv.BoxAnnotator(thickness=thickness).annotate(scene=scene, detections=drawn)
+    if decided:
+        shown = list(regions)[:MAX_LABELS]
+        xyxy = [list(map(float, r.box)) for r in shown]
+        labels = [f"#{i} {r.peak_score:.2f}" + (f" {r.phrase}" if r.phrase else "") for i, r in enumerate(shown, start=1)]
+    else:
+        top = boxes.top(MAX_LABELS)
+        xyxy, labels = [list(map(float, box)) for box in top.xyxy], box_labels(top)
+    if not xyxy:
+        return scene
+    detections = sv.Detections(xyxy=np.array(xyxy, np.float64).reshape(-1, 4), class_id=np.ones(len(xyxy), int))
     scale = max(0.3, min(image.shape[:2]) / 1000)
     return sv.LabelAnnotator(text_scale=scale, text_padding=max(2, thickness * 2), smart_position=True).annotate(
         scene=scene, detections=detections, labels=labels)
@@ -83,6 +93,7 @@ def decision_picture(image: np.ndarray, anomaly_map: np.ndarray, boxes: Boxes, v
                      threshold: float | None = None) -> np.ndarray:
     """(H + strip, W, 3) uint8: the overlay with contours and labels, above the verdict and the colour bar."""
     thickness = max(1, round(min(image.shape[:2]) / 300))
-    picture = labelled(mask_contours(overlay(image, anomaly_map), mask, thickness), boxes, list(regions or []), thickness)
+    picture = labelled(mask_contours(overlay(image, anomaly_map), mask, thickness), boxes, list(regions or []), thickness,
+                       mask is not None)
     strip_height = int(np.clip(round(image.shape[0] * 0.08), 24, 64))
     return np.concatenate([picture, colour_bar(image.shape[1], strip_height, threshold, verdict, score)], axis=0)
