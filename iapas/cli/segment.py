@@ -84,6 +84,12 @@ def run(args: argparse.Namespace) -> int:
     digest = check_fingerprint(out_dir, fingerprint, overwrite=args.overwrite)  # before any model loads
     record_fingerprint(out_dir, fingerprint)
     record = {**(extra_record(args) or {}), "decisions": decisions.to_dict()}
+    if args.engine != "local":  # the workers' own warnings stay in their logs: say it here, where the user looks
+        from ..decisions.thresholds_file import demo_models
+
+        for model in demo_models(config, args.method):
+            print(f"WARNING: {model} holds RANDOM demo weights: every map and verdict of this run is meaningless",
+                  file=sys.stderr)
     summary = engine(functools.partial(segmenter_only, args, config), inputs, out_dir, overwrite=args.overwrite,
                      max_pixels=config.max_image_pixels, progress=not args.no_progress, extra_record=record,
                      fingerprint=digest, bit_window=window, address=args.address, workers=args.workers, uris=uris,

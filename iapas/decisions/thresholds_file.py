@@ -175,3 +175,11 @@ class ThresholdsFile:
             raise DecisionError(f"thresholds file {path} was made for other settings ({listed}); "
                                 f"fit new thresholds for these settings with `iapas threshold`")
 
+
+
+def demo_models(config: "Config", method: str) -> list[str]:
+    """The model files of a method's maps that are random demo weights (their maps, and any verdict, mean nothing)."""
+    from ..backends.base import is_demo
+
+    return [f"{role}: {path}" for role, path in model_files(config, method).items() if path and Path(path).exists()
+            and is_demo(Path(path))]

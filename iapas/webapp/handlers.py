@@ -34,6 +34,8 @@ class SegmentRequest:
     box_threshold: float | None = None
     text_threshold: float | None = None
     size_threshold: float | None = None
+    checkpoint: str = ""  # a learned CLIP method's trained prompts (from the weights folder or uploaded); "" for its default
+    name: str = ""  # the input image's file name: result downloads are named after it ("result" when unknown)
 
     def prompt_list(self) -> list[str]:
         return [p.strip() for p in self.prompts.split(",") if p.strip()]
@@ -74,6 +76,18 @@ class ModelCache:
 
         return self._get((name, category), build)
 
+    def learned_method(self, name: str, category: str, checkpoint: str):
+        """A learned CLIP method with the given trained-prompts checkpoint, prepared for `category`."""
+        from .decisions import CHECKPOINT_KEYS
+
+        def build():
+            config = self.config.updated({CHECKPOINT_KEYS[name]: checkpoint})
+            method = METHODS.get(name)(config, ())
+            method.prepare(category, [], "object", Path(tempfile.mkdtemp(prefix="iapas-serve-")))
+            return method
+
+        return self._get((name, category, checkpoint), build)
+
     def loaded(self) -> list[tuple]:
         """The keys of the models loaded so far (for the page's status line and for tests)."""
         return list(self._loaded)
@@ -113,13 +127,23 @@ def segment_request(cache: ModelCache, pixels: np.ndarray | None, request: Segme
     else:
         if request.prompts or request.calibration_path:
             raise IapasError(f"prompts and calibration files only apply to iapas, not {request.method}")
-        method = cache.clip_method(request.method, request.category.strip() or "object")
+        category = request.category.strip() or "object"
+        from .decisions import CHECKPOINT_KEYS
+
+        if request.checkpoint and request.method not in CHECKPOINT_KEYS:
+            raise IapasError(f"a checkpoint only applies to the learned methods ({', '.join(CHECKPOINT_KEYS)}), "
+                             f"not {request.method}")
+        method = (cache.learned_method(request.method, category, request.checkpoint) if request.checkpoint
+                  else cache.clip_method(request.method, category))
         progress(0.5, "segmenting")
         result = method.segment(pixels)
     progress(0.9, "writing result files")
     out_dir = Path(tempfile.mkdtemp(prefix="iapas-result-"))
-    paths = write_result(out_dir, "result", pixels, Path("upload.png"), result, {"source": "iapas serve"})
-    record = result_record(result, Path("upload.png"))
+    from .decisions import download_name
+
+    name = download_name(request.name)
+    paths = write_result(out_dir, name, pixels, Path(request.name or "upload.png"), result, {"source": "iapas serve"})
+    record = result_record(result, Path(request.name or "upload.png"))
     boxes = [[b["phrase"], b["score"], *b["xyxy"], b["mask_area"]] for b in record["boxes"]]
     timings = [[stage, round(seconds * 1000, 2)] for stage, seconds in result.timings.items()]
     return SegmentResponse(result, result_overlay(pixels, result.anomaly_map, result.boxes), heatmap(result.anomaly_map),
