@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 WEIGHTS ?= weights
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test docs bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,9 +44,14 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# The documentation site (mkdocs.yml, docs/), built strictly: a broken link or anchor, a missing include or a
+# stale API reference fails. CI (.ci/run) runs it before the tests.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 bench: install
 	@if [ ! -e $(WEIGHTS)/demo/sam_demo.pth ]; then $(BIN)/iapas weights make-demo $(WEIGHTS); fi
 	$(BIN)/iapas bench examples/images/washer_scratch.png --weights $(WEIGHTS)
 
 clean:
-	rm -rf out iapas-out .pytest_cache
+	rm -rf out iapas-out .pytest_cache site

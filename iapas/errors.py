@@ -1,7 +1,7 @@
 """One exception family: the CLI catches `IapasError` once and prints it as one line.
 
 Every mistake a user can make (a bad option, file, folder, model or answer) is one of these
-classes, so the CLI never reports it as an "internal error"; README "Input classes and behaviour"
+classes, so the CLI never reports it as an "internal error"; docs/input-behaviour.md
 lists which input raises which.
 """
 

@@ -103,7 +103,7 @@ def test_ray_engine_hands_batch_size_images_to_the_method(local_ray, synthetic_f
     local, remote = result_files(tmp_path / "local"), result_files(tmp_path / "ray")
     assert sorted(local) == sorted(remote) and len(local) == 6 * 4
     for name in local:
-        if name.endswith(".npy"):  # batched arithmetic rounds differently (README, Batching): within 1e-5
+        if name.endswith(".npy"):  # batched arithmetic rounds differently (docs/speed.md, Batching): within 1e-5
             np.testing.assert_allclose(np.load(remote[name]), np.load(local[name]), rtol=0, atol=1e-5)
         if name.endswith(".json"):
             a, b = json.loads(local[name].read_text()), json.loads(remote[name].read_text())

@@ -60,7 +60,7 @@ def reference_dice(probability: torch.Tensor, target: torch.Tensor) -> torch.Ten
 
     method/trainer.py squeezes the (1, 1, H, W) mask to (H, W) and loss.py `BinaryDiceLoss` takes its
     first dimension as the batch, so at the reference's batch size 1 every row is its own Dice term.
-    Checked against the official code on a random CLIP (README, AdaCLIP section).
+    Checked against the official code on a random CLIP (docs/methods/adaclip.md).
     """
     if len(target) == 1:
         return dice_loss(probability[0], target[0])
