@@ -235,7 +235,7 @@ def test_report_in_a_headless_browser(capsys, parts, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     from iapas.decisions.report import write_report
 
@@ -256,14 +256,15 @@ def test_report_in_a_headless_browser(capsys, parts, tmp_path):
         driver.get((out / "report.html").as_uri())
         counts = {key: driver.find_element(By.ID, f"count-{key}").text for key in ("anomalous", "normal", "undecided", "failed")}
         assert counts == {"anomalous": "2", "normal": "3", "undecided": "0", "failed": "1"}
-        seen, scores = [], []
+        seen = []
         for _ in range(3):
             cards = driver.find_elements(By.CSS_SELECTOR, "#gallery .card")
             seen += [card.get_attribute("data-name") for card in cards]
             for image in driver.find_elements(By.CSS_SELECTOR, "#gallery img"):
                 driver.execute_script("arguments[0].scrollIntoView()", image)
-            assert all(driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", image)
-                       for image in driver.find_elements(By.CSS_SELECTOR, "#gallery img"))
+            WebDriverWait(driver, 30).until(lambda d: all(  # lazy thumbnails load once in view
+                d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", image)
+                for image in d.find_elements(By.CSS_SELECTOR, "#gallery img")))
             driver.find_element(By.ID, "next").click()
         assert sorted(seen) == ["bad_0.png", "good_0.png", "good_1.png", "good_2.png", "sub/bad_1.png"]
         assert set(seen[:2]) == {"bad_0.png", "sub/bad_1.png"}  # highest scores first
@@ -273,8 +274,25 @@ def test_report_in_a_headless_browser(capsys, parts, tmp_path):
         cards[0].click()
         full = driver.find_elements(By.CSS_SELECTOR, "#viewer img")
         assert [image.get_attribute("alt") for image in full] == ["overlay", "map", "mask"]
-        time.sleep(0.2)
-        assert all(driver.execute_script("return arguments[0].naturalWidth", image) == 48 for image in full)
+        WebDriverWait(driver, 30).until(lambda d: all(
+            d.execute_script("return arguments[0].naturalWidth", image) == 48 for image in full))
         assert "cannot read broken.png" in driver.find_element(By.ID, "failures").text
     finally:
         driver.quit()
+
+
+def test_thresholds_file_fitted_without_a_roi_is_refused_with_one(capsys, tmp_path):
+    normal = tmp_path / "normal"
+    for index in range(10):
+        part(normal / f"n{index}.png", False, index)
+    assert run(capsys, "threshold", normal, "--method", "test-brightness", "-o", tmp_path / "t.json", "--no-progress")[0] == 0
+    Image.fromarray(np.full((40, 48), 255, np.uint8)).save(tmp_path / "roi.png")
+    code, _, err = run(capsys, "segment", normal, "-o", tmp_path / "out", "--method", "test-brightness",
+                       "--thresholds", tmp_path / "t.json", "--roi", tmp_path / "roi.png")
+    assert code == 2 and "was fitted on whole images" in error_lines(err)[0]
+    assert run(capsys, "threshold", normal, "--method", "test-brightness", "-o", tmp_path / "r.json", "--no-progress",
+               "--roi", tmp_path / "roi.png")[0] == 0
+    code, _, err = run(capsys, "segment", normal, "-o", tmp_path / "out", "--method", "test-brightness",
+                       "--thresholds", tmp_path / "r.json", "--roi", tmp_path / "roi.png", "--no-progress")
+    assert code == 0, err
+    assert {row["verdict"] for row in summary_rows(tmp_path / "out")} == {"normal"}

@@ -54,8 +54,7 @@ def decision_settings(args: argparse.Namespace, config: "Config", method: str, o
                               "min_defect_area": getattr(args, "min_defect_area", None) or 0.0}
     if getattr(args, "thresholds", None):
         thresholds = ThresholdsFile.load(args.thresholds)
-        thresholds.check_matches(setup_identity(config, method, options, getattr(args, "image_score", "") or ""),
-                                 args.thresholds)
+        thresholds.check_matches(setup_identity(config, method, options), args.thresholds)
         values.update(thresholds_file=str(args.thresholds), thresholds_file_sha256=file_sha256(args.thresholds))
         if thresholds.image is not None:
             values.update(image_threshold=thresholds.image.value, image_source=f"{thresholds.image.source} ({args.thresholds})")
@@ -76,6 +75,13 @@ def decision_settings(args: argparse.Namespace, config: "Config", method: str, o
         if not roi.is_file():
             raise DecisionError(f"region-of-interest mask not found: {roi}")
         values.update(roi=str(roi.resolve()), roi_sha256=file_sha256(roi))
+    if getattr(args, "thresholds", None):
+        fitted_roi, run_roi = thresholds.fitted_on.get("roi_sha256"), values.get("roi_sha256") or None
+        if fitted_roi != run_roi:  # inside a ROI the image score is the map's maximum there: another scale
+            where = ("inside another region of interest" if fitted_roi and run_roi else
+                     "inside a region of interest; give the same --roi" if fitted_roi else "on whole images")
+            raise DecisionError(f"thresholds file {args.thresholds} was fitted {where}; scores inside a region of interest "
+                                f"and on whole images differ, so fit thresholds with this run's --roi (`iapas threshold --roi`)")
     return DecisionSettings(**values)
 
 

@@ -94,7 +94,7 @@ def model_files(config: "Config", method: str) -> dict[str, Any]:
     return files
 
 
-def setup_identity(config: "Config", method: str, options: Mapping[str, Any], image_score: str = "") -> dict[str, Any]:
+def setup_identity(config: "Config", method: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """What a threshold's meaning depends on: method, map-defining settings, models by content, score scale."""
     from ..runs.fingerprint import defining_config, content_hash
 
@@ -107,13 +107,13 @@ def setup_identity(config: "Config", method: str, options: Mapping[str, Any], im
         "size_filter": not options.get("no_size_filter", False),
         "category": options.get("category"),
     })
-    default_score = "method" if method == "adaclip" else "max"
     return {
         "method": method,
         "settings": json.loads(json.dumps(settings, default=str)),
         "models": {role: content_sha256(path) for role, path in model_files(config, method).items()},
         "score_scale": {"map": MAP_MEANINGS.get(method, "a [0, 1] anomaly map"), "range": [0.0, 1.0],
-                        "image_score": image_score or default_score,
+                        # Result.image_score: IAP-AS gives its map's maximum, every CLIP method its own score
+                        "image_score": "max of the map" if method == "iapas" else "the method's own image score",
                         "normalise": config.scoring.normalise if method == "iapas" else "method's own"},
     }
 

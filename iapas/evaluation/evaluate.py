@@ -257,7 +257,7 @@ def evaluate_category(
                 state.pixels.update(anomaly_map, mask, name=str(sample.image_path))
                 state.labels.append(sample.label)
                 state.scores.append(method_score if rule == "method" else protocol.max_score(anomaly_map))
-                state.segment_scores.append(method_score if rule == "method" else float(anomaly_map.max()))
+                state.segment_scores.append(method_score)  # Result.image_score: what `segment` decides on, whatever --image-score ranks by
                 state.add_raw(anomaly_map, mask, str(sample.image_path))
                 state.done.append(dataset_key(sample.image_path, options.root).as_posix())
                 state.seconds += share + time.perf_counter() - start
@@ -301,7 +301,7 @@ def category_decisions(state: CategoryState, category: str, options: EvalOptions
         calibration = run_dir / "calibrations" / f"{category}.json"
         map_options = ({"calibration": calibration if calibration.is_file() else None, "no_size_filter": "filter" in options.ablate}
                        if method == "iapas" else {"category": category})
-        identity = setup_identity(config, method, map_options, image_score_rule(source, options))
+        identity = setup_identity(config, method, map_options)
         written = write_category_thresholds(run_dir / "thresholds" / f"{category}.json", identity, fitted, category,
                                             len(state.done), method == "iapas" and config.scoring.normalise == "minmax")
         fitted["file"] = str(written) if written else None
