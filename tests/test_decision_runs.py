@@ -17,7 +17,7 @@ import stub_methods  # noqa: F401 - registers test-brightness (dark pixels score
 from cli_runner import error_lines, run
 from iapas.decisions.summary import COLUMNS
 from iapas.methods import METHODS
-from test_webapp import chromium_paths
+from browser import chromium_paths, headless_chromium
 
 TESTS = Path(__file__).resolve().parent
 WORKER = """
@@ -172,6 +172,13 @@ def test_threshold_command_and_its_file_in_segment(capsys, tmp_path):
     assert code == 2 and "was made for other settings (settings.category null -> \"bolt\")" in error_lines(err)[0]
 
 
+def many_parts(folder: Path, count: int) -> Path:
+    """p00.png ... : every fifth part (p00, p05, ...) has a defect."""
+    for index in range(count):
+        part(folder / f"p{index:02d}.png", index % 5 == 0, index)
+    return folder
+
+
 def worker(tmp_path: Path) -> Path:
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(tests=str(TESTS)))
@@ -197,10 +204,7 @@ def wait_for_rows(out: Path, rows: int, process: subprocess.Popen) -> None:
 
 
 def test_killed_run_leaves_a_valid_summary_and_a_resume_completes_it(capsys, tmp_path):
-    images = tmp_path / "many"
-    for index in range(30):
-        part(images / f"p{index:02d}.png", index % 5 == 0, index)
-    out = tmp_path / "out"
+    images, out = many_parts(tmp_path / "many", 30), tmp_path / "out"
     process = slow_run(worker(tmp_path), images, out)
     wait_for_rows(out, 4, process)
     process.send_signal(signal.SIGKILL)
@@ -217,10 +221,7 @@ def test_killed_run_leaves_a_valid_summary_and_a_resume_completes_it(capsys, tmp
 
 
 def test_two_runs_sharing_a_folder_give_one_row_per_image(capsys, tmp_path):
-    images = tmp_path / "many"
-    for index in range(24):
-        part(images / f"p{index:02d}.png", index % 4 == 0, index)
-    out = tmp_path / "out"
+    images, out = many_parts(tmp_path / "many", 24), tmp_path / "out"
     other = slow_run(worker(tmp_path), images, out)
     wait_for_rows(out, 1, other)  # the other run is under way: from here both work in the folder
     code, _, err = run(capsys, "segment", images, "-o", out, *SLOW_OPTIONS)
@@ -228,12 +229,11 @@ def test_two_runs_sharing_a_folder_give_one_row_per_image(capsys, tmp_path):
     assert "in progress in another run" in err or "skipped" in err
     outputs = [row["output"] for row in summary_rows(out)]
     assert outputs == [f"p{index:02d}.png" for index in range(24)]
+    assert [row["verdict"] for row in summary_rows(out)] == ["anomalous" if i % 5 == 0 else "normal" for i in range(24)]
 
 
 @pytest.mark.skipif(chromium_paths() is None, reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
 def test_report_in_a_headless_browser(capsys, parts, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -246,12 +246,7 @@ def test_report_in_a_headless_browser(capsys, parts, tmp_path):
     html = (out / "report.html").read_text()
     assert "http://" not in html and "https://" not in html  # nothing fetched when viewed
     write_report(out, None, [("broken.png", "cannot read broken.png")], page_size=2)  # three pages of two
-    browser, driver_path = chromium_paths()
-    options = webdriver.ChromeOptions()
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
-        options.add_argument(argument)
-    options.binary_location = browser
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver = headless_chromium()
     try:
         driver.get((out / "report.html").as_uri())
         counts = {key: driver.find_element(By.ID, f"count-{key}").text for key in ("anomalous", "normal", "undecided", "failed")}

@@ -1,7 +1,5 @@
 """The web app's decisions: verdict at a threshold, mask and regions, demo banner, learned checkpoints, several images,
 through the handlers, gradio_client and a headless browser."""
-import json
-import os
 import urllib.request
 from pathlib import Path
 
@@ -15,7 +13,8 @@ from iapas.errors import IapasError
 from iapas.types import Boxes, Masks, Result
 from iapas.webapp import ModelCache, SegmentRequest, segment_request
 from iapas.webapp.decisions import decide_view, demo_banner, learned_checkpoints, segment_batch
-from test_webapp import EXAMPLE, chromium_paths, example_pixels, free_port
+from browser import chromium_paths, headless_chromium
+from test_webapp import EXAMPLE, example_pixels, served_app  # noqa: F401 - the app on a local port, with this module's cache
 
 
 @pytest.fixture(scope="module")
@@ -90,19 +89,7 @@ def test_several_images_at_once(cache, tmp_path):
     assert {Path(f).name for f in files} >= {"a.png.json", "a.png_decision.png", "a.png_mask.png"}
 
 
-@pytest.fixture(scope="module")
-def served_app(cache, faprompt_checkpoint):
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from iapas.webapp import build_app
-
-    app = build_app(cache=cache)
-    port = free_port()
-    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    app.close()
-
-
-def test_verdict_and_banner_through_gradio_client(served_app, faprompt_checkpoint):
+def test_verdict_and_banner_through_gradio_client(faprompt_checkpoint, served_app):  # the checkpoint exists before the page
     from gradio_client import Client, handle_file
 
     client = Client(served_app, verbose=False)
@@ -123,18 +110,11 @@ def test_verdict_and_banner_through_gradio_client(served_app, faprompt_checkpoin
 
 
 @pytest.mark.skipif(chromium_paths() is None, reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
-def test_verdict_and_banner_in_a_headless_browser(served_app, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+def test_verdict_and_banner_in_a_headless_browser(faprompt_checkpoint, served_app, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser, driver_path = chromium_paths()
-    options = webdriver.ChromeOptions()
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,2400"):
-        options.add_argument(argument)
-    options.binary_location = browser
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver = headless_chromium("1400,2400")
     try:
         driver.get(served_app)
         WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.ID, "segment-button"))
