@@ -1,5 +1,4 @@
 """Decisions: each threshold rule on hand-made scores, F1-optimal against brute force, MEBin, regions, the thresholds file."""
-import itertools
 import json
 import shutil
 
