@@ -45,7 +45,7 @@ def report_items(out_dir: Path, fingerprint: str | None = None) -> list[dict[str
 def write_report(out_dir: Path, fingerprint: str | None = None, failures: Sequence[tuple[str, str]] = (),
                  title: str = "iapas run", page_size: int = PAGE_SIZE) -> Path:
     """Write report.html atomically from the folder's records and this run's failures ((image, message) pairs)."""
-    from ..files import atomic_write_text
+    from .summary import write_if_changed
 
     items = report_items(out_dir, fingerprint)
     counts = {verdict: sum(item["verdict"] == verdict for item in items) for verdict in ("anomalous", "normal", "undecided")}
@@ -54,7 +54,7 @@ def write_report(out_dir: Path, fingerprint: str | None = None, failures: Sequen
             "page_size": page_size}
     payload = json.dumps(data).replace("</", "<\\/")  # a name holding "</script>" cannot end the script early
     page = TEMPLATE.replace("%TITLE%", html.escape(title)).replace("%DATA%", payload)
-    return atomic_write_text(Path(out_dir) / REPORT_FILE, page)
+    return write_if_changed(Path(out_dir) / REPORT_FILE, page)
 
 
 TEMPLATE = """<!DOCTYPE html>

@@ -89,10 +89,20 @@ def result_records(out_dir: Path, fingerprint: str | None = None) -> Iterator[tu
         yield path.relative_to(out_dir).as_posix()[: -len(".json")], record
 
 
-def rebuild_summary(out_dir: Path, fingerprint: str | None = None) -> Path:
-    """Rewrite summary.csv from the folder's result records, atomically: one row per finished image."""
+def write_if_changed(path: Path, text: str) -> Path:
+    """Replace a file atomically, unless it already holds `text` (a run that did nothing leaves it untouched)."""
     from ..files import atomic_write_text
 
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return path
+    except (OSError, UnicodeDecodeError):
+        pass
+    return atomic_write_text(path, text)
+
+
+def rebuild_summary(out_dir: Path, fingerprint: str | None = None) -> Path:
+    """Rewrite summary.csv from the folder's result records, atomically: one row per finished image."""
     rows = [list(COLUMNS)] + [summary_row(name, record) for name, record in result_records(out_dir, fingerprint)]
     with summary_lock(out_dir):
-        return atomic_write_text(Path(out_dir) / SUMMARY_FILE, csv_text(rows))
+        return write_if_changed(Path(out_dir) / SUMMARY_FILE, csv_text(rows))
