@@ -37,9 +37,11 @@ def segment(folder: Path, out: Path, weights_dir: Path, *extra: str) -> int:
 
 
 def result_files(out: Path) -> dict[str, Path]:
-    """Every result file under `out` by its relative path (the run's fingerprint and hidden files left out)."""
+    """Every result file under `out` by its relative path (the run's fingerprint, summary, report, thumbnails and
+    hidden files left out)."""
     return {path.relative_to(out).as_posix(): path for path in sorted(out.rglob("*"))
-            if path.is_file() and not path.name.startswith((".", "iapas-fingerprint"))}
+            if path.is_file() and not path.name.startswith((".", "iapas-fingerprint"))
+            and path.name not in ("summary.csv", "report.html") and path.relative_to(out).parts[0] != "thumbnails"}
 
 
 def test_ray_engine_matches_local_and_resumes(local_ray, synthetic_folder, weights_dir, tmp_path, capsys):
