@@ -291,3 +291,17 @@ def test_thresholds_file_fitted_without_a_roi_is_refused_with_one(capsys, tmp_pa
                        "--thresholds", tmp_path / "r.json", "--roi", tmp_path / "roi.png", "--no-progress")
     assert code == 0, err
     assert {row["verdict"] for row in summary_rows(tmp_path / "out")} == {"normal"}
+
+
+def test_iapas_decides_by_its_kept_boxes_by_default(capsys, weights_dir, tmp_path):
+    folder = tmp_path / "one"
+    part(folder / "p.png", True)
+    out = tmp_path / "out"
+    assert run(capsys, "segment", folder, "-o", out, "--weights", weights_dir, "--no-progress")[0] == 0
+    record = json.loads((out / "p.png.json").read_text())
+    anomaly_map = np.load(out / "p.png.npy")
+    assert record["thresholds"]["image"] == 0.0 and record["thresholds"]["image_source"].startswith("iapas: any kept box")
+    assert record["verdict"] == ("anomalous" if record["boxes"] else "normal")
+    mask = np.asarray(Image.open(out / "p.png_mask.png")) == 255
+    np.testing.assert_array_equal(mask, anomaly_map > 0)  # the union of the kept boxes' masks
+    assert record["defect_area_px"] == int(mask.sum())

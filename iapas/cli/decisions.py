@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from ..decisions.decide import DecisionSettings
 
 EXIT_ANOMALY = 3  # --fail-on-anomaly: some image was judged anomalous (a failure's exit 1 wins over it)
+IAPAS_OWN_DECISION = "iapas: any kept box (the detector's box threshold decides)"
 
 
 def area_option(text: str) -> float:
@@ -68,6 +69,10 @@ def decision_settings(args: argparse.Namespace, config: "Config", method: str, o
         values.update(pixel_threshold=args.pixel_threshold, pixel_source="manual")
     if values.get("image_threshold") is not None:
         refuse_per_image_normalisation(config, method)
+    elif method == "iapas" and config.scoring.normalise == "clip" and values["binarize"] == "threshold" \
+            and values.get("pixel_threshold") is None:
+        # IAP-AS decides by itself: its map is 0 wherever the detector (box threshold) kept no box
+        values.update(image_threshold=0.0, image_source=IAPAS_OWN_DECISION)
     if getattr(args, "roi", None):
         from pathlib import Path
 
