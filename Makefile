@@ -27,6 +27,11 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --only-binary :all: --target $(VENV)/reference-transformers4 \
 		transformers==4.57.1 tokenizers==0.22.1 huggingface-hub==0.36.0 addict==2.4.0 yapf==0.40.2 \
 		importlib-metadata==8.7.0 zipp==3.23.0 pycocotools==2.0.10
+	# recognize-anything's RAM, the reference of tests/test_ram.py, runs under that transformers 4.x and imports
+	# fairscale (ram/models/vit.py); kept apart for the reference side only (an sdist: pure Python)
+	$(BIN)/pip install --quiet --no-deps --target $(VENV)/reference-fairscale fairscale==0.4.13
+	# faiss (CPU), the authors' AnomalyDINO nearest-neighbour search, for tests/test_anomalydino.py's reference side only
+	$(BIN)/pip install --quiet --no-deps --only-binary :all: --target $(VENV)/reference-faiss faiss-cpu==1.15.1
 	touch $(STAMP)
 
 install: $(STAMP)

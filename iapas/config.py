@@ -81,6 +81,11 @@ class DetectionConfig:
     int8: bool = False  # CPU only: int8 dynamic quantisation of the linear layers (iapas/acceleration/quantisation.py; --int8)
     # keep only the K highest-scoring boxes of each image, before NMS; 0: all (the paper and the official code)
     max_boxes: int = 0
+    # the inverse-sigmoid clamp of Grounding DINO's box refinement: 1e-3 as the original code (groundingdino
+    # util/misc.py inverse_sigmoid), which every released checkpoint was trained with; 1e-5 is transformers' port
+    refinement_eps: float = 1e-3
+    # where boxes are clamped to the image: at-detection (before NMS and the size rule) | before-masking (official)
+    box_clamp: str = "at-detection"
 
 
 @dataclass
@@ -159,6 +164,41 @@ class ClipMethodsConfig:
     adaclip_prompts: str = ""  # a checkpoint (ours or an official pretrained_*.pth) or a manifest name; empty: <weights_dir>/adaclip/adaclip_prompts.pt, else a released one found
     prompts: str = ""  # trained prompts of the chosen learned method (--prompts); empty: <weights_dir>/<method>/<method>_prompts.pt
     genclip_prompts: str = ""  # trained prompts from `iapas train genclip`; empty: <weights_dir>/genclip/genclip_prompts.pt
+    # AdaCLIP / GenCLIP / WinCLIP: official rules (GenCLIP has no code: its paper is the default; WinCLIP: winclip_variant)
+    adaclip_image_size: int = 0  # AdaCLIP input px; 0: the checkpoint's (518 for a released one: train.py/test.py --image_size)
+    adaclip_resize: str = "antialiased"  # antialiased: float bicubic, antialiased | pil: PIL bicubic of the uint8 image (official)
+    adaclip_prompt_precision: str = "fp32"  # fp32 | fp16: every inserted prompt rounded through fp16 (official .half())
+    # AnomalyCLIP / FAPrompt: official rules (the official recipe sets each to what the authors' code does;
+    # iapas/prompt_learning/rules.py reads them; docs/notes/clip-official-a.md compares the two)
+    anomalyclip_focal: str = "binary"  # binary: focal on the abnormal map | two-class: loss.py FocalLoss on both, smooth 1e-5
+    anomalyclip_deep_prompts: str = "fp32"  # fp32 | fp16: deep text prompts rounded to fp16 (AnomalyCLIP_lib .half())
+    anomalyclip_input_resize: str = "float"  # float: antialiased bicubic of float pixels | pil-uint8: PIL bicubic of the uint8 image
+    anomalyclip_train_masks: str = "nearest"  # nearest | bilinear: PIL bilinear to the input size, then > 0.5
+    anomalyclip_train_precision: str = "auto"  # auto: bf16 autocast on a GPU | fp32
+    faprompt_prior_patches: str = "top"  # top: the k patches of highest abnormality (paper Eq. 6) | first: patches 0..k-1
+
+
+@dataclass
+class MuscConfig:
+    """MuSc (iapas/methods/musc): the defaults are the official configs/musc.yaml and scripts/musc.sh."""
+
+    backbone: str = "clip"  # clip (clip_methods.weights, else ViT-L-14-336 when present) | dinov2 (musc.weights, else the manifest's)
+    weights: str = ""  # a DINOv2 directory for backbone = dinov2
+    image_size: int = 0  # input side; 0: 518 where the patch size divides it (the paper's), else 512 (the ViT-B scripts')
+    layers: list[int] = field(default_factory=list)  # 1-based blocks; empty: the four quarters (6 12 18 24 of ViT-L)
+    degrees: list[int] = field(default_factory=lambda: [1, 3, 5])  # LNAMD's r
+    divide: int = 1  # divide_num: the set is scored as this many subsets, drawn evenly from each folder
+    rscin: list[int] = field(default_factory=list)  # RsCIN's k list; empty: the dataset's (visa 1 8 9, else 1 2 3); [0]: off
+
+
+@dataclass
+class AnomalyDinoConfig:
+    """AnomalyDINO (iapas/methods/anomalydino); K shots come from clip_methods.shots / reference_images (--shots, --reference-images)."""
+
+    weights: str = ""  # a DINOv2 directory; empty: the manifest's dinov2-small (ViT-S/14, the authors' default)
+    resolution: int = 448  # run_anomalydino.py --resolution: the shorter side after resizing
+    preprocess: str = "agnostic"  # run_anomalydino.py --preprocess: src/utils.py get_dataset_info's modes
+    neighbours: int = 1  # run_anomalydino.py --k_neighbors
 
 
 @dataclass
@@ -182,6 +222,8 @@ class Config:
     prompts: PromptConfig = field(default_factory=PromptConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     clip_methods: ClipMethodsConfig = field(default_factory=ClipMethodsConfig)
+    musc: MuscConfig = field(default_factory=MuscConfig)
+    anomalydino: AnomalyDinoConfig = field(default_factory=AnomalyDinoConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -252,6 +294,22 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 COUNT_SETTINGS = ("calibration.n_images", "calibration.top_k", "detection.max_text_tokens", "max_image_pixels", "batch_size")
 
 
+# The CLIP methods' official rules, the values each may take (the first is the default; AdaCLIP's:
+# iapas/prompt_learning/vision.py PIXEL_RESIZES, methods/adaclip/model.py PROMPT_PRECISIONS)
+ADACLIP_RESIZES = ("antialiased", "pil")
+ADACLIP_PROMPT_PRECISIONS = ("fp32", "fp16")
+CLIP_RULE_CHOICES = {  # the CLIP methods' official-rule settings and the values each takes
+    "adaclip_resize": ADACLIP_RESIZES,
+    "adaclip_prompt_precision": ADACLIP_PROMPT_PRECISIONS,
+    "anomalyclip_focal": ("binary", "two-class"),
+    "anomalyclip_deep_prompts": ("fp32", "fp16"),
+    "anomalyclip_input_resize": ("float", "pil-uint8"),
+    "anomalyclip_train_masks": ("nearest", "bilinear"),
+    "anomalyclip_train_precision": ("auto", "fp32"),
+    "faprompt_prior_patches": ("top", "first"),
+}
+
+
 def _setting(config: Config, dotted: str) -> Any:
     node: Any = config
     for key in dotted.split("."):
@@ -267,16 +325,31 @@ def validate_config(config: Config) -> Config:
         at_least_one(_setting(config, dotted), dotted)
     if config.precision not in PRECISIONS:
         raise ValueRangeError(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
+    eps = config.detection.refinement_eps
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 0.5:
+        raise ValueRangeError(f"detection.refinement_eps must be a number in (0, 0.5), got {eps!r}")
     if config.detection.input_size < 0:
         raise ValueRangeError(f"detection.input_size must be 0 (the model's own) or a size in pixels, got {config.detection.input_size}")
     if isinstance(config.detection.max_boxes, bool) or config.detection.max_boxes < 0:
         raise ValueRangeError(f"detection.max_boxes must be 0 (no cap) or a number of boxes, got {config.detection.max_boxes!r}")
     if isinstance(config.threads, bool) or config.threads < 0:
         raise ValueRangeError(f"threads must be 0 (auto) or more, got {config.threads!r}")
+    check_clip_method_rules(config.clip_methods)
     timeout = config.calibration.llm_timeout
     if not timeout > 0 or timeout == float("inf"):
         raise ValueRangeError(f"calibration.llm_timeout must be a positive number of seconds, got {timeout!r}")
     return config
+
+
+def check_clip_method_rules(clip_methods: ClipMethodsConfig) -> None:
+    """The CLIP methods' official-rule settings: a one-line ValueRangeError for the first bad one."""
+    size = clip_methods.adaclip_image_size
+    if isinstance(size, bool) or size < 0:
+        raise ValueRangeError(f"clip_methods.adaclip_image_size must be 0 (the checkpoint's) or a size in pixels, got {size!r}")
+    for name, choices in CLIP_RULE_CHOICES.items():
+        value = getattr(clip_methods, name)
+        if value not in choices:
+            raise ValueRangeError(f"clip_methods.{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

@@ -54,6 +54,13 @@ class Boxes:
         """(N,) float64 box area over image area: the measure both S_threshold and the size filter use."""
         return self.areas().astype(np.float64) / (image_height * image_width)
 
+    def clamped(self, image_height: int, image_width: int) -> "Boxes":
+        """The boxes cut to the image: x in [0, width], y in [0, height] (the official code's clamp before SAM)."""
+        xyxy = self.xyxy.copy()
+        xyxy[:, 0::2] = xyxy[:, 0::2].clip(0, image_width)
+        xyxy[:, 1::2] = xyxy[:, 1::2].clip(0, image_height)
+        return Boxes(xyxy, self.scores, self.phrases)
+
     def top(self, count: int) -> "Boxes":
         """The `count` highest-scoring boxes in descending score order (ties by index); all of them when count is 0."""
         if count <= 0 or len(self) <= count:
@@ -126,6 +133,10 @@ class Result:
 
     anomaly_map: (H, W) float32 in [0, 1] at the input resolution; boxes and masks: the kept
     regions; prompts: the text prompts used; timings: seconds per stage, in run order.
+    IAP-AS's size filter: object_tags, the tags asked for the object; object_box, the (1,) Boxes of the
+    object found on this image (as predicted, or cut to the image under the iapas recipe; None when none
+    was asked for or found); object_size, its area over the image's; size_limit, the area ratio below
+    which a box was kept (None where no size filter ran).
     """
 
     anomaly_map: np.ndarray
@@ -135,6 +146,10 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     method: str = "iapas"
     image_score_value: float | None = None
+    object_tags: tuple[str, ...] = ()
+    object_box: Boxes | None = None
+    object_size: float | None = None
+    size_limit: float | None = None
 
     @property
     def image_score(self) -> float:

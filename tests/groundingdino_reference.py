@@ -83,6 +83,21 @@ def tiny_model(bert_dir: Path):
     return model.eval()
 
 
+def border_model(model):
+    """The tiny model with its box head pushed towards the right and bottom edges and towards full-frame sizes.
+
+    The box head is shared by every decoder layer (dec_pred_bbox_embed_share); with large deltas some reference
+    points reach within 1e-3 of 1 in one layer and are pulled back by the next, where the original's inverse
+    sigmoid (eps 1e-3) and transformers' logit (eps 1e-5) give different boxes; boxes reach past the image,
+    where clamping starts to matter.
+    """
+    with torch.no_grad():
+        last = model.bbox_embed[0].layers[-1]
+        last.weight.mul_(4)  # deltas of several units either way: a box saturated by one layer is pulled back by the next
+        last.bias += torch.tensor([3.0, 3.0, 4.0, 4.0])
+    return model
+
+
 def full_size_keys(config_name: str, tokenizer_dir: Path) -> dict[str, list[int]]:
     """Key -> shape of a full-size model of an original config (bert-base-uncased built from its config, random weights).
 
@@ -123,6 +138,13 @@ def main(out: Path) -> None:
         logits=outputs["pred_logits"][0, :, : len(tokens)].numpy(), boxes=outputs["pred_boxes"][0].numpy(),
         predict_boxes=boxes.numpy(), predict_scores=scores.numpy(),
     )
+    border = border_model(model)
+    torch.save({"model": {"module." + key: value for key, value in border.state_dict().items()}}, out / "border.pth")
+    captured.clear()
+    border_boxes, border_scores, _ = predict(border, pixels, CAPTION, box_threshold=0.0, text_threshold=0.5, device="cpu")
+    np.savez(out / "border.npz", logits=captured["outputs"]["pred_logits"][0, :, : len(tokens)].numpy(),
+             boxes=captured["outputs"]["pred_boxes"][0].numpy(), predict_boxes=border_boxes.numpy(),
+             predict_scores=border_scores.numpy())
     (out / "reference.json").write_text(json.dumps({"phrases": phrases, "caption": CAPTION, "full_size_keys": {
         name: full_size_keys(name, out / "bert") for name in ("GroundingDINO_SwinT_OGC", "GroundingDINO_SwinB_cfg")
     }}))

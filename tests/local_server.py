@@ -25,6 +25,7 @@ class Served:
     headers: dict[str, str] = field(default_factory=dict)
     cut_once_after: int = 0  # send only this many bytes the first time (0: never cut)
     stall_s: float = 0.0  # wait this long before answering a GET
+    status: int = 200  # another status (401: a gated hub repository) answers with the headers and no body
 
 
 class LocalServer:
@@ -44,6 +45,13 @@ class LocalServer:
                 served = owner.files.get(self.path.split("?")[0])
                 if served is None:
                     self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if served.status != 200:
+                    self.send_response(served.status)
+                    for key, value in served.headers.items():
+                        self.send_header(key, value)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return

@@ -30,8 +30,13 @@ def backbone(weights_dir):
 
 
 @pytest.fixture(scope="module")
-def vitl_like_clip(tmp_path_factory):
-    """A tiny CLIP with ViT-L-14-336's proportions: text width = projection dim, 4 layers each, patch 14."""
+def vitl_like_clip(vitl_like_dir):
+    return ClipBackbone(vitl_like_dir)
+
+
+@pytest.fixture(scope="module")
+def vitl_like_dir(tmp_path_factory):
+    """A tiny CLIP directory with ViT-L-14-336's proportions: text width = projection dim, 4 layers each, patch 14."""
     from transformers import CLIPConfig, CLIPModel
 
     from iapas.weights.demo import build_demo_clip
@@ -48,7 +53,7 @@ def vitl_like_clip(tmp_path_factory):
     )
     torch.manual_seed(1)
     CLIPModel(config).eval().save_pretrained(directory)
-    return ClipBackbone(directory)
+    return directory
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +167,7 @@ def test_test_map_averages_logits_upsamples_with_aligned_corners_then_softmax(ba
 def test_position_embeddings_follow_the_input_size(backbone):
     weight = backbone.clip.vision_model.embeddings.position_embedding.weight
     torch.testing.assert_close(backbone.position_embeddings(backbone.grid ** 2), weight)  # native size: unchanged
-    big = backbone.preprocess_to([image()], 2 * backbone.image_size)
+    big = backbone.preprocess([image()], 2 * backbone.image_size)
     tokens = backbone.tokens(big)
     assert tokens.shape[1] == 1 + (2 * backbone.grid) ** 2
     table = backbone.position_embeddings((2 * backbone.grid) ** 2)
@@ -223,6 +228,44 @@ def test_official_vitl336_checkpoint_maps_key_by_key_at_full_size(tmp_path):
         load_into(smaller, state, path, origin, "clip-vit-base-patch16")
 
 
+def test_iapas_checkpoint_converts_to_exactly_the_official_vitl336_keys(tmp_path, capsys):
+    """`iapas weights to-official adaclip`: every name and shape the official ViT-L-14-336 model saves, no other."""
+    from dataclasses import asdict
+
+    settings = AdaClipSettings((6, 12, 18, 24), 5, 4, 518)
+    torch.manual_seed(0)
+    prompts = AdaClipPrompts(settings, text_width=768, vision_width=1024, embed_dim=768)
+    source = tmp_path / "adaclip_prompts.pt"
+    torch.save({"format": 3, "settings": asdict(settings), "clip": "clip-vit-l-14-336", "prompts": prompts.state_dict()}, source)
+    assert main(["weights", "to-official", "adaclip", str(source), "-o", str(tmp_path / "official.pth")]) == 0
+    written = torch.load(tmp_path / "official.pth", weights_only=True)
+    assert {key: list(value.shape) for key, value in written.items()} == fixture_shapes()
+    for key, value in prompts.state_dict().items():
+        torch.testing.assert_close(written[OFFICIAL_PREFIX + key], value)
+    # layers the official code cannot build (it takes every quarter of the depth) are refused, in one line
+    odd = AdaClipSettings((5, 12, 18, 24), 5, 4, 518)
+    torch.save({"format": 3, "settings": asdict(odd), "clip": "x", "prompts": prompts.state_dict()}, tmp_path / "odd.pt")
+    capsys.readouterr()
+    assert main(["weights", "to-official", "adaclip", str(tmp_path / "odd.pt"), "-o", str(tmp_path / "odd.pth")]) == 2
+    assert "feature layers [5, 12, 18, 24]" in capsys.readouterr().err and not (tmp_path / "odd.pth").exists()
+
+
+def test_training_can_save_the_official_format(vitl_like_dir, train_root, tmp_path):
+    from iapas.methods.adaclip.train import OFFICIAL_FILE
+
+    options = TrainOptions("mvtec", train_root, tmp_path / "ckpt", vitl_like_dir, epochs=1, batch_size=2, learning_rate=1e-2,
+                           limit=2, progress=False)
+    notes = []
+    path, _ = train_adaclip(options, AdaClipArchitecture(image_size=28, save_format="official"), note=notes.append)
+    assert path == tmp_path / "ckpt" / OFFICIAL_FILE and "--image_size 28 --prompting_depth 4 --prompting_length 5" in notes[-1]
+    ours = torch.load(tmp_path / "ckpt" / "adaclip_prompts.pt", weights_only=True)["prompts"]
+    official = torch.load(path, weights_only=True)
+    assert set(official) == {OFFICIAL_PREFIX + key for key in ours}
+    assert all(torch.equal(official[OFFICIAL_PREFIX + key], value) for key, value in ours.items())
+    reloaded = AdaClip.load(path, ClipBackbone(vitl_like_dir), image_size=28)  # iapas reads it back as an official file
+    assert reloaded.settings == AdaClipSettings((1, 2, 3, 4), 5, 4, 28)
+
+
 def scaled_official_checkpoint(path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
     """The fixture's keys with ViT-L widths scaled to the tiny CLIP (768 -> 24, 1024 -> 32), random values."""
     scale = {768: 24, 1024: 32, 5: 5}
@@ -280,7 +323,7 @@ def test_save_load_round_trip_gives_identical_maps(backbone, tmp_path):
 def test_gradients_reach_every_learned_tensor_but_not_clip(backbone):
     torch.manual_seed(0)
     model = AdaClip(backbone, AdaClipSettings((1, 2), 5, 2, image_size=48))
-    pixels = backbone.preprocess_to([image(1), image(2)], 48)
+    pixels = backbone.preprocess([image(1), image(2)], 48)
     loss = model.loss(pixels, torch.zeros(2, 48, 48), torch.tensor([0.0, 1.0]), ["washer", "tile"])
     loss.backward()
     unused = {"text_prompter.static_prompts.0"}  # the reference never inserts text prompts before layer 0
@@ -341,3 +384,94 @@ def test_cli_names_the_missing_adaclip_weights(capsys, train_root, tmp_path):
     assert main([*base, "--adaclip-prompts", "adaclip-pretrained-visa-clinicdb"]) == 2
     error = capsys.readouterr().err
     assert "adaclip/pretrained_visa_clinicdb.pth" in error and "cubert-gmbh/adaclip" in error
+
+
+# ---- keeping the best epoch on a validation set the user names -------------------------------------
+def test_validation_f1_is_the_per_category_pixel_f1_max_averaged(backbone, train_root):
+    """`validation_f1` against sklearn's exact curve on the same smoothed maps and masks (binned: within 1e-3)."""
+    from sklearn.metrics import precision_recall_curve
+
+    from iapas.methods.adaclip.train import AdaClipBatches, validation_f1
+    from iapas.prompt_learning import training_samples
+
+    torch.manual_seed(0)
+    model = AdaClip(backbone, AdaClipSettings(default_layers(backbone.depth), 3, 2, image_size=32))
+    every = training_samples("mvtec", train_root)
+    samples = [s for s in every if s.category == "washer"][:4] + [s for s in every if s.category == "tile"][:3]
+    expected = []
+    for category in sorted({sample.category for sample in samples}):
+        maps, masks = [], []
+        for sample in (s for s in samples if s.category == category):
+            picture, mask = AdaClipBatches._plain(sample)
+            with torch.no_grad():
+                heat = model.anomaly_map(model(model.pixels([picture]), [category]).layer_logits)[0]
+            maps.append(gaussian_smooth(heat, 4.0))
+            resized = torch.nn.functional.interpolate(torch.from_numpy(mask.astype(np.float32))[None, None], size=(32, 32),
+                                                      mode="bilinear", align_corners=False, antialias=True)[0, 0]
+            masks.append(resized.numpy() > 0.5)
+        precision, recall, _ = precision_recall_curve(np.ravel(masks), np.ravel(maps))
+        f1 = 2 * precision * recall / (precision + recall)
+        expected.append(np.max(f1[np.isfinite(f1)]))
+    assert validation_f1(model, samples) == pytest.approx(float(np.mean(expected)), abs=1e-3)
+
+
+def test_keep_best_ends_with_the_best_validation_epoch_and_resumes(weights_dir, train_root, tmp_path, monkeypatch):
+    import iapas.methods.adaclip.train as adaclip_train
+
+    scores = iter([0.2, 0.5, 0.3, 0.4])  # epochs 1-3, then epoch 4 after a resume
+    monkeypatch.setattr(adaclip_train, "validation_f1", lambda model, samples: next(scores))
+    clip = find_weights("clip", weights_dir)[1]
+    architecture = AdaClipArchitecture(image_size=32, keep="best", val_dataset="mvtec", val_root=train_root)
+    options = TrainOptions("mvtec", train_root, tmp_path / "ckpt", clip, epochs=3, batch_size=4, learning_rate=1e-2,
+                           limit=4, progress=False)
+    notes = []
+    path, _ = train_adaclip(options, architecture, note=notes.append)
+    best = torch.load(path, weights_only=True)
+    assert path.name == adaclip_train.BEST_FILE and best["epochs_done"] == 2 and best["validation_f1"] == 0.5
+    assert "epoch 3: validation pixel F1-max 0.3000 (best: epoch 2, 0.5000)" in notes
+    last = torch.load(tmp_path / "ckpt" / "adaclip_prompts.pt", weights_only=True)
+    assert any(not torch.equal(last["prompts"][k], best["prompts"][k]) for k in best["prompts"])  # epoch 3 differs
+    resumed, _ = train_adaclip(TrainOptions(**{**options.__dict__, "epochs": 4}), architecture, note=notes.append)
+    assert torch.load(resumed, weights_only=True)["epochs_done"] == 2  # 0.4 at epoch 4 does not beat epoch 2's 0.5
+
+
+def test_keep_best_needs_a_validation_set(capsys, weights_dir, train_root, tmp_path):
+    code = main(["train", "adaclip", "--dataset", "mvtec", "--root", str(train_root), "-o", str(tmp_path / "o"), "--keep", "best",
+                 "--weights", str(weights_dir), "--no-progress"])
+    error = capsys.readouterr().err
+    assert code == 2 and "--keep best selects the epoch on a validation set" in error and "Traceback" not in error
+
+
+def test_official_recipe_builds_adaclip_with_the_official_rules(vitl_like_dir, tmp_path):
+    from iapas.config import build_config
+    from iapas.errors import ValueRangeError
+    from iapas.methods.adaclip import build
+
+    path = tmp_path / "pretrained_all.pth"
+    scaled_official_checkpoint(path)
+    chosen = {"clip_methods.weights": str(vitl_like_dir), "clip_methods.adaclip_prompts": str(path)}
+    official = build(build_config("official").updated(chosen), ())
+    assert (official.settings.image_size, official.resize, official.prompt_precision) == (518, "pil", "fp16")
+    default = build(build_config("iapas").updated({**chosen, "clip_methods.adaclip_image_size": 28}), ())
+    assert (default.settings.image_size, default.resize, default.prompt_precision) == (28, "antialiased", "fp32")
+    with pytest.raises(ValueRangeError, match="clip_methods.adaclip_resize must be one of antialiased, pil"):
+        build_config("iapas").updated({"clip_methods.adaclip_resize": "cv2"})
+    with pytest.raises(ValueRangeError, match="adaclip_image_size must be 0"):
+        build_config("iapas").updated({"clip_methods.adaclip_image_size": -1})
+    from iapas.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="multiple of the CLIP's patch size 14, got 30"):
+        build(build_config("iapas").updated({**chosen, "clip_methods.adaclip_image_size": 30}), ())
+
+
+def test_official_recipe_trains_with_the_official_rules(weights_dir, train_root, tmp_path, monkeypatch):
+    """`iapas train adaclip --recipe official` hands the PIL resize and fp16 prompts to training (method/trainer.py)."""
+    import iapas.methods.adaclip.train as adaclip_train
+
+    seen = []
+    monkeypatch.setattr(adaclip_train, "train_adaclip", lambda options, architecture, **extra: (seen.append(architecture),
+                                                                                               (tmp_path / "p.pt", [1.0]))[1])
+    common = ["train", "adaclip", "--dataset", "mvtec", "--root", str(train_root), "--weights", str(weights_dir), "--no-progress"]
+    assert main([*common, "-o", str(tmp_path / "a"), "--recipe", "official"]) == 0
+    assert main([*common, "-o", str(tmp_path / "b")]) == 0
+    assert [(a.resize, a.prompt_precision) for a in seen] == [("pil", "fp16"), ("antialiased", "fp32")]

@@ -102,7 +102,8 @@ def test_released_checkpoint_format_loads_and_round_trips(backbone, weights_dir,
     released = tmp_path / "epoch_15.pth"
     torch.save({"prompt_learner": state}, released)  # as zqhang/AnomalyCLIP train.py saves it
     model = AnomalyClip.load(released, backbone)
-    assert model.settings == settings  # shapes read off the tensors, test-time choices the reference's
+    # shapes read off the tensors; the map layer the official train.sh/test.sh's (--features_list 24): the last only
+    assert model.settings == dataclasses.replace(settings, layers=(backbone.depth,))
     torch.testing.assert_close(model.prompts.ctx_neg, state["ctx_neg"].float())
     torch.testing.assert_close(model.prompts.compound_prompts_text[0], state["compound_prompts_text.0"])
     before = model.segment(image(1))
@@ -149,6 +150,27 @@ def test_map_and_image_score_follow_the_reference(backbone):
     first = torch.softmax(patches[0][0] @ text.t() / 0.07, -1)[:, 1].reshape(6, 6)
     second = torch.softmax(patches[1][0] @ text.t() / 0.07, -1)[:, 1].reshape(6, 6)
     assert result.anomaly_map[0:4, 0:4] == pytest.approx(float((first[0, 0] + second[0, 0]) / 2), abs=1e-5)
+
+
+def test_released_checkpoint_maps_the_last_layer_and_ours_keep_their_layers(backbone, tmp_path):
+    settings = AnomalyClipSettings.for_backbone(backbone)
+    assert settings.layers == (1, 2)  # iapas's training default on the 2-layer CLIP: several layers
+    state = released_state(settings, backbone.clip.config.text_config.hidden_size, seed=3)
+    torch.save({"prompt_learner": state}, tmp_path / "epoch_15.pth")
+    released = AnomalyClip.load(tmp_path / "epoch_15.pth", backbone)
+    unsmoothed = dataclasses.replace(released.settings, sigma=0.0)
+    picture = image(5, (48, 48, 3))  # the input size: the map is the upsampled patch map itself
+    last = dataclasses.replace(unsmoothed, layers=(2,))
+    both = dataclasses.replace(unsmoothed, layers=(1, 2))
+    maps = {}
+    for name, chosen in (("released", unsmoothed), ("last", last), ("both", both)):
+        model = AnomalyClip(backbone, chosen)
+        model.prompts.load_state_dict(released.prompts.state_dict())
+        maps[name] = model.eval().segment(picture).anomaly_map
+    np.testing.assert_array_equal(maps["released"], maps["last"])  # the layer-24 (last-layer) map
+    assert np.abs(maps["released"] - maps["both"]).max() > 1e-4  # not the mean over layers 6, 12, 18, 24
+    ours = AnomalyClip(backbone, both).save(tmp_path / "ours.pt")
+    assert AnomalyClip.load(ours, backbone).settings.layers == (1, 2)  # iapas's files keep their recorded layers
 
 
 def test_training_lowers_the_loss_and_resumes(clip_dir, washer_hole_root, tmp_path):

@@ -90,3 +90,8 @@ def test_demo_builders_leave_the_global_torch_seed_alone(tmp_path):
     torch.manual_seed(5)
     build_demo_sam_checkpoint(tmp_path / "sam.pth", seed=0)
     assert torch.equal(torch.rand(3), expected)
+    from iapas.weights.demo import build_demo_ram
+
+    torch.manual_seed(5)
+    build_demo_ram(tmp_path / "ram.pth", seed=0)
+    assert torch.equal(torch.rand(3), expected)

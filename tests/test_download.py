@@ -201,3 +201,35 @@ def test_url_file_checked_against_its_published_hash_prefix(hub_env, tmp_path):
     outcomes = download(["tiny-sam"], None, tmp_path / "w2", manifest_path=manifest, sources_path=sources, report=print)
     assert outcomes[0].status == "failed" and "does not start with the published deadbeef" in outcomes[0].detail
     assert not (tmp_path / "w2" / "tiny_sam.pth").exists()
+
+
+def test_one_checkpoint_file_from_a_hub_repository(hub_env, tmp_path):
+    """A `pth` entry whose source is a hub repository (RAM's): the one file lands at expected_path, hash-checked."""
+    data = os.urandom(30_000)
+    hub_env.serve_hub_file("iapas-test/tagger", "tagger.pth", data, lfs=True)
+    manifest, sources = tmp_path / "manifest.toml", tmp_path / "downloads.toml"
+    manifest.write_text('[[model]]\nname = "tagger"\nfamily = "ram"\nrole = "tagger-ram"\nformat = "pth"\n'
+                        'expected_path = "tagger.pth"\nsource = "test"\n')
+    sources.write_text('[[download]]\nentry = "tagger"\nprofiles = ["default"]\nhub = "iapas-test/tagger"\nfiles = ["tagger.pth"]\n')
+    outcomes = download([], "default", tmp_path / "w", str(tmp_path / "cache"), manifest_path=manifest, sources_path=sources)
+    assert [o.status for o in outcomes] == ["downloaded"] and (tmp_path / "w" / "tagger.pth").read_bytes() == data
+    assert json.loads((tmp_path / "w" / "downloads.lock.json").read_text()) == {"tagger/tagger.pth": hashlib.sha256(data).hexdigest()}
+    hub_env.serve_hub_file("iapas-test/tagger", "tagger.pth", data[::-1], lfs=True, etag=hashlib.sha256(data).hexdigest())
+    (tmp_path / "w" / "tagger.pth").unlink()
+    [failed] = download([], "default", tmp_path / "w", str(tmp_path / "cache2"), manifest_path=manifest, sources_path=sources)
+    assert failed.status == "failed" and "content hash differs" in failed.detail and not (tmp_path / "w" / "tagger.pth").exists()
+
+
+def test_gated_hub_repository_says_to_accept_the_licence_and_log_in(hub_env, tmp_path):
+    """A gated repository (SAM 3) answers 401 with the hub's GatedRepo code: one line saying what the user must do."""
+    manifest, sources = write_test_manifest(tmp_path, hashlib.sha256(SAM_BYTES).hexdigest())
+    sources.write_text(sources.read_text().replace('hub = "', 'gated = true\nhub = "', 1))
+    for name in HUB_FILES:
+        hub_env.files[f"/{HUB_REPO}/resolve/main/{name}"] = Served(b"", {"X-Error-Code": "GatedRepo",
+                                                                        "X-Error-Message": "Access restricted"}, status=401)
+    messages = []
+    outcomes = download(["tiny-detector"], None, tmp_path / "weights", str(tmp_path / "hub-cache"), report=messages.append,
+                        manifest_path=manifest, sources_path=sources)
+    assert outcomes[0].status == "failed"
+    assert outcomes[0].detail == (f"{HUB_REPO} is gated: accept its licence at https://huggingface.co/{HUB_REPO} and log in "
+                                  "(`hf auth login`), then download again")

@@ -114,7 +114,7 @@ def test_prompts_reach_both_encoders_paths_and_clip_stays_frozen(backbone):
     loss.backward()
     prompts = model.prompts
     for name, gradient in (("N_P", prompts.state.grad[0]), ("A_P", prompts.state.grad[1]), ("Q_P", prompts.query.grad),
-                           ("modified token, layer 1", prompts.modified.grad[0]), ("modified token, layer 2", prompts.modified.grad[1]),
+                           ("modified token, text layer 2", prompts.modified.grad[0]),
                            ("MLP_T layer 1", prompts.vision_prompt[0].weight.grad), ("MLP_I layer 2", prompts.patch_projection[1].weight.grad)):
         assert gradient.abs().sum() > 0, name
     assert all(p.grad is None for p in backbone.clip.parameters())  # CLIP stays frozen
@@ -183,7 +183,10 @@ def test_cli_train_segment_and_eval_genclip(capsys, weights_dir, train_root, tmp
 
 
 def test_prompt_layout_equals_clip_on_the_equivalent_sentence(backbone):
-    """With learned tokens set to word embeddings, our assembled text path is CLIP's own on the sentence they spell."""
+    """With learned tokens set to word embeddings, our assembled text path is CLIP's own on the sentence they spell.
+
+    §3.2's template has N_P / A_P right after the start token (where "A" stands) and Q_P after [cls]; no other slot.
+    """
     model = model_at(backbone)
     words = backbone.clip.text_model.embeddings.token_embedding
 
@@ -191,12 +194,85 @@ def test_prompt_layout_equals_clip_on_the_equivalent_sentence(backbone):
         return words(torch.tensor(backbone.tokenizer(word, add_special_tokens=False)["input_ids"][:1]))[0]
 
     with torch.no_grad():
-        model.prompts.modified = torch.nn.Parameter(embedding("x")[None, None])  # layer 1 only: no deep replacement
+        model.prompts.modified = torch.nn.Parameter(torch.zeros(0, 1, embedding("x").shape[0]))  # no deep replacement
         model.prompts.state.copy_(torch.stack([embedding("a"), embedding("a")]))  # N_P, A_P where "A" stands
         model.prompts.query.copy_(torch.stack([embedding("x"), embedding("x")]))
         addition = (embedding("y") - embedding("x"))[None, None]  # Eq. 2: V_Q = Q_P + V_P turns each "x" into "y"
         text = model.text_embeddings(["washer"], torch.stack([torch.zeros_like(addition[0]), addition[0]], dim=1))
-    expected = backbone.encode_text(["x a photo of a good washer x x object.", "x a photo of a damaged washer x x object.",
-                                     "x a photo of a good washer y y object.", "x a photo of a damaged washer y y object."])
+    expected = backbone.encode_text(["a photo of a good washer x x object.", "a photo of a damaged washer x x object.",
+                                     "a photo of a good washer y y object.", "a photo of a damaged washer y y object."])
     assert text.shape == (1, 2, 2, backbone.embed_dim)  # (images, layers, normal/abnormal, E)
     torch.testing.assert_close(text[0].reshape(4, -1), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_text_layer_tokens_replace_the_token_after_start_before_every_later_layer(backbone):
+    """§3.2 / B.4: one learned token replaces position 1 before each text layer after the first (text depth - 1 of them)."""
+    model = model_at(backbone)
+    assert model.prompts.modified.shape[0] == backbone.text_depth - 1
+    seen = []
+    layers = backbone.clip.text_model.encoder.layers
+    hooks = [layer.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone())) for layer in layers]
+    try:
+        with torch.no_grad():
+            model.text_embeddings(["washer"], torch.zeros(1, 1, model.prompts.query.shape[-1]))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    first, second = seen[0], seen[1]  # (2 states, T, D) entering text layers 1 and 2
+    positions = backbone.clip.text_model.embeddings.position_embedding.weight
+    torch.testing.assert_close(first[:, 1], model.prompts.state.detach() + positions[1])  # layer 1: N_P / A_P at position 1
+    torch.testing.assert_close(second[:, 1], model.prompts.modified[0, 0].detach().expand(2, -1))  # layer 2: the learned token
+
+
+def test_eq_4_plain_cosine_and_eq_15_16_losses_on_hand_cases(backbone):
+    from iapas.methods.genclip.model import DICE_EPSILON, FOCAL_ALPHA, FOCAL_GAMMA
+
+    model = model_at(backbone)
+    # Eq. 4: softmax over the two plain cosines (no temperature); a 1 x 1 grid upsampled bilinearly stays constant
+    patches = torch.nn.functional.normalize(torch.tensor([[[1.0, 0.0]]]), dim=-1)  # (B, 1, E=2)
+    text = torch.tensor([[[0.6, 0.8], [0.0, 1.0]]])  # normal cos 0.6, abnormal cos 0.0
+    expected = math.exp(0.0) / (math.exp(0.0) + math.exp(0.6))
+    torch.testing.assert_close(model.score_maps(patches, text, 3), torch.full((1, 3, 3), expected))
+    # Eq. 15: 1 - 2 sum(pg) / (sum p + sum g + eps), per image
+    p = torch.tensor([[[0.8, 0.2], [0.4, 0.0]]])
+    g = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+    dice = 1 - 2 * (0.8 + 0.4) / (1.4 + 2.0 + DICE_EPSILON)
+    assert DICE_EPSILON == pytest.approx(1e-6) and FOCAL_ALPHA == 0.25 and FOCAL_GAMMA == 2.0
+    # Eq. 16 (Lin et al.'s alpha-balanced form), summed over the pixels
+    focal = -(0.25 * 0.2 ** 2 * math.log(0.8) + 0.75 * 0.2 ** 2 * math.log(0.8)
+              + 0.25 * 0.6 ** 2 * math.log(0.4) + 0.75 * 1e-6 ** 2 * math.log(1 - 1e-6))
+    maps = p[:, None].expand(1, 2, 2, 2)  # two layers with the same map: Eq. 5 sums them
+    original = model.forward
+    model.forward = lambda pixels, words, query_branch=True: (maps, None)
+    try:
+        loss = model.loss(torch.zeros(1, 3, 2, 2), g, torch.ones(1), ["washer"])
+    finally:
+        model.forward = original
+    assert float(loss) == pytest.approx(2 * (focal + dice), rel=1e-5)
+
+
+def test_clip_resize_is_antialiased_on_a_high_frequency_pattern(backbone):
+    """GenCLIP's and CNF's pixels come from ClipBackbone.preprocess: a shrunk 1-pixel checkerboard is flat grey, as PIL gives it.
+
+    Without antialiasing, bicubic sampling at a 3x shrink lands on pixel centres and returns a full-contrast
+    checkerboard (aliasing: every value 0 or 1).
+    """
+    from PIL import Image
+
+    board = ((np.indices((96, 96)).sum(0) % 2) * 255).astype(np.uint8)
+    rgb = np.repeat(board[..., None], 3, axis=2)
+    pixels = backbone.preprocess([rgb], 32)[0] * backbone.std[0] + backbone.mean[0]  # back to [0, 1]
+    assert float((pixels - 0.5).abs().max()) < 0.01  # 127.5 / 255: every output pixel averages both colours
+    pil = np.asarray(Image.fromarray(rgb).resize((32, 32), Image.BICUBIC), np.float32) / 255
+    np.testing.assert_allclose(pixels.permute(1, 2, 0).numpy(), pil, atol=1 / 255 + 1e-6)  # PIL's resize, within one grey level
+    model = model_at(backbone, size=32)
+    seen = []
+    original = model.backbone.encode_tokens
+    model.backbone.encode_tokens = lambda tokens, *a, **k: (seen.append(tokens), original(tokens, *a, **k))[1]
+    try:
+        model.class_name = "washer"
+        model.encode_batch([rgb])  # CNF at CLIP's own size and both branches at the input size
+    finally:
+        del model.backbone.encode_tokens
+    expected = backbone.tokens(backbone.preprocess([rgb], 32))
+    assert any(torch.allclose(tokens, expected) for tokens in seen)

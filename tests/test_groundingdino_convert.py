@@ -92,8 +92,7 @@ def test_detector_boxes_match_the_original_predict(reference, detector):
     height, width = image.shape[:2]
     found = detector.detect(image, PROMPTS, box_threshold=0.0, text_threshold=0.5)  # every query box is kept
     cx, cy, w, h = (expected["predict_boxes"] * [width, height, width, height]).T
-    xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
-    xyxy[:, 0::2], xyxy[:, 1::2] = xyxy[:, 0::2].clip(0, width), xyxy[:, 1::2].clip(0, height)
+    xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)  # as predicted: not cut to the image
     np.testing.assert_allclose(found.xyxy, xyxy, atol=0.05)  # pixels
     # The original scores a box by its best token over the whole caption; whatever tokens iapas's rule takes,
     # its score is at most that, and equal to it when the best token is a prompt word's.
@@ -104,6 +103,73 @@ def test_detector_boxes_match_the_original_predict(reference, detector):
     on_words = words[probabilities.argmax(axis=1)]
     assert on_words.any()
     np.testing.assert_allclose(found.scores[on_words], expected["predict_scores"][on_words], atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def border_detector(reference, tmp_path_factory):
+    """The reference's border model (boxes at and past the right and bottom edges), converted through the real loader."""
+    directory = tmp_path_factory.mktemp("gdino-border")
+    shutil.copy(reference / "border.pth", directory / "groundingdino_swint_ogc.pth")
+    shutil.copytree(reference / "bert", directory / "bert-base-uncased")
+    return load_detector("hf-grounding-dino", directory / "groundingdino_swint_ogc.pth", torch.device("cpu"))
+
+
+def test_boxes_at_the_border_match_the_original_with_its_epsilon(reference, border_detector):
+    """Where reference points saturate at the image's edge, the original's inverse sigmoid (eps 1e-3) decides the boxes.
+
+    iapas with the recipe's refinement_eps (1e-3) gives the original's logits and boxes; transformers' own 1e-5
+    does not, so this test fails if the epsilon stops reaching the decoder or the box head.
+    """
+    from iapas.backends.grounding_dino import refinement_eps
+
+    expected = np.load(reference / "border.npz")
+    caption = json.loads((reference / "reference.json").read_text())["caption"]
+    encoded = border_detector.processor(images=Image.open(reference / "image.png"), text=caption, return_tensors="pt")
+    tokens = len(encoded["input_ids"][0])
+    # the hard case is really there: box edges past the image, and sizes whose logit the two epsilons clamp apart
+    right, bottom = expected["boxes"][:, 0] + expected["boxes"][:, 2] / 2, expected["boxes"][:, 1] + expected["boxes"][:, 3] / 2
+    assert (right > 1).any() and (bottom > 1).any()
+    with torch.no_grad(), refinement_eps(1e-3):
+        ours = border_detector.model(**encoded)
+    # logits to 2e-4: the four-fold box head moves sampling points far, which widens float32 noise (the same under
+    # either epsilon); boxes to 1e-5, against 2.6e-2 under transformers' epsilon below
+    np.testing.assert_allclose(ours.logits[0, :, :tokens].numpy(), expected["logits"], atol=2e-4, rtol=0)
+    np.testing.assert_allclose(ours.pred_boxes[0].numpy(), expected["boxes"], atol=1e-5, rtol=0)
+    with torch.no_grad(), refinement_eps(1e-5):
+        theirs = border_detector.model(**encoded)
+    assert np.abs(theirs.pred_boxes[0].numpy() - expected["boxes"]).max() > 1e-2
+    with torch.no_grad():  # outside a block: transformers' port as it is, the same as 1e-5 up to its own clamp form
+        plain = border_detector.model(**encoded)
+    np.testing.assert_allclose(plain.pred_boxes[0].numpy(), theirs.pred_boxes[0].numpy(), atol=1e-4)
+
+
+def test_detector_boxes_at_the_border_match_the_original_predict(reference, border_detector):
+    """The detector (recipe epsilon 1e-3) returns the original predict()'s boxes, past the image where they reach."""
+    expected = np.load(reference / "border.npz")
+    image = np.asarray(Image.open(reference / "image.png").convert("RGB"))
+    height, width = image.shape[:2]
+    assert border_detector.refinement_eps == 1e-3
+    found = border_detector.detect(image, PROMPTS, box_threshold=0.0, text_threshold=0.5)
+    cx, cy, w, h = (expected["predict_boxes"] * [width, height, width, height]).T
+    xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+    assert (xyxy[:, 2] > width).any()
+    np.testing.assert_allclose(found.xyxy, xyxy, atol=0.05)
+
+
+def test_conversions_of_another_converter_version_are_made_again(reference, tmp_path, capsys):
+    from iapas.backends.groundingdino_convert import CONVERSION_RECORD, converted_groundingdino_dir
+
+    shutil.copy(reference / "tiny.pth", tmp_path / "groundingdino_swint_ogc.pth")
+    shutil.copytree(reference / "bert", tmp_path / "bert-base-uncased")
+    target = converted_groundingdino_dir(tmp_path / "groundingdino_swint_ogc.pth")
+    assert json.loads((target / CONVERSION_RECORD).read_text())["converter_version"] == 2
+    made = (target / "config.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert converted_groundingdino_dir(tmp_path / "groundingdino_swint_ogc.pth") == target  # current: reused
+    assert (target / "config.json").stat().st_mtime_ns == made and "converting" not in capsys.readouterr().err
+    (target / CONVERSION_RECORD).unlink()  # as a conversion made before converters recorded themselves
+    converted_groundingdino_dir(tmp_path / "groundingdino_swint_ogc.pth")
+    assert "the converter changed" in capsys.readouterr().err and (target / CONVERSION_RECORD).is_file()
 
 
 def test_image_preprocessing_matches_the_original_resize(detector):

@@ -1,4 +1,5 @@
 """open_clip checkpoints: converted into transformers' CLIPModel with identical image and text features."""
+import json
 from pathlib import Path
 
 import pytest
@@ -6,11 +7,11 @@ import torch
 
 import open_clip  # installed by `make test`; optional for users
 
-from iapas.backends.openclip_convert import convert_openclip_checkpoint, write_clip_tokenizer_from_bpe  # noqa: E402
+from iapas.backends.openclip_convert import CONVERTER_VERSION, convert_openclip_checkpoint, write_clip_tokenizer_from_bpe  # noqa: E402
 from iapas.backends.clip import ClipBackbone  # noqa: E402
 from iapas.cli import main  # noqa: E402
 from iapas.errors import WeightsError  # noqa: E402
-from iapas.weights.manifest import find_weights  # noqa: E402
+from iapas.weights.manifest import find_weights, sha256_of  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +72,87 @@ def test_cli_convert_and_errors(capsys, tiny_openclip, tmp_path):
     assert "not an open_clip ViT checkpoint" in capsys.readouterr().err
     with pytest.raises(WeightsError, match="tokenizer has 88 tokens but .* embeds 49408"):
         convert_openclip_checkpoint(checkpoint, tmp_path / "e", tokenizer_dir)
+
+
+def quick_gelu_openai_file(folder: Path, seed: int = 0, vision_head_width: int = 64) -> tuple[torch.nn.Module, Path]:
+    """A tiny QuickGELU CLIP (open_clip's classes) saved as OpenAI's state dict: the tensors plus its three integers.
+
+    OpenAI's heads are 64 wide; with `vision_head_width` 32 the towers' heads differ (vision 4 x 32, text 1 x 64).
+    """
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    torch.manual_seed(seed)
+    model = CLIP(embed_dim=16, quick_gelu=True,
+                 vision_cfg=CLIPVisionCfg(layers=2, width=128, head_width=vision_head_width, patch_size=8, image_size=32),
+                 text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=2)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    state = dict(model.state_dict())
+    state.update(input_resolution=torch.tensor(32), context_length=torch.tensor(77), vocab_size=torch.tensor(49408))
+    path = folder / "ViT-tiny-openai.pt"
+    torch.save(state, path)
+    return model, path
+
+
+def features(model_or_backbone, pixels, ids):
+    """Projected image and text features of open_clip's model or of a converted backbone."""
+    with torch.no_grad():
+        if isinstance(model_or_backbone, ClipBackbone):
+            text = model_or_backbone.clip.get_text_features(input_ids=ids)
+            return model_or_backbone.encode_tokens(model_or_backbone.tokens(pixels))[0], getattr(text, "pooler_output", text)
+        return model_or_backbone.encode_image(pixels), model_or_backbone.encode_text(ids)
+
+
+def test_openai_file_converts_with_quick_gelu_and_stale_conversions_are_redone(tmp_path, capsys):
+    model, path = quick_gelu_openai_file(tmp_path)
+    pixels, ids = torch.rand(2, 3, 32, 32), open_clip.tokenize(["a photo of a washer.", "damaged object."])
+    reference = features(model, pixels, ids)
+    from iapas.backends.openclip_convert import convert_openclip_checkpoint as convert
+
+    convert(path, tmp_path / "stale", activation="gelu")  # what the automatic conversion made before
+    target = tmp_path / "ViT-tiny-openai.pt.hf"
+    (tmp_path / "stale").rename(target)  # a cached GELU conversion, without a record: it must not survive
+    backbone = ClipBackbone(path)
+    assert backbone.clip.config.vision_config.hidden_act == "quick_gelu" == backbone.clip.config.text_config.hidden_act
+    for ours, theirs in zip(features(backbone, pixels, ids), reference):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)  # float32 sums in another order
+    record = json.loads((target / "iapas_conversion.json").read_text())
+    assert record["converter_version"] == CONVERTER_VERSION and record["sha256"] == sha256_of(path)
+    assert "converter changed" in capsys.readouterr().err
+    ClipBackbone(path)  # unchanged: reused, no new conversion
+    assert "converting" not in capsys.readouterr().err
+    other, _ = quick_gelu_openai_file(tmp_path, seed=1)  # the same name, other weights
+    for ours, theirs in zip(features(ClipBackbone(path), pixels, ids), features(other, pixels, ids)):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    assert "the file changed" in capsys.readouterr().err
+    assert not (tmp_path / "ViT-tiny-openai.pt.hf.partial").exists()
+
+
+def test_open_clip_file_keeps_gelu_and_head_widths_are_per_tower(tiny_openclip, tmp_path, capsys):
+    _, checkpoint, _ = tiny_openclip
+    from iapas.backends.openclip_convert import checkpoint_family, read_openclip_state
+
+    assert checkpoint_family(read_openclip_state(checkpoint)) == "open_clip"
+    model, path = quick_gelu_openai_file(tmp_path, vision_head_width=32)
+    assert checkpoint_family(read_openclip_state(path)) == "openai"
+    pixels, ids = torch.rand(1, 3, 32, 32), open_clip.tokenize(["a photo of a nut."])
+    assert main(["weights", "convert-openclip", str(path), "-o", str(tmp_path / "per-tower"),
+                 "--vision-head-width", "32", "--text-head-width", "64"]) == 0
+    for ours, theirs in zip(features(ClipBackbone(tmp_path / "per-tower"), pixels, ids), features(model, pixels, ids)):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    capsys.readouterr()
+    assert main(["weights", "convert-openclip", str(path), "-o", str(tmp_path / "bad"), "--head-width", "48"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "the vision tower is 128 wide" in error and "Traceback" not in error
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # tracing the test model, not iapas
+def test_openai_torchscript_archive_is_read_and_gets_quick_gelu(tmp_path):
+    """OpenAI's released ViT-*.pt are TorchScript archives: read through torch.jit, family openai."""
+    model, _ = quick_gelu_openai_file(tmp_path, seed=2)
+    pixels, ids = torch.rand(1, 3, 32, 32), open_clip.tokenize(["a photo of a screw."])
+    archive = tmp_path / "ViT-traced.pt"
+    torch.jit.trace(model, (pixels, ids), check_trace=False).save(str(archive))
+    for ours, theirs in zip(features(ClipBackbone(archive), pixels, ids), features(model, pixels, ids)):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)

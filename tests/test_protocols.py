@@ -1,4 +1,4 @@
-"""The evaluation protocols (full, paper), AUPRO's 8-connected regions and `iapas eval --from-maps`."""
+"""The evaluation protocols (full, paper, anomalyclip-test), AUPRO's 8-connected regions and `iapas eval --from-maps`."""
 import json
 from pathlib import Path
 
@@ -284,3 +284,38 @@ def test_official_recipe_under_the_paper_protocol_on_every_layout(name, tmp_path
     assert "protocol paper" in printed.out and "| **mean** |" in printed.out
     run = json.loads(next((tmp_path / "out").rglob("run.json")).read_text())
     assert run["protocol"] == "paper" and run["config"]["recipe"] == "official"
+
+
+def test_anomalyclip_test_protocol_measures_at_the_518_input_size(tmp_path):
+    """Images of different sizes weigh alike at 518 px, by their pixel counts at their own size.
+
+    A normal 2x2 image with map 0.6, a defect 2x2 (all anomalous) with map 0.5 and a defect 4x4 (all
+    anomalous) with map 0.7; constant maps and masks stay constant under every resize. At the images'
+    sizes: 4 defect pixels at 0.5 and 16 at 0.7 against 4 normal at 0.6, AUROC 16/20. At 518 x 518 each
+    image counts 518^2 pixels: AUROC 1/2, AP as sklearn's on one pixel per image.
+    """
+    root, maps = tmp_path / "data", tmp_path / "maps"
+    write_png(root / "part/train/good/000.png", np.full((2, 2, 3), 90))
+    for name, size, value, anomalous in (("good/000", 2, 0.6, False), ("crack/000", 2, 0.5, True), ("crack/001", 4, 0.7, True)):
+        write_png(root / f"part/test/{name}.png", np.full((size, size, 3), 90))
+        if anomalous:
+            write_png(root / f"part/ground_truth/{name}_mask.png", np.full((size, size), 255))
+        (maps / "part/test" / name).parent.mkdir(parents=True, exist_ok=True)
+        np.save(maps / "part/test" / f"{name}.npy", np.full((size, size), value, np.float32))
+    base = ["eval", "--root", str(root), "--from-maps", str(maps), "--dataset", "mvtec", "--no-progress"]
+    assert main(base + ["--protocol", "anomalyclip-test", "-o", str(tmp_path / "518")]) == 0
+    record = category_metrics(tmp_path / "518", "anomalyclip-test")["metrics"]
+    assert record["pixel_auroc"] == pytest.approx(0.5, abs=1e-12)
+    assert record["pixel_ap"] == pytest.approx(average_precision_score([0, 1, 1], [0.6, 0.5, 0.7]), abs=1e-12)
+    assert main(base + ["-o", str(tmp_path / "own")]) == 0
+    assert category_metrics(tmp_path / "own", "full")["metrics"]["pixel_auroc"] == pytest.approx(16 / 20, abs=1e-3)
+
+
+def test_anomalyclip_test_masks_are_bilinear_then_half():
+    from iapas.evaluation.protocols import reference_test_map, reference_test_mask
+
+    mask = np.zeros((4, 4), bool)
+    mask[:, :2] = True  # the left half: PIL's bilinear ramps across the middle, > 0.5 keeps the left half exactly
+    resized = reference_test_mask(mask, 8)
+    assert resized[:, :4].all() and not resized[:, 4:].any()
+    assert reference_test_map(np.full((518, 518), 0.25, np.float32)).max() == 0.25  # the input size: unchanged

@@ -13,12 +13,14 @@ from ..errors import WeightsError
 
 
 def converted_openclip_dir(checkpoint: Path) -> Path:
-    """The transformers conversion of an open_clip file, made on first use as <file>.hf/ and reused after."""
-    from .openclip_convert import convert_openclip_checkpoint
+    """The transformers conversion of an open_clip or OpenAI file, made on first use as <file>.hf/ and reused while the
+    converter's version and the file's sha256 stay those it recorded; the activation is the file's family's."""
+    from .openclip_convert import CONVERTER_VERSION, convert_openclip_checkpoint
 
     from .groundingdino_convert import converted_once
 
-    return converted_once(checkpoint, lambda partial: convert_openclip_checkpoint(checkpoint, partial), "open_clip")
+    return converted_once(checkpoint, lambda partial: convert_openclip_checkpoint(checkpoint, partial, activation="auto"),
+                          "open_clip", CONVERTER_VERSION)
 
 
 class ClipBackbone(torch.nn.Module):
@@ -110,12 +112,14 @@ class ClipBackbone(torch.nn.Module):
         return int(self.clip.config.projection_dim)
 
     def preprocess(self, images: Sequence[np.ndarray], size: int | None = None) -> torch.Tensor:
-        """(B, 3, S, S) normalised pixels: the whole image resized to `size` (default the model's; no crop, so no border is lost)."""
-        size = size or self.image_size
-        batch = torch.cat([F.interpolate(torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float().to(self.device) / 255,
-                                         size=(size, size), mode="bicubic", align_corners=False)
-                           for image in images])  # one image at a time: a batch may hold images of any sizes
-        return (batch.clamp(0, 1) - self.mean) / self.std
+        """(B, 3, S, S) normalised pixels: the whole image resized to `size` (default the model's; no crop, so no border is lost).
+
+        The one resize of every CLIP method: bicubic with antialiasing, as PIL filters when it shrinks
+        (`prompt_learning.vision.reference_pixels`); without it a shrink aliases fine texture into the maps.
+        """
+        from ..prompt_learning.vision import reference_pixels
+
+        return reference_pixels(self, images, size or self.image_size)
 
     def tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 1 + g*g, D) class and patch tokens with positional embeddings, before the pre-norm."""
@@ -151,8 +155,8 @@ class ClipBackbone(torch.nn.Module):
         """Run the vision transformer on any token subset: projected CLS embedding and hidden states after `layers` (1-based).
 
         `prompts` (B, P, L, D) are deep visual prompts: layer i <= P sees its own L tokens appended to the
-        sequence, in place of the previous layer's; they are dropped after layer P, and the returned hidden
-        states never hold them.
+        sequence, in place of the previous layer's; after layer P the last ones stay in the sequence to the
+        last layer (they are kept, not dropped), and the returned hidden states never hold them.
         """
         hidden = self.clip.vision_model.pre_layrnorm(tokens)
         count = tokens.shape[1]
@@ -212,12 +216,6 @@ class ClipBackbone(torch.nn.Module):
     def patch_features(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., P, D) post-normed patch tokens of last-layer hidden states (B, 1 + P, D), unprojected as open_clip returns them."""
         return self.clip.vision_model.post_layernorm(hidden[..., 1:, :])
-
-    def preprocess_to(self, images: Sequence[np.ndarray], size: int) -> torch.Tensor:
-        """(B, 3, size, size) normalised pixels, each image (any size) resized with antialiased bicubic as PIL's resize."""
-        from ..prompt_learning.vision import reference_pixels  # AdaCLIP's and AnomalyCLIP's references resize alike
-
-        return reference_pixels(self, images, size)
 
     @property
     def text_depth(self) -> int:

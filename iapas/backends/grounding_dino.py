@@ -10,7 +10,9 @@ threshold.
 from __future__ import annotations
 
 import hashlib
+import types
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -25,6 +27,12 @@ from ..types import Boxes
 from .base import DETECTORS, load_error, register_model_type, require_path
 
 PUNCTUATION = frozenset(".,")
+# The box refinement's inverse sigmoid. The original clamps at 1e-3 (groundingdino util/misc.py inverse_sigmoid, called
+# by models/GroundingDINO/transformer.py's decoder and groundingdino.py's box head); transformers' port uses
+# torch.special.logit(x, eps=1e-5) in both places. They differ wherever a normalised box edge nears 0 or 1.
+ORIGINAL_REFINEMENT_EPS = 1e-3
+TRANSFORMERS_REFINEMENT_EPS = 1e-5
+_REFINEMENT_EPS: ContextVar[float | None] = ContextVar("grounding_dino_refinement_eps", default=None)
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,57 @@ PHRASE_RULES.register("tokens")(phrase_as_decoded)
 PHRASE_RULES.register("words")(phrase_as_words)
 
 
+def inverse_sigmoid(values: torch.Tensor, eps: float) -> torch.Tensor:
+    """The original's inverse sigmoid: values clamped to [0, 1], then log(max(x, eps) / max(1 - x, eps))."""
+    values = values.clamp(0, 1)
+    return torch.log(values.clamp(min=eps) / (1 - values).clamp(min=eps))
+
+
+class _SpecialFunctions:
+    """`torch.special` as transformers' Grounding DINO module sees it: `logit` follows the refinement epsilon in force."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(torch.special, name)
+
+    @staticmethod
+    def logit(values: torch.Tensor, eps: float | None = None) -> torch.Tensor:
+        chosen = _REFINEMENT_EPS.get()
+        return torch.special.logit(values, eps=eps) if chosen is None else inverse_sigmoid(values, chosen)
+
+
+class _TorchSeenByGroundingDino(types.ModuleType):
+    """`torch` with `special` replaced: every other name is torch's own."""
+
+    special = _SpecialFunctions()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(torch, name)
+
+
+def _route_refinement_logit() -> None:
+    """Point transformers' Grounding DINO module at `torch` with our `special.logit` (once; a no-op outside `refinement_eps`).
+
+    transformers calls `torch.special.logit(reference, eps=1e-5)` inside the decoder loop and the box head,
+    where no hook reaches; the module's own `torch` name is the one place to choose the epsilon. Outside a
+    `refinement_eps` block the call is transformers' unchanged.
+    """
+    from transformers.models.grounding_dino import modeling_grounding_dino as module
+
+    if not isinstance(module.torch, _TorchSeenByGroundingDino):
+        module.torch = _TorchSeenByGroundingDino("torch")
+
+
+@contextmanager
+def refinement_eps(eps: float) -> Iterator[None]:
+    """Within the block (this thread or task only), Grounding DINO refines boxes with the original's inverse sigmoid at `eps`."""
+    _route_refinement_logit()
+    token = _REFINEMENT_EPS.set(float(eps))
+    try:
+        yield
+    finally:
+        _REFINEMENT_EPS.reset(token)
+
+
 def boxes_from_logits(
     probabilities: torch.Tensor,
     boxes_cxcywh: torch.Tensor,
@@ -73,8 +132,9 @@ def boxes_from_logits(
 
     A query is kept when its maximum probability over the caption's tokens is above `box_threshold`;
     its score is that maximum; its phrase comes from the tokens above `text_threshold`. Boxes are
-    normalised (cx, cy, w, h), returned as pixel xyxy clamped to the image (the official code clamps
-    before SAM, utils/function.py process_anomaly_segmentation).
+    normalised (cx, cy, w, h), returned as pixel xyxy NOT clamped to the image: the official code measures
+    NMS and the object size on the boxes as predicted and clamps only before SAM (utils/function.py
+    process_anomaly_segmentation); the recipe's `detection.box_clamp` says where iapas clamps.
     """
     length = len(caption.input_ids)
     probabilities = probabilities[:, :length].float()  # padding positions hold -inf logits (probability 0)
@@ -90,8 +150,6 @@ def boxes_from_logits(
         ],
         dim=1,
     )
-    xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, width)
-    xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, height)
     name = PHRASE_RULES.get(phrase_rule)
     above = (probabilities[keep] > text_threshold).numpy()
     phrases = tuple(name(caption, row) for row in above)
@@ -159,7 +217,8 @@ def shortest_edge_size(image_processor: object, input_size: int) -> dict:
 class HFGroundingDino:
     """Grounding DINO with the reference box selection; several captions share one image encoding."""
 
-    def __init__(self, path: Path, device: torch.device, input_size: int = 0) -> None:
+    def __init__(self, path: Path, device: torch.device, input_size: int = 0,
+                 refinement_eps: float = ORIGINAL_REFINEMENT_EPS) -> None:
         from transformers import AutoProcessor, GroundingDinoForObjectDetection
 
         path = Path(path)
@@ -178,6 +237,7 @@ class HFGroundingDino:
         self.pixel_options = shortest_edge_size(self.processor.image_processor, input_size)
         self.model_id = f"grounding-dino:{Path(path).name}"
         self.max_text_len = int(getattr(self.model.config, "max_text_len", GROUNDING_DINO_MAX_TEXT_TOKENS))
+        self.refinement_eps = refinement_eps  # the box refinement's inverse-sigmoid clamp (a recipe setting)
         self.backbone_runs = 0  # vision backbone passes, for tests and timing
         # image digest -> (pixel inputs, backbone output) of the images of the last backbone pass (one, or a batch's)
         self._recent: dict[str, tuple[dict, object]] = {}
@@ -234,7 +294,7 @@ class HFGroundingDino:
         """Boxes of every caption on each of the stacked images, one backbone pass (or `features`) for all."""
         count = len(images)
         parts: list[list[Boxes]] = [[] for _ in images]
-        with vision_features_reused(self.model, features) as replay:
+        with vision_features_reused(self.model, features) as replay, refinement_eps(self.refinement_eps):
             for caption in captions:
                 text = self.processor.tokenizer(caption, return_tensors="pt")
                 ids = text["input_ids"][0, : self.max_text_len].tolist()

@@ -16,6 +16,7 @@ pairing follows huggingface/transformers convert_grounding_dino_to_hf.py, writte
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from dataclasses import dataclass, replace
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ..files import atomic_directory
+from ..files import atomic_directory, atomic_write_text
 from ..errors import WeightsError
 
 if TYPE_CHECKING:  # transformers is imported where it is used: `iapas --help` stays fast
@@ -341,12 +342,54 @@ def convert_groundingdino_checkpoint(checkpoint: Path, bert_dir: Path, out_dir: 
     return out_dir
 
 
-def converted_once(checkpoint: Path, convert: Callable[[Path], Path], what: str) -> Path:
-    """<file>.hf/ made by `convert` on first use (into <file>.hf.partial/, renamed when complete) and reused after."""
+CONVERSION_RECORD = "iapas_conversion.json"  # in a versioned <file>.hf/: the converter's version and the source's sha256
+# Grounding DINO's converter version. 2: conversions are recorded, and those made before the box-refinement epsilon
+# became a recipe setting (config detection.refinement_eps) are made again rather than trusted.
+GROUNDING_DINO_CONVERTER_VERSION = 2
+
+
+def _source_record(checkpoint: Path, version: int, known: dict) -> dict:
+    """What defines a conversion: the converter's version and the source's sha256 (rehashed only when its size or time moved)."""
+    from ..weights.manifest import sha256_of
+
+    stat = checkpoint.stat()
+    same_file = known.get("size") == stat.st_size and known.get("mtime_ns") == stat.st_mtime_ns
+    digest = known["sha256"] if same_file and "sha256" in known else sha256_of(checkpoint)
+    return {"converter_version": version, "sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def converted_once(checkpoint: Path, convert: Callable[[Path], Path], what: str, version: int | None = None) -> Path:
+    """<file>.hf/ made by `convert` on first use (into <file>.hf.partial/, renamed when complete) and reused after.
+
+    With a converter `version`, the directory records it and the source's sha256, and is made again (written
+    aside, moved into place) when either differs from the current ones: a fixed converter or a replaced file
+    never leaves a stale conversion in use.
+    """
     target = checkpoint.with_name(checkpoint.name + ".hf")
-    if not (target / "config.json").is_file():
-        print(f"note: converting {what} checkpoint {checkpoint} to {target}/ (once)", file=sys.stderr)
-        atomic_directory(target, convert)
+    record_path = target / CONVERSION_RECORD
+    present = (target / "config.json").is_file()
+    if version is None:
+        if not present:
+            print(f"note: converting {what} checkpoint {checkpoint} to {target}/ (once)", file=sys.stderr)
+            atomic_directory(target, convert)
+        return target
+    try:
+        known = json.loads(record_path.read_text(encoding="utf-8")) if present else {}
+    except (OSError, ValueError):
+        known = {}
+    current = _source_record(checkpoint, version, known)
+    if present and known.get("converter_version") == version and known.get("sha256") == current["sha256"]:
+        if known != current:  # the same bytes touched: remember the new size and time, no new conversion
+            atomic_write_text(record_path, json.dumps(current) + "\n")
+        return target
+    why = "once" if not present else ("the converter changed" if known.get("converter_version") != version else "the file changed")
+    print(f"note: converting {what} checkpoint {checkpoint} to {target}/ ({why})", file=sys.stderr)
+
+    def fill(partial: Path) -> None:
+        convert(partial)
+        (partial / CONVERSION_RECORD).write_text(json.dumps(current) + "\n", encoding="utf-8")
+
+    atomic_directory(target, fill)
     return target
 
 
@@ -362,4 +405,5 @@ def converted_groundingdino_dir(checkpoint: Path, bert_dir: Path | None = None) 
     """The transformers conversion of an original .pth, with the BERT directory beside it unless one is given."""
     checkpoint = Path(checkpoint)
     bert_dir = Path(bert_dir) if bert_dir else bert_dir_beside(checkpoint)
-    return converted_once(checkpoint, lambda out: convert_groundingdino_checkpoint(checkpoint, bert_dir, out), "Grounding DINO")
+    return converted_once(checkpoint, lambda out: convert_groundingdino_checkpoint(checkpoint, bert_dir, out),
+                          "Grounding DINO", GROUNDING_DINO_CONVERTER_VERSION)

@@ -54,9 +54,8 @@ def boxes_from_class_logits(
     kept = boxes_cxcywh.float()[keep]
     xyxy = torch.stack([kept[:, 0] - kept[:, 2] / 2, kept[:, 1] - kept[:, 3] / 2,
                         kept[:, 0] + kept[:, 2] / 2, kept[:, 1] + kept[:, 3] / 2], dim=1)
+    # as predicted, not cut to the image: the detection stage clamps by the recipe's rule (config detection.box_clamp)
     xyxy = xyxy * torch.tensor([width, height, width, height], dtype=xyxy.dtype)
-    xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, width)
-    xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, height)
     above = (probabilities[keep] > text_threshold).numpy()
     phrases = tuple(" ".join(name for name, hit in zip(classes, row) if hit) for row in above)
     return Boxes(xyxy.numpy(), scores[keep].numpy(), phrases)

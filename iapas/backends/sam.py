@@ -120,10 +120,14 @@ def build_sam(geometry: SamGeometry) -> torch.nn.Module:
     )
 
 
-def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """Load a .pth state dict on the CPU, tensors only, or raise a one-line WeightsError."""
+def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """Load a .pth state dict on the CPU, tensors only, or raise a one-line WeightsError.
+
+    `mmap` maps the file instead of reading it, so what is never used (an optimizer's state saved beside
+    the model, as in RAM's 5.6 GB checkpoint) is never read into memory.
+    """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # torch raises many kinds for a corrupt or foreign file
         raise CorruptWeightsError(f"cannot read checkpoint {path}: {str(error).splitlines()[0][:200]}") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):

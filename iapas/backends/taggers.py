@@ -8,10 +8,10 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 import torch
 
-from ..errors import WeightsError
+from ..errors import ConfigError, WeightsError
 from ..registry import Registry
 from ..vocabulary import tag_vocabulary, unique_prompts
-from .base import require_path
+from .base import require_path, warn_if_demo
 from .clip import ClipBackbone
 
 CLIP_TAG_TEMPLATES = ("a photo of a {}.", "a close-up photo of {}.", "an industrial photo of a {}.")
@@ -38,6 +38,7 @@ class TaggerSpec:
     min_score: float = 0.0  # CLIP: minimum softmax probability over the vocabulary
     vocabulary: tuple[str, ...] = field(default_factory=tuple)  # empty: the shipped vocabulary
     device: str = "cpu"
+    resample: str = "bilinear"  # RAM's resize: recognize-anything's own (bilinear) or IAP-ZSAS's (bicubic)
 
 
 TAGGERS: Registry[Callable[[TaggerSpec], Tagger]] = Registry("tagger backend")
@@ -95,36 +96,58 @@ class ClipTagger:
         return [self._top(self.scores([image])) for image in images]
 
 
-class RamTagger:
-    """Recognize Anything (RAM) through the `ram` package of recognize-anything, from a local checkpoint."""
+RAM_RESAMPLING = ("bilinear", "bicubic")  # PIL filters: recognize-anything's own, and IAP-ZSAS's
 
-    def __init__(self, path: Path, device: str) -> None:
+
+class RamTagger:
+    """Recognize Anything (RAM or RAM++, iapas's own implementation) from a released checkpoint.
+
+    Each image gets the tags whose probability exceeds that tag's threshold, in the tag list's order, as
+    recognize-anything's `ram/models/ram.py` generate_tag returns them.
+    """
+
+    def __init__(self, path: Path, device: str, resample: str = "bilinear") -> None:
+        from .ram import class_thresholds, load_ram_model, tag_list
+
         require_path(path, "RAM", expect_dir=False)
-        try:
-            from ram import get_transform, inference_ram
-            from ram.models import ram
-        except ImportError:
-            raise WeightsError(
-                "the RAM tagger needs the recognize-anything package (module `ram`), which is not on PyPI: install it "
-                "from its source, or use --tagger clip or --tags"
-            ) from None
-        try:
-            self.model = ram(pretrained=str(path), image_size=384, vit="swin_l").to(device).eval()
-        except Exception as error:  # RAM builds a BERT tokenizer that must be in the local HF cache
-            raise WeightsError(f"cannot load RAM from {path}: {str(error).splitlines()[0][:200]}") from None
-        self.transform, self.inference, self.device = get_transform(image_size=384), inference_ram, device
+        warn_if_demo(path)
+        if resample not in RAM_RESAMPLING:
+            raise ConfigError(f"unknown RAM resampling {resample!r}: {' | '.join(RAM_RESAMPLING)}")
+        self.model = load_ram_model(path, device)
+        self.tags, self.thresholds = tag_list(), class_thresholds(self.model.shape.classes).to(device)
+        self.size, self.resample, self.device = self.model.shape.swin.image_size, resample, device
         self.model_id = f"ram:{Path(path).name}"
 
-    @torch.inference_mode()
-    def tag_each(self, images: Sequence[np.ndarray]) -> list[tuple[str, ...]]:
+    def pixels(self, image: np.ndarray) -> torch.Tensor:
+        """(1, 3, S, S) model input: RGB resized to S x S with PIL, scaled to [0, 1], ImageNet-normalised.
+
+        ram/transform.py get_transform: Resize((384, 384)) on the PIL image (bilinear), ToTensor, Normalize.
+        IAP-ZSAS (util/function.py load_image) resizes with PIL's default (bicubic) first, which the
+        official recipe follows (resample "bicubic").
+        """
         from PIL import Image
 
-        found = []
-        for image in images:
-            batch = self.transform(Image.fromarray(image)).unsqueeze(0).to(self.device)
-            english = self.inference(batch, self.model)[0]  # "tag | tag | tag"
-            found.append(tuple(t.strip() for t in english.split("|") if t.strip()))
-        return found
+        from .ram.model import IMAGE_MEAN, IMAGE_STD
+
+        resample = getattr(Image.Resampling, self.resample.upper())
+        resized = Image.fromarray(np.asarray(image)).convert("RGB").resize((self.size, self.size), resample)
+        x = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        x = (x - torch.tensor(IMAGE_MEAN)[:, None, None]) / torch.tensor(IMAGE_STD)[:, None, None]
+        return x.unsqueeze(0).to(self.device)
+
+    @torch.inference_mode()
+    def logits(self, image: np.ndarray) -> torch.Tensor:
+        """(classes,) tag logits of one image."""
+        return self.model(self.pixels(image))[0]
+
+    def tags_of(self, logits: torch.Tensor) -> tuple[str, ...]:
+        """The tags one image's logits give, in the tag list's order."""
+        # ram.py generate_tag: a tag is kept when sigmoid(logit) > its class threshold (strictly)
+        kept = torch.nonzero(logits.sigmoid() > self.thresholds).flatten().tolist()
+        return tuple(self.tags[i] for i in kept)
+
+    def tag_each(self, images: Sequence[np.ndarray]) -> list[tuple[str, ...]]:
+        return [self.tags_of(self.logits(image)) for image in images]
 
     def tag(self, images: Sequence[np.ndarray]) -> tuple[str, ...]:
         return tuple(dict.fromkeys(t for tags in self.tag_each(images) for t in tags))
@@ -147,4 +170,4 @@ def load_clip_tagger(spec: TaggerSpec) -> Tagger:
 def load_ram(spec: TaggerSpec) -> Tagger:
     if not spec.weights:
         raise WeightsError("the RAM tagger needs its checkpoint (--tagger-weights ram_swin_large_14m.pth; see `iapas weights list`)")
-    return RamTagger(Path(spec.weights), spec.device)
+    return RamTagger(Path(spec.weights), spec.device, spec.resample)

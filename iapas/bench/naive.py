@@ -40,7 +40,8 @@ def detect_as_recipe(detector: Any, image: np.ndarray, prompts: Sequence[str], b
 
     if hasattr(detector, "forget_features"):
         detector.forget_features()  # the official code shares nothing between passes: each encodes the image again
-    stage = DetectStage(detector, caption_format, phrase_rule, max_boxes)
+    # the official code keeps boxes as predicted until SAM (utils/function.py process_anomaly_segmentation clamps)
+    stage = DetectStage(detector, caption_format, phrase_rule, max_boxes, clamp=False)
     return stage.run(image, tuple(prompts), box_threshold, text_threshold)["boxes"]
 
 
@@ -73,6 +74,7 @@ def naive_segment(detector: Any, segmenter: Any, image: np.ndarray, prompts: Seq
         boxes = filter_by_size(boxes, height, width, size_factor * object_size)
     timings["defect_detection"] = time.perf_counter() - start
     start = time.perf_counter()
+    boxes = boxes.clamped(height, width)
     masks = full_resolution_masks(segmenter, image, boxes)
     timings["masking"] = time.perf_counter() - start
     start = time.perf_counter()

@@ -39,6 +39,7 @@ CONFIG_OPTIONS = {
     "clip_weights": "clip_methods.weights",
     "adaclip_prompts": "clip_methods.adaclip_prompts",
     "genclip_prompts": "clip_methods.genclip_prompts",
+    "adaclip_image_size": "clip_methods.adaclip_image_size",
     "winclip_variant": "clip_methods.winclip_variant",
     "shots": "clip_methods.shots",
     "reference_images": "clip_methods.reference_images",
@@ -65,6 +66,10 @@ def base_config(args: argparse.Namespace) -> Config:
     if getattr(args, "int8", False):
         overrides["detection.int8"] = overrides["masking.int8"] = True
     config = config.updated(overrides)
+    if config.detection.backend == "sam3" and getattr(args, "text_threshold", None) is not None:
+        # SAM 3 scores instances, not caption tokens (iapas/backends/sam3.py): --box-threshold is its score threshold
+        raise ValueRangeError("--text-threshold does not apply to SAM 3 (it has no per-token text scores); "
+                              "--box-threshold is its instance score threshold")
     from ..acceleration.threads import configure_threads
 
     configure_threads(config.threads)  # once per command; library users set threads themselves (Pipeline does only when > 0)
@@ -110,7 +115,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="named preset of every rule: iapas (default) or official (the authors' code); see README")
     parser.add_argument("--profile", choices=profile_names(),
                         help="speed preset over the recipe: fast (SAM 2.1 Hiera-T, 512 px detector input), fast-edgetam, "
-                             "fast-omdet (OmDet-Turbo detector); see README 'Fast profile'")
+                             "fast-omdet (OmDet-Turbo detector), sam3 (SAM 3 detects and masks); see README 'Fast profile'")
     parser.add_argument("--config", help="YAML, TOML or JSON config file over the recipe (see `iapas config show`)")
     parser.add_argument("--weights", help="weights dir laid out as `iapas weights list` shows (iapas/resources/manifest.toml; default: weights)")
     parser.add_argument("--detector", help="Grounding DINO directory (overrides the weights dir)")
@@ -139,7 +144,7 @@ def add_speed_options(parser: argparse.ArgumentParser) -> None:
 
 def add_method_options(parser: argparse.ArgumentParser) -> None:
     """Options choosing the method and what it is prompted with (segment and bench)."""
-    parser.add_argument("--method", default="iapas", help="iapas (default), winclip, adaclip, anomalyclip, faprompt or genclip")
+    parser.add_argument("--method", default="iapas", help="iapas (default), winclip, adaclip, anomalyclip, faprompt, genclip, musc (a set of images) or anomalydino (--shots K)")
     parser.add_argument("--prompt", action="append", help="text prompt; repeat for several (default: abnormal, defect)")
     parser.add_argument("--calibration", help="calibration file from `iapas calibrate` (P_final, S_threshold, thresholds)")
     parser.add_argument("--no-size-filter", action="store_true", help="skip step 2-2's size filter (ablation)")
@@ -148,14 +153,22 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adaclip-prompts", help="AdaCLIP weights: ours (`iapas train adaclip`), an official pretrained_*.pth, or a manifest name")
     parser.add_argument("--prompts", help="trained prompts of a learned method (`iapas train METHOD`, or AnomalyCLIP's released epoch_15.pth)")
     parser.add_argument("--genclip-prompts", help="trained GenCLIP prompts (from `iapas train genclip`; --prompts works too)")
+    add_adaclip_size_option(parser)
     add_winclip_options(parser)
+
+
+def add_adaclip_size_option(parser: argparse.ArgumentParser) -> None:
+    """AdaCLIP's input size (segment, bench and eval)."""
+    parser.add_argument("--adaclip-image-size", type=non_negative_int,
+                        help="AdaCLIP input size in px, a multiple of the CLIP's patch size (default 0: the checkpoint's; 518 "
+                             "for a released one); --recipe official also resizes with PIL and rounds prompts to fp16")
 
 
 def add_winclip_options(parser: argparse.ArgumentParser) -> None:
     """WinCLIP's reimplementation and WinCLIP+'s few-shot references (segment, bench and eval)."""
     parser.add_argument("--winclip-variant", choices=("caoyunkang", "anomalib"),
                         help="whose WinCLIP rules: caoyunkang (default; IAP-AS Table 1) or anomalib")
-    parser.add_argument("--shots", type=int, help="WinCLIP+: K normal reference images (paper: 1, 2, 4; default 0)")
+    parser.add_argument("--shots", type=int, help="K normal reference images: WinCLIP+ (paper: 1, 2, 4; default 0, zero-shot) and AnomalyDINO (paper: 1, 2, 4, 8, 16; 0 means 1)")
     parser.add_argument("--reference-images", help="folder of normal images for --shots (eval default: the category's)")
 
 

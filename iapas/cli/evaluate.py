@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 
-from .common import (EXIT_OK, add_model_options, add_preprocessing_options, add_speed_options, add_winclip_options, base_config,
+from .common import (EXIT_OK, add_adaclip_size_option, add_model_options, add_preprocessing_options, add_speed_options, add_winclip_options, base_config,
                      comma_list, non_negative_int)
 
 
@@ -37,6 +37,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--overwrite", action="store_true", help="redo finished categories (e.g. after changing settings)")
     evaluate.add_argument("--clip", dest="clip_weights", help="CLIP directory (tagger, winclip, adaclip)")
     evaluate.add_argument("--adaclip-prompts", help="AdaCLIP weights: ours, an official pretrained_*.pth, or a manifest name")
+    add_adaclip_size_option(evaluate)
     evaluate.add_argument("--prompts", help="trained prompts of a learned method (anomalyclip, faprompt, adaclip)")
     evaluate.add_argument("--genclip-prompts", help="trained GenCLIP prompts")
     add_winclip_options(evaluate)

@@ -32,6 +32,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     segment.add_argument("--list", dest="list_file", help="a text file of image paths or URIs, one a line")
     segment.add_argument("--bit-window", type=window_option, metavar="LOW,HIGH",
                          help="16-bit/float images: map raw values LOW..HIGH to 0..255 (default: value/257, floats 0..1)")
+    segment.add_argument("--tags", nargs="+", metavar="TAG",
+                         help="IAP-AS: the object tag(s) the official recipe's size rule looks for on every image "
+                              "(default: the calibration's, else the config's calibration.tags)")
     add_model_options(segment)
     add_speed_options(segment)
     add_runtime_options(segment)
@@ -72,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
     config = base_config(args)
     check_method_runtimes(args.method, config)  # before any model loads, and before a Ray worker would meet it
     check_method_options(args)  # likewise: under --engine ray the segmenter is built inside an actor
+    min_images = set_scored(args.method)
+    if min_images and args.engine != "local":
+        raise IapasError(f"--method {args.method} scores the inputs as one set in one process: use --engine local")
     window = parse_window(config.bit_window)
     options = map_options(args)
     fingerprint = build_fingerprint(RunSpec(config, args.method, options), SEGMENT_FIELDS)
@@ -90,6 +96,12 @@ def run(args: argparse.Namespace) -> int:
         for model in demo_models(config, args.method):
             print(f"WARNING: {model} holds RANDOM demo weights: every map and verdict of this run is meaningless",
                   file=sys.stderr)
+    if min_images:  # MuSc: the inputs are one set, scored together (iapas/runs/sets.py)
+        summary = segment_as_set(args, config, inputs, out_dir, digest, window, min_images, record)
+        # a set's results carry the set's own fingerprint (iapas/runs/sets.py): the folder's records are this run's
+        finish_run(out_dir, None, decisions, summary.failures, f"iapas segment: {args.method}")
+        print(summary.line(), file=sys.stderr)
+        return exit_status(summary, out_dir, None, args.fail_on_anomaly)
     summary = engine(functools.partial(segmenter_only, args, config), inputs, out_dir, overwrite=args.overwrite,
                      max_pixels=config.max_image_pixels, progress=not args.no_progress, extra_record=record,
                      fingerprint=digest, bit_window=window, address=args.address, workers=args.workers, uris=uris,
@@ -99,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     return exit_status(summary, out_dir, digest, args.fail_on_anomaly)
 
 
-def exit_status(summary, out_dir: Path, digest: str, fail_on_anomaly: bool) -> int:
+def exit_status(summary, out_dir: Path, digest: str | None, fail_on_anomaly: bool) -> int:
     """1 when images failed or the batch stopped (it wins: a failed image was not inspected), else 3 with
     --fail-on-anomaly when any finished image is anomalous, else 0."""
     if not summary.complete:
@@ -118,6 +130,35 @@ def map_options(args: argparse.Namespace) -> dict:
     """The command's options that change maps (beside the config): in the fingerprint and the thresholds file."""
     return {"prompts": args.prompt, "calibration": args.calibration, "no_size_filter": args.no_size_filter,
             "category": args.category if args.method != "iapas" else None}
+
+
+def set_scored(method: str) -> int:
+    """The fewest images a set-scoring method (MuSc) needs, 0 for a method that scores each image alone."""
+    from ..methods import METHODS
+
+    return int(getattr(METHODS.get(method), "min_set_size", 0))
+
+
+def segment_as_set(args: argparse.Namespace, config: Config, inputs: list, out_dir: Path, digest: str, window,
+                   min_images: int, record: dict | None = None):
+    """Every input scored as one set by a set-scoring method, in this process (iapas/runs/sets.py)."""
+    from ..methods import METHODS
+    from ..runs.sets import progress_ticks, run_set
+
+    if len(inputs) < min_images:  # before any model loads
+        raise IapasError(f"--method {args.method} scores a set of at least {min_images} images together; "
+                         f"{len(inputs)} image{'s' if len(inputs) != 1 else ''} given")
+
+    def segment_set(images: list, groups: list) -> list:
+        method = METHODS.get(args.method)(config, ())  # built only when the set is not already done
+        method.prepare(args.category or "object", [], "object", out_dir)
+        method.progress = progress_ticks(not args.no_progress)
+        return method.segment_set(images, groups)
+
+    return run_set(segment_set, inputs, out_dir, min_images, overwrite=args.overwrite,
+                   max_pixels=config.max_image_pixels, progress=not args.no_progress,
+                   extra_record=record if record is not None else extra_record(args),
+                   fingerprint=digest, bit_window=window, method=args.method)
 
 
 def listed_inputs(list_file: str | None) -> list[str]:
@@ -197,7 +238,8 @@ def check_method_options(args: argparse.Namespace) -> None:
     if args.method == "iapas":
         return
     ignored = [option for option, value in (("--prompt", args.prompt), ("--calibration", args.calibration),
-                                            ("--no-size-filter", args.no_size_filter)) if value]
+                                            ("--no-size-filter", args.no_size_filter),
+                                            ("--tags", getattr(args, "tags", None))) if value]
     if ignored:
         raise IapasError(f"{', '.join(ignored)} only apply to --method iapas, not {args.method}")
 
@@ -211,5 +253,6 @@ def calibration_with_overrides(args: argparse.Namespace) -> Calibration:
         "box_threshold": args.box_threshold,
         "text_threshold": args.text_threshold,
         "size_threshold": args.size_threshold,
+        "tags": tuple(args.tags) if getattr(args, "tags", None) else None,
     }
     return dataclasses.replace(calibration, **{k: v for k, v in overrides.items() if v is not None})

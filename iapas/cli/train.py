@@ -32,6 +32,12 @@ class Trainer:
     add_options: Callable[[argparse.ArgumentParser], None]
     architecture_options: Callable[[argparse.Namespace], dict[str, Any]]
     several_datasets: bool = False  # the train function takes `sources`: several auxiliary sets at once
+    # architecture settings the recipe decides (e.g. the official code's rules under --recipe official)
+    config_options: Callable[[Any], dict[str, Any]] = lambda config: {}
+    # AnomalyCLIP / FAPrompt: the architecture takes the recipe's PromptRules, and the prompt file can be written in
+    # the authors' full key layout (--save-format official)
+    takes_rules: bool = False
+    save_formats: tuple[str, ...] = ("iapas",)
 
 
 def layer_list(text: str) -> tuple[int, ...]:
@@ -49,6 +55,11 @@ def adaclip_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-depth", type=int, default=0,
                         help="layers of each encoder that get prompts (default: AdaCLIP's 4, fewer for a shallower CLIP)")
     parser.add_argument("--image-size", type=int, default=518, help="input size in pixels (AdaCLIP: 518)")
+    parser.add_argument("--keep", choices=("last", "best"), default="last",
+                        help="which epoch's prompts the run ends with: last (default) or best, by pixel F1-max on --val-dataset "
+                             "(the official train.py keeps its best epoch, measured on the test set)")
+    parser.add_argument("--val-dataset", default="", help="validation dataset for --keep best (a name as for --dataset)")
+    parser.add_argument("--val-root", help="the root of --val-dataset")
 
 
 def image_size_option(parser: argparse.ArgumentParser) -> None:
@@ -74,14 +85,17 @@ TRAINERS.register("adaclip")(Trainer(
     "iapas.methods.adaclip.train:train_adaclip", "iapas.methods.adaclip.train:AdaClipArchitecture",
     epochs=5, batch_size=1, learning_rate=0.01, add_options=adaclip_options,  # caoyunkang/AdaCLIP train.py
     architecture_options=lambda a: {"layers": a.layers, "prompt_length": a.prompt_length, "prompt_depth": a.prompt_depth,
-                                    "image_size": a.image_size},
-    several_datasets=True))
+                                    "image_size": a.image_size, "save_format": a.save_format, "keep": a.keep,
+                                    "val_dataset": a.val_dataset, "val_root": a.val_root},
+    several_datasets=True, save_formats=("iapas", "official"),  # official: also adaclip_official.pth (its test.py's layout)
+    config_options=lambda c: {"resize": c.clip_methods.adaclip_resize, "prompt_precision": c.clip_methods.adaclip_prompt_precision}))
 TRAINERS.register("anomalyclip")(Trainer(
     "AnomalyCLIP", "train AnomalyCLIP's object-agnostic prompts (zqhang/AnomalyCLIP train.py defaults)",
     "iapas.methods.anomalyclip.train:train_anomalyclip", "iapas.methods.anomalyclip.train:AnomalyClipArchitecture",
     # zqhang/AnomalyCLIP train.py: --epoch 15, --batch_size 8, --learning_rate 0.001
     epochs=15, batch_size=8, learning_rate=1e-3, add_options=anomalyclip_options,
-    architecture_options=lambda a: {"layers": a.layers, "image_size": a.image_size}))
+    architecture_options=lambda a: {"layers": a.layers, "image_size": a.image_size},
+    takes_rules=True, save_formats=("iapas", "official")))
 TRAINERS.register("genclip")(Trainer(
     "GenCLIP", "train GenCLIP's general query prompts and multi-layer vision prompts (paper B.4, §4.1 defaults)",
     "iapas.methods.genclip.train:train", "iapas.methods.genclip.train:GenClipArchitecture",
@@ -93,7 +107,8 @@ TRAINERS.register("faprompt")(Trainer(
     "iapas.methods.faprompt.train:train_faprompt", "iapas.methods.faprompt.train:FAPromptArchitecture",
     # FAPrompt App. B: 7 epochs (its train.sh runs 15), batch 8; Sec. 4.1: Adam, lr 1e-3
     epochs=7, batch_size=8, learning_rate=1e-3, add_options=image_size_option,
-    architecture_options=lambda a: {"image_size": a.image_size}))
+    architecture_options=lambda a: {"image_size": a.image_size},
+    takes_rules=True, save_formats=("iapas", "official")))
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -117,6 +132,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--limit", type=int, default=0, help="at most N training images")
         parser.add_argument("--clip", dest="clip_weights", help="CLIP directory or open_clip file (default: the weights dir's)")
         parser.add_argument("--no-progress", action="store_true")
+        parser.add_argument("--save-format", choices=trainer.save_formats, default="iapas",
+                            help="official: the prompt file in the authors' full key layout, which their test.py loads "
+                                 "(iapas reads both)" if len(trainer.save_formats) > 1 else "the prompt file's layout")
         trainer.add_options(parser)
         add_model_options(parser)
         parser.set_defaults(handler=run, trainer=name)
@@ -151,9 +169,14 @@ def run(args: argparse.Namespace) -> int:
     options = TrainOptions(
         dataset="+".join(args.dataset), root=sources[0][1], out_dir=Path(args.output), clip=clip, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, limit=args.limit,
-        device=str(resolve_device(config.device)), progress=not args.no_progress,
+        device=str(resolve_device(config.device)), progress=not args.no_progress, save_format=args.save_format,
     )
-    architecture = imported(trainer.architecture)(**trainer.architecture_options(args))
+    chosen = {**trainer.architecture_options(args), **trainer.config_options(config)}
+    if trainer.takes_rules:  # the recipe's (--recipe official) rules for AnomalyCLIP and FAPrompt
+        from ..prompt_learning.rules import PromptRules
+
+        chosen["rules"] = PromptRules.from_config(config.clip_methods)
+    architecture = imported(trainer.architecture)(**chosen)
     extra = {"sources": sources} if trainer.several_datasets else {}
     path, losses = imported(trainer.train)(options, architecture, **extra)
     tail = f"; last loss {losses[-1]:.4f}" if losses else " (already trained)"

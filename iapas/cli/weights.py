@@ -1,4 +1,4 @@
-"""`iapas weights list|verify|make-demo|convert-openclip|convert-groundingdino`: the checkpoints a user has."""
+"""`iapas weights list|verify|make-demo|convert-openclip|convert-groundingdino|to-official`: the checkpoints a user has."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,16 @@ from rich.table import Table
 
 from ..errors import IapasError
 from .common import EXIT_ERROR, EXIT_OK
+
+
+# per method, "module:function(source, destination) -> Path" writing its official checkpoint layout (imported when run)
+# method -> (converter, whether it also needs the CLIP the prompts were trained on)
+OFFICIAL_CONVERTERS = {
+    "adaclip": ("iapas.methods.adaclip.checkpoint:to_official", False),  # caoyunkang/AdaCLIP method/trainer.py save/load
+    # zqhang/AnomalyCLIP and mala-lab/FAPrompt: the prompt learner's whole state dict, frozen embeddings included
+    "anomalyclip": ("iapas.weights.official:to_official", True),
+    "faprompt": ("iapas.weights.official:to_official", True),
+}
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -27,8 +37,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     convert.add_argument("checkpoint", help="open_clip .pt/.bin/.safetensors state dict (e.g. ViT-B-16-plus-240)")
     convert.add_argument("-o", "--output", required=True)
     convert.add_argument("--tokenizer", help="a transformers CLIP directory to take the tokenizer from (default: open_clip's BPE)")
-    convert.add_argument("--head-width", type=int, default=64, help="attention head width (64 in every open_clip ViT)")
-    convert.add_argument("--activation", choices=("gelu", "quick_gelu"), default="gelu", help="quick_gelu for OpenAI weights")
+    convert.add_argument("--head-width", type=int, default=64, help="attention head width of both towers (64 in every "
+                         "open_clip and OpenAI ViT)")
+    convert.add_argument("--vision-head-width", type=int, help="the vision tower's head width (default: --head-width)")
+    convert.add_argument("--text-head-width", type=int, help="the text tower's head width (default: --head-width)")
+    convert.add_argument("--activation", choices=("auto", "gelu", "quick_gelu"), default="auto",
+                         help="auto: quick_gelu for OpenAI's files (a TorchScript archive or its state dict), gelu for open_clip's")
     convert.set_defaults(handler=run_convert_openclip)
     fetch = weights_commands.add_parser("download", help="fetch checkpoints (hub or URL), sha256-checked, into the weights dir")
     fetch.add_argument("names", nargs="*", help="manifest entries to fetch (default: those of --profile)")
@@ -44,6 +58,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     gdino.add_argument("--bert", required=True, help="a bert-base-uncased directory (config.json, vocab.txt): the text side")
     gdino.add_argument("-o", "--output", required=True)
     gdino.set_defaults(handler=run_convert_groundingdino)
+    official = weights_commands.add_parser(
+        "to-official", help="write an iapas checkpoint of a learned method in the layout its authors' code loads")
+    official.add_argument("method", choices=sorted(OFFICIAL_CONVERTERS))
+    official.add_argument("checkpoint", help="a checkpoint from `iapas train METHOD`")
+    official.add_argument("-o", "--output", required=True, help="the file to write (e.g. adaclip_official.pth, epoch_15.pth)")
+    official.add_argument("--clip", help="AnomalyCLIP / FAPrompt: the CLIP the prompts were trained on (default: the weights dir's)")
+    official.add_argument("--weights", dest="dir", default="weights", help="weights dir (default: weights)")
+    official.set_defaults(handler=run_to_official)
     demo = weights_commands.add_parser("make-demo", help="build tiny RANDOM models (meaningless output) for demos")
     demo.add_argument("dir", nargs="?", default="weights")
     demo.set_defaults(handler=run_make_demo)
@@ -104,7 +126,8 @@ def run_convert_openclip(args: argparse.Namespace) -> int:
     from ..backends.openclip_convert import convert_openclip_checkpoint
 
     tokenizer = Path(args.tokenizer) if args.tokenizer else None
-    out = convert_openclip_checkpoint(Path(args.checkpoint), Path(args.output), tokenizer, args.head_width, args.activation)
+    heads = tuple(args.head_width if width is None else width for width in (args.vision_head_width, args.text_head_width))
+    out = convert_openclip_checkpoint(Path(args.checkpoint), Path(args.output), tokenizer, heads, args.activation)
     print(f"wrote a transformers CLIP directory: {out}")
     return EXIT_OK
 
@@ -152,4 +175,24 @@ def run_convert_groundingdino(args: argparse.Namespace) -> int:
 
     out = convert_groundingdino_checkpoint(Path(args.checkpoint), Path(args.bert), Path(args.output))
     print(f"wrote a transformers Grounding DINO directory: {out}")
+    return EXIT_OK
+
+
+def run_to_official(args: argparse.Namespace) -> int:
+    """Convert an iapas checkpoint into its method's official layout."""
+    from .train import imported
+
+    target, needs_clip = OFFICIAL_CONVERTERS[args.method]
+    if needs_clip:
+        from ..weights.manifest import chosen_or_found
+        from ..weights.official import checkpoint_record
+
+        held = checkpoint_record(Path(args.checkpoint))["method"]
+        if held != args.method:
+            raise IapasError(f"{args.checkpoint} holds {held} prompts, not {args.method}")
+        clip = chosen_or_found("clip", args.clip or "", args.dir)
+        out = imported(target)(Path(args.checkpoint), clip, Path(args.output))
+    else:
+        out = imported(target)(Path(args.checkpoint), Path(args.output))
+    print(f"wrote an official {args.method} checkpoint: {out}")
     return EXIT_OK

@@ -83,7 +83,7 @@ class Decision:
         size = self.mask.size if self.mask is not None else 0
         return {
             "verdict": self.verdict,
-            "image_score": round(float(self.image_score), 6),
+            "image_score": float(self.image_score),  # full precision, as result_record writes it
             "thresholds": {
                 "image": settings.image_threshold, "image_source": settings.image_source or None,
                 "pixel": self.pixel_threshold, "pixel_source": settings.pixel_source or None,

@@ -33,6 +33,18 @@ MAP_MEANINGS = {
     "anomalyclip": "softmax probability of the learned anomalous prompt per pixel, smoothed",
     "faprompt": "softmax probability of the learned anomalous prompt per pixel, smoothed",
     "genclip": "softmax probability of the anomalous prompt per pixel, smoothed",
+    "musc": "half the distance of a patch to its nearest patches in the other images of the set: relative to the set",
+    "anomalydino": "half the cosine distance of a patch to its nearest normal reference patch, smoothed",
+}
+
+
+# the config sections only one family of methods reads; every method but IAP-AS keeps "clip" (the CLIP methods',
+# whose shots and reference images AnomalyDINO reads and whose CLIP MuSc may run on)
+METHOD_SECTIONS = {
+    "iapas": ("detection.", "filtering.", "scoring.", "masking.", "prompts."),
+    "clip": ("clip_methods.",),
+    "musc": ("musc.",),
+    "anomalydino": ("anomalydino.",),
 }
 
 
@@ -76,7 +88,7 @@ def content_sha256(path: str | Path | None) -> str | None:
 
 def model_files(config: "Config", method: str) -> dict[str, Any]:
     """The model files a method's maps depend on, by role (None where a file is not found)."""
-    from ..runs.fingerprint import MODEL_PATHS
+    from ..runs.fingerprint import METHOD_MODELS, MODEL_PATHS
 
     weights = Path(config.weights_dir)
     learned = {
@@ -84,11 +96,7 @@ def model_files(config: "Config", method: str) -> dict[str, Any]:
         "faprompt": config.clip_methods.prompts or weights / "faprompt" / "faprompt_prompts.pt",
         "genclip": config.clip_methods.genclip_prompts or config.clip_methods.prompts or weights / "genclip" / "genclip_prompts.pt",
     }
-    if method == "iapas":
-        return {role: MODEL_PATHS[role](config) for role in ("detector", "segmenter")}
-    files = {"clip": MODEL_PATHS["clip"](config)}
-    if method == "adaclip":
-        files["adaclip_prompts"] = MODEL_PATHS["adaclip_prompts"](config)
+    files = {role: MODEL_PATHS[role](config) for role in METHOD_MODELS.get(method, ("clip",))}
     if method in learned:
         files["prompts"] = learned[method]
     return files
@@ -99,8 +107,9 @@ def setup_identity(config: "Config", method: str, options: Mapping[str, Any]) ->
     from ..runs.fingerprint import defining_config, content_hash
 
     # only the settings of the method's own stages change its maps: another box threshold leaves WinCLIP's as they were
-    own = ("clip_methods.",) if method == "iapas" else ("detection.", "filtering.", "scoring.", "masking.", "prompts.")
-    settings = defining_config(config, skip=("calibration.", *own))
+    own = METHOD_SECTIONS.get(method, ()) + (METHOD_SECTIONS["clip"] if method != "iapas" else ())
+    others = tuple(prefix for prefixes in METHOD_SECTIONS.values() for prefix in prefixes if prefix not in own)
+    settings = defining_config(config, skip=("calibration.", *others))
     settings.update({
         "prompts": list(options.get("prompts") or []),
         "calibration": content_hash(options.get("calibration")),

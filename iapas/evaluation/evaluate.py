@@ -154,9 +154,17 @@ class MethodMaps:
         """The method's own image-score rule (AdaCLIP: its HSF score), else the map's maximum."""
         return getattr(self.method, "default_image_score", "max")
 
+    @property
+    def set_size(self) -> int:
+        """The fewest images a set-scoring method (MuSc) needs; 0 when each image is scored alone."""
+        return int(getattr(self.method, "min_images", 0))
+
     def prepare(self, category: str, normal_images: list[Path], kind: str, out_dir: Path) -> None:
         if not normal_images:
             raise DatasetError(f"{self.dataset}/{category} has no normal images to calibrate from")
+        use_dataset = getattr(self.method, "use_dataset", None)
+        if use_dataset is not None:  # MuSc's RsCIN neighbourhoods are per dataset
+            use_dataset(self.dataset)
         self.method.prepare(category, normal_images, kind, out_dir)
 
     def map_for(self, sample: Sample) -> tuple[np.ndarray, float, tuple[int, int]]:
@@ -177,7 +185,14 @@ class MethodMaps:
             except Exception as error:  # noqa: BLE001 - this image's, raised in its turn by the caller
                 loaded.append(error)
         ready = [pixels for pixels in loaded if not isinstance(pixels, Exception)]
-        results = iter(MethodSegment(self.method).many(ready) if ready else [])
+        if self.set_size:  # one set: the images are scored together, grouped by folder as the set method divides them
+            groups = [s.image_path.parent.name for s, p in zip(samples, loaded) if not isinstance(p, Exception)]
+            try:
+                results = iter(self.method.segment_set(ready, groups))
+            except Exception as error:  # noqa: BLE001 - the set's failure is each of its images'
+                results = iter([error] * len(ready))
+        else:
+            results = iter(MethodSegment(self.method).many(ready) if ready else [])
         outcomes: list[MapOutcome | Exception] = []
         for pixels in loaded:
             result = pixels if isinstance(pixels, Exception) else next(results)
@@ -237,10 +252,17 @@ def evaluate_category(
     scorer = protocol.scorer(options.bins, held_maps)
     raw = None if isinstance(scorer, PixelMetrics) else PixelMetrics(bins=options.bins, with_pro=False)
     state = CategoryState.load_or_new(state_path, scorer, fingerprint, raw)
+    size = getattr(source, "batch_size", 1)
+    if getattr(source, "set_size", 0):  # a set method scores the category's images together: the set is one unit
+        if state.done:  # an interrupted set: its images are scored again together (a score depends on the whole set)
+            state_path.unlink(missing_ok=True)
+            shutil.rmtree(held_maps, ignore_errors=True)
+            raw = None if raw is None else PixelMetrics(bins=options.bins, with_pro=False)
+            state = CategoryState(protocol.scorer(options.bins, held_maps), fingerprint, raw_pixels=raw)
+        size = max(2, len(samples))
     finished = set(state.done)
     todo = [s for s in samples if dataset_key(s.image_path, options.root).as_posix() not in finished]
     rule = image_score_rule(source, options)
-    size = getattr(source, "batch_size", 1)
     with tqdm(total=len(todo), desc=f"{dataset.name}/{category}", unit="img", disable=not options.progress,
               dynamic_ncols=True) as bar:
         for first in range(0, len(todo), size):

@@ -6,8 +6,11 @@
   `utils/function.py`): maps bicubic and masks nearest to 400x400, masks binarised at 128, maps of a
   category min-max normalised together, exact pixel AP, F1-max over 100 thresholds, the official
   choice of test images, the mean of per-category values rounded to 0.01 %.
+- `anomalyclip-test`: how zqhang/AnomalyCLIP test.py measures (FAPrompt's and AdaCLIP's test.py alike):
+  maps and masks at the 518 px input size, not the image's; masks binarised at > 0, resized with PIL's
+  bilinear and kept > 0.5; exact pixel AUROC and AP over the category's pixels.
 
-Both label AUPRO's ground-truth regions 8-connected (`iapas/evaluation/metrics.py`).
+All three label AUPRO's ground-truth regions 8-connected (`iapas/evaluation/metrics.py`).
 """
 from __future__ import annotations
 
@@ -30,6 +33,9 @@ PAPER_MASK_THRESHOLD = 128
 PAPER_F1_THRESHOLDS = np.linspace(0, 1, 100)
 # test_zsas.py builds its csv from round(value, 2) per category, then the column mean
 PAPER_ROUNDING = 2
+# zqhang/AnomalyCLIP test.py --image_size 518 (FAPrompt test.py and caoyunkang/AdaCLIP test.py: 518 too): maps and
+# masks are measured at the input size
+REFERENCE_TEST_SIZE = 518
 
 # Whether the official code evaluates a dataset's normal test images. test_zsas.py skips an image when
 # `gt_path is None or (sub_name == 'good' and dataset_name != 'mvtec')`, with the folders and ground-truth
@@ -110,10 +116,14 @@ class HeldMaps:
             raise MetricsInputError(f"map {anomaly_map.shape} and mask {mask.shape} of {name or 'an image'} differ in shape")
         if np.isnan(anomaly_map).any():  # any finite range is fine: the category is min-max normalised at the end
             raise MetricsInputError(f"anomaly map of {name or 'an image'} holds NaN; metrics cannot rank it")
-        resized, resized_mask = resize_map(anomaly_map, self.size), resize_mask(mask, self.size)
+        resized, resized_mask = self.resized(anomaly_map, mask)
         atomic_write(self._path(self.held), lambda temporary: np.savez(temporary, map=resized, mask=resized_mask))
         self.held += 1
         self._summary = self._curve = None
+
+    def resized(self, anomaly_map: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The map and mask as this protocol measures them: cv2 bicubic and nearest to size x size (the paper's)."""
+        return resize_map(anomaly_map, self.size), resize_mask(mask, self.size)
 
     def state(self) -> dict[str, np.ndarray]:
         return {"held": np.array(self.held)}
@@ -167,6 +177,39 @@ class HeldMaps:
         return self._curve
 
 
+def reference_test_map(anomaly_map: np.ndarray, size: int = REFERENCE_TEST_SIZE) -> np.ndarray:
+    """(size, size) float32 map: the image-size map brought back to the input size (bilinear, antialiased)."""
+    import torch
+    import torch.nn.functional as F
+
+    values = torch.from_numpy(np.asarray(anomaly_map, np.float32))[None, None]
+    if values.shape[-2:] == (size, size):
+        return values[0, 0].numpy()
+    return F.interpolate(values, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0, 0].numpy()
+
+
+def reference_test_mask(mask: np.ndarray, size: int = REFERENCE_TEST_SIZE) -> np.ndarray:
+    """(size, size) bool mask as AnomalyCLIP's test.py reads it: the 0/255 mask resized by PIL's bilinear, then > 0.5.
+
+    zqhang/AnomalyCLIP dataset.py makes the 0/255 'L' image; utils.py get_transform's target_transform resizes it
+    (torchvision Resize on a PIL image: PIL's bilinear) and ToTensor scales it to [0, 1]; test.py keeps gt > 0.5.
+    """
+    from PIL import Image
+
+    grey = Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)
+    return np.asarray(grey) / 255.0 > 0.5
+
+
+class InputSizeMaps(HeldMaps):
+    """The anomalyclip-test protocol's scorer: every map and mask held at the 518 px input size until the category ends."""
+
+    def __init__(self, bins: int, folder: Path, size: int = REFERENCE_TEST_SIZE) -> None:
+        super().__init__(bins, folder, size)
+
+    def resized(self, anomaly_map: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return reference_test_map(anomaly_map, self.size), reference_test_mask(mask, self.size)
+
+
 def _streaming_scorer(bins: int, folder: Path) -> Scorer:
     from .metrics import PixelMetrics
 
@@ -208,4 +251,16 @@ PROTOCOLS.register("paper")(EvalProtocol(
     max_score=_resized_map_max,
     scorer=HeldMaps,
     mean_rounding=PAPER_ROUNDING,
+))
+
+PROTOCOLS.register("anomalyclip-test")(EvalProtocol(
+    name="anomalyclip-test",
+    summary=("as zqhang/AnomalyCLIP test.py (and FAPrompt's, AdaCLIP's): maps and masks at the 518 px input size, "
+             "masks PIL-bilinear > 0.5, exact pixel AUROC and AP"),
+    folder="protocol-anomalyclip-test",
+    mask_threshold=0,  # dataset.py: mask > 0
+    counts=lambda dataset, sample: True,  # test.py evaluates every test image
+    max_score=lambda anomaly_map: float(reference_test_map(anomaly_map).max()),
+    scorer=InputSizeMaps,
+    mean_rounding=None,  # test.py averages the unrounded per-category values
 ))

@@ -13,5 +13,7 @@ METHODS.register_lazy("adaclip", "iapas.methods.adaclip:build")
 METHODS.register_lazy("anomalyclip", "iapas.methods.anomalyclip:build")
 METHODS.register_lazy("faprompt", "iapas.methods.faprompt:build")
 METHODS.register_lazy("genclip", "iapas.methods.genclip:build")
+METHODS.register_lazy("musc", "iapas.methods.musc:build")
+METHODS.register_lazy("anomalydino", "iapas.methods.anomalydino:build")
 
 __all__ = ["METHODS", "Method", "MethodBuilder"]

@@ -7,19 +7,35 @@ import torch.nn.functional as F
 FOCAL_GAMMA = 2.0  # AdaCLIP's and AnomalyCLIP's focal loss exponent
 
 
-def focal_loss(probability: torch.Tensor, target: torch.Tensor, gamma: float = FOCAL_GAMMA) -> torch.Tensor:
-    """Binary focal loss on probabilities: hard pixels weigh more, the many easy normal ones less."""
+def focal_loss(probability: torch.Tensor, target: torch.Tensor, gamma: float = FOCAL_GAMMA, alpha: float | None = None,
+               reduction: str = "mean") -> torch.Tensor:
+    """Binary focal loss on probabilities: hard pixels weigh more, the many easy normal ones less.
+
+    `alpha` (Lin et al. 2017's alpha_t) weighs anomalous pixels by alpha and normal ones by 1 - alpha; None
+    weighs both 1. `reduction` "mean" averages every element; "sum" sums each image's elements (all but the
+    first dimension) and averages the images.
+    """
     probability = probability.clamp(1e-6, 1 - 1e-6)
-    p_true = torch.where(target > 0.5, probability, 1 - probability)
-    return (-(1 - p_true) ** gamma * p_true.log()).mean()
+    anomalous = target > 0.5
+    p_true = torch.where(anomalous, probability, 1 - probability)
+    loss = -(1 - p_true) ** gamma * p_true.log()
+    if alpha is not None:
+        loss = loss * torch.where(anomalous, alpha, 1 - alpha)
+    if reduction == "sum":
+        return loss.flatten(1).sum(1).mean()
+    return loss.mean()
 
 
-def dice_loss(probability: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1 - soft Dice overlap per image, averaged; an all-normal image counts through its false positives."""
+def dice_loss(probability: torch.Tensor, target: torch.Tensor, smooth: float = 1.0, epsilon: float = 0.0) -> torch.Tensor:
+    """1 - soft Dice overlap per image, averaged; an all-normal image counts through its false positives.
+
+    1 - (2 sum(p g) + smooth) / (sum p + sum g + smooth + epsilon): AnomalyCLIP's and AdaCLIP's form has
+    smooth 1; GenCLIP's Eq. 15 has smooth 0 and a small epsilon in the denominator only.
+    """
     dims = tuple(range(1, probability.dim()))
     intersection = (probability * target).sum(dims)
     total = probability.sum(dims) + target.sum(dims)
-    return (1 - (2 * intersection + 1) / (total + 1)).mean()
+    return (1 - (2 * intersection + smooth) / (total + smooth + epsilon)).mean()
 
 
 FOCAL_SMOOTH = 1e-5  # AdaCLIP's FocalLoss default label smoothing (caoyunkang/AdaCLIP loss.py)

@@ -52,7 +52,13 @@ def fill_slots(embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def encode_prompted(backbone, embeddings: torch.Tensor, eos: torch.Tensor, deep: torch.nn.ParameterList,
-                    normalize: bool = True) -> torch.Tensor:
-    """(N, E) text embeddings of filled sentences, the deep prompts replacing positions 1..K in layers 2 .. len(deep)+1."""
+                    normalize: bool = True, half_deep: bool = False) -> torch.Tensor:
+    """(N, E) text embeddings of filled sentences, the deep prompts replacing positions 1..K in layers 2 .. len(deep)+1.
+
+    `half_deep` rounds the deep prompts to fp16 first, as zqhang/AnomalyCLIP AnomalyCLIP_lib/AnomalyCLIP.py
+    ResidualAttentionBlock_learnable_token does (`.half()`, then joined to the fp32 tokens).
+    """
     stacked = torch.stack(list(deep))[None].expand(len(embeddings), -1, -1, -1) if len(deep) else None
+    if stacked is not None and half_deep:
+        stacked = stacked.half().float()
     return backbone.encode_text_embeddings(embeddings, eos, stacked, prompt_start=1, normalize=normalize)

@@ -42,6 +42,7 @@ class TrainOptions:
     limit: int = 0  # at most this many training images (0: all)
     device: str = "cpu"
     progress: bool = True
+    save_format: str = "iapas"  # iapas | official: the prompt file in the authors' full key layout (learners that have one)
 
 
 class Learner(Protocol):
@@ -80,17 +81,32 @@ BatchLoader = Callable[[list[Sample], np.random.Generator], tuple]
 """Loads a batch: the positional arguments of `learner.loss`; the generator is seeded per epoch, so resumes repeat it."""
 
 
+def resized_mask(mask: np.ndarray, size: int, rule: str = "nearest") -> torch.Tensor:
+    """(size, size) float 0/1 training mask from an (H, W) bool mask.
+
+    nearest: iapas's default. bilinear: as zqhang/AnomalyCLIP utils.py get_transform's target_transform
+    (torchvision Resize on the 0/255 PIL mask, i.e. PIL's bilinear with uint8 rounding) and train.py's gt > 0.5.
+    """
+    if rule == "bilinear":
+        from PIL import Image
+
+        grey = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)
+        return torch.from_numpy((np.asarray(grey) / 255.0 > 0.5).astype(np.float32))
+    square = torch.from_numpy(mask.astype(np.float32))[None, None]
+    return F.interpolate(square, size=(size, size), mode="nearest")[0, 0]
+
+
 def load_batch(samples: list[Sample], backbone: Any, size: int | None = None,
-               preprocess: Callable[[list[np.ndarray]], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pixels, masks resized to the input size (nearest) and labels of a batch.
+               preprocess: Callable[[list[np.ndarray]], torch.Tensor] | None = None,
+               mask_rule: str = "nearest") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pixels, masks resized to the input size (`resized_mask`'s rule) and labels of a batch.
 
     The size is the CLIP's unless given, and the pixels come from the CLIP's own preprocessing unless
     the method brings its own (at that size).
     """
     images = [load_image(sample.image_path).pixels for sample in samples]
     size = size or backbone.image_size
-    masks = [torch.from_numpy(load_mask(s, *im.shape[:2]).astype(np.float32))[None, None] for s, im in zip(samples, images)]
-    masks = torch.cat([F.interpolate(m, size=(size, size), mode="nearest") for m in masks])[:, 0]
+    masks = torch.stack([resized_mask(load_mask(s, *im.shape[:2]), size, mask_rule) for s, im in zip(samples, images)])
     labels = torch.tensor([float(sample.label) for sample in samples])
     device = backbone.device
     pixels = preprocess(images) if preprocess is not None else backbone.preprocess(images, size)
@@ -99,17 +115,18 @@ def load_batch(samples: list[Sample], backbone: Any, size: int | None = None,
 
 def default_batch(samples: list[Sample], learner: Any) -> tuple:
     """`learner.loss`'s arguments: pixels, masks, labels, and the class names when the learner's prompts name the
-    object (GenCLIP: "a photo of a good [cls]"); at the learner's own input size and resizing when it has them."""
+    object (GenCLIP: "a photo of a good [cls]"); at the learner's own input size, resizing and mask rule when it has them."""
     pixels, masks, labels = load_batch(samples, learner.backbone, getattr(learner, "input_size", None),
-                                       getattr(learner, "preprocess", None))
+                                       getattr(learner, "preprocess", None), getattr(learner, "mask_rule", "nearest"))
     if getattr(learner, "needs_class_names", False):
         return pixels, masks, labels, [sample.category for sample in samples]
     return pixels, masks, labels
 
 
-def mixed_precision(device: torch.device | str):
-    """bf16 autocast on a GPU (AdaCLIP and AnomalyCLIP train in half precision there); full precision on the CPU."""
-    if torch.device(device).type == "cuda":
+def mixed_precision(device: torch.device | str, precision: str = "auto"):
+    """bf16 autocast on a GPU, iapas's choice for speed (AdaCLIP's reference trains in fp16; AnomalyCLIP's and
+    FAPrompt's in fp32, which precision "fp32" keeps, as their official recipe does); full precision on the CPU."""
+    if precision == "auto" and torch.device(device).type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
 
@@ -119,8 +136,9 @@ class PromptTrainer:
 
     def __init__(self, learner: Learner, optimizer: torch.optim.Optimizer, options: TrainOptions, prompts_file: str,
                  note: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
-                 batch_loader: BatchLoader | None = None) -> None:
+                 batch_loader: BatchLoader | None = None, after_epoch: Callable[[int], None] | None = None) -> None:
         self.learner, self.optimizer, self.options = learner, optimizer, options
+        self.after_epoch = after_epoch  # called with each finished epoch's index, after its checkpoint (e.g. keep the best)
         self.prompts_file, self.note = prompts_file, note
         # a method with its own inputs (class names, augmentation) brings its loader; the default reads pixels, masks, labels
         # a learner may train at its own input size with its own resizing (AnomalyCLIP, FAPrompt: 518 px)
@@ -143,7 +161,7 @@ class PromptTrainer:
                        disable=not options.progress)
             for batch in bar:
                 inputs = self.batch_loader([samples[i] for i in batch], augment)
-                with mixed_precision(learner.backbone.device):
+                with mixed_precision(learner.backbone.device, getattr(learner, "train_precision", "auto")):
                     loss = learner.loss(*inputs)
                 self.optimizer.zero_grad()
                 loss.float().backward()
@@ -151,6 +169,9 @@ class PromptTrainer:
                 history.append(float(loss.detach()))
                 bar.set_postfix(loss=f"{history[-1]:.4f}")
             self._checkpoint(out_dir, epoch, earlier + history)
+            if self.after_epoch is not None:
+                self.after_epoch(epoch)
+                learner.prompts.train()
         learner.prompts.eval()
         return out_dir / self.prompts_file, history
 
@@ -177,7 +198,8 @@ class PromptTrainer:
 
     def _checkpoint(self, out_dir: Path, epoch: int, losses: list[float]) -> None:
         """The prompt file, the resumable state and the loss log of a finished epoch, each written atomically."""
-        self.learner.save(out_dir / self.prompts_file, {"trained_on": self.options.dataset, "epochs_done": epoch + 1})
+        layout = {} if self.options.save_format == "iapas" else {"layout": self.options.save_format}
+        self.learner.save(out_dir / self.prompts_file, {"trained_on": self.options.dataset, "epochs_done": epoch + 1}, **layout)
         state = {"method": self.learner.name, "prompts": self.learner.prompts.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "epoch": epoch, "settings": self.learner.settings_record(),
                  "seed": self.options.seed}

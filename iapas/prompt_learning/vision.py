@@ -48,6 +48,26 @@ def reference_pixels(backbone, images: Sequence[np.ndarray], size: int) -> torch
     return (batch.clamp(0, 1) - backbone.mean) / backbone.std
 
 
+def pil_pixels(backbone, images: Sequence[np.ndarray], size: int) -> torch.Tensor:
+    """(B, 3, size, size) normalised pixels from PIL's bicubic resize of the uint8 image, as the references' loaders run.
+
+    caoyunkang/AdaCLIP method/trainer.py and zqhang/AnomalyCLIP utils.py get_transform (FAPrompt's copy too):
+    torchvision Resize((size, size), BICUBIC) on the PIL image, which is PIL's own resize (antialiased, rounded
+    to whole grey levels), then ToTensor and CLIP's mean and std. It differs from `reference_pixels` (float
+    resize, not rounded) by about one grey level.
+    """
+    from PIL import Image
+
+    resized = [np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((size, size), Image.BICUBIC), np.float32)
+               for image in images]
+    batch = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).to(backbone.device) / 255
+    return (batch - backbone.mean) / backbone.std
+
+
+# how a CLIP method may resize its input: "antialiased" (every method's default) or "pil" (an official recipe's)
+PIXEL_RESIZES = {"antialiased": reference_pixels, "pil": pil_pixels}
+
+
 def tokens_at(backbone, pixels: torch.Tensor) -> torch.Tensor:
     """(B, 1 + g*g, D) class and patch tokens for pixels of any size, position embeddings interpolated to the grid.
 
@@ -126,7 +146,7 @@ class ReferenceInput:
     """For models that read images as AnomalyCLIP's code does: `settings.image_size` px, `reference_pixels` resizing.
 
     The training loop and inference ask a learner for `input_size` and `preprocess`; AnomalyCLIP and FAPrompt
-    (built on it) answer the same way.
+    (built on it) answer the same way, and their `rules.input_resize` picks the float or the uint8 PIL resize.
     """
 
     backbone: object
@@ -136,6 +156,20 @@ class ReferenceInput:
     def input_size(self) -> int:
         return self.settings.image_size
 
+    @property
+    def mask_rule(self) -> str:
+        """How the training loop resizes masks (`training.resized_mask`): the rules' nearest or bilinear."""
+        rules = getattr(self, "rules", None)
+        return rules.train_masks if rules is not None else "nearest"
+
+    @property
+    def train_precision(self) -> str:
+        """The training loop's precision (`training.mixed_precision`): auto (bf16 on a GPU) or fp32."""
+        rules = getattr(self, "rules", None)
+        return rules.train_precision if rules is not None else "auto"
+
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Pixels at the input size, resized as the reference's PIL bicubic resize does (antialiased)."""
-        return reference_pixels(self.backbone, images, self.settings.image_size)
+        rules = getattr(self, "rules", None)
+        resize = pil_pixels if rules is not None and rules.input_resize == "pil-uint8" else reference_pixels
+        return resize(self.backbone, images, self.settings.image_size)

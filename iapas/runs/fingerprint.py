@@ -80,8 +80,12 @@ MODEL_PATHS: dict[str, Callable[["Config"], Path | str | None]] = {
     "segmenter": lambda c: _found("segmenter", c.masking.weights, c.weights_dir, c.masking.backend),
     "clip": lambda c: _found("clip", c.clip_methods.weights, c.weights_dir),
     "adaclip_prompts": lambda c: c.clip_methods.adaclip_prompts or Path(c.weights_dir) / "adaclip" / "adaclip_prompts.pt",
-    "tagger": lambda c: c.calibration.tagger_weights or (_found("clip", c.clip_methods.weights, c.weights_dir)
-                                                          if c.calibration.tagger in ("auto", "clip") else None),
+    # the RAM taggers' file when present (auto-ram falls back to auto's CLIP without it), else auto's or clip's CLIP
+    "tagger": lambda c: c.calibration.tagger_weights
+    or (c.calibration.tagger in ("ram", "auto-ram") and _found("tagger-ram", "", c.weights_dir))
+    or (_found("clip", c.clip_methods.weights, c.weights_dir) if c.calibration.tagger in ("auto", "clip", "auto-ram") else None),
+    "dinov2": lambda c: _found("dinov2", c.musc.weights, c.weights_dir),
+    "anomalydino_dinov2": lambda c: _found("dinov2", c.anomalydino.weights, c.weights_dir),
     "llm": lambda c: c.calibration.llm_model if c.calibration.llm_model and Path(c.calibration.llm_model).exists() else None,
 }
 # method -> the models its results depend on; "calibrates" adds the preprocessing models (eval calibrates itself)
@@ -89,6 +93,8 @@ METHOD_MODELS: dict[str, tuple[str, ...]] = {
     "iapas": ("detector", "segmenter"),
     "winclip": ("clip",),
     "adaclip": ("clip", "adaclip_prompts"),
+    "musc": ("clip", "dinov2"),
+    "anomalydino": ("anomalydino_dinov2",),
 }
 PREPROCESSING_MODELS = ("tagger", "llm")
 

@@ -64,8 +64,22 @@ def is_done(out_dir: Path, name: str, fingerprint: str = "") -> bool:
     return isinstance(record, dict) and record.get("fingerprint", "") == fingerprint
 
 
+def object_record(result: Result) -> dict[str, Any] | None:
+    """What decided IAP-AS's size filter on this image: the object's tags, box and size, and the area limit applied."""
+    if result.method != "iapas":
+        return None
+    box = result.object_box
+    return {
+        "tags": list(result.object_tags),
+        "box": None if box is None else [float(v) for v in box.xyxy[0]],
+        "score": None if box is None else float(box.scores[0]),
+        "size": result.object_size,
+        "size_limit": result.size_limit,
+    }
+
+
 def result_record(result: Result, image: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON-ready summary of a Result."""
+    """The JSON-ready summary of a Result, numbers at full float precision (a run can be checked against a reference)."""
     return {
         "image": str(image),
         "method": result.method,
@@ -73,9 +87,9 @@ def result_record(result: Result, image: Path, extra: dict[str, Any] | None = No
         "width": result.width,
         "image_score": result.image_score,
         "prompts": list(result.prompts),
+        "object": object_record(result),
         "boxes": [
-            {"xyxy": [round(float(v), 2) for v in box], "score": round(float(score), 4), "phrase": phrase,
-             "mask_area": int(area)}
+            {"xyxy": [float(v) for v in box], "score": float(score), "phrase": phrase, "mask_area": int(area)}
             for box, score, phrase, area in zip(
                 result.boxes.xyxy, result.boxes.scores, result.boxes.phrases,
                 result.masks.areas() if len(result.masks) == len(result.boxes) else [0] * len(result.boxes),

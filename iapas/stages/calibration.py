@@ -38,7 +38,8 @@ class SizeThresholdStage:
     def run(self, calibration_images: Sequence[np.ndarray], tags: tuple[str, ...]) -> dict[str, float | None]:
         ratios = []
         for image in calibration_images if tags else ():
-            boxes = self.detector.detect(image, tags, self.box_threshold, self.text_threshold)
+            # cut to the image: the object size is the share of the image a box covers (detectors give boxes as predicted)
+            boxes = self.detector.detect(image, tags, self.box_threshold, self.text_threshold).clamped(*image.shape[:2])
             if len(boxes):
                 ratios.append(float(boxes.area_ratios(*image.shape[:2]).max()))
         threshold, object_size = size_threshold_from_ratios(ratios, self.cap)

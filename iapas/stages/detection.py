@@ -68,14 +68,30 @@ def captions_for(prompts: Sequence[str], caption_format: str, fits: Callable[[st
     return captions
 
 
+BOX_CLAMP_RULES = ("at-detection", "before-masking")  # where boxes are cut to the image (config detection.box_clamp)
+
+
+def clamps_at_detection(rule: str) -> bool:
+    """Whether the recipe's clamp rule cuts boxes to the image as they are detected (else only before masking)."""
+    if rule not in BOX_CLAMP_RULES:
+        raise IapasError(f"unknown box clamp rule {rule!r} (choose from {', '.join(BOX_CLAMP_RULES)})")
+    return rule == "at-detection"
+
+
 @dataclass
 class DetectStage:
-    """Runs the detector once per image over all prompts; thresholds come per call (a calibration sets them)."""
+    """Runs the detector once per image over all prompts; thresholds come per call (a calibration sets them).
+
+    Detectors give boxes as predicted, reaching past the image where the prediction does; `clamp` cuts them
+    to the image here (the iapas recipe), else they stay as predicted through NMS and the size rule, as the
+    official code has them, and the masking stage cuts them before SAM.
+    """
 
     detector: Detector
     caption_format: str = "dots"
     phrase_rule: str = "words"
     max_boxes: int = 0  # keep the K highest-scoring boxes per image (0: all)
+    clamp: bool = True
     name: str = "detection"
     inputs: tuple[str, ...] = ("image", "prompts", "box_threshold", "text_threshold")
     outputs: tuple[str, ...] = ("boxes",)
@@ -83,7 +99,12 @@ class DetectStage:
     def run(self, image: np.ndarray, prompts: tuple[str, ...], box_threshold: float, text_threshold: float) -> dict[str, Boxes]:
         captions = captions_for(prompts, self.caption_format, self.detector.fits)
         boxes = self.detector.detect_captions(image, captions, box_threshold, text_threshold, self.phrase_rule)
-        return {"boxes": boxes.top(self.max_boxes)}
+        return {"boxes": self._finished(boxes, image)}
+
+    def _finished(self, boxes: Boxes, image: np.ndarray) -> Boxes:
+        """The image's K best boxes, cut to the image when this stage clamps."""
+        boxes = boxes.top(self.max_boxes)
+        return boxes.clamped(*image.shape[:2]) if self.clamp else boxes
 
     def run_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Boxes]]:
         """`run` on several images: those sharing prompts and thresholds go through the detector together.
@@ -104,5 +125,5 @@ class DetectStage:
             captions = captions_for(prompts, self.caption_format, self.detector.fits)
             found = batched([items[i]["image"] for i in members], captions, box_threshold, text_threshold, self.phrase_rule)
             for index, boxes in zip(members, found):
-                results[index] = {"boxes": boxes.top(self.max_boxes)}
+                results[index] = {"boxes": self._finished(boxes, items[index]["image"])}
         return results

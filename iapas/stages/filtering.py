@@ -40,13 +40,18 @@ def filter_by_size(boxes: Boxes, image_height: int, image_width: int, size_thres
     return boxes.select(boxes.area_ratios(image_height, image_width) < size_threshold)
 
 
-def object_size(object_boxes: Boxes, image_height: int, image_width: int, iou_threshold: float) -> float | None:
-    """Area ratio of the top-scoring object box after NMS (utils/function.py process_object_output); None: no box."""
+def object_box(object_boxes: Boxes, iou_threshold: float) -> Boxes | None:
+    """The top-scoring object box after NMS (utils/function.py process_object_output), as one box; None: no box."""
     kept = nms(object_boxes, iou_threshold)
     if len(kept) == 0:
         return None
-    best = int(np.argmax(kept.scores))  # first of equal maxima, as torch.max returns
-    return float(kept.area_ratios(image_height, image_width)[best])
+    return kept.select([int(np.argmax(kept.scores))])  # first of equal maxima, as torch.max returns
+
+
+def object_size(object_boxes: Boxes, image_height: int, image_width: int, iou_threshold: float) -> float | None:
+    """Area ratio of the top-scoring object box after NMS (utils/function.py process_object_output); None: no box."""
+    box = object_box(object_boxes, iou_threshold)
+    return None if box is None else float(box.area_ratios(image_height, image_width)[0])
 
 
 @dataclass
@@ -83,9 +88,10 @@ class ObjectSizeFilterStage:
     iou_threshold: float
     caption_format: str = "official"
     phrase_rule: str = "tokens"
+    clamp: bool = False  # cut the object boxes to the image before measuring (iapas); the official code does not
     name: str = "size_filter"
     inputs: tuple[str, ...] = ("boxes", "image", "object_tags", "box_threshold", "text_threshold")
-    outputs: tuple[str, ...] = ("boxes", "object_size")
+    outputs: tuple[str, ...] = ("boxes", "object_size", "object_box", "size_limit")
 
     def run(
         self, boxes: Boxes, image: np.ndarray, object_tags: Sequence[str], box_threshold: float, text_threshold: float
@@ -95,9 +101,13 @@ class ObjectSizeFilterStage:
         height, width = image.shape[:2]
         captions = captions_for(tuple(object_tags), self.caption_format, self.detector.fits) if object_tags else []
         found = self.detector.detect_captions(image, captions, box_threshold, text_threshold, self.phrase_rule) if captions else Boxes.empty()
-        size = object_size(found, height, width, self.iou_threshold)
+        if self.clamp:
+            found = found.clamped(height, width)
+        box = object_box(found, self.iou_threshold)
+        size = None if box is None else float(box.area_ratios(height, width)[0])
         limit = self.factor * (NO_OBJECT_SIZE if size is None else size)
-        return {"boxes": filter_by_size(boxes, height, width, limit), "object_size": size}
+        return {"boxes": filter_by_size(boxes, height, width, limit), "object_size": size, "object_box": box,
+                "size_limit": limit}
 
 
 def build_calibrated(detector: Detector, settings) -> SizeFilterStage:
@@ -105,9 +115,12 @@ def build_calibrated(detector: Detector, settings) -> SizeFilterStage:
 
 
 def build_object_per_image(detector: Detector, settings) -> ObjectSizeFilterStage:
+    from .detection import clamps_at_detection
+
     return ObjectSizeFilterStage(
         detector, settings.filtering.size_threshold, settings.filtering.nms_iou,
         settings.detection.caption_format, settings.detection.phrase_rule,
+        clamps_at_detection(settings.detection.box_clamp),
     )
 
 

@@ -146,6 +146,13 @@ def build_demo_hf_sam(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
+def tiny_clip_text(vocab: dict[str, int], **sizes: int) -> dict:
+    """A tiny CLIP text tower's settings over the character tokenizer's `vocab` (demo CLIP and SAM 3 share it)."""
+    return dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"],
+                **sizes)
+
+
 def build_demo_clip(directory: Path, seed: int = 0, image_size: int = 32) -> Path:
     """Save a tiny transformers CLIPModel with a character-level BPE tokenizer to `directory`."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
@@ -154,11 +161,7 @@ def build_demo_clip(directory: Path, seed: int = 0, image_size: int = 32) -> Pat
     tokenizer = write_char_clip_tokenizer(directory)
     vocab = tokenizer.get_vocab()
     config = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-            pad_token_id=vocab["<|endoftext|>"],
-        ),
+        text_config=tiny_clip_text(vocab, num_hidden_layers=2, max_position_embeddings=77),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                            image_size=image_size, patch_size=8),
         projection_dim=16,
@@ -292,14 +295,86 @@ def build_demo_omdet_turbo(directory: Path, seed: int = 0, image_size: int = DEM
     return directory
 
 
+DEMO_RAM_TAGS = 8  # the demo RAM's bias is set so that about this many tags pass on a grey image
+
+
+def build_demo_ram(path: Path, seed: int = 0) -> Path:
+    """Save a tiny RAM (Swin at 224 px, narrow 2-layer head, the real 4585 tags) as the releases are saved.
+
+    The file holds {"model": state dict} under the released names, so `--tagger ram` loads it through the
+    same loader as ram_swin_large_14m.pth. fc's bias is chosen so that a few tags pass on a grey image.
+    """
+    from ..backends.ram import RamModel, RamShape, class_thresholds
+    from ..backends.ram.swin import SwinShape
+    from ..backends.ram.tagging_head import HeadShape
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = RamShape(swin=SwinShape(image_size=224, embed_dim=8, depths=(1, 1, 2, 1), num_heads=(1, 1, 2, 2), window_size=7),
+                     head=HeadShape(hidden=32, intermediate=64))
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        model = RamModel(shape).eval()
+        model.label_embed.normal_()
+        logits = model(torch.zeros(1, 3, 224, 224))[0]  # the normalised grey image
+        margin = logits - torch.logit(class_thresholds(shape.classes))
+        ranked = margin.topk(DEMO_RAM_TAGS + 1).values
+        model.fc.bias -= (ranked[-2] + ranked[-1]) / 2  # halfway between the last tag kept and the first left out
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
 def make_demo_weights(weights_dir: Path) -> list[Path]:
     """Write the demo detector, segmenter and CLIP where the manifest's demo entries expect them."""
     from .manifest import load_manifest
 
     builders = {"grounding-dino-demo": build_demo_grounding_dino, "sam-demo": build_demo_sam_checkpoint, "clip-demo": build_demo_clip,
-                "sam2-demo": build_demo_sam2, "edgetam-demo": build_demo_edgetam, "omdet-turbo-demo": build_demo_omdet_turbo}
+                "sam2-demo": build_demo_sam2, "edgetam-demo": build_demo_edgetam, "omdet-turbo-demo": build_demo_omdet_turbo,
+                "ram-demo": build_demo_ram}
     written = []
     for entry in load_manifest():
         if entry.demo and entry.name in builders:
             written.append(builders[entry.name](entry.location(Path(weights_dir))))
     return written
+
+
+def build_demo_dinov2(directory: Path, seed: int = 0, image_size: int = 28) -> Path:
+    """Save a tiny transformers Dinov2Model (2 blocks, patch 7) with random weights to `directory`."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    directory = Path(directory)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, patch_size=7,
+                          image_size=image_size)
+    with torch.random.fork_rng(devices=[]), quiet_loading():
+        torch.manual_seed(seed)
+        Dinov2Model(config).eval().save_pretrained(directory)
+    (directory / "DEMO_WEIGHTS").write_text(DEMO_NOTE, encoding="utf-8")
+    return directory
+
+
+def build_demo_sam3(directory: Path, seed: int = 0, image_size: int = 112) -> Path:
+    """Save a tiny transformers Sam3Model (2-block ViT, patch 14, 10 queries) and its processor to `directory`."""
+    from transformers import Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
+
+    directory = Path(directory)
+    tokenizer = write_char_clip_tokenizer(directory)
+    vocab = tokenizer.get_vocab()
+    grid = image_size // 14
+    hidden = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2)
+    config = Sam3Config(
+        vision_config=dict(backbone_config=dict(model_type="sam3_vit_model", num_hidden_layers=2, image_size=image_size, patch_size=14,
+                                                pretrain_image_size=image_size // 2, window_size=4, global_attn_indexes=[1], **hidden),
+                           fpn_hidden_size=32, backbone_feature_sizes=[[grid * 4, grid * 4], [grid * 2, grid * 2], [grid, grid]]),
+        text_config=tiny_clip_text(vocab, num_hidden_layers=1, max_position_embeddings=32, projection_dim=32),
+        geometry_encoder_config=dict(num_layers=1, **hidden),
+        detr_encoder_config=dict(num_layers=1, **hidden),
+        detr_decoder_config=dict(num_layers=1, num_queries=10, **hidden),
+        mask_decoder_config=dict(hidden_size=32, num_attention_heads=2),
+    )
+    with torch.random.fork_rng(devices=[]), quiet_loading():
+        torch.manual_seed(seed)
+        Sam3Model(config).eval().save_pretrained(directory)
+    processor = Sam3Processor(image_processor=Sam3ImageProcessor(size={"height": image_size, "width": image_size}), tokenizer=tokenizer)
+    processor.save_pretrained(directory)
+    (directory / "DEMO_WEIGHTS").write_text(DEMO_NOTE, encoding="utf-8")
+    return directory

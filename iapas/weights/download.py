@@ -44,6 +44,7 @@ class DownloadSource:
     sha256: dict[str, str] = field(default_factory=dict)  # hub file -> pinned sha256
     url: str = ""
     sha256_prefix: str = ""  # a url file's published hash prefix (open_clip names its files with one)
+    gated: bool = False  # a hub repository whose licence the user must accept (and log in) before it serves files
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def load_sources(path: Path = DOWNLOADS_PATH) -> list[DownloadSource]:
     return [DownloadSource(entry=raw["entry"], profiles=tuple(raw.get("profiles", ())), hub=raw.get("hub", ""),
                            revision=raw.get("revision", "main"), files=tuple(raw.get("files", ())),
                            sha256=dict(raw.get("sha256", {})), url=raw.get("url", ""),
-                           sha256_prefix=raw.get("sha256_prefix", ""))
+                           sha256_prefix=raw.get("sha256_prefix", ""), gated=bool(raw.get("gated", False)))
             for raw in data.get("download", [])]
 
 
@@ -184,6 +185,9 @@ def fetch_hub_file(source: DownloadSource, filename: str, cache_dir: str | None)
         raise WeightsError(f"{where}: offline and not in the hub cache") from None
     except HfHubHTTPError as error:
         status = getattr(getattr(error, "response", None), "status_code", "?")
+        if type(error).__name__ == "GatedRepoError" or (source.gated and status in (401, 403)):
+            raise WeightsError(f"{source.hub} is gated: accept its licence at https://huggingface.co/{source.hub} and log in "
+                               "(`hf auth login`), then download again") from None
         raise WeightsError(f"{where}: HTTP {status} from the hub") from None
     except Exception as error:  # the hub client's connection errors have their own classes; all mean "not fetched"
         message = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
@@ -217,6 +221,21 @@ def download_entry(source: DownloadSource, entry: WeightEntry, weights_dir: Path
             raise
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging, target)
+        return target
+
+    if entry.format != "hf-dir":  # one checkpoint file kept in a hub repository (RAM's .pth), not a model folder
+        if len(source.files) != 1:
+            raise WeightsError(f"{entry.name}: a {entry.format} entry downloads one hub file, the sources list {len(source.files)}")
+        cached, published = fetch_hub_file(source, source.files[0], cache_dir)
+        key = f"{entry.name}/{source.files[0]}"
+        actual = check_hash(cached, key, source.sha256.get(source.files[0], ""), published, lock)
+        staging = weights_dir / ".downloads" / Path(entry.expected_path).name
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cached, staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, target)
+        if not source.sha256.get(source.files[0]):
+            lock.record(key, actual)
         return target
 
     def fill(partial: Path) -> None:

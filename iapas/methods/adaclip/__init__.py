@@ -62,4 +62,6 @@ def build(config: Config, ablate: Sequence[str]) -> "Method":
     """AdaCLIP with trained or released weights on the config's CLIP."""
     from .model import AdaClip
 
-    return AdaClip.load(prompts_path(config), adaclip_backbone(config))
+    rules = config.clip_methods
+    return AdaClip.load(prompts_path(config), adaclip_backbone(config), rules.adaclip_image_size,
+                        resize=rules.adaclip_resize, prompt_precision=rules.adaclip_prompt_precision)

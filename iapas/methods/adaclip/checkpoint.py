@@ -8,7 +8,7 @@ format and were trained with train.py's defaults: 518 px, feature layers n/4, 2n
 """
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +16,7 @@ import torch
 
 from ...errors import WeightsError
 from ...files import atomic_write
-from .model import INPUT_SIZE, AdaClipSettings, default_layers
+from .model import INPUT_SIZE, AdaClipSettings, check_input_size, default_layers
 
 if TYPE_CHECKING:
     from ...backends.clip import ClipBackbone
@@ -88,9 +88,52 @@ def load_into(prompts: torch.nn.Module, state: dict[str, torch.Tensor], path: st
     prompts.load_state_dict({key: value.float() for key, value in state.items()})
 
 
-def load_prompts(cls: type["AdaClip"], path: str | Path, backbone: "ClipBackbone") -> "AdaClip":
-    """Trained prompts on top of a frozen CLIP; a one-line WeightsError when they are missing or do not fit."""
+def load_prompts(cls: type["AdaClip"], path: str | Path, backbone: "ClipBackbone", image_size: int = 0,
+                 **rules) -> "AdaClip":
+    """Trained prompts on top of a frozen CLIP, at `image_size` px (0: the checkpoint's); one-line errors when they do not fit."""
     settings, state, trained_on = read_checkpoint(path, backbone.depth)
-    model = cls(backbone, settings)
+    if image_size:  # the learned tensors do not depend on the input size: the position embeddings are resized
+        settings = replace(settings, image_size=check_input_size(image_size, backbone))
+    model = cls(backbone, settings, **rules)
     load_into(model.prompts, state, path, trained_on, backbone.name)
     return model.eval()
+
+
+def official_layout_problem(settings: AdaClipSettings) -> str:
+    """Why the official code could not run these settings as trained ("" when it can).
+
+    caoyunkang/AdaCLIP train.py / test.py build the feature layers from the backbone (`substage`: every
+    quarter of the depth) and take the input size, prompt depth and length as arguments, so only the
+    layers must have the official layout; the other three are passed to test.py.
+    """
+    layers = tuple(settings.layers)
+    quarter = layers[-1] // 4 if layers else 0
+    if len(layers) != 4 or not quarter or layers != tuple(quarter * k for k in range(1, 5)):
+        return f"feature layers {list(layers)}: the official code uses four at every quarter of the depth (e.g. 6, 12, 18, 24)"
+    return ""
+
+
+def official_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The learned tensors as method/trainer.py `save` writes them: a flat dict, each name under `clip_model.`."""
+    return {OFFICIAL_PREFIX + key: value.detach().float().cpu().contiguous() for key, value in state.items()}
+
+
+def to_official(source: str | Path, destination: str | Path) -> Path:
+    """Write an iapas AdaCLIP checkpoint in the official layout, which caoyunkang/AdaCLIP test.py loads (`--ckt_path`).
+
+    The official `AdaCLIP_Trainer.load` reads with strict=False, so a wrong name would load as nothing
+    without a word: every name and shape here is the official model's (tests/test_adaclip_reference.py).
+    Settings the official code cannot run as trained are refused; the others are printed for test.py.
+    """
+    settings, state, _ = read_checkpoint(source, vision_depth=0)  # the depth only matters for reading an official file
+    problem = official_layout_problem(settings)
+    if problem:
+        raise WeightsError(f"{source} cannot be written for the official AdaCLIP code: {problem}")
+    payload = official_state(state)
+    return atomic_write(destination, lambda temporary: torch.save(payload, temporary))
+
+
+def official_arguments(settings: AdaClipSettings) -> str:
+    """The caoyunkang/AdaCLIP test.py arguments that run a converted checkpoint as it was trained."""
+    return (f"--image_size {settings.image_size} --prompting_depth {settings.prompt_depth} "
+            f"--prompting_length {settings.prompt_length}")

@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from ...backends.clip import ClipBackbone
-from ...errors import WeightsError
+from ...errors import ConfigError, WeightsError
 from ...acceleration.precision import full_precision
 from ..batching import BatchedMethod, timed
 from ...prompt_learning import gaussian_smooth
-from ...prompt_learning.vision import evenly_spaced_layers
+from ...prompt_learning.vision import PIXEL_RESIZES, evenly_spaced_layers
 from ...types import Boxes, Masks, Result
 from .hsf import HSF_CLUSTERS, cluster_centre, fuse
 from .text import prompt_sentences
@@ -41,6 +41,16 @@ LOGIT_SCALE = 100.0  # method/adaclip.py `visual_text_similarity`: 100 x cosine,
 MAP_SIGMA = 4.0  # method/trainer.py `evaluation`: gaussian_filter(sigma=4)
 STATIC_STD = 0.02  # method/adaclip.py `PromptLayer`: static prompts ~ N(0, 0.02)
 DEFAULT_CLASS = "object"
+# the dtype every inserted prompt is rounded through: None keeps float32 (our default); method/adaclip.py PromptLayer
+# `forward_text` / `forward_visual` cast each prompt `.half()` before it joins the sequence (the official recipe)
+PROMPT_PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16}
+
+
+def check_input_size(size: int, backbone: ClipBackbone) -> int:
+    """`size` when it is a positive multiple of the CLIP's patch size, else a one-line ConfigError."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % backbone.patch_size:
+        raise ConfigError(f"AdaCLIP input size must be a multiple of the CLIP's patch size {backbone.patch_size}, got {size!r}")
+    return size
 
 
 def default_layers(depth: int) -> tuple[int, ...]:
@@ -114,10 +124,16 @@ class AdaClip(BatchedMethod, torch.nn.Module):
     name = "adaclip"
     default_image_score = "method"  # `iapas eval` ranks images by HSF, as the reference's test.py does
 
-    def __init__(self, backbone: ClipBackbone, settings: AdaClipSettings | None = None) -> None:
+    def __init__(self, backbone: ClipBackbone, settings: AdaClipSettings | None = None, *, resize: str = "antialiased",
+                 prompt_precision: str = "fp32") -> None:
+        """`resize` names a `PIXEL_RESIZES` entry ("pil": the official loader's); `prompt_precision` a `PROMPT_PRECISIONS` one."""
         super().__init__()
         self.backbone = backbone
         self.settings = settings or AdaClipSettings.for_backbone(backbone)
+        if resize not in PIXEL_RESIZES or prompt_precision not in PROMPT_PRECISIONS:
+            raise ConfigError(f"AdaCLIP resize must be one of {', '.join(PIXEL_RESIZES)} and prompt precision one of "
+                              f"{', '.join(PROMPT_PRECISIONS)}, got {resize!r} and {prompt_precision!r}")
+        self.resize, self.prompt_precision = resize, prompt_precision
         bad = backbone.missing_layers(self.settings.layers)
         if bad:
             raise WeightsError(f"AdaCLIP layers {bad} do not exist in a {backbone.depth}-layer CLIP")
@@ -130,6 +146,15 @@ class AdaClip(BatchedMethod, torch.nn.Module):
         self.class_name = DEFAULT_CLASS
         self._sentence_ids: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
         self.to(backbone.device)
+
+    def inserted(self, prompt: torch.Tensor) -> torch.Tensor:
+        """A prompt as it joins a token sequence: rounded through fp16 under the official rule, else unchanged."""
+        dtype = PROMPT_PRECISIONS[self.prompt_precision]
+        return prompt if dtype is None else prompt.to(dtype).to(prompt.dtype)
+
+    def pixels(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """The images at the input size, resized by the chosen rule."""
+        return PIXEL_RESIZES[self.resize](self.backbone, images, self.settings.image_size)
 
     # ---- text -------------------------------------------------------------------------------------
     def _tokens(self, class_name: str) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -158,8 +183,8 @@ class AdaClip(BatchedMethod, torch.nn.Module):
         statics = self.prompts.text_prompter.static_prompts
         deep = torch.stack([statics[i] + dynamic for i in range(1, self.settings.prompt_depth)]) if len(statics) > 1 else None
         words = self.backbone.clip.text_model.embeddings.token_embedding(ids)
-        if deep is not None:
-            deep = deep[None].expand(len(ids), -1, -1, -1)
+        if deep is not None:  # rounded per sentence, as the reference casts its expanded copies (so are the gradients)
+            deep = self.inserted(deep[None].expand(len(ids), -1, -1, -1))
         sentences = self.backbone.encode_text_embeddings(words, eos, deep, prompt_start=1)  # unit (N, E)
         states = [sentences[:normal_count].mean(0), sentences[normal_count:].mean(0)]
         return F.normalize(torch.stack(states), dim=-1)
@@ -179,7 +204,7 @@ class AdaClip(BatchedMethod, torch.nn.Module):
         collected = []
         for index, layer in enumerate(vision.encoder.layers):
             if index < self.settings.prompt_depth:
-                hidden = torch.cat([hidden[:, :count], (statics[index] + dynamic).to(hidden.dtype)], dim=1)
+                hidden = torch.cat([hidden[:, :count], self.inserted(statics[index] + dynamic).to(hidden.dtype)], dim=1)
             output = layer(hidden, None)
             hidden = output[0] if isinstance(output, tuple) else output
             if index + 1 in self.settings.layers:
@@ -233,7 +258,7 @@ class AdaClip(BatchedMethod, torch.nn.Module):
         (method/adaclip.py, method/trainer.py `autocast`) is `--precision fp16`.
         """
         start = time.perf_counter()
-        output = self(self.backbone.preprocess_to(images, self.settings.image_size), [self.class_name] * len(images))
+        output = self(self.pixels(images), [self.class_name] * len(images))
         heat = self.anomaly_map(output.layer_logits)
         return list(zip(heat, output.image_probabilities)), {"prompted_clip": time.perf_counter() - start}
 
@@ -267,8 +292,12 @@ class AdaClip(BatchedMethod, torch.nn.Module):
         return save_prompts(self, path, extra)
 
     @classmethod
-    def load(cls, path: str | Path, backbone: ClipBackbone) -> "AdaClip":
-        """Our checkpoint or an official released one (`pretrained_*.pth`) on top of a frozen CLIP."""
+    def load(cls, path: str | Path, backbone: ClipBackbone, image_size: int = 0, **rules) -> "AdaClip":
+        """Our checkpoint or an official released one (`pretrained_*.pth`) on top of a frozen CLIP.
+
+        `image_size` (0: the checkpoint's; 518 for a released one) sets the input size; `rules` are
+        `resize` and `prompt_precision` (see `__init__`).
+        """
         from .checkpoint import load_prompts
 
-        return load_prompts(cls, path, backbone)
+        return load_prompts(cls, path, backbone, image_size, **rules)

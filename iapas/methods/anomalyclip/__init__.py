@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 def build(config: Config, ablate: Sequence[str]) -> "Method":
     """AnomalyCLIP with trained prompts (`--prompts`, or the weights dir's) on the config's CLIP."""
     from ...backends.clip import backbone_for_config
+    from ...prompt_learning.rules import PromptRules
     from .model import PROMPTS_FILE, AnomalyClip
 
     prompts = config.clip_methods.prompts or str(Path(config.weights_dir) / "anomalyclip" / PROMPTS_FILE)
-    return AnomalyClip.load(prompts, backbone_for_config(config))
+    return AnomalyClip.load(prompts, backbone_for_config(config), PromptRules.from_config(config.clip_methods))

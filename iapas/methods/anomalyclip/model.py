@@ -2,9 +2,10 @@
 
 Two sentences, "[12 learned tokens] object." and "[12 learned tokens] damaged object.", are encoded
 with 4 further learned tokens replacing positions 1-4 in text layers 2-9. Images go in at 518 px;
-patch tokens from layers 6, 12, 18 and 24 of the V-V path (from layer 6 on) are compared with the
-two text embeddings (cosine / 0.07, softmax), one map per layer, upsampled and averaged, then
-smoothed with a Gaussian of sigma 4. The image score is the abnormal softmax of the class token
+patch tokens of the V-V path (from layer 6 on) at the map layers (iapas's training: 6, 12, 18, 24; a
+released checkpoint: 24 only, as the official train.sh/test.sh ran it) are compared with the two text
+embeddings (cosine / 0.07, softmax), one map per layer, upsampled and averaged, then smoothed with a
+Gaussian of sigma 4. The image score is the abnormal softmax of the class token
 (from the unchanged path) against the two texts.
 """
 from __future__ import annotations
@@ -22,7 +23,9 @@ from ...backends.clip import ClipBackbone
 from ...errors import WeightsError
 from ..batching import BatchedMethod, timed
 from ...prompt_learning import gaussian_smooth
-from ...prompt_learning.checkpoints import load_learned, load_prompt_learner, save_prompt_learner
+from ...prompt_learning.checkpoints import (load_learned, load_prompt_learner, official_sentence_state, save_prompt_learner,
+                                            unused_projections)
+from ...prompt_learning.rules import PromptRules
 from ...prompt_learning.text_prompts import deep_prompts, encode_prompted, fill_slots, learned_tokens, slot_sentences
 from ...prompt_learning.vision import (SIMILARITY_TEMPERATURE, ReferenceInput, encode_dual_path, evenly_spaced_layers, input_size_for,
                                        tokens_at, two_class_probabilities, upsample_patches,
@@ -36,6 +39,7 @@ TEXT_DEPTH = 9  # train.py --depth 9: learned tokens in text layers 1-9 (2-9 bey
 TEXT_LENGTH = 4  # train.py --t_n_ctx 4: learned tokens per deeper layer
 SMOOTHING_SIGMA = 4.0  # test.py --sigma 4
 PROMPTS_FILE = "anomalyclip_prompts.pt"
+OFFICIAL_SLOT_WORD = "X"  # prompt_ensemble.py: the learned slots are written "X X ... X" before tokenising
 RELEASED_HINT = ("train them with `iapas train anomalyclip`, or pass AnomalyCLIP's released "
                  "checkpoints/9_12_4_multiscale_visa/epoch_15.pth with --prompts")
 
@@ -44,7 +48,7 @@ RELEASED_HINT = ("train them with `iapas train anomalyclip`, or pass AnomalyCLIP
 class AnomalyClipSettings:
     """Shapes of the learned prompts and the test-time choices; stored in every iapas checkpoint."""
 
-    layers: tuple[int, ...]  # ViT layers whose patch tokens make maps (test.py --features_list 6 12 18 24)
+    layers: tuple[int, ...]  # ViT layers whose patch tokens make maps (test.py --features_list; released files: 24)
     image_size: int  # input size (518 for ViT-L/14-336)
     vv_from: int  # first layer of the V-V path (6 of 24)
     prompt_length: int = PROMPT_LENGTH
@@ -91,9 +95,11 @@ class AnomalyClip(BatchedMethod, ReferenceInput, torch.nn.Module):
 
     name = "anomalyclip"
 
-    def __init__(self, backbone: ClipBackbone, settings: AnomalyClipSettings | None = None) -> None:
+    def __init__(self, backbone: ClipBackbone, settings: AnomalyClipSettings | None = None,
+                 rules: PromptRules = PromptRules()) -> None:
         super().__init__()
         self.backbone = backbone
+        self.rules = rules  # where the authors' code and iapas's default differ (the official recipe sets them)
         self.settings = settings = settings or AnomalyClipSettings.for_backbone(backbone)
         backbone.require_layers((*settings.layers, settings.vv_from))
         backbone.require_text_depth(settings.text_depth)
@@ -108,7 +114,8 @@ class AnomalyClip(BatchedMethod, ReferenceInput, torch.nn.Module):
         """(2, E) unit embeddings of the normal and the abnormal prompt."""
         slots = torch.cat([self.prompts.ctx_pos[0], self.prompts.ctx_neg[0]])  # (2, length, width)
         filled = fill_slots(self.sentences, slots)
-        return encode_prompted(self.backbone, filled, self.eos, self.prompts.compound_prompts_text)
+        return encode_prompted(self.backbone, filled, self.eos, self.prompts.compound_prompts_text,
+                               half_deep=self.rules.deep_prompts == "fp16")
 
     def encode_image(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Unit class embedding (B, E) and unit patch embeddings (B, g*g, E) of each map layer (frozen CLIP, no gradient)."""
@@ -165,22 +172,42 @@ class AnomalyClip(BatchedMethod, ReferenceInput, torch.nn.Module):
     def settings_record(self) -> dict:
         return self.settings.record()
 
-    def save(self, path: str | Path, extra: dict | None = None) -> Path:
-        """The learned prompts in AnomalyCLIP's checkpoint layout, with iapas's settings beside them."""
+    def official_state(self) -> dict[str, torch.Tensor]:
+        """Every tensor zqhang/AnomalyCLIP's AnomalyCLIP_PromptLearner holds, so its test.py loads this strictly."""
+        settings, width = self.settings, int(self.backbone.clip.config.text_config.hidden_size)
+        slots = " ".join([OFFICIAL_SLOT_WORD] * settings.prompt_length)
+        state = {name: tensor.detach().float().cpu() for name, tensor in self.prompts.state_dict().items()}
+        state.update(unused_projections(settings.text_depth, width))
+        state.update(official_sentence_state(self.backbone, "pos", f"{slots} {NORMAL_WORDS}", 1, settings.prompt_length))
+        state.update(official_sentence_state(self.backbone, "neg", f"{slots} {ABNORMAL_WORDS}", 1, settings.prompt_length))
+        return state
+
+    def save(self, path: str | Path, extra: dict | None = None, layout: str = "iapas") -> Path:
+        """The learned prompts in AnomalyCLIP's checkpoint layout, with iapas's settings beside them.
+
+        layout "official" adds the frozen buffers and unused layers of the authors' prompt learner, so their
+        test.py loads the file strictly; iapas reads both alike.
+        """
         record = {"method": self.name, "settings": self.settings.record(), "clip": self.backbone.name, **(extra or {})}
-        return save_prompt_learner(path, self.prompts.state_dict(), record)
+        state = self.official_state() if layout == "official" else self.prompts.state_dict()
+        return save_prompt_learner(path, state, record)
 
     @classmethod
-    def load(cls, path: str | Path, backbone: ClipBackbone) -> "AnomalyClip":
-        """Prompts from `save` or from AnomalyCLIP's own train.py (its released epoch_15.pth) on a frozen CLIP."""
+    def load(cls, path: str | Path, backbone: ClipBackbone, rules: PromptRules = PromptRules()) -> "AnomalyClip":
+        """Prompts from `save` or from AnomalyCLIP's own train.py (its released epoch_15.pth) on a frozen CLIP.
+
+        A released file (no iapas record) maps the last layer only, as the official train.sh and test.sh
+        (`--features_list 24`) trained and tested it; iapas's own files keep the layers they recorded.
+        """
         state, record = load_prompt_learner(path, cls.name, RELEASED_HINT)
         try:
             if record:
                 settings = AnomalyClipSettings.from_record(record["settings"])
-            else:  # a released file: the shapes from its tensors, the test-time choices the reference's
-                settings = AnomalyClipSettings.for_backbone(backbone, **AnomalyClipPrompts.shapes_of(state))
+            else:  # a released file: the shapes from its tensors, the test-time choices the official scripts'
+                settings = AnomalyClipSettings.for_backbone(backbone, layers=(backbone.depth,),
+                                                            **AnomalyClipPrompts.shapes_of(state))
         except (KeyError, TypeError, IndexError) as error:
             raise WeightsError(f"not an anomalyclip prompt checkpoint: {path} (no {error})") from None
-        model = cls(backbone, settings)
+        model = cls(backbone, settings, rules)
         load_learned(model.prompts, state, path, backbone.name)
         return model.eval()

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 def build(config: Config, ablate: Sequence[str]) -> "Method":
     """FAPrompt with trained prompts (`--prompts`, or the weights dir's) on the config's CLIP."""
     from ...backends.clip import backbone_for_config
+    from ...prompt_learning.rules import PromptRules
     from .model import PROMPTS_FILE, FAPrompt
 
     prompts = config.clip_methods.prompts or str(Path(config.weights_dir) / "faprompt" / PROMPTS_FILE)
-    return FAPrompt.load(prompts, backbone_for_config(config))
+    return FAPrompt.load(prompts, backbone_for_config(config), PromptRules.from_config(config.clip_methods))

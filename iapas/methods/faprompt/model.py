@@ -3,7 +3,7 @@
 CAP: one normal prompt "[5 learned tokens] object." and 10 abnormality prompts "[the same 5 tokens]
 [2 learned tokens of their own] damaged object.", whose embeddings are averaged into an abnormality
 prototype and kept apart by an orthogonality loss. DAP: the 10 patches most similar to the
-prototype feed a prior network (one ReLU hidden layer) whose output is added to every abnormal
+prototype (the paper; the official code feeds the first 10, `rules.prior_patches`) feed a prior network (one ReLU hidden layer) whose output is added to every abnormal
 token, per image. Both the prompt-only and the prior-enabled prompts give a map; the test map is
 their mean, smoothed with sigma 10, and the image score is Eq. 9.
 """
@@ -23,7 +23,9 @@ from ...backends.clip import ClipBackbone
 from ...errors import WeightsError
 from ..batching import BatchedMethod, timed
 from ...prompt_learning import gaussian_smooth
-from ...prompt_learning.checkpoints import load_learned, load_prompt_learner, save_prompt_learner
+from ...prompt_learning.checkpoints import (load_learned, load_prompt_learner, official_sentence_state, save_prompt_learner,
+                                            unused_projections)
+from ...prompt_learning.rules import PromptRules
 from ...prompt_learning.text_prompts import deep_prompts, encode_prompted, fill_slots, learned_tokens, slot_sentences
 from ...prompt_learning.vision import (SIMILARITY_TEMPERATURE, ReferenceInput, encode_dual_path, input_size_for,
                                        tokens_at, two_class_probabilities, upsample_patches, vv_start_for)
@@ -40,6 +42,7 @@ TEXT_DEPTH = 9  # App. B: learnable tokens in the first 9 text-encoder layers
 TEXT_LENGTH = 4  # ... 4 tokens per layer
 SMOOTHING_SIGMA = 10.0  # FAPrompt test.py --sigma 10
 PROMPTS_FILE = "faprompt_prompts.pt"
+NORMAL_SLOT_WORD, ABNORMAL_SLOT_WORD = "N", "A"  # FAPrompt.py: the slots are written "N N N N N" and "A A" before tokenising
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,15 @@ def top_patch_tokens(patches: torch.Tensor, scores: torch.Tensor, k: int) -> tor
     return patches.gather(1, index[..., None].expand(-1, -1, patches.shape[-1]))
 
 
+def first_patch_tokens(patches: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, k, E) patches 0..k-1: what the official train.py and test.py feed the prior network.
+
+    mala-lab/FAPrompt test.py computes the top-k indices (`pk_indx`) but gathers `patch_features[1:][i, k]`
+    with the loop counter k, so the prior network always reads the first k patch tokens.
+    """
+    return patches[:, :k]
+
+
 def orthogonality_loss(features: torch.Tensor) -> torch.Tensor:
     """Sum over pairs of |cosine| between the abnormality prompt embeddings (P, E) (CAP, Eq. 4; FAPrompt train.py loss_ab)."""
     unit = F.normalize(features, dim=-1)
@@ -115,9 +127,11 @@ class FAPrompt(BatchedMethod, ReferenceInput, torch.nn.Module):
 
     name = "faprompt"
 
-    def __init__(self, backbone: ClipBackbone, settings: FAPromptSettings | None = None) -> None:
+    def __init__(self, backbone: ClipBackbone, settings: FAPromptSettings | None = None,
+                 rules: PromptRules = PromptRules()) -> None:
         super().__init__()
         self.backbone = backbone
+        self.rules = rules  # where the authors' code and the paper differ (the official recipe sets them)
         self.settings = settings = settings or FAPromptSettings.for_backbone(backbone)
         backbone.require_layers((settings.map_layer, settings.vv_from))
         backbone.require_text_depth(settings.text_depth)
@@ -141,7 +155,7 @@ class FAPrompt(BatchedMethod, ReferenceInput, torch.nn.Module):
         abnormal = fill_slots(self.sentences[1:].repeat(groups, 1, 1), slots)
         eos = torch.cat([self.eos[:1], self.eos[1:].repeat(groups)])
         features = encode_prompted(self.backbone, torch.cat([normal, abnormal]), eos, prompts.compound_prompts_text,
-                                   normalize=False)
+                                   normalize=False, half_deep=self.rules.deep_prompts == "fp16")
         return features[0], features[1:].view(groups, settings.prompt_count, -1)
 
     def encode_image(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,7 +174,10 @@ class FAPrompt(BatchedMethod, ReferenceInput, torch.nn.Module):
         normal, abnormal = self._encode(self.prompts.ctx_neg)
         prototype = torch.stack([normal, abnormal[0].mean(0)])  # FAPrompt train.py: mean of unnormalised embeddings
         static = two_class_probabilities(patches, F.normalize(prototype, dim=-1))
-        selected = top_patch_tokens(patches, static[..., 1].detach(), self.settings.top_k)
+        if self.rules.prior_patches == "first":  # the official code's indexing
+            selected = first_patch_tokens(patches, self.settings.top_k)
+        else:  # the paper's Eq. 6
+            selected = top_patch_tokens(patches, static[..., 1].detach(), self.settings.top_k)
         bias = self.prompts.patch_meta_net(selected.flatten(1))  # (B, text width), one prior per image
         tokens = self.prompts.ctx_neg[0][None] + bias[:, None, None]  # every abnormal token of every prompt
         _, prior_abnormal = self._encode(tokens)
@@ -206,19 +223,36 @@ class FAPrompt(BatchedMethod, ReferenceInput, torch.nn.Module):
     def settings_record(self) -> dict:
         return asdict(self.settings)
 
-    def save(self, path: str | Path, extra: dict | None = None) -> Path:
-        """The learned tensors in FAPrompt's checkpoint layout, with iapas's settings beside them."""
+    def official_state(self) -> dict[str, torch.Tensor]:
+        """Every tensor mala-lab/FAPrompt's FAPrompt prompt learner holds, so its test.py loads this strictly."""
+        settings, width = self.settings, int(self.backbone.clip.config.text_config.hidden_size)
+        normal = " ".join([NORMAL_SLOT_WORD] * settings.normal_length)
+        abnormal = " ".join([ABNORMAL_SLOT_WORD] * settings.abnormal_length)
+        state = {name: tensor.detach().float().cpu() for name, tensor in self.prompts.state_dict().items()}
+        state.update(unused_projections(settings.text_depth, width))
+        state.update(official_sentence_state(self.backbone, "pos", f"{normal} {NORMAL_WORDS}", 1, settings.normal_length))
+        state.update(official_sentence_state(self.backbone, "neg", f"{normal} {abnormal} {ABNORMAL_WORDS}", settings.prompt_count,
+                                             settings.normal_length + settings.abnormal_length))
+        return state
+
+    def save(self, path: str | Path, extra: dict | None = None, layout: str = "iapas") -> Path:
+        """The learned tensors in FAPrompt's checkpoint layout, with iapas's settings beside them.
+
+        layout "official" adds the frozen buffers and unused layers of the authors' prompt learner, so their
+        test.py loads the file strictly; iapas reads both alike.
+        """
         record = {"method": self.name, "settings": asdict(self.settings), "clip": self.backbone.name, **(extra or {})}
-        return save_prompt_learner(path, self.prompts.state_dict(), record)
+        state = self.official_state() if layout == "official" else self.prompts.state_dict()
+        return save_prompt_learner(path, state, record)
 
     @classmethod
-    def load(cls, path: str | Path, backbone: ClipBackbone) -> "FAPrompt":
+    def load(cls, path: str | Path, backbone: ClipBackbone, rules: PromptRules = PromptRules()) -> "FAPrompt":
         """Prompts from `save` (or FAPrompt's own train.py, with the default shapes) on a frozen CLIP."""
         state, record = load_prompt_learner(path, cls.name, "train them with `iapas train faprompt`")
         try:
             settings = FAPromptSettings(**record["settings"]) if record else FAPromptSettings.for_backbone(backbone)
         except (KeyError, TypeError) as error:
             raise WeightsError(f"not a faprompt prompt checkpoint: {path} ({error})") from None
-        model = cls(backbone, settings)
+        model = cls(backbone, settings, rules)
         load_learned(model.prompts, state, path, backbone.name)
         return model.eval()

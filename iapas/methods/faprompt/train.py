@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ...backends.clip import ClipBackbone
 from ...prompt_learning import PromptTrainer, TrainOptions
+from ...prompt_learning.rules import PromptRules
 from ...prompt_learning.vision import upsample_patches
 from ..anomalyclip.train import segmentation_loss
 from .model import PROMPTS_FILE, FAPrompt, FAPromptSettings, orthogonality_loss
@@ -25,6 +26,7 @@ class FAPromptArchitecture:
     """FAPrompt's own training choices beside the shared TrainOptions (0: the paper's)."""
 
     image_size: int = 0
+    rules: PromptRules = PromptRules()  # the official recipe's rules (prior patches, loss, inputs, masks, precision)
 
 
 def image_focal_loss(score: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -44,8 +46,9 @@ def faprompt_loss(model: FAPrompt, pixels: torch.Tensor, masks: torch.Tensor, la
     token, focal on Eq. 9; 0.1 x orthogonality of the abnormality prompts; the prior loss (train.py)."""
     outputs = model(pixels)
     size = masks.shape[-1]
-    pixel = segmentation_loss(upsample_patches(outputs.static, size), masks) \
-        + PRIOR_MAP_WEIGHT * segmentation_loss(upsample_patches(outputs.prior, size), masks)
+    focal = model.rules.focal
+    pixel = segmentation_loss(upsample_patches(outputs.static, size), masks, focal) \
+        + PRIOR_MAP_WEIGHT * segmentation_loss(upsample_patches(outputs.prior, size), masks, focal)
     image = F.cross_entropy(outputs.image_logits.float(), labels.long()) + image_focal_loss(outputs.score, labels)
     return pixel + image + ORTHOGONALITY_WEIGHT * orthogonality_loss(outputs.abnormal.float()) \
         + prior_loss(outputs.bias, labels)
@@ -56,7 +59,7 @@ def train_faprompt(options: TrainOptions, architecture: FAPromptArchitecture = F
     """Train (or resume training of) the prompts and prior network; returns the prompt file and this run's losses."""
     torch.manual_seed(options.seed)
     backbone = ClipBackbone(options.clip, options.device)
-    model = FAPrompt(backbone, FAPromptSettings.for_backbone(backbone, image_size=architecture.image_size))
+    model = FAPrompt(backbone, FAPromptSettings.for_backbone(backbone, image_size=architecture.image_size), architecture.rules)
     optimizer = torch.optim.Adam(model.prompts.parameters(), lr=options.learning_rate, betas=BETAS)
     path, history = PromptTrainer(model, optimizer, options, PROMPTS_FILE, note).run()
     model.eval()

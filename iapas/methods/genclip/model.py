@@ -1,11 +1,12 @@
 """GenCLIP (Kim et al., 2025): general query prompts augmented by multi-layer vision prompts, dual-branch inference.
 
 No public code exists; each rule below cites the paper's section or equation. Where the paper is silent
-the choice is marked "(our choice)" and listed in the README's GenCLIP table.
+the choice is marked "(our choice)" and listed in docs/notes/clip-official-b.md's GenCLIP table.
 
 Learned (`GenClipPrompts`): the state tokens N_P, A_P and the two shared query tokens Q_P (§3.2, §4.1),
-one text-layer prompt-tuning token per text layer (§3.2, B.4), and per vision layer i a linear MLP_T^i
-making the vision prompt V_P^i (Eq. 1) and a linear MLP_I^i projecting patch features (Eq. 3).
+one text-layer prompt-tuning token for each text layer after the first (§3.2, B.4), and per vision layer i
+a linear MLP_T^i making the vision prompt V_P^i (Eq. 1) and a linear MLP_I^i projecting patch features (Eq. 3),
+both on the raw layer features.
 Everything of CLIP stays frozen.
 """
 from __future__ import annotations
@@ -24,7 +25,6 @@ from ...errors import WeightsError
 from ...files import atomic_write
 from ...acceleration.precision import full_precision
 from ...prompt_learning import dice_loss, focal_loss, gaussian_smooth
-from ...prompt_learning.vision import SIMILARITY_TEMPERATURE
 from ...types import Boxes, Masks, Result
 from ..batching import BatchedMethod, timed
 from .prompts import GENERIC_WORD, STATES, filter_class_name, prompt_layout, readable_class_name
@@ -34,8 +34,13 @@ INPUT_SIZE = 518  # §4.1: images resized to 518 x 518
 QUERY_LENGTH = 2  # §4.1: two instances of Q_P
 MODIFIED_LENGTH = 1  # B.4: one prompt token modified for text prompt tuning
 TOKEN_INIT_STD = 0.02  # (our choice) CoOp's initialisation of learnable word tokens
-TEMPERATURE = SIMILARITY_TEMPERATURE  # (our choice) softmax temperature of Eq. 4: AnomalyCLIP's 0.07 (prompt_learning/vision.py)
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: the paper's rules (plain cosine, raw features, no extra template slot); 1 is not read
+# Eq. 15: epsilon in the denominator only, "a small constant to prevent division by zero" (its value: our choice)
+DICE_EPSILON = 1e-6
+# Eq. 16 is garbled in print (alpha and gamma on the anomalous term only) and gives no values: (our choice) the
+# alpha-balanced focal loss of its reference [19] (Lin et al. 2017) with that paper's alpha 0.25 and gamma 2
+FOCAL_ALPHA = 0.25
+FOCAL_GAMMA = 2.0
 
 
 def default_layers(depth: int) -> tuple[int, ...]:
@@ -64,8 +69,10 @@ class GenClipPrompts(torch.nn.Module):
         super().__init__()
         self.state = torch.nn.Parameter(TOKEN_INIT_STD * torch.randn(2, text_width))  # N_P, A_P (§3.2)
         self.query = torch.nn.Parameter(TOKEN_INIT_STD * torch.randn(settings.query_length, text_width))  # Q_P (§3.2, §4.1)
-        # §3.2 "inserts learnable tokens before each Transformer layer's text embeddings": one per text layer
-        self.modified = torch.nn.Parameter(TOKEN_INIT_STD * torch.randn(text_depth, settings.modified_length, text_width))
+        # §3.2 "inserts learnable tokens before each Transformer layer's text embeddings", B.4 "one" token modified:
+        # before text layers 2 .. N the token after the start token is replaced (as in the cited [3, 37]); layer 1
+        # reads the template itself, whose first learned token is N_P / A_P
+        self.modified = torch.nn.Parameter(TOKEN_INIT_STD * torch.randn(text_depth - 1, settings.modified_length, text_width))
         # Eq. 1: MLP_T^i, a single linear layer per vision layer; zero at first (our choice), so training
         # starts from the general query prompts alone and V_P^i grows from there
         self.vision_prompt = torch.nn.ModuleList(torch.nn.Linear(vision_width, text_width) for _ in settings.layers)
@@ -110,14 +117,13 @@ class GenClip(BatchedMethod, torch.nn.Module):
 
     # ---- vision side -------------------------------------------------------------------------------
     def layer_features(self, pixels: torch.Tensor) -> list[torch.Tensor]:
-        """Post-normed (B, 1 + g*g, Dv) tokens of each chosen layer of the frozen vision encoder (no V-V attention, §2.1).
+        """The raw (B, 1 + g*g, Dv) tokens F~_V^i of each chosen layer of the frozen vision encoder (no V-V attention, §2.1).
 
-        (our choice) CLIP's frozen post-LayerNorm comes before MLP_T^i and MLP_I^i, as CLIP's own last
-        layer passes it before its projection; the paper names only the linear layers.
+        Eq. 1 and 3 apply MLP_T^i and MLP_I^i to these features as they leave the layer: no LayerNorm between.
         """
         with torch.no_grad():  # CLIP is frozen and no prompt enters the vision encoder
             _, hidden = self.backbone.encode_tokens(self.backbone.tokens(pixels), self.settings.layers)
-            return [self.backbone.clip.vision_model.post_layernorm(layer) for layer in hidden]
+            return hidden
 
     # ---- text side ---------------------------------------------------------------------------------
     def text_embeddings(self, class_words: Sequence[str], additions: torch.Tensor) -> torch.Tensor:
@@ -125,8 +131,7 @@ class GenClip(BatchedMethod, torch.nn.Module):
         backbone, settings = self.backbone, self.settings
         width = backbone.clip.text_model.embeddings.token_embedding.weight.shape[1]
         max_length = int(backbone.clip.config.text_config.max_position_embeddings)
-        layouts = [[prompt_layout(backbone.tokenizer, state, word, settings.query_length, max_length,
-                                  settings.modified_length) for state in STATES]
+        layouts = [[prompt_layout(backbone.tokenizer, state, word, settings.query_length, max_length) for state in STATES]
                    for word in class_words]
         length = max(len(layout.ids) for pair in layouts for layout in pair)
         pad = backbone.tokenizer.eos_token_id
@@ -134,19 +139,18 @@ class GenClip(BatchedMethod, torch.nn.Module):
         words = backbone.clip.text_model.embeddings.token_embedding(ids)  # (B, 2, T, Dt)
         count = additions.shape[1]
         queries = self.prompts.query[None, None] + additions[:, :, None].to(self.prompts.query.dtype)  # (B, K, Q, Dt): V_Q^i
-        first = self.prompts.modified[0]
         sentences, eos = [], []
         for b, pair in enumerate(layouts):
             for s, layout in enumerate(pair):
                 row = words[b, s][None].expand(count, -1, -1)
-                q, m = layout.query_position, layout.modified_position
-                pieces = [row[:, :m], first[None].expand(count, -1, -1), self.prompts.state[s][None, None].expand(count, 1, width),
-                          row[:, layout.state_position + 1:q], queries[b], row[:, q + settings.query_length:]]
+                q, p = layout.query_position, layout.state_position
+                pieces = [row[:, :p], self.prompts.state[s][None, None].expand(count, 1, width),
+                          row[:, p + 1:q], queries[b], row[:, q + settings.query_length:]]
                 sentences.append(torch.cat(pieces, dim=1))
                 eos.append(layout.eos_position)
         embeddings = torch.cat(sentences)  # (B * 2 * K, T, Dt) in (image, state, layer) order
         eos_positions = torch.tensor(eos, device=backbone.device).repeat_interleave(count)
-        deep = self.prompts.modified[1:][None].expand(len(embeddings), -1, -1, -1) if len(self.prompts.modified) > 1 else None
+        deep = self.prompts.modified[None].expand(len(embeddings), -1, -1, -1) if len(self.prompts.modified) else None
         text = backbone.encode_text_embeddings(embeddings, eos_positions, deep, prompt_start=1)
         return text.view(len(class_words), 2, count, -1).transpose(1, 2)
 
@@ -154,14 +158,13 @@ class GenClip(BatchedMethod, torch.nn.Module):
     def score_maps(self, patches: torch.Tensor, text: torch.Tensor, size: int) -> torch.Tensor:
         """Eq. 4/6/7: Softmax(Up(cos(F_I, F_T))) -> (B, S, S) abnormal probability; patches (B, g*g, E), text (B, 2, E).
 
-        (our choice) the cosines are divided by a temperature of 0.07 before the softmax: a softmax of raw
-        cosines could never leave [0.12, 0.88], and zqhang/AnomalyCLIP (AnomalyCLIP_lib compute_similarity),
-        whose 518 px, layers 6-12-18-24, 15 epochs and sigma-smoothed layer sum GenCLIP's settings mirror,
-        uses 0.07.
+        The plain cosine, as the equations write it (no temperature): the softmax of two cosines stays within
+        [0.12, 0.88], which the layer sum of Eq. 8 and the top-N score of Eq. 9-10 accept as they are.
+        `patches` are unit vectors already; the text embeddings are unit from the encoder.
         """
         grid = round(patches.shape[1] ** 0.5)
         with full_precision(patches.device):  # scoring and up-sampling stay float32 under any --precision
-            logits = patches.float() @ text.float().transpose(1, 2) / TEMPERATURE  # (B, g*g, 2)
+            logits = patches.float() @ text.float().transpose(1, 2)  # (B, g*g, 2) cosines
             logits = logits.transpose(1, 2).reshape(len(patches), 2, grid, grid)
             return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False).softmax(dim=1)[:, 1]
 
@@ -236,11 +239,15 @@ class GenClip(BatchedMethod, torch.nn.Module):
     # ---- training and checkpoints ------------------------------------------------------------------
     def loss(self, pixels: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
              class_names: Sequence[str] | None = None) -> torch.Tensor:
-        """Eq. 5: sum over layers of focal + Dice between S_V^i and the mask (no CNF and no query branch in training, Fig. 2)."""
+        """Eq. 5: sum over layers of focal (Eq. 16) + Dice (Eq. 15) between S_V^i and the mask (no CNF, no query branch, Fig. 2).
+
+        Both sum over the pixels of an image as the equations do; (our choice) a batch's images are averaged.
+        """
         words = [readable_class_name(name) for name in class_names] if class_names else [GENERIC_WORD] * len(pixels)
         vision_maps, _ = self(pixels, words, query_branch=False)
         vision_maps = vision_maps.float()
-        return sum(focal_loss(vision_maps[:, i], masks) + dice_loss(vision_maps[:, i], masks) for i in range(vision_maps.shape[1]))
+        return sum(focal_loss(vision_maps[:, i], masks, FOCAL_GAMMA, alpha=FOCAL_ALPHA, reduction="sum")
+                   + dice_loss(vision_maps[:, i], masks, smooth=0.0, epsilon=DICE_EPSILON) for i in range(vision_maps.shape[1]))
 
     def settings_record(self) -> dict:
         """The architecture settings as plain data, stored with every checkpoint and compared on resume."""
@@ -260,8 +267,11 @@ class GenClip(BatchedMethod, torch.nn.Module):
             raise WeightsError(f"GenCLIP prompt weights not found: {path} (train them with `iapas train genclip`)")
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
-            if payload.get("method") != cls.name or payload.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError(f"method {payload.get('method')!r}, format {payload.get('format')}")
+            if payload.get("method") != cls.name:
+                raise ValueError(f"method {payload.get('method')!r}")
+            if payload.get("format") != CHECKPOINT_FORMAT:  # format 1 ran a temperature, a post-LayerNorm and an extra slot
+                raise ValueError(f"format {payload.get('format')}, this iapas reads format {CHECKPOINT_FORMAT} "
+                                 "(the paper's rules); retrain")
             settings = GenClipSettings(**{**payload["settings"], "layers": tuple(payload["settings"]["layers"])})
         except Exception as error:
             raise WeightsError(f"not a GenCLIP prompt checkpoint: {path} ({str(error).splitlines()[0][:120]})") from None

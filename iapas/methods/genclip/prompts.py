@@ -28,13 +28,12 @@ class PromptLayout:
     """Token ids of one prompt and where its learned tokens go.
 
     §3.2: T = [N_P | A_P] [photo] [of] [a] [state] [cls] [Q_P] ...; §4.1 gives the words ("A photo of a
-    good [cls] object."), so N_P / A_P stand where "A" stands and the query tokens follow [cls], before
-    "object.". One more slot right after the start token holds the text-layer prompt-tuning token that
-    is replaced before every text layer (§3.2 "Text Layer Prompt Tuning"; B.4 "one" token).
+    good [cls] object."), so N_P / A_P stand where "A" stands, right after the start token, and the query
+    tokens follow [cls], before "object.". The template holds no other slot: the text-layer prompt-tuning
+    tokens (§3.2, B.4) replace positions 1 .. K before each later text layer (`GenClip.text_embeddings`).
     """
 
     ids: tuple[int, ...]
-    modified_position: int
     state_position: int
     query_position: int
     eos_position: int
@@ -50,18 +49,17 @@ def strip_numbers(name: str) -> str:
     return " ".join(re.sub(r"\d+", " ", name).split())
 
 
-def prompt_layout(tokenizer, state: str, class_word: str, query_length: int, max_length: int, modified_length: int = 1) -> PromptLayout:
-    """The ids of [SOS] [M x modified_length] [N_P|A_P] photo of a <state> <cls> [Q_P x query_length] object. [EOS]."""
+def prompt_layout(tokenizer, state: str, class_word: str, query_length: int, max_length: int) -> PromptLayout:
+    """The ids of [SOS] [N_P|A_P] photo of a <state> <cls> [Q_P x query_length] object. [EOS] (§3.2, §4.1)."""
     def words(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     slot = words(PLACEHOLDER)[:1]
     body = words(f"photo of a {state} {class_word}")
-    ids = [tokenizer.bos_token_id] + slot * modified_length + slot + body + slot * query_length + words(f"{GENERIC_WORD}.") + [tokenizer.eos_token_id]
+    ids = [tokenizer.bos_token_id] + slot + body + slot * query_length + words(f"{GENERIC_WORD}.") + [tokenizer.eos_token_id]
     if len(ids) > max_length:
         raise WeightsError(f"the GenCLIP prompt for class {class_word!r} has {len(ids)} tokens; the CLIP text encoder takes {max_length}")
-    state = 1 + modified_length
-    return PromptLayout(tuple(ids), 1, state, state + 1 + len(body), len(ids) - 1)
+    return PromptLayout(tuple(ids), 1, 2 + len(body), len(ids) - 1)
 
 
 def filter_class_name(name: str, image_embedding: torch.Tensor, encode_text: Callable[[Sequence[str]], torch.Tensor],

@@ -76,10 +76,15 @@ class Pipeline:
         # an explicit backend (a profile's) only finds weights of its own family in the weights dir
         detector_path = chosen_or_found("detector", config.detection.weights, config.weights_dir,
                                         weights_family(config.detection.backend))
-        segmenter_path = chosen_or_found("segmenter", config.masking.weights, config.weights_dir,
-                                         weights_family(config.masking.backend))
         detector = load_detector(config.detection.backend, detector_path, device, config.detection.input_size)
-        segmenter = load_segmenter(config.masking.backend, segmenter_path, device)
+        if hasattr(detector, "refinement_eps"):  # Grounding DINO's box-refinement clamp is the recipe's, whatever the file
+            detector.refinement_eps = config.detection.refinement_eps
+        if config.masking.backend == getattr(detector, "also_segments", None):  # SAM 3: one model, one image encoding
+            segmenter, segmenter_path = detector, detector_path
+        else:
+            segmenter_path = chosen_or_found("segmenter", config.masking.weights, config.weights_dir,
+                                             weights_family(config.masking.backend))
+            segmenter = load_segmenter(config.masking.backend, segmenter_path, device)
         use_runtime(detector, config.detection.runtime, detector_path, device)
         use_runtime(segmenter, config.masking.runtime, segmenter_path, device)
         if config.detection.int8:
@@ -103,7 +108,7 @@ class Pipeline:
     def default_graph(self) -> StageGraph:
         """The recipe's graph: detection -> NMS -> size filter (by the recipe's rule) -> masking -> scoring."""
         from ...backends.grounding_dino import PHRASE_RULES
-        from ...stages.detection import CAPTION_FORMATS
+        from ...stages.detection import CAPTION_FORMATS, clamps_at_detection
         from ...stages.scoring import NORMALISATIONS
 
         config = self.config
@@ -114,7 +119,7 @@ class Pipeline:
         return StageGraph(
             [
                 DetectStage(self.detector, config.detection.caption_format, config.detection.phrase_rule,
-                            config.detection.max_boxes),
+                            config.detection.max_boxes, clamps_at_detection(config.detection.box_clamp)),
                 # NMS before the size filter: the official order (utils/function.py process_box_output, then process_size_output)
                 NmsStage(config.filtering.nms_iou),
                 SIZE_RULES.get(config.filtering.size_rule)(self.detector, config),
@@ -233,7 +238,12 @@ class Pipeline:
         boxes: Boxes = run.context["boxes"]
         masks: Masks = run.context.get("masks", Masks.empty(height, width))
         heat = run.context.get("anomaly_map", np.zeros((height, width), np.float32))
-        return Result(heat, boxes, masks, context["prompts"], run.timings)
+        filtered = "size_filter" in run.timings  # an ablation may have removed the size filter
+        return Result(
+            heat, boxes, masks, context["prompts"], run.timings, object_tags=context["object_tags"],
+            object_box=run.context.get("object_box"), object_size=run.context.get("object_size"),
+            size_limit=run.context.get("size_limit", context["size_threshold"]) if filtered else None,
+        )
 
     def segment_batch(self, images: Iterable[ImageInput], **options: Any) -> Iterator[tuple[ImageInput, Result | IapasError]]:
         """Stream (input, Result) pairs; an input that fails yields its error and the batch goes on.

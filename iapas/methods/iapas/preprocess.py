@@ -12,7 +12,7 @@ from ...backends.llm import GenerationOptions, LLMSpec, load_llm
 from ...backends.taggers import TAGGERS, TaggerSpec
 from ...calibration import Calibration
 from ...config import KIND_THRESHOLDS, Config, kind_of
-from ...errors import ConfigError, InputImageError
+from ...errors import ConfigError, InputImageError, WeightsError
 from ...stages.graph import StageGraph
 from ...images import find_images, load_image, parse_window
 from ...config import FIXED_PROMPTS
@@ -56,15 +56,14 @@ def resolve_tagger_spec(config: Config, category: str | None, device: str, note:
     settings = config.calibration
     fixed_tags = tuple(settings.tags) or ((category.replace("_", " "),) if category else ())
     backend, weights = settings.tagger, settings.tagger_weights or (config.clip_methods.weights if settings.tagger in ("auto", "clip") else "")
-    if backend == "auto-ram":  # the official recipe: RAM as the authors used it, when it can run here
+    resample = "bilinear"  # recognize-anything's own resize (ram/transform.py get_transform)
+    if backend == "auto-ram":  # the official recipe: RAM as the authors used it, when its checkpoint is here
         try:
-            import ram  # noqa: F401  (recognize-anything, not on PyPI)
-
             weights = str(chosen_or_found("tagger-ram", settings.tagger_weights, config.weights_dir))
-            backend = "ram"
-        except Exception:
-            note(f"note: RAM (the `ram` package and ram_swin_large_14m.pth in {config.weights_dir}/) is not available; "
-                 "tagging as --tagger auto does, so tags may differ from the official code's")
+            backend, resample = "ram", "bicubic"  # IAP-ZSAS util/function.py load_image: PIL's default resize to 384
+        except WeightsError:
+            note(f"note: RAM (ram_swin_large_14m.pth in {config.weights_dir}/; `iapas weights download "
+                 "ram-swin-large-14m`) is not available; tagging as --tagger auto does, so tags may differ from the official code's")
             backend, weights = "auto", settings.tagger_weights or config.clip_methods.weights
     if backend == "ram" and not weights:
         weights = str(chosen_or_found("tagger-ram", "", config.weights_dir))
@@ -84,7 +83,7 @@ def resolve_tagger_spec(config: Config, category: str | None, device: str, note:
         weights = str(chosen_or_found("clip", weights, config.weights_dir))
     if backend not in TAGGERS:
         TAGGERS.get(backend)  # raises the one-line "unknown tagger backend" error
-    return TaggerSpec(backend=backend, weights=weights, tags=fixed_tags, top_k=settings.top_k, device=device)
+    return TaggerSpec(backend=backend, weights=weights, tags=fixed_tags, top_k=settings.top_k, device=device, resample=resample)
 
 
 # calibration.tag_rule: (tagger, detector, config, (box, text) thresholds, fallback tags) -> the tagging stage

@@ -109,19 +109,15 @@ class WinClip(BatchedMethod):
 
     def prepare(self, category: str, normal_images: Sequence[Path], kind: str, out_dir: Path) -> None:
         """Prompts for the category; with `shots`, the memory of normal images drawn with the seed."""
-        from ...images import find_images, load_image
+        from ...images import load_image
+        from ..references import reference_pool
 
         self.set_class(category)
         if self.reference_dir is not None and not self.shots:
             raise IapasError("--reference-images needs --shots K (the paper uses K = 1, 2 or 4)")
         if not self.shots:
             return
-        if self.reference_dir is not None:
-            pool, where = find_images(self.reference_dir), str(self.reference_dir)
-        elif normal_images:
-            pool, where = list(normal_images), f"the normal images of {category}"
-        else:
-            raise IapasError(f"--shots {self.shots} needs --reference-images DIR (a folder of normal images)")
+        pool, where = reference_pool(self.reference_dir, normal_images, self.shots, category)
         chosen = draw_references(pool, self.shots, self.seed, where)
         if tuple(chosen) != self.references:
             self.set_references([load_image(path).pixels for path in chosen])
