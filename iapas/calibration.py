@@ -102,8 +102,8 @@ def load_calibration(path: str | Path) -> Calibration:
         raise CalibrationFileError(f"calibration file not found: {path}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CalibrationFileError(f"calibration file is not valid JSON: {path} ({error})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:  # RecursionError: nested too deep
+        raise CalibrationFileError(f"calibration file is not valid JSON: {path} ({str(error) or 'nested too deep'})") from None
     if not isinstance(data, dict):
         raise CalibrationFileError(f"calibration file must hold a JSON object: {path}")
     if data.get("format") != CALIBRATION_FORMAT:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
+import numpy as np
 import yaml
 
 from .errors import ConfigError, ValueRangeError
@@ -50,8 +52,11 @@ def kind_of(category: str | None, dataset: str | None = None) -> str:
 
 
 def unit_interval(value: Any, name: str) -> float:
-    """`value` as a float in [0, 1], or a one-line ValueRangeError naming the setting (NaN included)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """`value` as a float in [0, 1], or a one-line ValueRangeError naming the setting (NaN included).
+
+    Any real number is one: numpy's scalars (np.float32(0.5)) register as numbers.Real; bool does not count.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise ValueRangeError(f"{name} must be a number in [0, 1], got {value!r}")
     if not 0.0 <= float(value) <= 1.0:  # False for NaN too
         raise ValueRangeError(f"{name} must be in [0, 1], got {value!r}")
@@ -60,9 +65,9 @@ def unit_interval(value: Any, name: str) -> float:
 
 def at_least_one(value: Any, name: str) -> int:
     """`value` as an int >= 1, or a one-line ValueRangeError naming the setting."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueRangeError(f"{name} must be a whole number of at least 1, got {value!r}")
-    return value
+    return int(value)
 
 
 @dataclass
@@ -169,7 +174,7 @@ class ClipMethodsConfig:
     adaclip_resize: str = "antialiased"  # antialiased: float bicubic, antialiased | pil: PIL bicubic of the uint8 image (official)
     adaclip_prompt_precision: str = "fp32"  # fp32 | fp16: every inserted prompt rounded through fp16 (official .half())
     # AnomalyCLIP / FAPrompt: official rules (the official recipe sets each to what the authors' code does;
-    # iapas/prompt_learning/rules.py reads them; docs/notes/clip-official-a.md compares the two)
+    # iapas/prompt_learning/rules.py reads them; docs/methods/official-anomalyclip-faprompt.md compares the two)
     anomalyclip_focal: str = "binary"  # binary: focal on the abnormal map | two-class: loss.py FocalLoss on both, smooth 1e-5
     anomalyclip_deep_prompts: str = "fp32"  # fp32 | fp16: deep text prompts rounded to fp16 (AnomalyCLIP_lib .half())
     anomalyclip_input_resize: str = "float"  # float: antialiased bicubic of float pixels | pil-uint8: PIL bicubic of the uint8 image
@@ -445,8 +450,8 @@ def read_config_data(path: str | Path) -> dict[str, Any]:
             data = json.loads(text)
         else:
             raise ConfigError(f"config file must end in .yaml, .yml, .toml or .json: {path}")
-    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
-        first_line = str(error).splitlines()[0]
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError, RecursionError) as error:
+        first_line = (str(error).splitlines() or ["nested too deep"])[0]  # RecursionError: "[[[[..." a parser cannot descend
         raise ConfigError(f"cannot parse {path}: {first_line}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file must hold a mapping: {path}")

@@ -9,8 +9,15 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import socket
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 from .errors import OutputError
 
@@ -140,7 +147,8 @@ def atomic_directory(target: str | Path, fill: Callable[[Path], object]) -> Path
     """Build a directory whole or not at all: `fill` writes into `<target>.partial/`, renamed to `target` when done.
 
     An interrupted build leaves only the `.partial` folder, which the next call removes and redoes; a reader
-    never sees a half-written directory under the final name.
+    never sees a half-written directory under the final name. Two processes building one target at once
+    must go through `built_once`, which serialises them.
     """
     import shutil
 
@@ -155,4 +163,73 @@ def atomic_directory(target: str | Path, fill: Callable[[Path], object]) -> Path
         raise
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
+    return target
+
+
+def lock_descriptor(path: Path, blocking: bool) -> int | None:
+    """An open descriptor holding an exclusive flock on `path` (created if needed), or None when busy and not blocking.
+
+    The kernel drops the lock when its process ends, however it ends, so a killed holder never leaves a
+    stale lock. Holders remove the file when they release it; a waiter that locked a file removed meanwhile
+    (its inode no longer the path's) opens the new one and locks again. The file holds the owner's pid and host.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, NEW_FILE_MODE)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(descriptor)
+            return None
+        try:
+            current = os.stat(path).st_ino == os.fstat(descriptor).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            os.ftruncate(descriptor, 0)
+            os.write(descriptor, f"{os.getpid()} {socket.gethostname()}\n".encode())
+            return descriptor
+        os.close(descriptor)
+
+
+def release_descriptor(path: Path, descriptor: int) -> None:
+    """Remove the lock file, then drop the lock (a waiter then finds a fresh file, not ours)."""
+    Path(path).unlink(missing_ok=True)
+    os.close(descriptor)
+
+
+def lock_path_for(target: str | Path) -> Path:
+    """The hidden lock file beside `target` that serialises the processes writing it."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.iapas-lock")
+
+
+@contextmanager
+def exclusive(target: str | Path) -> Iterator[None]:
+    """Hold the lock of `target` (processes and threads wait for each other); no-op where flock does not exist."""
+    if fcntl is None:  # pragma: no cover - Windows
+        yield
+        return
+    path = lock_path_for(target)
+    descriptor = lock_descriptor(path, blocking=True)
+    try:
+        yield
+    finally:
+        release_descriptor(path, descriptor)
+
+
+def built_once(target: str | Path, fill: Callable[[Path], object], complete: Callable[[Path], bool],
+               announce: Callable[[], None] = lambda: None) -> Path:
+    """A cached directory built by at most one process at a time: wait for the lock, reuse it if `complete`, else build.
+
+    The shared rule for every cache a run fills on first use (a checkpoint's `.hf/` conversion, an export):
+    a second process waits for the first and then finds the result complete instead of building over it.
+    """
+    target = Path(target)
+    if complete(target):
+        return target
+    with exclusive(target):
+        if not complete(target):  # another process may have finished it while we waited
+            announce()
+            atomic_directory(target, fill)
     return target

@@ -230,6 +230,13 @@ def find_images(root: str | Path, exclude: Sequence[str | Path] = (), report: Re
     visited = {root.resolve()}  # symlinked folders are followed, each real folder once (no loops)
     for directory, folders, names in os.walk(root, onerror=unreadable, followlinks=True):
         here = Path(directory)
+        try:  # a folder that is readable but not searchable (mode r without x) lists names it cannot stat
+            images = [here / name for name in names
+                      if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES and (here / name).is_file()]
+        except OSError as error:
+            unreadable(OSError(error.errno, error.strerror, str(here)))
+            folders[:] = []  # nothing below it can be reached either
+            continue
         kept = []
         for folder in sorted(folders, key=lambda name: ((here / name).is_symlink(), name)):  # a real folder before a link to it
             path = here / folder
@@ -245,8 +252,7 @@ def find_images(root: str | Path, exclude: Sequence[str | Path] = (), report: Re
                 continue
             kept.append(folder)
         folders[:] = kept
-        found.extend(here / name for name in names
-                     if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES and (here / name).is_file())
+        found.extend(images)
     return sorted(found)
 
 

@@ -25,6 +25,7 @@ class Served:
     headers: dict[str, str] = field(default_factory=dict)
     cut_once_after: int = 0  # send only this many bytes the first time (0: never cut)
     stall_s: float = 0.0  # wait this long before answering a GET
+    trickle_s: float = 0.0  # send the body one byte at a time, this long apart (a server that never quite stalls)
     status: int = 200  # another status (401: a gated hub repository) answers with the headers and no body
 
 
@@ -59,6 +60,12 @@ class LocalServer:
                 ranged = self.headers.get("Range", "")
                 if ranged.startswith("bytes=") and body:
                     start = int(ranged[6:].split("-")[0])
+                    if start >= len(data):  # as real servers do: nothing past the end
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
                 self.send_response(206 if start else 200)
                 for key, value in served.headers.items():
                     self.send_header(key, value)
@@ -69,6 +76,15 @@ class LocalServer:
                 if served.stall_s:
                     threading.Event().wait(served.stall_s)
                 chunk = data[start:]
+                if served.trickle_s:
+                    for index in range(len(chunk)):
+                        try:
+                            self.wfile.write(chunk[index:index + 1])
+                            self.wfile.flush()
+                        except OSError:  # the client gave up: so do we
+                            return
+                        threading.Event().wait(served.trickle_s)
+                    return
                 if served.cut_once_after:
                     chunk, served.cut_once_after = chunk[:served.cut_once_after], 0
                     self.wfile.write(chunk)
@@ -83,6 +99,10 @@ class LocalServer:
             def do_GET(self) -> None:
                 self._answer(body=True)
 
+            def do_POST(self) -> None:  # an API endpoint: the request body is read and the served bytes answer it
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self._answer(body=True)
+
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -91,10 +111,13 @@ class LocalServer:
         self._timer.daemon = True
 
     def serve_hub_file(self, repo: str, filename: str, data: bytes, lfs: bool, etag: str | None = None) -> None:
-        """A file at /<repo>/resolve/main/<filename> with the hub's headers (LFS: sha256 ETag, else git sha1)."""
-        published = etag or (hashlib.sha256(data).hexdigest() if lfs else git_blob_sha1(data))
-        headers = {"X-Repo-Commit": HUB_COMMIT, "ETag": f'"{published}"'}
-        if lfs:
+        """A file at /<repo>/resolve/main/<filename> with the hub's headers (LFS: sha256 ETag, else git sha1).
+
+        `etag=""` leaves the ETag out, as a proxy that drops it would.
+        """
+        published = etag if etag is not None else (hashlib.sha256(data).hexdigest() if lfs else git_blob_sha1(data))
+        headers = {"X-Repo-Commit": HUB_COMMIT, **({"ETag": f'"{published}"'} if published else {})}
+        if lfs and published:
             headers["X-Linked-Etag"] = f'"{published}"'
             headers["X-Linked-Size"] = str(len(data))
         self.files[f"/{repo}/resolve/main/{filename}"] = Served(data, headers)

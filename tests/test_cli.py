@@ -132,8 +132,8 @@ def test_bad_config_is_one_line(capsys, tmp_path):
     config.write_text("[detection]\nbox_treshold = 0.3\n")
     code, _, err = run(capsys, "config", "show", "--config", config)
     assert code == 2 and err.strip() == (
-        "iapas: error: unknown setting detection.box_treshold (known: backend, box_threshold, caption_format, input_size, int8, "
-        "max_boxes, max_text_tokens, phrase_rule, runtime, text_threshold, weights)"
+        "iapas: error: unknown setting detection.box_treshold (known: backend, box_clamp, box_threshold, caption_format, input_size, int8, "
+        "max_boxes, max_text_tokens, phrase_rule, refinement_eps, runtime, text_threshold, weights)"
     )
 
 

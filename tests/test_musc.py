@@ -150,7 +150,7 @@ def test_clip_musc_maps_equal_the_official_scoring_of_its_features(clip_dir, off
     pictures = images(6)
     results = musc.segment_set(pictures)
     # the same features through the official modules: tokens after blocks 1 and 2 with a class token in front
-    pixels = backbone.preprocess_to(pictures, 32)
+    pixels = backbone.preprocess(pictures, 32)
     with torch.no_grad():
         pooled, hidden = backbone.encode_tokens(backbone.tokens(pixels), (1, 2))
     expected = official_set_scores(official, hidden)

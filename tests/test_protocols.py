@@ -250,7 +250,7 @@ def test_paper_protocol_on_every_layout(name, tmp_path):
     for path in (normal, defect):
         target = tmp_path / "maps" / Path(path).with_suffix(".npy")
         target.parent.mkdir(parents=True, exist_ok=True)
-        np.save(target, (rng.random((6, 8)) + truth / 255).astype(np.float32))
+        np.save(target, ((rng.random((6, 8)) + truth / 255) / 2).astype(np.float32))  # saved maps lie in [0, 1]
     options = EvalOptions(name, root, tmp_path / "out", progress=False, protocol="paper", from_maps=tmp_path / "maps")
     run_dir = run_eval(options, Config())
     (record,) = [json.loads(p.read_text()) for p in (run_dir / "categories").glob("*.json")]

@@ -282,6 +282,26 @@ class HFGroundingDino:
         [boxes] = self._detect_stacked([image], pixels, features, captions, box_threshold, text_threshold, phrase_rule)
         return boxes
 
+    @torch.inference_mode()
+    def token_probabilities(self, image: np.ndarray, caption: str) -> tuple[np.ndarray, np.ndarray, CaptionTokens]:
+        """The raw prediction for one caption: (queries, tokens) probabilities, (queries, 4) normalised cx cy w h, the tokens.
+
+        For methods with their own box rules (SAA+); the image is encoded once for all its captions, as in `detect_captions`.
+        """
+        digest = image_digest(image)
+        pixels, features = self._recent.get(digest, (None, None))
+        if pixels is None:
+            pixels = self._pixel_inputs(image)
+        with vision_features_reused(self.model, features) as replay:
+            text = self.processor.tokenizer(caption, return_tensors="pt")
+            ids = text["input_ids"][0, : self.max_text_len].tolist()
+            outputs = self.model(**pixels, **{key: value.to(self.device) for key, value in text.items()})
+        self.backbone_runs += replay.calls
+        if replay.calls:
+            self._recent = {digest: (pixels, replay.output)}
+        probabilities = outputs.logits.sigmoid().float().cpu().numpy()[0, :, : len(ids)]
+        return probabilities, outputs.pred_boxes.float().cpu().numpy()[0], self._tokens(ids)
+
     def _pixel_inputs(self, image: np.ndarray) -> dict[str, torch.Tensor]:
         """The processor's pixel_values (1, 3, h, w) and pixel_mask (1, h, w) of one image, on the model's device."""
         pixels = self.processor.image_processor(images=Image.fromarray(image), return_tensors="pt", **self.pixel_options)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ..files import atomic_directory, atomic_write_text
+from ..files import atomic_directory, atomic_write_text, built_once, exclusive
 from ..errors import WeightsError
 
 if TYPE_CHECKING:  # transformers is imported where it is used: `iapas --help` stays fast
@@ -366,22 +366,31 @@ def converted_once(checkpoint: Path, convert: Callable[[Path], Path], what: str,
     never leaves a stale conversion in use.
     """
     target = checkpoint.with_name(checkpoint.name + ".hf")
+    if version is None:
+        return built_once(target, convert, lambda done: (done / "config.json").is_file(),  # one process converts, others wait
+                          lambda: print(f"note: converting {what} checkpoint {checkpoint} to {target}/ (once)", file=sys.stderr))
+    if _versioned_conversion(checkpoint, target, convert, what, version, check_only=True):
+        return target  # current: no lock taken, so a read-only weights folder works
+    with exclusive(target):  # two processes converting at once: one converts, the other waits and finds it current
+        return _versioned_conversion(checkpoint, target, convert, what, version)
+
+
+def _versioned_conversion(checkpoint: Path, target: Path, convert: Callable[[Path], Path], what: str, version: int,
+                          check_only: bool = False) -> Path | None:
+    """converted_once's versioned rule (under the target's lock unless `check_only`: then None when it must be made)."""
     record_path = target / CONVERSION_RECORD
     present = (target / "config.json").is_file()
-    if version is None:
-        if not present:
-            print(f"note: converting {what} checkpoint {checkpoint} to {target}/ (once)", file=sys.stderr)
-            atomic_directory(target, convert)
-        return target
     try:
         known = json.loads(record_path.read_text(encoding="utf-8")) if present else {}
     except (OSError, ValueError):
         known = {}
     current = _source_record(checkpoint, version, known)
     if present and known.get("converter_version") == version and known.get("sha256") == current["sha256"]:
-        if known != current:  # the same bytes touched: remember the new size and time, no new conversion
+        if known != current and not check_only:  # the same bytes touched: remember the new size and time
             atomic_write_text(record_path, json.dumps(current) + "\n")
-        return target
+        return target if known == current or not check_only else None
+    if check_only:
+        return None
     why = "once" if not present else ("the converter changed" if known.get("converter_version") != version else "the file changed")
     print(f"note: converting {what} checkpoint {checkpoint} to {target}/ ({why})", file=sys.stderr)
 

@@ -209,7 +209,7 @@ class OpenAICompatibleLLM:
                 raise LLMError(f"LLM endpoint {self.endpoint} did not answer within {self.timeout_s:g} s "
                                "(--llm-timeout / calibration.llm_timeout)") from None
             raise LLMError(f"cannot reach LLM endpoint {self.endpoint}: {reason}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: JSON nested too deep ("[[[[...")
             raise LLMError(f"LLM endpoint {self.endpoint} did not answer JSON") from None
         try:
             choice = reply["choices"][0]
@@ -343,7 +343,7 @@ class CachedLLM:
     def _cached(self, path: Path) -> str | None:
         try:
             answer = json.loads(path.read_text(encoding="utf-8"))["answer"]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, KeyError, TypeError):
             return None  # a damaged entry is asked again and overwritten
         return answer if usable_answer(answer) else None
 

@@ -7,11 +7,11 @@ import sys
 from typing import Sequence
 
 from ..errors import IapasError
-from . import calibrate, data, evaluate, export, segment, serve, threshold, tools, train, weights
-from .common import EXIT_ERROR
+from . import calibrate, data, evaluate, export, reproduce, segment, serve, threshold, tools, train, weights
+from .common import EXIT_ERROR, apply_numeric_rules
 
 # each module registers its own sub-commands; a new command is one new module added here
-COMMAND_MODULES = (segment, calibrate, evaluate, train, data, weights, tools, serve, export, threshold)
+COMMAND_MODULES = (segment, calibrate, evaluate, train, data, weights, tools, serve, export, reproduce, threshold)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for module in COMMAND_MODULES:
         module.add_parser(commands)
-    return parser
+    return apply_numeric_rules(parser)  # every numeric option is checked in one place, whichever module declares it
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -51,7 +51,11 @@ def run(args: argparse.Namespace) -> int:
     from ..acceleration.runtimes import export_backend, exported_format
     from ..weights.manifest import chosen_or_found
 
+    from ..files import check_writable_folder
+
     exported_format(args.export_format)  # an unknown format or a missing package fails before any model loads
+    if args.output:
+        check_writable_folder(args.output, "export folder")  # a file named by -o fails before any model loads too
     config = base_config(args)
     loaders = {"segmenter": load_segmenter, "detector": load_detector}
     roles = list(EXPORT_ROLES) if args.part == "all" else [args.part]

@@ -29,6 +29,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     segment.add_argument("--engine", default="local", help="local (default) or ray: the same pipeline on a Ray cluster")
     segment.add_argument("--address", help="Ray cluster address (default: start a local Ray, or RAY_ADDRESS)")
     segment.add_argument("--workers", type=int, default=0, help="Ray actors (default: one per GPU, else one per CPU)")
+    segment.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
+                         help="seconds --address may take to accept a connection before the run stops (default 30)")
     segment.add_argument("--list", dest="list_file", help="a text file of image paths or URIs, one a line")
     segment.add_argument("--bit-window", type=window_option, metavar="LOW,HIGH",
                          help="16-bit/float images: map raw values LOW..HIGH to 0..255 (default: value/257, floats 0..1)")
@@ -105,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     summary = engine(functools.partial(segmenter_only, args, config), inputs, out_dir, overwrite=args.overwrite,
                      max_pixels=config.max_image_pixels, progress=not args.no_progress, extra_record=record,
                      fingerprint=digest, bit_window=window, address=args.address, workers=args.workers, uris=uris,
-                     batch_size=config.batch_size)
+                     batch_size=config.batch_size, connect_timeout=args.connect_timeout)
     finish_run(out_dir, digest, decisions, summary.failures, f"iapas segment: {args.method}")
     print(summary.line(), file=sys.stderr)
     return exit_status(summary, out_dir, digest, args.fail_on_anomaly)

@@ -21,9 +21,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build the app and serve it until interrupted."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: iapas runs offline
-    from ..webapp import build_app
+    from ..webapp import ModelCache, build_app
 
-    app = build_app(base_config(args))
+    cache = ModelCache(base_config(args))
+    app = build_app(cache=cache)
     print(f"iapas serve: http://{args.host}:{args.port}  (Ctrl-C stops)", file=sys.stderr)
-    app.queue().launch(server_name=args.host, server_port=args.port, show_error=False, quiet=True)
+    try:  # show_error: an unexpected failure reaches the page as its message, not Gradio's bare "Error"
+        app.queue().launch(server_name=args.host, server_port=args.port, show_error=True, quiet=True)
+    finally:
+        cache.results.clear()
     return EXIT_OK

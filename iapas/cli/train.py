@@ -135,6 +135,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--save-format", choices=trainer.save_formats, default="iapas",
                             help="official: the prompt file in the authors' full key layout, which their test.py loads "
                                  "(iapas reads both)" if len(trainer.save_formats) > 1 else "the prompt file's layout")
+        parser.add_argument("--overwrite", action="store_true",
+                            help="start over in a folder holding a run of other settings (default: refuse, naming what changed)")
         trainer.add_options(parser)
         add_model_options(parser)
         parser.set_defaults(handler=run, trainer=name)
@@ -170,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         dataset="+".join(args.dataset), root=sources[0][1], out_dir=Path(args.output), clip=clip, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, limit=args.limit,
         device=str(resolve_device(config.device)), progress=not args.no_progress, save_format=args.save_format,
+        sources=tuple((name, str(root)) for name, root in sources), overwrite=args.overwrite,
     )
     chosen = {**trainer.architecture_options(args), **trainer.config_options(config)}
     if trainer.takes_rules:  # the recipe's (--recipe official) rules for AnomalyCLIP and FAPrompt

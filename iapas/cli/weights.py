@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import IapasError
-from .common import EXIT_ERROR, EXIT_OK
+from ..weights.download import DEFAULT_STALL_TIMEOUT_S  # light: urllib only
+from .common import EXIT_ERROR, EXIT_OK, positive_seconds
 
 
 # per method, "module:function(source, destination) -> Path" writing its official checkpoint layout (imported when run)
@@ -50,6 +51,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                        help="default: Grounding DINO-T + SAM ViT-B; official: the authors' files; all: everything")
     fetch.add_argument("--weights", dest="dir", default="weights", help="weights dir (default: weights)")
     fetch.add_argument("--cache-dir", help="huggingface_hub cache (default: its own, HF_HOME)")
+    fetch.add_argument("--stall-timeout", type=positive_seconds, default=DEFAULT_STALL_TIMEOUT_S, metavar="SECONDS",
+                       help="end a file when the server sends (almost) nothing for this long; a re-run resumes it "
+                            f"(default {DEFAULT_STALL_TIMEOUT_S:g})")
     fetch.set_defaults(handler=run_download, needs_network=True)
     gdino = weights_commands.add_parser(
         "convert-groundingdino", help="turn an original Grounding DINO .pth into a transformers Grounding DINO directory"
@@ -142,10 +146,16 @@ def run_download(args: argparse.Namespace) -> int:
     bars: dict[str, tqdm] = {}
 
     def progress_for(name: str):
+        for bar in bars.values():  # the previous entry's bar ends where the next entry begins
+            bar.close()
+        bars.clear()
+
         def update(done: int, total: int) -> None:
             if name not in bars:
                 bars[name] = tqdm(total=total or None, unit="B", unit_scale=True, desc=name, leave=False)
             bar = bars[name]
+            if total and bar.total != total:  # an entry of several files: one bar per file, in turn
+                bar.reset(total)
             bar.update(done - bar.n)
         return update
 
@@ -156,7 +166,7 @@ def run_download(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
 
     outcomes = download(args.names, args.profile, Path(args.dir), args.cache_dir, report=report,
-                        progress_factory=progress_for)
+                        progress_factory=progress_for, stall_timeout=args.stall_timeout)
     for bar in bars.values():
         bar.close()
     for outcome in outcomes:

@@ -228,8 +228,12 @@ def _label_paired(category: str, pairs: Iterator[tuple[Path, Path | None]], defe
         if mask is None:
             samples.append(Sample(image, None, 0, category, GOOD))
             continue
-        with Image.open(mask) as opened:
-            anomalous = bool(np.asarray(opened.convert("L")).any())
+        try:
+            with Image.open(mask) as opened:
+                anomalous = bool(np.asarray(opened.convert("L")).any())
+        except (OSError, ValueError) as error:  # an empty or damaged label (PIL's UnidentifiedImageError is an OSError)
+            raise DatasetError(f"cannot read label {mask} of {image.name}: {str(error).splitlines()[0] or 'unreadable'}; "
+                               "restore it from the dataset") from None
         samples.append(Sample(image, mask if anomalous else None, int(anomalous), category, defect if anomalous else GOOD))
     return samples
 

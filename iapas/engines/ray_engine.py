@@ -9,6 +9,7 @@ Inputs are local paths (a folder, files, a list file) or URIs that Ray Data read
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import tempfile
 import time
@@ -105,18 +106,46 @@ class SegmentActor:
         return load_image(source, self.max_pixels, self.bit_window)
 
 
+DEFAULT_CONNECT_TIMEOUT_S = 30.0  # --connect-timeout: how long a cluster address may take to accept a connection
+
+
+def check_reachable(address: str | None, timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> None:
+    """Fail in one line when a cluster address (or RAY_ADDRESS) does not accept a TCP connection within `timeout`.
+
+    ray.init retries an unreachable address for minutes; a plain connect to its host and port answers at
+    once (refused) or within the timeout (filtered). "auto", "local" and no address at all start or find a
+    local Ray and are left to it.
+    """
+    import socket
+
+    address = address or os.environ.get("RAY_ADDRESS", "")
+    if not address or address in ("auto", "local"):
+        return
+    where = address.split("://", 1)[-1]
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        raise IapasError(f"Ray address {address!r} is not HOST:PORT (or ray://HOST:PORT, auto, local)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as error:
+        reason = "no answer" if isinstance(error, TimeoutError) else (error.strerror or str(error))
+        raise IapasError(f"cannot reach the Ray cluster at {address} ({reason} within {timeout:g} s); check --address "
+                         "and that the cluster runs, or raise --connect-timeout") from None
+
+
 def run_ray(make_segment: Callable[[], Segment], inputs: list[tuple[Path, Path | None]], out_dir: Path,
             overwrite: bool = False, max_pixels: int = 80_000_000, progress: bool = True,
             extra_record: dict[str, Any] | None = None, fingerprint: str = "", bit_window: Any = None,
             address: str | None = None, workers: int = 0, batch_size: int = 1,
             uris: list[str] | None = None, report: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
-            **_: Any) -> BatchSummary:
+            connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S, **_: Any) -> BatchSummary:
     """Segment `inputs` (and `uris`) on a Ray cluster; finished images are skipped, as locally.
 
     Each actor hands `batch_size` images at a time to the method (its `many`), as the local engine does.
     """
     from ..config import at_least_one
 
+    check_reachable(address, connect_timeout)  # before Ray starts: an unreachable cluster is one line, not a hang
     try:
         import ray
     except ImportError:

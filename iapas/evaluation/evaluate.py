@@ -9,7 +9,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -49,6 +49,7 @@ class EvalOptions:
     overwrite: bool = False  # redo finished categories (needed when the fingerprint changed)
     protocol: str = "full"  # a name in iapas.evaluation.protocols.PROTOCOLS
     from_maps: Path | None = None  # evaluate these saved maps instead of running the method
+    after_image: Callable[[str], None] | None = None  # called with the category after each image (`iapas reproduce`'s one bar)
 
     @property
     def run_name(self) -> str:
@@ -163,7 +164,7 @@ class MethodMaps:
         if not normal_images:
             raise DatasetError(f"{self.dataset}/{category} has no normal images to calibrate from")
         use_dataset = getattr(self.method, "use_dataset", None)
-        if use_dataset is not None:  # MuSc's RsCIN neighbourhoods are per dataset
+        if use_dataset is not None:  # per-dataset state: MuSc's RsCIN neighbourhoods, SAA+'s prompt files
             use_dataset(self.dataset)
         self.method.prepare(category, normal_images, kind, out_dir)
 
@@ -287,6 +288,8 @@ def evaluate_category(
                     save_map(run_dir / "maps", dataset, sample, anomaly_map)
                 state.save(state_path)  # a few KB of histograms: after every image, so an interrupt loses nothing finished
                 bar.update(1)
+                if options.after_image is not None:
+                    options.after_image(category)
     metrics = {**state.pixels.summary(), **image_metrics(np.array(state.labels), np.array(state.scores))}
     record = {
         "category": category,

@@ -114,8 +114,11 @@ class HeldMaps:
         """Add one image: its (H, W) map and (H, W) bool ground truth, resized and written to disk."""
         if anomaly_map.shape != mask.shape:
             raise MetricsInputError(f"map {anomaly_map.shape} and mask {mask.shape} of {name or 'an image'} differ in shape")
-        if np.isnan(anomaly_map).any():  # any finite range is fine: the category is min-max normalised at the end
-            raise MetricsInputError(f"anomaly map of {name or 'an image'} holds NaN; metrics cannot rank it")
+        # any finite range is fine: the category is min-max normalised at the end; an inf would turn the whole
+        # category into NaN there (saved maps are held to [0, 1] for both protocols: saved_maps.read_map)
+        if not np.isfinite(anomaly_map).all():
+            raise MetricsInputError(f"anomaly map of {name or 'an image'} holds NaN or inf at "
+                                    f"{int((~np.isfinite(anomaly_map)).sum())} pixel(s); metrics cannot rank it")
         resized, resized_mask = self.resized(anomaly_map, mask)
         atomic_write(self._path(self.held), lambda temporary: np.savez(temporary, map=resized, mask=resized_mask))
         self.held += 1

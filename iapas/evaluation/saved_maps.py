@@ -14,8 +14,9 @@ import numpy as np
 from PIL import Image
 
 from ..data.datasets import Dataset, Sample
-from ..errors import DatasetError
+from ..errors import DatasetError, MetricsInputError
 from ..files import atomic_write
+from .metrics import check_binnable
 
 
 class MapsError(DatasetError):
@@ -39,6 +40,22 @@ def _image_size(path: Path) -> tuple[int, int]:
             return image.height, image.width
     except (OSError, ValueError) as error:
         raise DatasetError(f"cannot read image {path}: {error}") from None
+
+
+def read_map(path: Path) -> np.ndarray:
+    """A saved map as a memory-mapped float array, or a one-line MapsError (empty file, .npz, pickle, ints)."""
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as error:  # EOFError: a 0-byte file
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise MapsError(f"map {path} is not a readable .npy file ({reason})") from None
+    if not isinstance(array, np.ndarray):  # np.load opens an .npz archive named .npy as a dict of arrays
+        if hasattr(array, "close"):
+            array.close()
+        raise MapsError(f"map {path} is an .npz archive, not one .npy array; save the map with np.save")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise MapsError(f"map {path} holds {array.dtype} values, not floats")
+    return array
 
 
 class SavedMaps:
@@ -72,21 +89,20 @@ class SavedMaps:
                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
         for sample in required:
             path = map_path(self.folder, self.dataset, sample)
-            try:
-                array = np.load(path, mmap_mode="r")  # reads the header only
-            except (OSError, ValueError) as error:
-                raise MapsError(f"map {path} is not a readable .npy file: {error}") from None
-            if not np.issubdtype(array.dtype, np.floating):
-                raise MapsError(f"map {path} holds {array.dtype} values, not floats")
+            array = read_map(path)
             expected = _image_size(sample.image_path)
             if array.shape != expected:
                 raise MapsError(f"map {path} is {'x'.join(map(str, array.shape))} but its image {sample.image_path.name} "
                                 f"is {expected[0]}x{expected[1]} (height x width)")
+            try:  # the values too, before anything is measured: the rule both protocols apply to every map
+                check_binnable(array, 0.0, 1.0, str(path))
+            except MetricsInputError as error:
+                raise MapsError(str(error)) from None
 
     def prepare(self, category: str, normal_images: list[Path], kind: str, out_dir: Path) -> None:
         """Nothing to calibrate: the maps are already made."""
 
     def map_for(self, sample: Sample) -> tuple[np.ndarray, float, tuple[int, int]]:
         """(map, image score = its max, (H, W)) of one test image."""
-        anomaly_map = np.load(map_path(self.folder, self.dataset, sample))
+        anomaly_map = np.asarray(read_map(map_path(self.folder, self.dataset, sample)))
         return anomaly_map, float(anomaly_map.max()), anomaly_map.shape

@@ -13,6 +13,8 @@ METHODS.register_lazy("adaclip", "iapas.methods.adaclip:build")
 METHODS.register_lazy("anomalyclip", "iapas.methods.anomalyclip:build")
 METHODS.register_lazy("faprompt", "iapas.methods.faprompt:build")
 METHODS.register_lazy("genclip", "iapas.methods.genclip:build")
+METHODS.register_lazy("clipseg", "iapas.methods.clipseg:build")
+METHODS.register_lazy("saa", "iapas.methods.saa:build")
 METHODS.register_lazy("musc", "iapas.methods.musc:build")
 METHODS.register_lazy("anomalydino", "iapas.methods.anomalydino:build")
 

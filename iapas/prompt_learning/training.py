@@ -22,6 +22,7 @@ from ..data.datasets import Sample, load_dataset, load_mask
 from ..errors import CorruptWeightsError, DatasetError
 from ..files import atomic_write, atomic_write_text
 from ..images import load_image
+from ..runs.fingerprint import check_fingerprint, record_fingerprint
 
 STATE_FILE = "last.pt"
 LOG_FILE = "train_log.json"
@@ -43,6 +44,21 @@ class TrainOptions:
     device: str = "cpu"
     progress: bool = True
     save_format: str = "iapas"  # iapas | official: the prompt file in the authors' full key layout (learners that have one)
+    sources: tuple[tuple[str, str], ...] = ()  # every (dataset, root) trained on, when more than `dataset` at `root`
+    overwrite: bool = False  # start over in a folder that holds a run of other settings (--overwrite)
+
+    def fingerprint(self, learner: "Learner") -> dict[str, Any]:
+        """What defines the trained prompts, kept beside the checkpoint: a resume under other settings is refused.
+
+        Epochs are left out (a resume may train further), and so are the device and the progress bar.
+        """
+        from ..runs.fingerprint import FINGERPRINT_VERSION, path_identity
+
+        sources = self.sources or ((self.dataset, str(self.root)),)
+        return {"version": FINGERPRINT_VERSION, "command": "train", "method": learner.name,
+                "settings": learner.settings_record(), "clip": path_identity(self.clip),
+                "data": [[name, str(Path(root).expanduser().resolve())] for name, root in sources],
+                "batch_size": self.batch_size, "learning_rate": self.learning_rate, "seed": self.seed, "limit": self.limit}
 
 
 class Learner(Protocol):
@@ -149,6 +165,12 @@ class PromptTrainer:
         options, learner = self.options, self.learner
         out_dir = Path(options.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
+        fingerprint = options.fingerprint(learner)
+        check_fingerprint(out_dir, fingerprint, options.overwrite)  # one line naming what changed, before any work
+        if options.overwrite:
+            for name in (STATE_FILE, LOG_FILE):
+                (out_dir / name).unlink(missing_ok=True)
+        record_fingerprint(out_dir, fingerprint)
         start_epoch, earlier = self._resume(out_dir)
         samples = samples if samples is not None else training_samples(options.dataset, options.root, options.limit)
         history: list[float] = []

@@ -7,9 +7,9 @@ pid and host for a person looking at it. Where flock does not exist (Windows) cl
 """
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
+
+from ..files import lock_descriptor, release_descriptor
 
 try:
     import fcntl
@@ -34,8 +34,7 @@ class Claim:
     def release(self) -> None:
         if self.descriptor is None:
             return
-        self.path.unlink(missing_ok=True)  # before the lock drops: a waiter then finds a fresh file, not ours
-        os.close(self.descriptor)
+        release_descriptor(self.path, self.descriptor)
         self.descriptor = None
 
     def __enter__(self) -> "Claim":
@@ -49,23 +48,8 @@ def try_claim(path: Path) -> Claim | None:
     """Claim `path` for this run, or None when another live run (process or thread) holds it."""
     if fcntl is None:
         return Claim(path, None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(descriptor)
-            return None
-        try:
-            current = os.stat(path).st_ino == os.fstat(descriptor).st_ino
-        except FileNotFoundError:
-            current = False
-        if current:
-            os.ftruncate(descriptor, 0)
-            os.write(descriptor, f"{os.getpid()} {socket.gethostname()}\n".encode())
-            return Claim(path, descriptor)
-        os.close(descriptor)  # released and removed between our open and our lock: claim the new file
+    descriptor = lock_descriptor(path, blocking=False)
+    return None if descriptor is None else Claim(path, descriptor)
 
 
 def remove_free_claims(folder: Path) -> int:

@@ -41,6 +41,10 @@ class StageGraph:
         self._check()
 
     def _check(self) -> None:
+        for index, stage in enumerate(self.stages):
+            if not isinstance(stage, Stage):  # runtime_checkable: the attributes and `run` are there
+                raise ConfigError(f"stage #{index} is a {type(stage).__name__}, not a Stage: it needs name, inputs, "
+                                  "outputs and run(**inputs) -> dict")
         names = [stage.name for stage in self.stages]
         if len(names) != len(set(names)):
             raise ConfigError(f"stage names must be unique: {names}")

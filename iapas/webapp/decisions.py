@@ -113,8 +113,7 @@ def segment_batch(cache, paths: Sequence[str], request, threshold: float | None,
     """
     import dataclasses
 
-    from ..images import load_image
-    from .handlers import segment_request
+    from .handlers import read_upload, segment_request
 
     if not paths:
         raise IapasError("no images: upload one or more")
@@ -123,7 +122,7 @@ def segment_batch(cache, paths: Sequence[str], request, threshold: float | None,
         name = Path(path).name
         progress(index / len(paths), f"{name} ({index + 1} of {len(paths)})")
         try:
-            pixels = load_image(path, cache.config.max_image_pixels).pixels
+            pixels = read_upload(cache, path)  # the CLI's loader and rules, as a single upload
             response = segment_request(cache, pixels, dataclasses.replace(request, name=name))
             view = decide_view(response.result, pixels, threshold, min_area, name, Path(response.files[0]).parent)
         except IapasError as error:

@@ -7,10 +7,36 @@ from ..config import Config
 from ..errors import IapasError
 from ..methods import METHODS
 from .decisions import BATCH_COLUMNS, REGION_COLUMNS, decide_view, demo_banner, learned_checkpoints, segment_batch
-from .handlers import ModelCache, SegmentRequest, calibrate_folder, segment_request
+from .handlers import ModelCache, SegmentRequest, calibrate_folder, read_upload, segment_request
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples" / "images"
 BOX_COLUMNS = ["phrase", "score", "x0", "y0", "x1", "y1", "mask area"]
+
+
+def uploaded_image(**options):
+    """A gr.Image that hands the handler the uploaded file itself, unconverted (16 bit, EXIF and the rest intact).
+
+    Gradio's own preprocessing opens the upload with PIL first: a text file, an empty file or a forged
+    400 MP header then fails inside Gradio with its generic error, and a 16-bit PNG comes back clipped
+    to 8 bit. iapas's loader reads the file instead (`handlers.read_upload`), with the CLI's rules and
+    messages. Pasted or webcam images (data URLs) keep Gradio's path. The instance's preprocess is
+    replaced rather than subclassing gr.Image, whose metaclass would write a .pyi stub into this package.
+    """
+    import gradio as gr
+
+    widget = gr.Image(type="filepath", **options)
+    gradio_preprocess = widget.preprocess
+
+    def preprocess(payload):
+        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
+            return payload.path
+        return gradio_preprocess(payload)
+
+    widget.preprocess = preprocess
+    return widget
+
+
+RESULT_CACHE_BOUND_S = (600, 3600)  # Gradio's copies of result files: swept every 10 min, removed after an hour
 
 
 def error_line(error: Exception) -> str:
@@ -36,8 +62,9 @@ def build_app(config: Config | None = None, cache: ModelCache | None = None, exa
             return None, None, [], [], None, error_line(error), None
         score = response.result.image_score
         status = f"{len(response.boxes_table)} boxes, image score {score:.3f}, {sum(t for _, t in response.timings_table):.0f} ms"
-        kept = (response.result, _pixels(image), request.name)
-        return (response.overlay, response.heat, response.boxes_table, response.timings_table, response.files, status, kept)
+        kept = (response.result, read_upload(cache, image), request.name)  # for re-deciding without segmenting again
+        return (response.overlay_file, response.heat_file, response.boxes_table, response.timings_table, response.files,
+                status, kept)  # files, not arrays: see SegmentResponse
 
     def on_decide(kept, threshold, min_area):
         """Decide the last segmented image at the slider's threshold (no new segmentation)."""
@@ -62,7 +89,7 @@ def build_app(config: Config | None = None, cache: ModelCache | None = None, exa
 
     def on_calibrate(folder, category, n_images, progress=gr.Progress()):
         try:
-            calibration, path = calibrate_folder(cache, folder, category or "", int(n_images) if n_images else None,
+            calibration, path = calibrate_folder(cache, folder, category or "", n_images,  # 0 is refused, not the default
                                                  lambda fraction, message: progress(fraction, desc=message))
         except IapasError as error:
             return None, None, error_line(error)
@@ -72,14 +99,14 @@ def build_app(config: Config | None = None, cache: ModelCache | None = None, exa
         return summary, path, f"calibrated {calibration.category or 'category'}: {len(calibration.p_final)} prompts"
 
     checkpoints = learned_checkpoints(cache.config)
-    with gr.Blocks(title="iapas") as app:
+    with gr.Blocks(title="iapas", delete_cache=RESULT_CACHE_BOUND_S) as app:
         gr.Markdown("# iapas: zero-shot industrial anomaly segmentation")
         banner = demo_banner(cache.config, METHODS.names())
         gr.Markdown(banner, visible=bool(banner), elem_id="demo-banner")
         with gr.Tab("Segment"):
             with gr.Row():
                 with gr.Column():
-                    image = gr.Image(type="numpy", label="image", elem_id="input-image")
+                    image = uploaded_image(label="image", elem_id="input-image")
                     method = gr.Dropdown(METHODS.names(), value="iapas", label="method", elem_id="method")
                     prompts = gr.Textbox(label="prompts (comma-separated; IAP-AS)", placeholder="abnormal, defect, scratch")
                     calibration = gr.File(label="calibration file (IAP-AS)", file_types=[".json"])
@@ -151,19 +178,6 @@ def _image_name(value) -> str:
     if isinstance(value, (str, Path)):
         return Path(value).name
     return str(getattr(value, "orig_name", "") or "")
-
-
-def _pixels(image):
-    """The RGB pixels the page's image input held (what the overlay was drawn on)."""
-    import numpy as np
-
-    from ..methods.iapas.pipeline import as_rgb_array
-
-    if isinstance(image, np.ndarray):
-        return as_rgb_array(image, 10**12)
-    from ..images import load_image
-
-    return load_image(str(image)).pixels
 
 
 def _file_path(value) -> str:

@@ -153,19 +153,22 @@ def tiny_clip_text(vocab: dict[str, int], **sizes: int) -> dict:
                 **sizes)
 
 
+def tiny_clip_towers(vocab: dict[str, int], image_size: int) -> dict[str, dict]:
+    """Text and vision tower settings of the tiny CLIPs (the demo CLIPModel and CLIPSeg): two narrow layers each, 8 px patches."""
+    return {
+        "text_config": tiny_clip_text(vocab, num_hidden_layers=2, max_position_embeddings=77),
+        "vision_config": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=image_size, patch_size=8),
+    }
+
+
 def build_demo_clip(directory: Path, seed: int = 0, image_size: int = 32) -> Path:
     """Save a tiny transformers CLIPModel with a character-level BPE tokenizer to `directory`."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     directory = Path(directory)
     tokenizer = write_char_clip_tokenizer(directory)
-    vocab = tokenizer.get_vocab()
-    config = CLIPConfig(
-        text_config=tiny_clip_text(vocab, num_hidden_layers=2, max_position_embeddings=77),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=image_size, patch_size=8),
-        projection_dim=16,
-    )
+    config = CLIPConfig(**tiny_clip_towers(tokenizer.get_vocab(), image_size), projection_dim=16)
     with torch.random.fork_rng(devices=[]), quiet_loading():
         torch.manual_seed(seed)
         model = CLIPModel(config).eval()
@@ -295,6 +298,49 @@ def build_demo_omdet_turbo(directory: Path, seed: int = 0, image_size: int = DEM
     return directory
 
 
+def build_demo_clipseg(directory: Path, seed: int = 0, image_size: int = 32) -> Path:
+    """Save a tiny transformers CLIPSegForImageSegmentation with its processor (character-level CLIP tokenizer)."""
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, ViTImageProcessor
+
+    directory = Path(directory)
+    tokenizer = write_char_clip_tokenizer(directory)
+    config = CLIPSegConfig(
+        **tiny_clip_towers(tokenizer.get_vocab(), image_size), projection_dim=16, extract_layers=[0, 1], reduce_dim=16,
+        decoder_num_attention_heads=2, decoder_intermediate_size=32,
+        use_complex_transposed_convolution=True,  # as CIDAS/clipseg-rd64-refined
+    )
+    with torch.random.fork_rng(devices=[]), quiet_loading():
+        torch.manual_seed(seed)
+        model = CLIPSegForImageSegmentation(config).eval()
+        model.save_pretrained(directory)
+    # CIDAS's processor: ViTImageProcessor resizing to a square (352 there), CLIP's normalisation
+    image_processor = ViTImageProcessor(size={"height": image_size, "width": image_size},
+                                        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
+    CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
+    (directory / "DEMO_WEIGHTS").write_text(DEMO_NOTE, encoding="utf-8")
+    return directory
+
+
+def build_demo_saa_saliency(path: Path, seed: int = 0) -> Path:
+    """Save a narrow timm wide_resnet50_2 feature extractor (one block per stage, base width 8) as SAA+'s saliency .pth.
+
+    The file names its timm overrides beside the state dict, so the method's loader builds the same narrow net.
+    """
+    import timm
+
+    from ..methods.saa.saliency import ARCHITECTURE_KEY, BACKBONE, OUT_INDICES
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    overrides = {"layers": [1, 1, 1, 1], "base_width": 8}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = timm.create_model(BACKBONE, pretrained=False, features_only=True, out_indices=OUT_INDICES, **overrides)
+    torch.save({ARCHITECTURE_KEY: overrides, "state_dict": model.state_dict()}, path)
+    path.with_name(path.name + ".DEMO_WEIGHTS").write_text(DEMO_NOTE, encoding="utf-8")
+    return path
+
+
 DEMO_RAM_TAGS = 8  # the demo RAM's bias is set so that about this many tags pass on a grey image
 
 
@@ -330,7 +376,7 @@ def make_demo_weights(weights_dir: Path) -> list[Path]:
 
     builders = {"grounding-dino-demo": build_demo_grounding_dino, "sam-demo": build_demo_sam_checkpoint, "clip-demo": build_demo_clip,
                 "sam2-demo": build_demo_sam2, "edgetam-demo": build_demo_edgetam, "omdet-turbo-demo": build_demo_omdet_turbo,
-                "ram-demo": build_demo_ram}
+                "clipseg-demo": build_demo_clipseg, "saa-saliency-demo": build_demo_saa_saliency, "ram-demo": build_demo_ram}
     written = []
     for entry in load_manifest():
         if entry.demo and entry.name in builders:

@@ -1,12 +1,18 @@
 """`iapas weights download`: fetch manifest entries, check every file's hash, move them into place whole.
 
-Sources are listed in `resources/downloads.toml`, keyed by manifest entry. Hub entries go through
-huggingface_hub (HF_ENDPOINT, HF_HUB_OFFLINE and its cache are honoured, and interrupted downloads
-resume from its `.incomplete` files); plain URLs through a small resumable HTTP client (HTTP Range on a
-`.partial` file). Each file is hashed before it is moved into the weights dir: against the sha256 the
-manifest pins, else against the content hash the hub publishes for it (its LFS sha256, or the git blob
-sha1 of a small file), and that sha256 is then recorded in `<weights>/downloads.lock.json` so a later
-download must match it. An entry with any bad file is left out whole, never half there.
+Sources are listed in `resources/downloads.toml`, keyed by manifest entry. Every file, hub or URL, goes
+through one small resumable HTTP client: it writes `<weights>/.downloads/<entry>/<file>.partial` and an
+interrupted run (dropped connection, killed process) resumes it with an HTTP Range request; a server that
+sends less than STALL_MIN_BYTES in `stall_timeout` seconds ends the file with one line, the partial kept.
+Hub files take their URL, headers and published hash from huggingface_hub (HF_ENDPOINT and HF_TOKEN are
+honoured; a file already in its cache is used from there; offline, only its cache is read). Each file is
+hashed before it is moved into the weights dir: against the sha256 the manifest pins, else against the
+content hash the hub publishes for it (its LFS sha256, or the git blob sha1 of a small file), and that
+sha256 is then recorded in `<weights>/downloads.lock.json` so a later download must match it. An entry
+with any bad file is left out whole, never half there.
+
+Two runs into one weights dir at once are safe: each entry is downloaded under its own lock (a second run
+waits, then finds it present), and the lock file is read, merged and atomically replaced under its own.
 """
 from __future__ import annotations
 
@@ -16,20 +22,23 @@ import os
 import shutil
 import tomllib
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from ..errors import WeightsError
-from ..files import atomic_directory, atomic_write_text
+from ..files import atomic_directory, atomic_write, atomic_write_text, check_writable_folder, exclusive, is_disk_full
 from .manifest import WeightEntry, load_manifest, sha256_of
 
 DOWNLOADS_PATH = Path(__file__).parents[1] / "resources" / "downloads.toml"
 LOCK_FILE = "downloads.lock.json"
 PROFILES = ("default", "official", "fast", "all")
 CHUNK = 1 << 20
-HTTP_TIMEOUT_S = 30.0  # per connection attempt and per read; a stalled server is an error, not a hang
+DEFAULT_STALL_TIMEOUT_S = 60.0  # no progress for this long ends a file (--stall-timeout); its partial is kept
+STALL_MIN_BYTES = 1024  # fewer bytes than this within one stall window is no progress (a server trickling bytes)
+STAGING = ".downloads"  # <weights>/.downloads/: partial files, resumed by the next run
 
 
 @dataclass(frozen=True)
@@ -93,15 +102,43 @@ def git_blob_sha1(path: Path) -> str:
 
 
 class Lock:
-    """`downloads.lock.json`: the sha256 of every file downloaded without a manifest pin (trust on first use)."""
+    """`downloads.lock.json`: the sha256 of every file downloaded without a manifest pin (trust on first use).
+
+    Each record re-reads the file, merges and atomically replaces it under the file's lock, so two runs
+    recording different entries at once both keep their hashes.
+    """
 
     def __init__(self, weights_dir: Path) -> None:
         self.path = Path(weights_dir) / LOCK_FILE
-        self.hashes: dict[str, str] = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
+        self.hashes: dict[str, str] = self._read()
+
+    def _read(self) -> dict[str, str]:
+        if not self.path.exists():
+            return {}
+        fix = "fix it or delete it (its hashes are then recorded afresh on the next download)"
+        if not self.path.is_file():
+            raise WeightsError(f"lock file {self.path} is not a file; {fix}")
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as error:  # RecursionError: nested too deep for the parser
+            reason = (str(error).splitlines() or ["nested too deep"])[0]
+            raise WeightsError(f"lock file {self.path} is not valid JSON ({reason}); {fix}") from None
+        except OSError as error:
+            raise WeightsError(f"cannot read lock file {self.path}: {error.strerror or error}") from None
+        if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+            raise WeightsError(f"lock file {self.path} must hold a JSON object of file -> sha256, "
+                               f"not {type(data).__name__}; {fix}")
+        return data
 
     def record(self, key: str, sha256: str) -> None:
-        self.hashes[key] = sha256
-        atomic_write_text(self.path, json.dumps(self.hashes, indent=2, sort_keys=True) + "\n")
+        with exclusive(self.path):
+            self.hashes = {**self._read(), key: sha256}
+            atomic_write_text(self.path, json.dumps(self.hashes, indent=2, sort_keys=True) + "\n")
+
+    def refresh(self) -> None:
+        """Re-read the hashes another run may have recorded since."""
+        with exclusive(self.path):
+            self.hashes = self._read()
 
 
 def check_hash(path: Path, key: str, pinned: str, published: str, lock: Lock) -> str:
@@ -136,53 +173,101 @@ def mirrored(url: str) -> str:
     return mirror + "/" + rest.partition("/")[2]
 
 
-def fetch_url(url: str, target: Path, progress: Callable[[int, int], None] = lambda done, total: None) -> Path:
-    """Download `url` to `target`, resuming a `<target>.partial` left by an interrupted run (HTTP Range)."""
+def _stall_check(stall_timeout: float) -> Callable[[int], bool]:
+    """A function fed each block's size that says True once a window of `stall_timeout` s saw < STALL_MIN_BYTES."""
+    import time
+
+    window = {"start": time.monotonic(), "bytes": 0}
+
+    def stalled(received: int) -> bool:
+        window["bytes"] += received
+        now = time.monotonic()
+        if now - window["start"] < stall_timeout:
+            return False
+        if window["bytes"] < STALL_MIN_BYTES:
+            return True
+        window.update(start=now, bytes=0)
+        return False
+
+    return stalled
+
+
+def fetch_url(url: str, target: Path, progress: Callable[[int, int], None] = lambda done, total: None,
+              stall_timeout: float = DEFAULT_STALL_TIMEOUT_S, headers: dict[str, str] | None = None,
+              expected_size: int = 0) -> Path:
+    """Download `url` to `target`, resuming a `<target>.partial` left by an interrupted run (HTTP Range).
+
+    A partial already `expected_size` long (or answered 416: nothing past its end) is complete: it is moved
+    into place without a transfer and its hash is checked by the caller like any other file.
+    """
     if offline():
         raise WeightsError(f"offline (HF_HUB_OFFLINE is set): cannot fetch {url}")
     partial = target.with_name(target.name + ".partial")
     target.parent.mkdir(parents=True, exist_ok=True)
     start = partial.stat().st_size if partial.is_file() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
+    if start and start == expected_size:
+        os.replace(partial, target)
+        return target
+    request = urllib.request.Request(url, headers={**(headers or {}), **({"Range": f"bytes={start}-"} if start else {})})
+    stalled = _stall_check(stall_timeout)
     try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+        # the socket timeout bounds a silent server; _stall_check a server that trickles bytes
+        with urllib.request.urlopen(request, timeout=stall_timeout) as response:
             resumed = start and response.status == 206
             total = int(response.headers.get("Content-Length") or 0) + (start if resumed else 0)
-            with open(partial, "ab" if resumed else "wb") as handle:
-                done = start if resumed else 0
-                while block := response.read(CHUNK):
-                    handle.write(block)
-                    done += len(block)
-                    progress(done, total)
+            try:
+                with open(partial, "ab" if resumed else "wb") as handle:
+                    done = start if resumed else 0
+                    while block := response.read1(CHUNK):
+                        handle.write(block)
+                        done += len(block)
+                        progress(done, total)
+                        if stalled(len(block)):
+                            raise WeightsError(f"{url}: stalled (under {STALL_MIN_BYTES} bytes in {stall_timeout:g} s, "
+                                               f"{done} bytes so far); re-run to resume, or raise --stall-timeout")
+            except OSError as error:
+                if is_disk_full(error):
+                    raise WeightsError(f"cannot write {partial}: {os.strerror(error.errno)}; free space and re-run "
+                                       "to resume") from None
+                raise
             if total and done != total:
                 raise WeightsError(f"{url}: connection closed after {done} of {total} bytes; re-run to resume")
     except urllib.error.HTTPError as error:
+        if error.code == 416 and start:  # nothing past the partial's end: it is whole (its hash decides)
+            os.replace(partial, target)
+            return target
         raise WeightsError(f"{url}: HTTP {error.code} {error.reason}") from None
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as error:
         if isinstance(error, WeightsError):
             raise
         reason = getattr(error, "reason", error)
+        if isinstance(reason, TimeoutError) or isinstance(error, TimeoutError):
+            reason = f"no answer for {stall_timeout:g} s"
         raise WeightsError(f"{url}: cannot download ({reason}); re-run to resume") from None
     os.replace(partial, target)
     return target
 
 
-def fetch_hub_file(source: DownloadSource, filename: str, cache_dir: str | None) -> tuple[Path, str]:
-    """One hub file through huggingface_hub's cache, and the content hash the hub publishes for it."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+def fetch_hub_file(source: DownloadSource, filename: str, cache_dir: str | None, staging: Path,
+                   progress: Callable[[int, int], None] = lambda d, t: None,
+                   stall_timeout: float = DEFAULT_STALL_TIMEOUT_S) -> tuple[Path, str]:
+    """One hub file (from huggingface_hub's cache when there, else resumably into `staging`) and its published hash."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+    from huggingface_hub.utils import build_hf_headers
 
     endpoint = os.environ.get("HF_ENDPOINT") or None  # read now: the hub's constants were fixed at import time
     where = f"{source.hub}/{filename}"
+    if offline():
+        try:
+            return Path(hf_hub_download(source.hub, filename, revision=source.revision, cache_dir=cache_dir,
+                                        local_files_only=True)), ""
+        except (OfflineModeIsEnabled, LocalEntryNotFoundError):
+            raise WeightsError(f"{where}: offline and not in the hub cache") from None
+    url = hf_hub_url(source.hub, filename, revision=source.revision, endpoint=endpoint)
     try:
-        published = ""
-        if not offline():
-            metadata = get_hf_file_metadata(hf_hub_url(source.hub, filename, revision=source.revision, endpoint=endpoint))
-            published = metadata.etag or ""
-        path = hf_hub_download(source.hub, filename, revision=source.revision, cache_dir=cache_dir, endpoint=endpoint,
-                               local_files_only=offline())
-    except (OfflineModeIsEnabled, LocalEntryNotFoundError):
-        raise WeightsError(f"{where}: offline and not in the hub cache") from None
+        headers = build_hf_headers()
+        metadata = get_hf_file_metadata(url, headers=headers, timeout=stall_timeout)
     except HfHubHTTPError as error:
         status = getattr(getattr(error, "response", None), "status_code", "?")
         if type(error).__name__ == "GatedRepoError" or (source.gated and status in (401, 403)):
@@ -192,17 +277,36 @@ def fetch_hub_file(source: DownloadSource, filename: str, cache_dir: str | None)
     except Exception as error:  # the hub client's connection errors have their own classes; all mean "not fetched"
         message = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
         raise WeightsError(f"{where}: cannot download ({message})") from None
-    return Path(path), published
+    published = metadata.etag or ""
+    if not published and not source.sha256.get(filename):
+        # huggingface_hub reports this as "not in the cache"; the truth is the server's answer lacked the header
+        raise WeightsError(f"{where}: the server answered without an ETag (a proxy or mirror that drops it?), so "
+                           "there is no published hash to check the file against; pin its sha256 in downloads.toml "
+                           "or download through a server that keeps the header")
+    cached = try_to_load_from_cache(source.hub, filename, cache_dir=cache_dir, revision=source.revision)
+    if isinstance(cached, str) and Path(cached).is_file():
+        return Path(cached), published
+    staged = staging / filename
+    if staged.is_file() and metadata.size is not None and staged.stat().st_size == metadata.size:
+        return staged, published  # fetched whole by an earlier run that failed on another file
+    # LFS files redirect to a CDN whose signed URL must not get the hub token: fetch from where the HEAD pointed,
+    # with the hub's headers only on the hub's own host
+    location = metadata.location or url
+    same_host = urllib.parse.urlsplit(location).netloc == urllib.parse.urlsplit(url).netloc
+    target = fetch_url(location, staging / filename, progress, stall_timeout,
+                       headers if same_host else {"user-agent": headers.get("user-agent", "iapas")}, metadata.size or 0)
+    return target, published
 
 
 def download_entry(source: DownloadSource, entry: WeightEntry, weights_dir: Path, lock: Lock,
-                   cache_dir: str | None = None, progress: Callable[[int, int], None] = lambda d, t: None) -> Path:
+                   cache_dir: str | None = None, progress: Callable[[int, int], None] = lambda d, t: None,
+                   stall_timeout: float = DEFAULT_STALL_TIMEOUT_S) -> Path:
     """Fetch one entry into the weights dir; it appears there only when every file's hash matched."""
     weights_dir = Path(weights_dir)
     target = entry.location(weights_dir)
     if source.url:
-        staging = weights_dir / ".downloads" / Path(entry.expected_path).name
-        fetch_url(mirrored(source.url), staging, progress)
+        staging = weights_dir / STAGING / Path(entry.expected_path).name
+        fetch_url(mirrored(source.url), staging, progress, stall_timeout)
         try:
             if entry.sha256 or not source.sha256_prefix:
                 check_hash(staging, entry.name, entry.sha256, "", lock)  # url entries are pinned in the manifest...
@@ -223,43 +327,60 @@ def download_entry(source: DownloadSource, entry: WeightEntry, weights_dir: Path
         os.replace(staging, target)
         return target
 
-    if entry.format != "hf-dir":  # one checkpoint file kept in a hub repository (RAM's .pth), not a model folder
-        if len(source.files) != 1:
-            raise WeightsError(f"{entry.name}: a {entry.format} entry downloads one hub file, the sources list {len(source.files)}")
-        cached, published = fetch_hub_file(source, source.files[0], cache_dir)
-        key = f"{entry.name}/{source.files[0]}"
-        actual = check_hash(cached, key, source.sha256.get(source.files[0], ""), published, lock)
-        staging = weights_dir / ".downloads" / Path(entry.expected_path).name
-        staging.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(cached, staging)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, target)
-        if not source.sha256.get(source.files[0]):
+    staging = weights_dir / STAGING / entry.name
+    single = entry.format != "hf-dir"  # one checkpoint file kept in a hub repository (RAM's .pth), not a model folder
+    if single and len(source.files) != 1:
+        raise WeightsError(f"{entry.name}: a {entry.format} entry downloads one hub file, the sources list {len(source.files)}")
+
+    fetched = []  # every file is fetched and checked first: a failure keeps the others staged for the next run
+    for filename in source.files:
+        path, published = fetch_hub_file(source, filename, cache_dir, staging, progress, stall_timeout)
+        key = f"{entry.name}/{filename}"
+        try:
+            actual = check_hash(path, key, source.sha256.get(filename, ""), published, lock)
+        except WeightsError:
+            if path.is_relative_to(staging):
+                path.unlink(missing_ok=True)  # a bad download is not resumed from
+            raise
+        fetched.append((filename, path))
+        if not source.sha256.get(filename):
             lock.record(key, actual)
+
+    if single:
+        (_, path), = fetched
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_relative_to(staging):
+            os.replace(path, target)
+        else:  # from the hub's cache, which keeps its own copy: copied aside, then moved into place whole
+            atomic_write(target, lambda temporary: shutil.copyfile(path, temporary))
+        shutil.rmtree(staging, ignore_errors=True)
         return target
 
     def fill(partial: Path) -> None:
-        for filename in source.files:
-            cached, published = fetch_hub_file(source, filename, cache_dir)
-            key = f"{entry.name}/{filename}"
-            actual = check_hash(cached, key, source.sha256.get(filename, ""), published, lock)
+        for filename, path in fetched:
             (partial / filename).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(cached, partial / filename)
-            if not source.sha256.get(filename):
-                lock.record(key, actual)
+            if path.is_relative_to(staging):
+                os.replace(path, partial / filename)
+            else:
+                shutil.copyfile(path, partial / filename)  # the hub's cache keeps its own copy
 
-    return atomic_directory(target, fill)
+    built = atomic_directory(target, fill)
+    shutil.rmtree(staging, ignore_errors=True)
+    return built
 
 
 def download(names: list[str], profile: str | None, weights_dir: Path, cache_dir: str | None = None,
              report: Callable[[str], None] = print, progress_factory=None, manifest_path: Path | None = None,
-             sources_path: Path = DOWNLOADS_PATH) -> list[DownloadOutcome]:
+             sources_path: Path = DOWNLOADS_PATH, stall_timeout: float = DEFAULT_STALL_TIMEOUT_S) -> list[DownloadOutcome]:
     """Download the chosen entries not yet present; one outcome per entry, failures do not stop the others."""
     from .manifest import is_present
 
     manifest = {entry.name: entry for entry in (load_manifest(manifest_path) if manifest_path else load_manifest())}
     sources = select_sources(names, profile, load_sources(sources_path))
     weights_dir = Path(weights_dir)
+    if weights_dir.exists() and not weights_dir.is_dir():
+        raise WeightsError(f"weights dir {weights_dir} is a file, not a folder; give --weights a folder")
+    check_writable_folder(weights_dir, "weights dir")
     weights_dir.mkdir(parents=True, exist_ok=True)
     lock = Lock(weights_dir)
     outcomes = []
@@ -268,15 +389,26 @@ def download(names: list[str], profile: str | None, weights_dir: Path, cache_dir
         if entry is None:
             outcomes.append(DownloadOutcome(source.entry, "failed", "not in the weights manifest"))
             continue
-        if is_present(entry, weights_dir):
-            outcomes.append(DownloadOutcome(entry.name, "present", str(entry.location(weights_dir))))
-            continue
-        bar = progress_factory(entry.name) if progress_factory else None
-        try:
-            path = download_entry(source, entry, weights_dir, lock, cache_dir,
-                                  (lambda done, total: bar(done, total)) if bar else (lambda done, total: None))
-            outcomes.append(DownloadOutcome(entry.name, "downloaded", str(path)))
-        except WeightsError as error:
-            outcomes.append(DownloadOutcome(entry.name, "failed", str(error)))
-            report(f"iapas: error: {error}")
+        # one run per entry at a time: a second run waits here, then finds the entry present
+        with exclusive(weights_dir / STAGING / entry.name):
+            if is_present(entry, weights_dir):
+                outcomes.append(DownloadOutcome(entry.name, "present", str(entry.location(weights_dir))))
+                continue
+            lock.refresh()
+            bar = progress_factory(entry.name) if progress_factory else None
+            try:
+                path = download_entry(source, entry, weights_dir, lock, cache_dir,
+                                      (lambda done, total: bar(done, total)) if bar else (lambda done, total: None),
+                                      stall_timeout)
+                outcomes.append(DownloadOutcome(entry.name, "downloaded", str(path)))
+            except OSError as error:  # the staging copy or the rename into place: the weights dir's storage
+                if not is_disk_full(error):
+                    raise
+                detail = (f"{entry.name}: cannot write into {weights_dir}: {os.strerror(error.errno)}; free space and "
+                          "re-run (finished files are kept and resumed from)")
+                outcomes.append(DownloadOutcome(entry.name, "failed", detail))
+                report(f"iapas: error: {detail}")
+            except WeightsError as error:
+                outcomes.append(DownloadOutcome(entry.name, "failed", str(error)))
+                report(f"iapas: error: {error}")
     return outcomes

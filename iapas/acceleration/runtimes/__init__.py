@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import torch
 
 from ...errors import ConfigError
-from ...files import atomic_write_text
+from ...files import atomic_write_text, exclusive
 from ...registry import Registry
 from .formats import FORMATS, Format, Runner
 from .parts import PARTS, EncoderPart, Shape, parts_of
@@ -151,8 +151,10 @@ def runner_for(backend: Any, part: EncoderPart, fmt: Format, weights: Path, devi
         path = next((c for c in candidates if is_current(c, weights)), None)
         if path is None:
             path = candidates[0] if _writable(weights.parent) else candidates[1]
-            print(f"iapas: exporting {part.name} of {weights} to {path} (once; later runs reuse it)", file=sys.stderr)
-            export_part(backend, part, fmt, weights, shapes, path, module)
+            with exclusive(path):  # two runs exporting one encoder at once: one exports, the other waits and reuses it
+                if not is_current(path, weights):
+                    print(f"iapas: exporting {part.name} of {weights} to {path} (once; later runs reuse it)", file=sys.stderr)
+                    export_part(backend, part, fmt, weights, shapes, path, module)
         return fmt.load(path, part.signature(backend, shapes), device)
 
     return make
@@ -185,7 +187,8 @@ def export_backend(backend: Any, format_name: str, weights: str | Path, out_dir:
         shapes = part.shapes(backend, image_size)
         path = Path(out_dir) / file_name(weights, part, shapes, fmt) if out_dir else (
             locations(weights, part, shapes, fmt)[0 if _writable(weights.parent) else 1])
-        written.append(export_part(backend, part, fmt, weights, shapes, path))
+        with exclusive(path):
+            written.append(export_part(backend, part, fmt, weights, shapes, path))
     return written
 
 

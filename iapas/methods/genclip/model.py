@@ -1,7 +1,7 @@
 """GenCLIP (Kim et al., 2025): general query prompts augmented by multi-layer vision prompts, dual-branch inference.
 
 No public code exists; each rule below cites the paper's section or equation. Where the paper is silent
-the choice is marked "(our choice)" and listed in docs/notes/clip-official-b.md's GenCLIP table.
+the choice is marked "(our choice)" and listed in docs/methods/official-adaclip-genclip-winclip.md's GenCLIP table.
 
 Learned (`GenClipPrompts`): the state tokens N_P, A_P and the two shared query tokens Q_P (§3.2, §4.1),
 one text-layer prompt-tuning token for each text layer after the first (§3.2, B.4), and per vision layer i

@@ -11,7 +11,7 @@ from PIL import Image
 from ...backends import Detector, Segmenter, load_detector, load_segmenter
 from ...calibration import Calibration
 from ...config import Config, at_least_one, unit_interval
-from ...device import resolve_device
+from ...device import models_in_turn, resolve_device
 from ...errors import IapasError, ImageProcessingError, InputImageError
 from ...stages.graph import GraphRun, StageGraph
 from ...images import LoadedImage, Window, check_shape, load_image, parse_window, to_rgb
@@ -29,13 +29,23 @@ ImageInput = str | Path | np.ndarray | Image.Image
 GRAPH_INPUTS = ("image", "prompts", "box_threshold", "text_threshold", "size_threshold", "object_tags")
 
 
+def _check_pixels(width: int, height: int, what: str, max_pixels: int) -> None:
+    """The file loader's size limit, for images handed over in memory (arrays, PIL images)."""
+    if width * height > max_pixels:
+        raise InputImageError(f"image too large: {what} is {width}x{height} ({width * height / 1e6:.0f} MP), above the "
+                              f"limit of {max_pixels / 1e6:.0f} MP; downscale it or raise max_image_pixels")
+
+
 def as_rgb_array(image: ImageInput, max_pixels: int, bit_window: Window | None = None) -> np.ndarray:
     """Any supported image input as (H, W, 3) uint8."""
     if isinstance(image, (str, Path)):
         return load_image(image, max_pixels, bit_window).pixels
     if isinstance(image, Image.Image):
         check_shape(*image.size, "image")
+        _check_pixels(*image.size, "image", max_pixels)
         return to_rgb(image, bit_window)[0]
+    if not isinstance(image, np.ndarray):
+        raise InputImageError(f"an image is a path, a numpy array or a PIL image, not {type(image).__name__}")
     array = np.asarray(image)
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
@@ -44,11 +54,53 @@ def as_rgb_array(image: ImageInput, max_pixels: int, bit_window: Window | None =
     if array.dtype != np.uint8:
         raise InputImageError(f"image array must be uint8, got {array.dtype}")
     check_shape(array.shape[1], array.shape[0], f"array of shape {array.shape}")
+    _check_pixels(array.shape[1], array.shape[0], f"array of shape {array.shape}", max_pixels)
     return np.ascontiguousarray(array[:, :, :3])
 
 
+def image_list(images: Any, method: str) -> Sequence[ImageInput]:
+    """The images a batch method was given, or one IapasError when it was given one image (whose letters or rows
+    it would otherwise iterate)."""
+    if isinstance(images, (str, Path, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim <= 3):
+        raise IapasError(f"{method} takes a list of images, not one {type(images).__name__}; "
+                         f"pass [image], or call segment(image)")
+    if not isinstance(images, Iterable):
+        raise IapasError(f"{method} takes a list of images, not {type(images).__name__}")
+    return images
+
+
+def prompt_list(prompts: Any) -> Sequence[str] | None:
+    """Text prompts as given (None: the defaults), or one IapasError for a lone string or a non-string item."""
+    if prompts is None:
+        return None
+    if isinstance(prompts, str):
+        raise IapasError(f"prompts must be a list of strings such as [{prompts!r}], not the string {prompts!r}")
+    if not isinstance(prompts, Iterable):
+        raise IapasError(f"prompts must be a list of strings, not {type(prompts).__name__}")
+    prompts = list(prompts)
+    bad = [item for item in prompts if not isinstance(item, str)]
+    if bad:
+        raise IapasError(f"prompts must be strings, got {bad[0]!r} ({type(bad[0]).__name__})")
+    return prompts
+
+
+def checked_calibration(calibration: Any) -> Calibration | None:
+    """A Calibration or None; a path or anything else is one IapasError saying how to load one."""
+    if calibration is None or isinstance(calibration, Calibration):
+        return calibration
+    hint = (f"; load the file first: iapas.calibration.load_calibration({str(calibration)!r})"
+            if isinstance(calibration, (str, Path)) else "")
+    raise IapasError(f"calibration must be a Calibration, not {type(calibration).__name__}{hint}")
+
+
 class Pipeline:
-    """Grounding DINO -> NMS -> size filter -> SAM -> score, as a swappable stage graph."""
+    """Grounding DINO -> NMS -> size filter -> SAM -> score, as a swappable stage graph.
+
+    One instance may be shared between threads. In parallel: reading and converting each image, checking
+    the arguments and building each Result. In turn: the graph run and calibration, which use the models
+    (`device.models_in_turn`: every Pipeline sharing a detector or segmenter waits for the others, since a
+    backend shadows a module's forward during a call, and one forward already uses every core).
+    """
 
     def __init__(self, config: Config, detector: Detector, segmenter: Segmenter, graph: StageGraph | None = None) -> None:
         self.config = config
@@ -145,7 +197,7 @@ class Pipeline:
         calibration (P_final, S_threshold and the kind's thresholds), else the config.
         """
         context = self._context(image, prompts, size_threshold, calibration)
-        with self._precision():
+        with self._models_in_turn(), self._precision():
             run = self.graph.run(context)
         return self._result(context, run)
 
@@ -174,6 +226,7 @@ class Pipeline:
         calibration: Calibration | None = None,
     ) -> list[Result | Exception]:
         """`segment_many` that hands back each image's exception in its place instead of raising it."""
+        images = list(image_list(images, "segment_many"))
         size = at_least_one(self.config.batch_size if batch_size is None else batch_size, "batch_size")
         outcomes: list[Result | Exception] = []
         for start in range(0, len(images), size):
@@ -184,7 +237,7 @@ class Pipeline:
                 except Exception as error:  # noqa: BLE001 - this image's, handed back in its place
                     contexts.append(error)
             ready = [context for context in contexts if not isinstance(context, Exception)]
-            with self._precision():
+            with self._models_in_turn(), self._precision():
                 runs = iter(self.graph.run_batch(ready))
             for context in contexts:
                 if isinstance(context, Exception):
@@ -198,6 +251,10 @@ class Pipeline:
         """Where the models run: the detector's device (the config's when the detector does not say)."""
         return torch.device(getattr(self.detector, "device", None) or resolve_device(self.config.device))
 
+    def _models_in_turn(self) -> ContextManager:
+        """No other thread inside this pipeline's models meanwhile (see the class docstring)."""
+        return models_in_turn(self.detector, self.segmenter)
+
     def _precision(self) -> ContextManager:
         """The models' autocast for the config's precision (nothing for the default fp32)."""
         return autocast(self.config.precision, self._device())
@@ -207,6 +264,7 @@ class Pipeline:
         calibration: Calibration | None,
     ) -> dict[str, Any]:
         """The graph's inputs for one image: its pixels, the prompts and the thresholds in force."""
+        prompts, calibration = prompt_list(prompts), checked_calibration(calibration)
         pixels = as_rgb_array(image, self.config.max_image_pixels, parse_window(self.config.bit_window))
         detection = self.config.detection
         if calibration is not None:
@@ -251,6 +309,12 @@ class Pipeline:
         A user's bad input yields its own IapasError; anything unexpected yields an ImageProcessingError
         naming the input (its path, or its position for arrays and PIL images).
         """
+        images = image_list(images, "segment_batch")  # checked now, not at the first next()
+        prompt_list(options.get("prompts"))
+        checked_calibration(options.get("calibration"))
+        return self._stream(images, options)
+
+    def _stream(self, images: Iterable[ImageInput], options: dict[str, Any]) -> Iterator[tuple[ImageInput, Result | IapasError]]:
         for index, image in enumerate(images):
             try:
                 yield image, self.segment(image, **options)
@@ -273,8 +337,14 @@ class Pipeline:
         """Preprocessing (steps 1-1 to 1-3) on normal images: tags, S_threshold, P_adj and P_final."""
         from .preprocess import Preprocessor
 
+        for source in (normal, anomalous):
+            if source is not None and not isinstance(source, (str, Path)) and not (
+                    isinstance(source, Sequence) and all(isinstance(item, (str, Path)) for item in source)):
+                raise IapasError("calibrate takes a folder of normal images or a list of image files (paths), "
+                                 f"not {type(source).__name__}; save arrays as image files first")
         device = str(resolve_device(self.config.device))
-        return Preprocessor(self.config, self.detector, device).calibrate(normal, anomalous, category, kind, ablate)
+        with models_in_turn(self.detector):
+            return Preprocessor(self.config, self.detector, device).calibrate(normal, anomalous, category, kind, ablate)
 
     def load(self, path: str | Path) -> LoadedImage:
         """Read an image with this pipeline's size limit (notes say what was converted)."""

@@ -59,7 +59,7 @@ class ClipFeatures:
 
     def encode(self, images: Sequence[np.ndarray], size: int, layers: Sequence[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
         # open_clip transform.py image_transform (eval): Resize((S, S), bicubic) on the PIL image, then CLIP's mean and std
-        pixels = self.backbone.preprocess_to(images, size)
+        pixels = self.backbone.preprocess(images, size)
         with self.backbone.autocast():
             pooled, hidden = self.backbone.encode_tokens(self.backbone.tokens(pixels), layers)
         pooled = pooled.float()
