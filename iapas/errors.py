@@ -56,3 +56,7 @@ class ImageProcessingError(IapasError):
 
 class FingerprintMismatch(IapasError):
     """A folder holds results made with other settings than this run's, and reusing them would be wrong."""
+
+
+class DecisionError(ConfigError):
+    """A threshold, thresholds file, region-of-interest mask or decision setting that cannot be used as given."""

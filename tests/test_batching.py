@@ -228,6 +228,8 @@ def outputs_of(folder: Path) -> dict[str, object]:
     """Every result file's content, the JSON without its timings (wall times differ from run to run)."""
     files: dict[str, object] = {}
     for path in sorted(folder.iterdir()):
+        if path.is_dir() or path.name == "summary.csv":  # thumbnails, and the run's rows in completion order with times
+            continue
         if path.suffix == ".json" and path.name != "iapas-fingerprint.json":
             record = json.loads(path.read_text())
             record.pop("timings_s")

@@ -37,9 +37,11 @@ def segment(folder: Path, out: Path, weights_dir: Path, *extra: str) -> int:
 
 
 def result_files(out: Path) -> dict[str, Path]:
-    """Every result file under `out` by its relative path (the run's fingerprint and hidden files left out)."""
+    """Every result file under `out` by its relative path (the run's fingerprint, summary, report, thumbnails and
+    hidden files left out)."""
     return {path.relative_to(out).as_posix(): path for path in sorted(out.rglob("*"))
-            if path.is_file() and not path.name.startswith((".", "iapas-fingerprint"))}
+            if path.is_file() and not path.name.startswith((".", "iapas-fingerprint"))
+            and path.name not in ("summary.csv", "report.html") and path.relative_to(out).parts[0] != "thumbnails"}
 
 
 def test_ray_engine_matches_local_and_resumes(local_ray, synthetic_folder, weights_dir, tmp_path, capsys):
@@ -48,7 +50,7 @@ def test_ray_engine_matches_local_and_resumes(local_ray, synthetic_folder, weigh
     summary = capsys.readouterr().err.strip().splitlines()[-1]
     assert summary.startswith("6 images: 6 segmented, 0 skipped")
     local, remote = result_files(tmp_path / "local"), result_files(tmp_path / "ray")
-    assert sorted(local) == sorted(remote) and len(local) == 6 * 4  # each image done once, every file there
+    assert sorted(local) == sorted(remote) and len(local) == 6 * 5  # each image done once, every file there (the mask: IAP-AS decides by its kept boxes)
     for name in local:
         if name.endswith(".npy"):
             np.testing.assert_array_equal(np.load(local[name]), np.load(remote[name]))
@@ -104,7 +106,7 @@ def test_ray_engine_hands_batch_size_images_to_the_method(local_ray, synthetic_f
                    "--precision", "fp32") == 0
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("6 images: 6 segmented, 0 skipped")
     local, remote = result_files(tmp_path / "local"), result_files(tmp_path / "ray")
-    assert sorted(local) == sorted(remote) and len(local) == 6 * 4
+    assert sorted(local) == sorted(remote) and len(local) == 6 * 5
     for name in local:
         if name.endswith(".npy"):  # batched arithmetic rounds differently (docs/speed.md, Batching): within 1e-5
             np.testing.assert_allclose(np.load(remote[name]), np.load(local[name]), rtol=0, atol=1e-5)

@@ -76,11 +76,17 @@ def weights_family(backend: str) -> str:
     return BACKEND_FAMILIES.get(backend, "")
 
 
-def warn_if_demo(path: Path) -> None:
-    """Say loudly when a checkpoint is one of the random demo models."""
+def is_demo(path: Path) -> bool:
+    """Whether a checkpoint is one of the random demo models (a manifest demo entry, or marked as one)."""
+    path = Path(path)
     entry = entry_for_path(path)
     marked = (path / "DEMO_WEIGHTS").exists() if path.is_dir() else path.with_name(path.name + ".DEMO_WEIGHTS").exists()
-    if (entry is not None and entry.demo) or marked:
+    return (entry is not None and entry.demo) or marked
+
+
+def warn_if_demo(path: Path) -> None:
+    """Say loudly when a checkpoint is one of the random demo models."""
+    if is_demo(path):
         print(
             f"WARNING: {path} holds RANDOM WEIGHTS (built by `iapas weights make-demo` or `iapas bench --random-full`); "
             "its output is MEANINGLESS. Put real weights in the weights dir (see weights/README.md).",

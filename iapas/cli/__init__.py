@@ -8,11 +8,11 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import IapasError
-from . import calibrate, data, evaluate, export, reproduce, segment, serve, tools, train, weights
+from . import calibrate, data, evaluate, export, reproduce, segment, serve, threshold, tools, train, weights
 from .common import EXIT_ERROR, CommandParser, apply_numeric_rules
 
 # each module registers its own sub-commands; a new command is one new module added here
-COMMAND_MODULES = (segment, calibrate, evaluate, train, data, weights, tools, serve, export, reproduce)
+COMMAND_MODULES = (segment, calibrate, evaluate, train, data, weights, tools, serve, export, reproduce, threshold)
 
 
 def build_parser() -> argparse.ArgumentParser:

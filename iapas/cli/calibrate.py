@@ -25,6 +25,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     preprocessing.add_argument("--tags", nargs="+", help="fixed tags (the fixed tagger)")
     preprocessing.add_argument("--template", help="prompt template name or .txt path (default iap_v1)")
     preprocessing.add_argument("--ablate", help="comma list of preprocessing steps to skip: tagging,llm")
+    io.add_argument("--thresholds-out", metavar="FILE",
+                    help="also fit image and pixel thresholds on NORMAL_DIR (every image, at least 10) with the new "
+                         "calibration, as `iapas threshold` does, and write them to FILE")
+    from .threshold import add_fit_options
+
+    add_fit_options(calibrate)
     add_preprocessing_options(calibrate)
     add_model_options(calibrate)
     calibrate.set_defaults(handler=run)
@@ -51,8 +57,45 @@ def run(args: argparse.Namespace) -> int:
         raise IapasError(f"normal-image folder not found: {args.normal_dir}")
     if not find_images(args.normal_dir):
         raise IapasError(f"no images found in folder: {args.normal_dir}")
-    pipeline = Pipeline.from_config(base_config(args))
+    config = base_config(args)
+    rule = thresholds_rule(args, config)  # its refusals come before any model loads
+    pipeline = Pipeline.from_config(config)
     calibration = pipeline.calibrate(args.normal_dir, args.anomalous_dir, args.category, args.kind, comma_list(args.ablate))
     path = calibration.save(args.output)
     console.print(calibration_table(calibration, title=str(path)))
+    if rule is not None:
+        write_thresholds(args, config, pipeline, calibration, path, rule)
     return EXIT_OK
+
+
+def thresholds_rule(args: argparse.Namespace, config):
+    """The normal-images rule for --thresholds-out (None without it), checked against the folder and recipe."""
+    if not args.thresholds_out:
+        return None
+    from ..decisions.thresholds import NormalImagesRule
+    from ..decisions.thresholds_file import refuse_per_image_normalisation
+    from ..files import check_writable_file
+    from ..images import find_images
+
+    check_writable_file(args.thresholds_out, "thresholds file")
+    refuse_per_image_normalisation(config, "iapas", "a threshold fitted on normal images")
+    rule = NormalImagesRule(args.image_margin_sd, args.pixel_margin_sd)
+    rule.check_count(len(find_images(args.normal_dir)))
+    return rule
+
+
+def write_thresholds(args: argparse.Namespace, config, pipeline, calibration, path: Path, rule) -> None:
+    """Score every normal image with the new calibration, as `segment --calibration` will, and save the thresholds."""
+    import sys
+
+    from ..decisions.fitting import fit_normal_thresholds
+    from ..decisions.thresholds_file import setup_identity
+    from .segment import PipelineCall
+
+    identity = setup_identity(config, "iapas", {"prompts": None, "calibration": path, "no_size_filter": False,
+                                                "category": None})
+    thresholds = fit_normal_thresholds(PipelineCall(pipeline, {"calibration": calibration}), args.normal_dir, identity,
+                                       rule, config.batch_size, config.max_image_pixels)
+    thresholds.save(args.thresholds_out)
+    print(f"image threshold {thresholds.image.value:.6f}, pixel threshold {thresholds.pixel.value:.6f} "
+          f"-> {args.thresholds_out} (use with --calibration {path})", file=sys.stderr)

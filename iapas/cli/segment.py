@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 from ..config import Config
 from ..errors import IapasError
-from .common import (ENGINE, EXIT_OK, EXIT_PARTIAL, IAPAS_DETECTOR, INPUTS_OUTPUTS, add_method_options, add_model_options, add_speed_options,
-                     add_threshold_options, base_config, group, non_negative_int)
+from .common import (DECISIONS, ENGINE, EXIT_OK, EXIT_PARTIAL, IAPAS_DETECTOR, INPUTS_OUTPUTS, add_method_options,
+                     add_model_options, add_speed_options, add_threshold_options, base_config, group, non_negative_int)
+from .decisions import EXIT_ANOMALY, add_decision_options
 from .method_options import check_method_options
 from .export import add_runtime_options
 
@@ -50,6 +51,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     engine.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="seconds --address may take to accept a connection before the run stops (default 30)")
     engine.add_argument("--verbose", action="store_true", help="let Ray print its own logs (quiet by default)")
+    add_decision_options(group(segment, DECISIONS))  # verdicts, defect masks and regions (docs/decisions.md)
     segment.set_defaults(handler=run)
 
 
@@ -91,23 +93,53 @@ def run(args: argparse.Namespace) -> int:
     if min_images and args.engine != "local":
         raise IapasError(f"--method {args.method} scores the inputs as one set in one process: use --engine local")
     window = parse_window(config.bit_window)
-    options = {"prompts": args.prompt, "calibration": args.calibration, "no_size_filter": args.no_size_filter,
-               "category": args.category if args.method != "iapas" else None}
+    options = map_options(args)
     run_spec = RunSpec(config, args.method, options)
     fingerprint = build_fingerprint(run_spec, SEGMENT_FIELDS)
+    from ..decisions.finish import finish_run
+    from .decisions import decision_settings, fingerprint_part
+
+    decisions = decision_settings(args, config, args.method, options)  # a thresholds file is checked before any model loads
+    if decisions.active:
+        fingerprint["decisions"] = fingerprint_part(decisions)  # another threshold, another result
     digest = check_fingerprint(out_dir, fingerprint, overwrite=args.overwrite)  # before any model loads
     record_fingerprint(out_dir, fingerprint)
+    record = {**(extra_record(args) or {}), "decisions": decisions.to_dict()}
     if min_images:  # MuSc: the inputs are one set, scored together (iapas/runs/sets.py)
-        summary = segment_as_set(args, config, inputs, out_dir, digest, window, min_images)
+        summary = segment_as_set(args, config, inputs, out_dir, digest, window, min_images, record)
+        # a set's results carry the set's own fingerprint (iapas/runs/sets.py): the folder's records are this run's
+        finish_run(out_dir, None, decisions, summary.failures, f"iapas segment: {args.method}")
         print(summary.line(), file=sys.stderr)
-        return EXIT_OK if summary.complete else EXIT_PARTIAL
+        return exit_status(summary, out_dir, None, args.fail_on_anomaly)
     summary = engine(functools.partial(segmenter_only, args, config), inputs, out_dir, overwrite=args.overwrite,
-                     max_pixels=config.max_image_pixels, progress=not args.no_progress, extra_record=extra_record(args),
+                     max_pixels=config.max_image_pixels, progress=not args.no_progress, extra_record=record,
                      fingerprint=digest, bit_window=window, address=args.address, workers=args.workers, uris=uris,
                      batch_size=config.batch_size, connect_timeout=args.connect_timeout, verbose=args.verbose,
                      model_paths=tuple(Path(p) for p in model_paths(run_spec).values() if p))
+    finish_run(out_dir, digest, decisions, summary.failures, f"iapas segment: {args.method}")
     print(summary.line(), file=sys.stderr)
-    return EXIT_OK if summary.complete else EXIT_PARTIAL
+    return exit_status(summary, out_dir, digest, args.fail_on_anomaly)
+
+
+def exit_status(summary, out_dir: Path, digest: str | None, fail_on_anomaly: bool) -> int:
+    """1 when images failed or the batch stopped (it wins: a failed image was not inspected), else 3 with
+    --fail-on-anomaly when any finished image is anomalous, else 0."""
+    if not summary.complete:
+        return EXIT_PARTIAL
+    if fail_on_anomaly:
+        from ..decisions.summary import result_records
+
+        anomalous = [name for name, record in result_records(out_dir, digest) if record.get("verdict") == "anomalous"]
+        if anomalous:
+            print(f"{len(anomalous)} image(s) judged anomalous, e.g. {anomalous[0]}", file=sys.stderr)
+            return EXIT_ANOMALY
+    return EXIT_OK
+
+
+def map_options(args: argparse.Namespace) -> dict:
+    """The command's options that change maps (beside the config): in the fingerprint and the thresholds file."""
+    return {"prompts": args.prompt, "calibration": args.calibration, "no_size_filter": args.no_size_filter,
+            "category": args.category if args.method != "iapas" else None}
 
 
 def set_scored(method: str) -> int:
@@ -118,7 +150,7 @@ def set_scored(method: str) -> int:
 
 
 def segment_as_set(args: argparse.Namespace, config: Config, inputs: list, out_dir: Path, digest: str, window,
-                   min_images: int):
+                   min_images: int, record: dict | None = None):
     """Every input scored as one set by a set-scoring method, in this process (iapas/runs/sets.py)."""
     from ..methods import METHODS
     from ..runs.sets import progress_ticks, run_set
@@ -134,7 +166,8 @@ def segment_as_set(args: argparse.Namespace, config: Config, inputs: list, out_d
         return method.segment_set(images, groups)
 
     return run_set(segment_set, inputs, out_dir, min_images, overwrite=args.overwrite,
-                   max_pixels=config.max_image_pixels, progress=not args.no_progress, extra_record=extra_record(args),
+                   max_pixels=config.max_image_pixels, progress=not args.no_progress,
+                   extra_record=record if record is not None else extra_record(args),
                    fingerprint=digest, bit_window=window, method=args.method)
 
 

@@ -23,12 +23,12 @@ from ..images import Window, load_image, parse_window
 from ..methods import METHODS, Method
 from ..methods.hepe import ABLATIONS as HEPE_ABLATIONS
 from ..methods.iapas import IAPAS_ABLATIONS
-
-METHOD_ABLATIONS = {"iapas": IAPAS_ABLATIONS, "hepe": HEPE_ABLATIONS}  # what `--ablate` may switch off, per method
-from .metrics import DEFAULT_BINS, image_metrics
+from .metrics import DEFAULT_BINS, PixelMetrics, image_metrics
 from .protocols import PROTOCOLS, EvalProtocol, Scorer
 from .reports import write_pr_curve, write_tables
 from .saved_maps import SavedMaps, save_map
+
+METHOD_ABLATIONS = {"iapas": IAPAS_ABLATIONS, "hepe": HEPE_ABLATIONS}  # what `--ablate` may switch off, per method
 
 
 @dataclass
@@ -79,16 +79,40 @@ class CategoryState:
     labels: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    # decisions (iapas/evaluation/decision_outputs.py): each image's score as `segment` gives it, and, where the
+    # protocol's scorer does not see the raw maps (the paper's), a streaming accumulator that does
+    segment_scores: list[float] = field(default_factory=list)
+    raw_pixels: PixelMetrics | None = None
+    raw_out_of_range: bool = False  # a map outside [0, 1] (saved maps may be): no pixel threshold on this scale
 
     def save(self, path: Path) -> None:
+        raw = {f"raw_{key}": value for key, value in self.raw_pixels.state().items()} if self.raw_pixels is not None else {}
         arrays = {"fingerprint": np.array(self.fingerprint), "done": np.array(self.done, dtype=str),
                   "labels": np.array(self.labels, int),
-                  "scores": np.array(self.scores, np.float64), "seconds": np.array(self.seconds), **self.pixels.state()}
+                  "scores": np.array(self.scores, np.float64), "seconds": np.array(self.seconds), **self.pixels.state(),
+                  "segment_scores": np.array(self.segment_scores, np.float64),
+                  "raw_out_of_range": np.array(self.raw_out_of_range), **raw}
         atomic_write(path, lambda temporary: np.savez(temporary, **arrays))
 
+    @property
+    def decision_pixels(self):
+        """The accumulator of raw (segment-scale) pixel scores: the protocol's own when it keeps raw maps."""
+        if self.raw_out_of_range:
+            return None
+        return self.raw_pixels if self.raw_pixels is not None else self.pixels
+
+    def add_raw(self, anomaly_map: np.ndarray, mask: np.ndarray, name: str) -> None:
+        """Count one map's raw pixels for the pixel threshold (when the protocol's scorer does not already)."""
+        if self.raw_pixels is None or self.raw_out_of_range:
+            return
+        if anomaly_map.size and not (0.0 <= float(anomaly_map.min()) and float(anomaly_map.max()) <= 1.0):
+            self.raw_out_of_range = True
+            return
+        self.raw_pixels.update(anomaly_map, mask, name=name)
+
     @classmethod
-    def load_or_new(cls, path: Path, pixels: Scorer, fingerprint: str = "") -> "CategoryState":
-        state = cls(pixels, fingerprint)
+    def load_or_new(cls, path: Path, pixels: Scorer, fingerprint: str = "", raw_pixels: PixelMetrics | None = None) -> "CategoryState":
+        state = cls(pixels, fingerprint, raw_pixels=raw_pixels)
         if path.is_file():
             with np.load(path) as data:
                 saved = str(data["fingerprint"]) if "fingerprint" in data.files else ""
@@ -99,6 +123,13 @@ class CategoryState:
                 state.labels = [int(x) for x in data["labels"]]
                 state.scores = [float(x) for x in data["scores"]]
                 state.seconds = float(data["seconds"])
+                if "segment_scores" in data.files:
+                    state.segment_scores = [float(x) for x in data["segment_scores"]]
+                state.raw_out_of_range = bool(data["raw_out_of_range"]) if "raw_out_of_range" in data.files else False
+                if state.raw_pixels is not None and "raw_positive" in data.files:
+                    state.raw_pixels.restore({key[4:]: data[key] for key in data.files if key.startswith("raw_")})
+                if len(state.segment_scores) != len(state.done):  # saved before segment scores were kept
+                    state.segment_scores = list(state.scores)
         return state
 
 
@@ -202,7 +233,7 @@ def calibration_images(dataset: Dataset, category: str, options: EvalOptions) ->
 
 def evaluate_category(
     source: MethodMaps | SavedMaps, dataset: Dataset, category: str, options: EvalOptions, run_dir: Path,
-    fingerprint: str = "", samples: list[Sample] | None = None,
+    fingerprint: str = "", samples: list[Sample] | None = None, config: Config | None = None,
 ) -> dict:
     """Metrics of one category; reads a finished result made under this fingerprint, or continues an interrupted one."""
     result_path = run_dir / "categories" / f"{category}.json"
@@ -222,13 +253,16 @@ def evaluate_category(
     if options.overwrite:
         state_path.unlink(missing_ok=True)
         shutil.rmtree(held_maps, ignore_errors=True)
-    state = CategoryState.load_or_new(state_path, protocol.scorer(options.bins, held_maps), fingerprint)
+    scorer = protocol.scorer(options.bins, held_maps)
+    raw = None if isinstance(scorer, PixelMetrics) else PixelMetrics(bins=options.bins, with_pro=False)
+    state = CategoryState.load_or_new(state_path, scorer, fingerprint, raw)
     size = getattr(source, "batch_size", 1)
     if getattr(source, "set_size", 0):  # a set method scores the category's images together: the set is one unit
         if state.done:  # an interrupted set: its images are scored again together (a score depends on the whole set)
             state_path.unlink(missing_ok=True)
             shutil.rmtree(held_maps, ignore_errors=True)
-            state = CategoryState(protocol.scorer(options.bins, held_maps), fingerprint)
+            raw = None if raw is None else PixelMetrics(bins=options.bins, with_pro=False)
+            state = CategoryState(protocol.scorer(options.bins, held_maps), fingerprint, raw_pixels=raw)
         size = max(2, len(samples))
     finished = set(state.done)
     todo = [s for s in samples if dataset_key(s.image_path, options.root).as_posix() not in finished]
@@ -249,6 +283,8 @@ def evaluate_category(
                 state.pixels.update(anomaly_map, mask, name=str(sample.image_path))
                 state.labels.append(sample.label)
                 state.scores.append(method_score if rule == "method" else protocol.max_score(anomaly_map))
+                state.segment_scores.append(method_score)  # Result.image_score: what `segment` decides on, whatever --image-score ranks by
+                state.add_raw(anomaly_map, mask, str(sample.image_path))
                 state.done.append(dataset_key(sample.image_path, options.root).as_posix())
                 state.seconds += share + time.perf_counter() - start
                 if options.save_maps:
@@ -267,12 +303,39 @@ def evaluate_category(
         "seconds_per_image": state.seconds / max(1, len(state.done)),
         "prepare_seconds": prepare_seconds,
         "fingerprint": fingerprint,
+        **category_decisions(state, category, options, run_dir, source, config),
     }
     write_pr_curve(state.pixels, run_dir / "pr_curves" / f"{category}.png", f"{dataset.name} / {category} ({options.run_name})")
     atomic_write_text(result_path, json.dumps(record, indent=2) + "\n")  # marks the category finished
     state_path.unlink(missing_ok=True)
     shutil.rmtree(held_maps, ignore_errors=True)
     return record
+
+
+def category_decisions(state: CategoryState, category: str, options: EvalOptions, run_dir: Path,
+                       source: MethodMaps | SavedMaps, config: Config | None) -> dict:
+    """The category's per-image scores and F1-optimal thresholds, its image curves and its thresholds file."""
+    from .decision_outputs import fit_category_thresholds, write_category_thresholds, write_image_curves
+
+    fitted = fit_category_thresholds(state.labels, state.segment_scores, state.decision_pixels)
+    write_image_curves(state.labels, state.segment_scores, run_dir / "image_curves" / f"{category}.png",
+                       f"{options.dataset} / {category} ({options.run_name})", fitted["image"])
+    if options.from_maps is not None or config is None:
+        fitted["notes"].append("no thresholds file: saved maps do not say which method and settings made them")
+    else:
+        from ..decisions.thresholds_file import setup_identity
+
+        method = options.method
+        calibration = run_dir / "calibrations" / f"{category}.json"
+        map_options = ({"calibration": calibration if calibration.is_file() else None, "no_size_filter": "filter" in options.ablate}
+                       if method == "iapas" else {"category": category})
+        identity = setup_identity(config, method, map_options)
+        written = write_category_thresholds(run_dir / "thresholds" / f"{category}.json", identity, fitted, category,
+                                            len(state.done), method == "iapas" and config.scoring.normalise == "minmax")
+        fitted["file"] = str(written) if written else None
+    scores = [{"image": image, "label": label, "score": score, "segment_score": segment}
+              for image, label, score, segment in zip(state.done, state.labels, state.scores, state.segment_scores)]
+    return {"thresholds": fitted, "image_scores": scores}
 
 
 def eval_fingerprint(options: EvalOptions, config: Config) -> dict:
@@ -339,9 +402,15 @@ def run_eval(options: EvalOptions, config: Config) -> Path:
                             parse_window(config.bit_window), config.batch_size)
     record_fingerprint(run_dir, fingerprint)
     remove_stale_temporaries(run_dir)
-    records = [evaluate_category(source, dataset, category, options, run_dir, digest, required[category])
+    records = [evaluate_category(source, dataset, category, options, run_dir, digest, required[category], config)
                for category in categories]
     write_tables(records, run_dir, options.dataset, options.run_name, protocol)
+    from .decision_outputs import thresholds_table, write_image_scores
+
+    write_image_scores(records, run_dir / "image_scores.csv")
+    atomic_write_text(run_dir / "thresholds.md", f"# {options.dataset}: {options.run_name}, F1-optimal thresholds (%)\n\n"
+                      "On the maps `iapas segment` writes (each image at its own size, [0, 1]); a score above the threshold is "
+                      "anomalous. Files for `segment --thresholds`: thresholds/<category>.json.\n\n" + thresholds_table(records))
     run_info = {
         "dataset": options.dataset,
         "root": str(Path(options.root).resolve()),

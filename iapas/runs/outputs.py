@@ -21,9 +21,13 @@ from PIL import Image
 
 from ..files import atomic_write
 from ..types import Result
-from ..visualization.overlays import result_overlay
+from ..visualization.decisions import decision_picture
 
 OUTPUT_SUFFIXES = (".npy", "_map.png", "_overlay.png", ".json")  # the .json goes last: it marks completion
+MASK_SUFFIX = "_mask.png"  # the binary defect mask, where the run decides pixels (iapas/decisions/)
+THUMBNAILS = "thumbnails"  # small overlays for report.html, under the output folder
+THUMBNAIL_SIDE = 192
+DECISIONS_KEY = "decisions"  # the record's key holding the run's DecisionSettings
 
 
 def output_name(image: Path, root: Path | None) -> str:
@@ -96,16 +100,42 @@ def result_record(result: Result, image: Path, extra: dict[str, Any] | None = No
     }
 
 
+def thumbnail_path(out_dir: Path, name: str) -> Path:
+    return Path(out_dir) / THUMBNAILS / f"{name}.jpg"
+
+
+def write_decision_files(out_dir: Path, name: str, image_pixels: np.ndarray, result: Result, decision, settings,
+                         paths: dict[str, Path]) -> None:
+    """The binary mask (when pixels were decided), the overlay and its thumbnail of one decided image."""
+    if decision.mask is not None:
+        mask_png = np.where(decision.mask, 255, 0).astype(np.uint8)
+        atomic_write(Path(out_dir) / f"{name}{MASK_SUFFIX}", lambda p: Image.fromarray(mask_png).save(p, format="PNG"))
+    picture = decision_picture(image_pixels, result.anomaly_map, result.boxes, decision.verdict, decision.image_score,
+                               decision.mask, decision.regions, decision.pixel_threshold)
+    atomic_write(paths["_overlay.png"], lambda p: Image.fromarray(picture).save(p, format="PNG"))
+    small = Image.fromarray(picture)
+    small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    atomic_write(thumbnail_path(out_dir, name), lambda p: small.save(p, format="JPEG", quality=80))
+
+
 def write_result(out_dir: Path, name: str, image_pixels: np.ndarray, image: Path, result: Result,
                  extra: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write the score map (.npy, 8-bit .png), the overlay and the JSON for one image."""
+    """Write the score map (.npy, 8-bit .png), the decision overlay, the mask and the JSON for one image,
+    then append its summary.csv row (iapas/decisions/: the run's settings travel in `extra["decisions"]`)."""
+    from ..decisions.decide import DecisionSettings, decide
+    from ..decisions.regions import load_roi
+    from ..decisions.summary import append_row
+
     paths = output_paths(Path(out_dir), name)
     paths[".json"].parent.mkdir(parents=True, exist_ok=True)
     score_png = np.round(result.anomaly_map * 255).astype(np.uint8)
     atomic_write(paths[".npy"], lambda p: np.save(p, result.anomaly_map))
     atomic_write(paths["_map.png"], lambda p: Image.fromarray(score_png).save(p, format="PNG"))
-    picture = result_overlay(image_pixels, result.anomaly_map, result.boxes)
-    atomic_write(paths["_overlay.png"], lambda p: Image.fromarray(picture).save(p, format="PNG"))
-    record = result_record(result, image, extra)
+    settings = DecisionSettings.from_dict((extra or {}).get(DECISIONS_KEY) or {})
+    roi = load_roi(settings.roi, result.height, result.width) if settings.roi else None
+    decision = decide(result, settings, roi)
+    write_decision_files(Path(out_dir), name, image_pixels, result, decision, settings, paths)
+    record = {**result_record(result, image, extra), **decision.record(settings)}
     atomic_write(paths[".json"], lambda p: p.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"))
+    append_row(Path(out_dir), name, record)
     return paths

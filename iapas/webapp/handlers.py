@@ -37,6 +37,8 @@ class SegmentRequest:
     box_threshold: float | None = None
     text_threshold: float | None = None
     size_threshold: float | None = None
+    checkpoint: str = ""  # a learned CLIP method's trained prompts (from the weights folder or uploaded); "" for its default
+    name: str = ""  # the input image's file name: result downloads are named after it ("result" when unknown)
 
     def prompt_list(self) -> list[str]:
         return [p.strip() for p in self.prompts.split(",") if p.strip()]
@@ -141,6 +143,29 @@ class ModelCache:
         with models_in_turn(method):
             return self.clip_method(name, category).segment(pixels)
 
+    def learned_method(self, name: str, category: str, checkpoint: str):
+        """A learned CLIP method with the given trained-prompts checkpoint, prepared for `category`
+        (call under `models_in_turn(method)`, as `clip_method`)."""
+        key = (name, checkpoint)
+        method = self._get(key, lambda: self._build_learned(name, checkpoint))
+        if self._categories.get(key) != category:
+            method.prepare(category, [], "object", self.results.new("iapas-prepare-"))
+            self._categories[key] = category
+        return method
+
+    def _build_learned(self, name: str, checkpoint: str):
+        from .decisions import CHECKPOINT_KEYS
+
+        return METHODS.get(name)(self.config.updated({CHECKPOINT_KEYS[name]: checkpoint}), ())
+
+    def segment_learned(self, name: str, category: str, checkpoint: str, pixels: np.ndarray) -> Result:
+        """`segment_clip` for a learned method with a chosen checkpoint."""
+        from ..device import models_in_turn
+
+        method = self._get((name, checkpoint), lambda: self._build_learned(name, checkpoint))
+        with models_in_turn(method):
+            return self.learned_method(name, category, checkpoint).segment(pixels)
+
     def loaded(self) -> list[tuple]:
         """The keys of the models loaded now (for the page's status line and for tests)."""
         return list(self._loaded)
@@ -195,16 +220,26 @@ def segment_request(cache: ModelCache, image: "str | Path | np.ndarray | None", 
     else:
         if request.prompts or request.calibration_path:
             raise IapasError(f"prompts and calibration files only apply to iapas, not {request.method}")
+        category = request.category.strip() or "object"
+        from .decisions import CHECKPOINT_KEYS
+
+        if request.checkpoint and request.method not in CHECKPOINT_KEYS:
+            raise IapasError(f"a checkpoint only applies to the learned methods ({', '.join(CHECKPOINT_KEYS)}), "
+                             f"not {request.method}")
         progress(0.5, "segmenting")
-        result = cache.segment_clip(request.method, request.category.strip() or "object", pixels)
+        result = (cache.segment_learned(request.method, category, request.checkpoint, pixels) if request.checkpoint
+                  else cache.segment_clip(request.method, category, pixels))
     progress(0.9, "writing result files")
     out_dir = cache.results.new()
-    paths = write_result(out_dir, "result", pixels, Path("upload.png"), result, {"source": "iapas serve"})
-    record = result_record(result, Path("upload.png"))
+    from .decisions import download_name
+
+    name = download_name(request.name)
+    paths = write_result(out_dir, name, pixels, Path(request.name or "upload.png"), result, {"source": "iapas serve"})
+    record = result_record(result, Path(request.name or "upload.png"))
     boxes = [[b["phrase"], b["score"], *b["xyxy"], b["mask_area"]] for b in record["boxes"]]
     timings = [[stage, round(seconds * 1000, 2)] for stage, seconds in result.timings.items()]
     heat = heatmap(result.anomaly_map)
-    heat_file = atomic_write(out_dir / "result_heat.png", lambda temporary: Image.fromarray(heat).save(temporary, format="PNG"))
+    heat_file = atomic_write(out_dir / f"{name}_heat.png", lambda temporary: Image.fromarray(heat).save(temporary, format="PNG"))
     return SegmentResponse(result, result_overlay(pixels, result.anomaly_map, result.boxes), heat,
                            boxes, timings, [str(path) for path in paths.values()], str(paths["_overlay.png"]), str(heat_file))
 
