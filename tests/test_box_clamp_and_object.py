@@ -126,4 +126,4 @@ def test_tags_refused_for_clip_methods(weights_dir, tmp_path, capsys):
 
     code, _, err = run(capsys, "segment", write_rgb(tmp_path / "a.png"), "-o", tmp_path / "out", "--weights", weights_dir,
                        "--method", "winclip", "--tags", "washer")
-    assert code == 2 and error_lines(err) == ["iapas: error: --tags only apply to --method iapas, not winclip"]
+    assert code == 2 and error_lines(err) == ["iapas: error: --tags is IAP-AS's object tag for the size rule; --method winclip does not use it"]

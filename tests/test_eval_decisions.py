@@ -7,7 +7,7 @@ import pytest
 
 import stub_methods
 from cli_runner import run
-from iapas.config import Config
+from iapas.config import build_config
 from iapas.data.synth import SynthSpec, write_synth_dataset
 from iapas.decisions.thresholds import f1_optimal
 from iapas.evaluation.evaluate import EvalOptions, run_eval
@@ -23,7 +23,7 @@ def synth_root(tmp_path_factory):
 def evaluate(root, out, protocol="full"):
     stub_methods.RUNS["current"] = stub_methods.BrightnessMethod()
     options = EvalOptions("mvtec", root, out, method="test-brightness", categories=["washer"], progress=False, protocol=protocol)
-    return run_eval(options, Config())
+    return run_eval(options, build_config())  # the settings the CLI's segment runs with (the default recipe)
 
 
 def test_eval_writes_scores_thresholds_and_curves(synth_root, tmp_path):

@@ -17,16 +17,20 @@ FLOORS = {
     "iapas.device": 0, "iapas.vocabulary": 0, "iapas.calibration": 0, "iapas.images": 0,
     # 1: building blocks that know no model: the weights manifest and downloads, precision and quantisation, drawing,
     # datasets, the prompt-learning pieces, and two name/text tables the layers above share
-    "iapas.weights": 1, "iapas.acceleration": 1, "iapas.visualization": 1, "iapas.data": 1, "iapas.prompt_learning": 1,
+    "iapas.weights": 1, "iapas.acceleration": 1, "iapas.visualization": 1, "iapas.data": 1,
     "iapas.methods.families": 1, "iapas.methods.iapas.prompting": 1,
-    # 2: the models (one module per family) and the stages that run them
-    "iapas.backends": 2, "iapas.stages": 2,
+    "iapas.evaluation.metrics": 1,  # arithmetic on arrays: methods (AdaCLIP's keep-best) and decisions measure with it
+    # 2: the models (one module per family) and the stages that run them; the CLIP pixels the CLIP backend reads
+    "iapas.backends": 2, "iapas.stages": 2, "iapas.prompt_learning.vision": 2,
     # 3: runs (batching, claims, outputs, fingerprints), the models iapas builds itself, exported runtimes
-    "iapas.runs": 3, "iapas.weights.demo": 3, "iapas.weights.random_full": 3, "iapas.acceleration.runtimes": 3,
-    # 4: the methods, one folder each
-    "iapas.methods": 4,
-    # 5: what runs methods: evaluation, benchmarks, engines
-    "iapas.evaluation": 5, "iapas.bench": 5, "iapas.engines": 5,
+    "iapas.runs": 3, "iapas.acceleration.runtimes": 3,
+    "iapas.decisions": 3,  # thresholds, verdicts, masks and regions: what a run writes beside each map
+    # 4: the methods, one folder each, what the learned ones share (prompt learning, its training loop and its
+    # checkpoints in the authors' layouts), and the demo and random-full models iapas builds of them
+    "iapas.methods": 4, "iapas.prompt_learning": 4, "iapas.weights.official": 4, "iapas.weights.demo": 4,
+    "iapas.weights.random_full": 4,
+    # 5: what runs methods: evaluation, the papers' tables, benchmarks, engines
+    "iapas.evaluation": 5, "iapas.reproduce": 5, "iapas.bench": 5, "iapas.engines": 5,
     # 6: the surfaces
     "iapas.cli": 6, "iapas.webapp": 6, "iapas.__main__": 6,
     # the package's face: statically it holds only __version__ (its public names load on first use, by importlib)
@@ -131,4 +135,4 @@ def test_the_checks_see_what_they_must():
     assert "iapas.methods.anomalyclip.train" not in edges.get("iapas.methods.anomalyclip.model", set())  # the model never imports its trainer
     assert "iapas.backends.clip" in edges["iapas.methods.adaclip.model"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
-    assert floor("iapas.weights.demo") == 3 and floor("iapas.weights.manifest") == 1
+    assert floor("iapas.weights.demo") == 4 and floor("iapas.weights.manifest") == 1

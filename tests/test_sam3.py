@@ -44,7 +44,9 @@ def direct(directory, picture, concepts, threshold):
 def test_masks_and_scores_reach_the_result_unchanged_and_the_size_filter_applies(sam3_dir):
     from iapas.methods.iapas.pipeline import Pipeline
 
-    pipeline = Pipeline.from_config(sam3_config(sam3_dir, **{"detection.box_threshold": 0.2, "filtering.nms_iou": 1.0}))
+    # fp32 as the hand-run model below (the recipe's precision auto is bf16 on a CPU with AMX)
+    pipeline = Pipeline.from_config(sam3_config(sam3_dir, **{"detection.box_threshold": 0.2, "filtering.nms_iou": 1.0,
+                                                               "precision": "fp32"}))
     assert pipeline.segmenter is pipeline.detector  # one model: detection and masks from one image encoding
     encodings, texts = [], []
     model = pipeline.detector.model

@@ -5,7 +5,7 @@ import argparse
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..methods.families import ANOMALYDINO, CLIP, CLIPSEG, IAPAS, LEARNED_CLIP, MUSC, SAA, family, methods_of
+from ..methods.families import ANOMALYDINO, CLIP, CLIPSEG, IAPAS, LEARNED_CLIP, METHOD_FAMILIES, MUSC, SAA, family, methods_of
 
 
 @dataclass(frozen=True)
@@ -68,12 +68,16 @@ METHOD_OPTIONS = (
     MethodOption("--winclip-variant", "winclip_variant", frozenset({"winclip"}), "WinCLIP's choice of rules"),
     MethodOption("--adaclip-image-size", "adaclip_image_size", frozenset({"adaclip"}), "AdaCLIP's input size"),
     MethodOption("--shots", "shots", FEW_SHOT, "the few-shot methods' number of normal reference images (WinCLIP+, AnomalyDINO)"),
-    MethodOption("--reference-images", "reference_images", FEW_SHOT, "the few-shot methods' reference images (WinCLIP+, AnomalyDINO)"),
+    MethodOption("--reference-images", "reference_images", FEW_SHOT | HEPE,
+                 "the normal reference images (WinCLIP+, AnomalyDINO; HEPE's normal image beside each test image)"),
 )
 
 
 def misplaced_options(args: argparse.Namespace, method: str) -> list[MethodOption]:
-    """The options given on the command line that `method` does not read."""
+    """The options given on the command line that `method` does not read (none for a method outside the family table:
+    one registered by a plugin or a test reads what it is given; every built-in method has a family)."""
+    if method not in METHOD_FAMILIES:
+        return []
     command = getattr(args, "command", None)
     return [option for option in METHOD_OPTIONS
             if getattr(args, option.attribute, None) not in (None, False, [], "")

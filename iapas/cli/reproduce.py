@@ -5,7 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import CONFIG_OPTIONS, EXIT_OK, comma_list, non_negative_int, positive_int
+from .common import (CONFIG_OPTIONS, EXIT_OK, INPUTS_OUTPUTS, MODELS, PREPROCESSING, SPEED, comma_list, group, non_negative_int,
+                     positive_int)
 
 TABLE_NAMES = ("table1", "table3", "hepe-table1", "genclip-table1", "faprompt-table2")  # kept light: checked against the registry on run
 
@@ -16,23 +17,25 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     from ..device import DEVICE_CHOICES
 
     command = commands.add_parser("reproduce", help="rerun a paper's table and write ours / paper / difference (markdown, CSV, figure)")
-    command.add_argument("table", help=f"which table: {', '.join(TABLE_NAMES)} (see docs/reproduce.md)")
-    command.add_argument("--data", metavar="ROOT", help="folder holding the datasets under their usual names (mvtec_anomaly_detection, MPDD, ...)")
-    command.add_argument("--dataset-root", action="append", default=[], metavar="NAME=DIR",
+    io, models = group(command, INPUTS_OUTPUTS), group(command, MODELS)
+    speed, preprocessing = group(command, SPEED), group(command, PREPROCESSING)
+    io.add_argument("table", help=f"which table: {', '.join(TABLE_NAMES)} (see docs/reproduce.md)")
+    io.add_argument("--data", metavar="ROOT", help="folder holding the datasets under their usual names (mvtec_anomaly_detection, MPDD, ...)")
+    io.add_argument("--dataset-root", action="append", default=[], metavar="NAME=DIR",
                          help="one dataset's folder, e.g. mvtec=/data/mvtec (repeatable; beside or instead of --data)")
-    command.add_argument("-o", "--output", default="reproduce", help="output folder (runs, tables, figure; default: reproduce)")
-    command.add_argument("--rows", help="comma list of rows to run (paper labels or method names; default: every row iapas has)")
-    command.add_argument("--datasets", help="comma list of the table's datasets to run (default: all)")
-    command.add_argument("--limit", type=non_negative_int, default=0, help="at most N test images per category (smoke runs; not the paper's numbers)")
-    command.add_argument("--skip-missing", action="store_true", help="run what is present and mark the rest not run, instead of refusing")
-    command.add_argument("--overwrite", action="store_true", help="redo finished categories (after changing settings)")
-    command.add_argument("--weights", help="weights dir (default: weights)")
-    command.add_argument("--device", choices=DEVICE_CHOICES, help="default: auto (GPU when there is one)")
-    command.add_argument("--batch-size", type=positive_int, help="images per encoder forward (results equal one-by-one)")
-    command.add_argument("--precision", choices=PRECISIONS, help="fp32 (default, the reference numbers), bf16, fp16 or auto")
-    command.add_argument("--llm", help="IAP-AS's LLM backend (the paper: hf with Meta-Llama-3-8B-Instruct)")
-    command.add_argument("--llm-model", help="the LLM's model path or name")
-    command.add_argument("--no-progress", action="store_true")
+    io.add_argument("-o", "--output", default="reproduce", help="output folder (runs, tables, figure; default: reproduce)")
+    io.add_argument("--rows", help="comma list of rows to run (paper labels or method names; default: every row iapas has)")
+    io.add_argument("--datasets", help="comma list of the table's datasets to run (default: all)")
+    io.add_argument("--limit", type=non_negative_int, default=0, help="at most N test images per category (smoke runs; not the paper's numbers)")
+    io.add_argument("--skip-missing", action="store_true", help="run what is present and mark the rest not run, instead of refusing")
+    io.add_argument("--overwrite", action="store_true", help="redo finished categories (after changing settings)")
+    models.add_argument("--weights", help="weights dir (default: $IAPAS_WEIGHTS, else ./weights when it holds files, else the per-user folder)")
+    models.add_argument("--device", choices=DEVICE_CHOICES, help="default: auto (GPU when there is one)")
+    speed.add_argument("--batch-size", type=positive_int, help="images per encoder forward (results equal one-by-one)")
+    speed.add_argument("--precision", choices=PRECISIONS, help="fp32 (default, the reference numbers), bf16, fp16 or auto")
+    preprocessing.add_argument("--llm", help="IAP-AS's LLM backend (the paper: hf with Meta-Llama-3-8B-Instruct)")
+    preprocessing.add_argument("--llm-model", help="the LLM's model path or name")
+    io.add_argument("--no-progress", action="store_true", help="no progress bar")
     command.set_defaults(handler=run)
 
 

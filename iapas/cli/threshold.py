@@ -5,8 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import (EXIT_OK, _argument_type, add_method_options, add_model_options, add_speed_options,
-                     add_threshold_options, base_config)
+from .common import (DECISIONS, EXIT_OK, INPUTS_OUTPUTS, _argument_type, add_method_options, add_model_options,
+                     add_speed_options, add_threshold_options, base_config, group)
 
 
 def _non_negative_float(value: float, name: str) -> float:
@@ -34,13 +34,14 @@ def add_fit_options(parser: argparse._ActionsContainer) -> None:
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register `iapas threshold`."""
     threshold = commands.add_parser("threshold", help="fit image and pixel thresholds from normal images only -> thresholds file")
-    threshold.add_argument("normal_dir", help="folder of known-good images (at least 10)")
-    threshold.add_argument("-o", "--output", default="thresholds.json", help="thresholds file (default: thresholds.json)")
+    io, decisions = group(threshold, INPUTS_OUTPUTS), group(threshold, DECISIONS)
+    io.add_argument("normal_dir", help="folder of known-good images (at least 10)")
+    io.add_argument("-o", "--output", default="thresholds.json", help="thresholds file (default: thresholds.json)")
+    io.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_method_options(threshold)
     add_threshold_options(threshold)
-    add_fit_options(threshold)
-    threshold.add_argument("--roi", metavar="MASK.png", help="region of interest: fit on the scores inside it only")
-    threshold.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_fit_options(decisions)
+    decisions.add_argument("--roi", metavar="MASK.png", help="region of interest: fit on the scores inside it only")
     add_model_options(threshold)
     add_speed_options(threshold)
     threshold.set_defaults(handler=run)

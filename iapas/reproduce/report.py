@@ -5,10 +5,13 @@ import csv
 import io
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..files import atomic_write, atomic_write_text
-from .run import Outcome
 from .tables import METRIC_TITLES
+
+if TYPE_CHECKING:
+    from .run import Outcome  # run.py writes the report: the report only reads its outcome
 
 CSV_COLUMNS = ("row", "dataset", "metric", "ours", "paper", "difference", "note")
 

@@ -15,19 +15,11 @@ from ..decisions.decide import Decision, DecisionSettings, decide
 from ..errors import IapasError
 from ..types import Result
 from ..visualization.decisions import VERDICT_COLOURS, decision_picture
+from .handlers import CHECKPOINT_KEYS, download_name  # noqa: F401  (named here too, as the page's modules read them)
 
-# learned CLIP methods -> the config key naming their trained prompts
-CHECKPOINT_KEYS = {"anomalyclip": "clip_methods.prompts", "faprompt": "clip_methods.prompts",
-                   "adaclip": "clip_methods.adaclip_prompts", "genclip": "clip_methods.genclip_prompts"}
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 REGION_COLUMNS = ["#", "area px", "area %", "x0", "y0", "x1", "y1", "peak", "mean", "phrase"]
 BATCH_COLUMNS = ["image", "verdict", "image score", "regions", "defect area px"]
-
-
-def download_name(name: str | None) -> str:
-    """The stem result files are named after: the input image's file name (suffix kept), else "result"."""
-    base = Path(str(name or "")).name
-    return base if base and base not in (".", "..") else "result"
 
 
 def demo_banner(config: Config, methods: Sequence[str]) -> str:

@@ -25,6 +25,16 @@ from ..visualization.overlays import heatmap, result_overlay
 
 Progress = Callable[[float, str], None]
 
+# learned CLIP methods -> the config key naming their trained prompts
+CHECKPOINT_KEYS = {"anomalyclip": "clip_methods.prompts", "faprompt": "clip_methods.prompts",
+                   "adaclip": "clip_methods.adaclip_prompts", "genclip": "clip_methods.genclip_prompts"}
+
+
+def download_name(name: str | None) -> str:
+    """The stem result files are named after: the input image's file name (suffix kept), else "result"."""
+    base = Path(str(name or "")).name
+    return base if base and base not in (".", "..") else "result"
+
 
 @dataclass(frozen=True)
 class SegmentRequest:
@@ -154,8 +164,6 @@ class ModelCache:
         return method
 
     def _build_learned(self, name: str, checkpoint: str):
-        from .decisions import CHECKPOINT_KEYS
-
         return METHODS.get(name)(self.config.updated({CHECKPOINT_KEYS[name]: checkpoint}), ())
 
     def segment_learned(self, name: str, category: str, checkpoint: str, pixels: np.ndarray) -> Result:
@@ -221,8 +229,6 @@ def segment_request(cache: ModelCache, image: "str | Path | np.ndarray | None", 
         if request.prompts or request.calibration_path:
             raise IapasError(f"prompts and calibration files only apply to iapas, not {request.method}")
         category = request.category.strip() or "object"
-        from .decisions import CHECKPOINT_KEYS
-
         if request.checkpoint and request.method not in CHECKPOINT_KEYS:
             raise IapasError(f"a checkpoint only applies to the learned methods ({', '.join(CHECKPOINT_KEYS)}), "
                              f"not {request.method}")
@@ -231,8 +237,6 @@ def segment_request(cache: ModelCache, image: "str | Path | np.ndarray | None", 
                   else cache.segment_clip(request.method, category, pixels))
     progress(0.9, "writing result files")
     out_dir = cache.results.new()
-    from .decisions import download_name
-
     name = download_name(request.name)
     paths = write_result(out_dir, name, pixels, Path(request.name or "upload.png"), result, {"source": "iapas serve"})
     record = result_record(result, Path(request.name or "upload.png"))
