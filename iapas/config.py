@@ -25,6 +25,7 @@ PAPER_NMS_IOU = 0.5
 PAPER_SIZE_THRESHOLD = 0.8
 PAPER_SEED = 111
 GROUNDING_DINO_MAX_TEXT_TOKENS = 256  # Grounding DINO's text length (max_text_len of its config, [CLS] and [SEP] included)
+DEFAULT_MAX_IMAGE_PIXELS = 80_000_000  # larger images are refused rather than exhausting memory (config max_image_pixels)
 DEFAULT_LLM_TIMEOUT_S = 120.0  # an HTTP LLM endpoint that has not answered by then is given up
 FIXED_PROMPTS = ("abnormal", "defect")  # the fixed prompts P_final always holds
 KIND_THRESHOLDS = {"object": PAPER_OBJECT_THRESHOLD, "texture": PAPER_TEXTURE_THRESHOLD}
@@ -228,7 +229,7 @@ class Config:
     weights_dir: str = field(default_factory=lambda: str(default_weights_dir()))
     device: str = "auto"
     threads: int = 0  # torch CPU threads; 0: the CPUs this process may use, unless OMP_NUM_THREADS is set (iapas/acceleration/threads.py)
-    max_image_pixels: int = 80_000_000  # larger images are refused rather than exhausting memory
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     bit_window: list[float] = field(default_factory=list)  # [LOW, HIGH] for 16-bit/float images; empty: iapas/images.py's rule
     batch_size: int = 1  # images per detector/encoder forward (--batch-size); results equal one-by-one (Pipeline.segment_many)
     # fp32 | bf16 | fp16 | auto: autocast of IAP-AS's models (iapas/acceleration/precision.py). A bare Config keeps fp32, the

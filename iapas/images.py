@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .config import DEFAULT_MAX_IMAGE_PIXELS
 from .errors import ConfigError, InputImageError
 from .files import FINGERPRINT_FILE
 
@@ -151,7 +152,7 @@ def check_shape(width: int, height: int, path: object) -> None:
         )
 
 
-def load_image(path: str | Path, max_pixels: int = 80_000_000, bit_window: Window | None = None) -> LoadedImage:
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, bit_window: Window | None = None) -> LoadedImage:
     """Read an image file as RGB uint8, or raise InputImageError with a one-line reason."""
     path = Path(path)
     if not path.exists():

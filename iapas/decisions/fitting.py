@@ -7,6 +7,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from ..config import DEFAULT_MAX_IMAGE_PIXELS
 from ..errors import DecisionError
 from .decide import masked_map
 from .regions import file_sha256, load_roi
@@ -14,7 +15,7 @@ from .thresholds import NormalImagesRule
 from .thresholds_file import ThresholdsFile
 
 
-def normal_scores(segment: Callable, images: Sequence[Path], batch_size: int = 1, max_pixels: int = 80_000_000,
+def normal_scores(segment: Callable, images: Sequence[Path], batch_size: int = 1, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
                   bit_window: Any = None, roi_path: str | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(image scores, map maxima) of the images, as `segment` would decide them (inside the ROI when given).
 
@@ -41,7 +42,7 @@ def normal_scores(segment: Callable, images: Sequence[Path], batch_size: int = 1
 
 
 def fit_normal_thresholds(segment: Callable, normal_dir: str | Path, identity: dict, rule: NormalImagesRule,
-                          batch_size: int = 1, max_pixels: int = 80_000_000, bit_window: Any = None,
+                          batch_size: int = 1, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, bit_window: Any = None,
                           roi_path: str | None = None, progress: bool = True) -> ThresholdsFile:
     """A thresholds file fitted on every image of `normal_dir` with the normal-images rule."""
     from ..images import find_images

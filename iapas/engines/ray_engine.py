@@ -25,6 +25,7 @@ import numpy as np
 
 from tqdm import tqdm
 
+from ..config import DEFAULT_MAX_IMAGE_PIXELS
 from ..runs.batch import BatchSummary, Segment, failure_message, segment_each
 from ..errors import IapasError
 from ..images import LoadedImage, load_image
@@ -141,7 +142,7 @@ def check_reachable(address: str | None, timeout: float = DEFAULT_CONNECT_TIMEOU
 
 
 def run_ray(make_segment: Callable[[], Segment], inputs: list[tuple[Path, Path | None]], out_dir: Path,
-            overwrite: bool = False, max_pixels: int = 80_000_000, progress: bool = True,
+            overwrite: bool = False, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, progress: bool = True,
             extra_record: dict[str, Any] | None = None, fingerprint: str = "", bit_window: Any = None,
             address: str | None = None, workers: int = 0, batch_size: int = 1,
             uris: list[str] | None = None, report: Callable[[str], None] = lambda m: print(m, file=sys.stderr),

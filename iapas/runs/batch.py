@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Protocol
 import numpy as np
 from tqdm import tqdm
 
+from ..config import DEFAULT_MAX_IMAGE_PIXELS
 from .claims import Claim, claim_path, remove_free_claims, try_claim
 from ..config import at_least_one
 from ..errors import IapasError
@@ -225,7 +226,7 @@ def run_batch(
     inputs: list[tuple[Path, Path | None]],
     out_dir: Path,
     overwrite: bool = False,
-    max_pixels: int = 80_000_000,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     report: Callable[[str], None] = report_to_stderr,
     progress: bool = True,
     extra_record: dict[str, Any] | None = None,

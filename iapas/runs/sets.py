@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
+from ..config import DEFAULT_MAX_IMAGE_PIXELS
 from ..errors import IapasError
 from ..files import remove_stale_temporaries
 from ..images import Window, load_image
@@ -60,7 +61,7 @@ def run_set(
     out_dir: Path,
     min_images: int,
     overwrite: bool = False,
-    max_pixels: int = 80_000_000,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     report: Callable[[str], None] = report_to_stderr,
     progress: bool = True,
     extra_record: dict[str, Any] | None = None,
